@@ -1,0 +1,104 @@
+"""Augmentation parameters (thesis §4.1.4): drawn once per view, stored, replayable.
+
+A view's augmentation is a small record of numbers (:class:`ViewParams`). It is drawn
+from a generator seeded by (run seed, epoch, sample key, view), so the same view can be
+rebuilt bit for bit — that is what lets a precomputed teacher view be replayed for the
+student (issue 6).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the augmentations; ``geometry``/``colour`` switch each family off.
+
+    Defaults are the thesis' (eq. 4.14–4.21). Units: roll in radians, hue in degrees,
+    brightness in normalised [0, 1] intensity.
+    """
+
+    geometry: bool = True
+    colour: bool = True
+    roll: float = np.pi / 12
+    flip_probability: float = 0.5
+    zoom: tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.125
+    contrast: tuple[float, float] = (0.8, 1.25)
+    hue_degrees: float = 18.0
+    saturation: tuple[float, float] = (0.8, 1.25)
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """One view's augmentation; the identity view is ``ViewParams()``."""
+
+    roll: float = 0.0
+    flip: bool = False
+    zoom: float = 1.0
+    brightness: float = 0.0
+    contrast: float = 1.0
+    hue: float = 0.0
+    saturation: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ViewParams:
+        unknown = set(record) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"ViewParams: unknown fields {sorted(unknown)}")
+        return cls(**record)
+
+
+def view_rng(seed: int, epoch: int, key: str, view: int) -> np.random.Generator:
+    """The generator of one view: a pure function of (seed, epoch, key, view)."""
+    key_hash = zlib.crc32(key.encode())
+    return np.random.default_rng([seed, epoch, key_hash, view])
+
+
+def draw_view(rng: np.random.Generator, cfg: AugmentConfig) -> ViewParams:
+    """Draw all parameters in a fixed order (so adding a family never reshuffles another)."""
+    u = rng.uniform(size=7)
+    params = {}
+    if cfg.geometry:
+        params.update(roll=float((2 * u[0] - 1) * cfg.roll), flip=bool(u[1] < cfg.flip_probability),
+                      zoom=float(_lerp(cfg.zoom, u[2])))
+    if cfg.colour:
+        params.update(brightness=float((2 * u[3] - 1) * cfg.brightness),
+                      contrast=float(_lerp(cfg.contrast, u[4])),
+                      hue=float((2 * u[5] - 1) * cfg.hue_degrees),
+                      saturation=float(_lerp(cfg.saturation, u[6])))
+    return ViewParams(**params)
+
+
+def _lerp(bounds: tuple[float, float], u: float) -> float:
+    return bounds[0] + (bounds[1] - bounds[0]) * u
+
+
+def colour_augment(rgb: np.ndarray, view: ViewParams) -> np.ndarray:
+    """Brightness, contrast, hue, saturation in that order (eq. 4.14–4.17).
+
+    rgb: (H, W, 3) uint8. Brightness and contrast act on intensities normalised to
+    [0, 1] and are fused into one lookup table (clipped once, after both); hue (degrees)
+    and saturation act in HSV. Returns a new (H, W, 3) uint8 image.
+    """
+    if view.brightness == 0.0 and view.contrast == 1.0 and view.hue == 0.0 and view.saturation == 1.0:
+        return rgb
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    levels = ((levels + view.brightness) - 0.5) * view.contrast + 0.5
+    lut = np.clip(np.rint(levels * 255.0), 0, 255).astype(np.uint8)
+    out = cv2.LUT(rgb, lut)
+    if view.hue == 0.0 and view.saturation == 1.0:
+        return out
+    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL)  # hue in 0..255 for 0..360 degrees
+    hue_lut = ((np.arange(256) + np.rint(view.hue * 256 / 360)) % 256).astype(np.uint8)
+    sat_lut = np.clip(np.rint(np.arange(256) * view.saturation), 0, 255).astype(np.uint8)
+    identity = np.arange(256, dtype=np.uint8)
+    hsv = cv2.LUT(hsv, np.stack([hue_lut, sat_lut, identity], axis=-1)[None])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
