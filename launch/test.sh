@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Runs the test suite on CPU. Sets up .venv (and, where possible, a local SLURM) itself.
+#   bash launch/test.sh [pytest args]
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+exec python -m pytest tests "$@"
