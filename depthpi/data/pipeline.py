@@ -111,10 +111,12 @@ def process_sample(sample: Sample, cfg: PipelineConfig, *, seed: int = 0, epoch:
         dict of arrays:
         ``rgb`` (N, N, 3) uint8; ``depth`` (N, N) float32 in [0, 1) when ``cfg.depth``;
         ``joints`` (J, 3) float32 mm, new camera frame, root-relative (zeros if
-        unlabelled); ``joints2d`` (J, 2) float32 px in the input; ``valid`` (J,) bool
+        unlabelled); ``root`` (3,) float32 mm, the root joint in the new camera frame;
+        ``joints2d`` (J, 2) float32 px in the input; ``valid`` (J,) bool
         (annotated and inside the input); ``labeled`` bool; ``K`` (3, 3) and ``R`` (3, 3)
         float32 of the input camera; ``attention`` (h, h) float32 when ``cfg.attention``;
-        ``view`` dict of the parameters used; ``view_index`` int; ``key`` str.
+        ``view`` dict of the parameters used; ``view_index`` int; ``key``, ``subject``,
+        ``camera``, ``action`` str (for per-group metrics).
     Raises:
         SampleError: the sample cannot be used (e.g. depth required but absent).
     """
@@ -133,7 +135,8 @@ def process_sample(sample: Sample, cfg: PipelineConfig, *, seed: int = 0, epoch:
         out["attention"] = keypoint_attention(out["joints2d"], out["valid"], cfg.input_size,
                                               cfg.attention_size)
     out.update(K=out_cam.K.astype(np.float32), R=out_cam.R.astype(np.float32),
-               view=view.to_dict(), view_index=view_index, key=sample.key)
+               view=view.to_dict(), view_index=view_index, key=sample.key,
+               subject=meta.subject, camera=meta.camera, action=meta.action)
     return out
 
 
@@ -154,7 +157,7 @@ def _pose_targets(sample: Sample, out_cam: Camera, flip: bool, size: int) -> dic
     J = skeleton.num_joints
     if not meta.labeled:
         return {"joints": np.zeros((J, 3), np.float32), "joints2d": np.zeros((J, 2), np.float32),
-                "valid": np.zeros(J, bool), "labeled": False}
+                "root": np.zeros(3, np.float32), "valid": np.zeros(J, bool), "labeled": False}
     if meta.joints.shape != (J, 3):
         raise SampleError(sample.key, "joints", f"expected ({J}, 3) for skeleton {skeleton.name}")
     cam_points = out_cam.world_to_camera(meta.joints)
@@ -165,5 +168,6 @@ def _pose_targets(sample: Sample, out_cam: Camera, flip: bool, size: int) -> dic
         cam_points, pixels, valid = cam_points[perm], pixels[perm], valid[perm]
     inside = (cam_points[:, 2] > 0) & np.all((pixels >= -0.5) & (pixels <= size - 0.5), axis=1)
     return {"joints": (cam_points - cam_points[skeleton.root]).astype(np.float32),
+            "root": cam_points[skeleton.root].astype(np.float32),
             "joints2d": np.nan_to_num(pixels, nan=-1.0).astype(np.float32),
             "valid": valid & inside, "labeled": True}

@@ -1,0 +1,78 @@
+"""``depthpi`` command line: one sub-command per job, each a thin call into the package."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _shards_build(args) -> None:
+    from depthpi.data.build import build_synthetic
+
+    if args.source != "synthetic":
+        raise SystemExit(f"--source {args.source}: converter not available yet (known: synthetic)")
+    build_synthetic(Path(args.out), {"train": args.train, "test": args.test, "unlabeled": args.unlabeled},
+                    samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
+
+
+def _shards_inspect(args) -> None:
+    from depthpi.data.build import inspect_split
+
+    out = Path(args.out) if args.out else Path(args.dir) / "contact_sheet.png"
+    summary = inspect_split(Path(args.dir), out, count=args.count, input_size=args.size)
+    print(summary)
+
+
+def _eval(args) -> None:
+    from depthpi.predict import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.ckpt, args.shards, args.out, config=args.config,
+                                 batch_size=args.batch, num_workers=args.workers)
+    print(f"MPJPE {result['mpjpe']:.1f} mm | PCK@{result['threshold_mm']:g} {result['pck']:.3f} | "
+          f"AUC {result['auc']:.3f} | {result['count']} joints -> {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="depthpi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    shards = commands.add_parser("shards", help="build or inspect WebDataset shards").add_subparsers(
+        dest="shards_command", required=True)
+    build = shards.add_parser("build", help="convert a data source into shards (resumable)")
+    build.add_argument("--source", default="synthetic", choices=["synthetic"])
+    build.add_argument("--out", required=True, help="output root; one directory per split")
+    build.add_argument("--train", type=int, default=4000, help="labelled training samples")
+    build.add_argument("--test", type=int, default=1000, help="test samples (unseen subjects and cameras)")
+    build.add_argument("--unlabeled", type=int, default=2000, help="unlabelled RGB-D pairs")
+    build.add_argument("--per-shard", type=int, default=250)
+    build.add_argument("--workers", type=int, default=2)
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=_shards_build)
+    inspect = shards.add_parser("inspect", help="summary and a contact sheet of a split")
+    inspect.add_argument("dir")
+    inspect.add_argument("--count", type=int, default=16)
+    inspect.add_argument("--size", type=int, default=257, help="crop size N of the pipeline")
+    inspect.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
+    inspect.set_defaults(func=_shards_inspect)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained model on a split")
+    evaluate.add_argument("--ckpt", required=True, help="exported weights (run/export/best.pt) or checkpoint dir")
+    evaluate.add_argument("--shards", required=True, help="split directory with manifest.json")
+    evaluate.add_argument("--config", help="run config (default: config.yaml of the run the ckpt is in)")
+    evaluate.add_argument("--out", default="eval", help="output directory")
+    evaluate.add_argument("--batch", type=int, default=64)
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"depthpi {args.command}: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Typed run configuration: defaults ← YAML (with ``base:`` inheritance) ← CLI overrides.
+
+Each component receives its own typed sub-config, never the whole tree. A YAML file
+may name a ``base:`` file (relative to itself) whose values it overrides; thesis
+experiment files hold only what their table row varies. Command-line overrides are
+OmegaConf dotlists: ``optim.lr=1e-4 data.batch_size=64``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from depthpi.data.pipeline import PipelineConfig
+from depthpi.losses import DistillationConfig, RegressionLossConfig
+from depthpi.models.posenet import ModelConfig
+
+STAGES = ("baseline", "teacher", "student")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where samples come from and how they are batched.
+
+    Attributes:
+        train, test: split directories (each with ``manifest.json``).
+        unlabeled: optional split of unlabelled RGB-D pairs (student stage, §4.2.2).
+        unlabeled_fraction: share of each batch drawn from ``unlabeled`` (thesis: 1/3).
+        batch_size: samples per device per step, labelled and unlabelled together.
+        eval_batch_size: samples per device in evaluation.
+        num_workers: loader processes per device.
+        shuffle_buffer: samples held for shuffling in each worker.
+        dataset: name used to pick the metric threshold (``ntu``/``pku``: 50 mm,
+            ``h36m``: 150 mm, ``synthetic``: 50 mm).
+    """
+
+    train: str = "shards/synth/train"
+    test: str = "shards/synth/test"
+    unlabeled: str | None = None
+    unlabeled_fraction: float = 1 / 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 4
+    shuffle_buffer: int = 500
+    dataset: str = "synthetic"
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with the step schedule of eq. 5.10 (§5.3).
+
+    ``lr_milestones`` are in epochs of a 30-epoch run; a run with ``epochs`` other than
+    30 stretches them proportionally (so a 3-epoch demo keeps the schedule's shape).
+    """
+
+    lr: float = 5e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 4e-5
+    epochs: int = 30
+    lr_milestones: tuple[float, ...] = (1, 15, 20, 25)
+    lr_factors: tuple[float, ...] = (0.5, 1.0, 0.2, 0.04, 0.008)
+    grad_clip: float = 5.0
+    freeze_bn_after_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen teacher of a student run (§4.2.2).
+
+    Attributes:
+        weights: exported weights (``export/best.pt``) or a checkpoint directory.
+        model: the teacher's architecture (``kind: teacher`` for RGB-D, ``baseline``
+            with ``input: rgb`` for an RGB teacher as in experiment 9.1).
+        mode: ``online`` runs the teacher each step; ``precomputed`` reads its stored
+            features from ``features`` (issue 6).
+        features: feature-shard directory for ``precomputed``.
+    """
+
+    weights: str | None = None
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="teacher", init="none"))
+    mode: str = "online"
+    features: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Bookkeeping of one run.
+
+    Attributes:
+        out_dir: run directory (checkpoints, TensorBoard logs, exports, config.yaml).
+        seed: seeds model init and every augmentation draw.
+        precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` (loss
+            scaling), ``fp32``.
+        steps_per_epoch: cap on steps per epoch (0 = the whole split); for demos.
+        checkpoint_every: steps between checkpoints (an epoch's end always saves).
+        keep_last: checkpoints kept besides the exported best weights.
+        log_every: steps between scalar logs.
+        image_every: steps between TensorBoard image summaries (0 = epoch ends only).
+        sync_bn: convert BatchNorm to SyncBatchNorm across ranks.
+        channels_last: NHWC activations on GPU (ignored on CPU).
+        compile: wrap the model in ``torch.compile``.
+        cpu: force CPU even when a GPU is present.
+    """
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    precision: str = "auto"
+    steps_per_epoch: int = 0
+    checkpoint_every: int = 1000
+    keep_last: int = 2
+    log_every: int = 20
+    image_every: int = 0
+    sync_bn: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    cpu: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run. ``experiment`` names the thesis table row (e.g. ``"8.1"``)."""
+
+    stage: str = "baseline"
+    experiment: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: RegressionLossConfig = field(default_factory=RegressionLossConfig)
+    distill: DistillationConfig = field(default_factory=DistillationConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        _check(self.stage in STAGES, "stage", f"one of {STAGES}", self.stage)
+        _check(self.teacher.mode in ("online", "precomputed"), "teacher.mode",
+               "'online' or 'precomputed'", self.teacher.mode)
+        _check(self.run.precision in ("auto", "bf16", "fp16", "fp32"), "run.precision",
+               "auto, bf16, fp16 or fp32", self.run.precision)
+        _check(0 <= self.data.unlabeled_fraction < 1, "data.unlabeled_fraction", "in [0, 1)",
+               self.data.unlabeled_fraction)
+        if self.stage == "student":
+            _check(self.teacher.weights is not None, "teacher.weights",
+                   "a path (exported teacher weights) for a student run", None)
+            _check(self.teacher.mode == "online" or self.teacher.features is not None,
+                   "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
+        if self.stage == "teacher":
+            _check(self.model.kind == "teacher", "model.kind", "'teacher' for stage teacher", self.model.kind)
+
+
+def _check(ok: bool, key: str, expected: str, got) -> None:
+    if not ok:
+        raise ValueError(f"config key {key!r}: expected {expected}, got {got!r}")
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"{path}: 'base:' inheritance forms a cycle through {[str(p) for p in seen]}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    node = OmegaConf.load(path)
+    base = node.pop("base", None)
+    if base is None:
+        return node
+    return OmegaConf.merge(_load_yaml_chain(path.parent / base, seen + (path,)), node)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults ← YAML chain ← ``key=value`` overrides, validated into a frozen TrainConfig."""
+    schema = OmegaConf.structured(TrainConfig)
+    layers = [schema]
+    try:
+        if path is not None:
+            layers.append(_load_yaml_chain(Path(path)))
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        where = f" in {path}" if path else ""
+        raise ValueError(f"bad config{where}: {err}".replace("\n", "; ")) from None
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config atomically (run_dir/config.yaml)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)

@@ -1,0 +1,241 @@
+"""The one training loop of every stage, on Accelerate (DDP) or DeepSpeed.
+
+Read ``train()`` top to bottom: setup → resume → per epoch: per step (LR, forward,
+backward, clip, step, log, checkpoint) → evaluate → checkpoint and export.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from depthpi.config import TrainConfig, save_config, to_yaml
+from depthpi.evaluate import evaluate_split, threshold_for
+from depthpi.models.posenet import build_model, freeze
+from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint,
+                                      load_weights, rng_state, save_checkpoint, save_weights, set_rng_state)
+from depthpi.train.data import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
+                                to_device)
+from depthpi.train.logging import RunLogger
+from depthpi.train.schedules import StepSchedule
+from depthpi.train.stages import StudentStage, SupervisedStage
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An Accelerator for this machine: DDP/DeepSpeed on GPUs, gloo on CPU-only machines."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    on_cpu = cfg.run.cpu or not torch.cuda.is_available()
+    precision = cfg.run.precision
+    if precision == "auto":
+        precision = "fp32" if on_cpu else "bf16"
+    kwargs = []
+    if on_cpu:
+        # Without an explicit backend accelerate finds none on a GPU-less machine and, under
+        # DeepSpeed, reports one process per rank (DESIGN.md, "Library behaviour").
+        kwargs.append(InitProcessGroupKwargs(backend="gloo"))
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    # cpu=True would silently drop a DeepSpeed plugin; DeepSpeed on CPU goes through gloo instead.
+    accelerator = Accelerator(mixed_precision=mixed, cpu=on_cpu and not deepspeed, kwargs_handlers=kwargs)
+    if deepspeed:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+        ds["gradient_clipping"] = cfg.optim.grad_clip
+    return accelerator
+
+
+def build_stage(cfg: TrainConfig, device: torch.device):
+    """The stage object and the trainable model (plus the frozen teacher of a student)."""
+    model = build_model(cfg.model)
+    if cfg.run.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.stage != "student":
+        return SupervisedStage(model, cfg), model
+    teacher = None
+    if cfg.teacher.mode == "online":
+        teacher = build_model(cfg.teacher.model)
+        missing, unexpected = teacher.load_state_dict(load_weights(cfg.teacher.weights), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"teacher.weights {cfg.teacher.weights}: does not fit teacher.model "
+                             f"(missing {missing[:5]}…, unexpected {unexpected[:5]}…)")
+        teacher = freeze(teacher).to(device)
+    return StudentStage(model, cfg, teacher), model
+
+
+def _set_lr(optimizer, base_lr: float, schedule: StepSchedule, epoch_float: float) -> float:
+    lr = base_lr * schedule.factor(epoch_float)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _set_bn_frozen(model: nn.Module, frozen: bool) -> None:
+    """§6.1.6: stop updating BatchNorm running statistics (parameters still learn)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(not frozen)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one stage to the end (resuming if the run directory holds a checkpoint).
+
+    Returns the final evaluation metrics (``mpjpe``, ``pck``, ``auc``, ...).
+    """
+    # --- setup -----------------------------------------------------------------
+    accelerator = make_accelerator(cfg)
+    run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
+    torch.manual_seed(cfg.run.seed)
+    stage, model = build_stage(cfg, accelerator.device)
+    pipeline = pipeline_for(cfg.data, stage.needs_depth, stage.needs_attention)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    labeled_loader, unlabeled_loader = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world)
+    eval_loader = build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world)
+    steps_per_epoch = len(labeled_loader)
+    if cfg.run.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.run.steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.train {cfg.data.train}: too few samples for one batch of "
+                         f"{cfg.data.batch_size} on each of {world} ranks")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                 weight_decay=cfg.optim.weight_decay)
+    if cfg.run.channels_last and accelerator.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    stage.model = model
+    if cfg.run.compile:
+        stage.model = torch.compile(model)
+    schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
+    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
+    logger = RunLogger(run_dir, enabled=is_main)
+
+    # --- resume ----------------------------------------------------------------
+    trainer = TrainerState(code_version=code_version())
+    resume_from = latest_checkpoint(run_dir)
+    if resume_from is not None:
+        trainer, state = load_checkpoint(resume_from)
+        if deepspeed:
+            accelerator.load_state(str(resume_from / "deepspeed"))
+        else:
+            accelerator.unwrap_model(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") is not None and accelerator.scaler is not None:
+                accelerator.scaler.load_state_dict(state["scaler"])
+        set_rng_state((state or {}).get("rng", rng_state()))
+        logger.info(f"resumed from {resume_from} (epoch {trainer.epoch}, step {trainer.step})")
+    elif is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        logger.text("config", to_yaml(cfg))
+    logger.info(f"stage {cfg.stage} {cfg.experiment}: {world} process(es) × batch {cfg.data.batch_size} "
+                f"= global batch {world * cfg.data.batch_size}; {steps_per_epoch} steps/epoch; "
+                f"device {accelerator.device}, {accelerator.mixed_precision}")
+
+    def checkpoint():
+        state = None if deepspeed else {
+            "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "rng": rng_state()}
+        save_checkpoint(run_dir, trainer, state, cfg.run.keep_last,
+                        save_sharded=accelerator.save_state if deepspeed else None,
+                        is_main=is_main, barrier=accelerator.wait_for_everyone)
+
+    # --- epochs ----------------------------------------------------------------
+    metrics = {}
+    threshold = threshold_for(cfg.data.dataset)
+    for epoch in range(trainer.epoch, cfg.optim.epochs):
+        model.train()
+        if cfg.optim.freeze_bn_after_epoch is not None:
+            _set_bn_frozen(model, epoch >= cfg.optim.freeze_bn_after_epoch)
+        labeled_loader.set_epoch(epoch)
+        if unlabeled_loader is not None:
+            unlabeled_loader.set_epoch(epoch)
+        unlabeled_iter = iter(unlabeled_loader) if unlabeled_loader is not None else None
+        skip = trainer.batches_in_epoch
+        sums, count, wait, t_epoch, last = {}, 0, 0.0, time.perf_counter(), None
+        t_ready = time.perf_counter()
+        for index, batch in enumerate(labeled_loader):
+            if index >= steps_per_epoch:
+                break
+            if index < skip:  # resuming mid-epoch: these batches were consumed already
+                if unlabeled_iter is not None:
+                    next(unlabeled_iter)
+                continue
+            if unlabeled_iter is not None:
+                batch = concat_batches(batch, next(unlabeled_iter))
+            batch = to_device(batch, accelerator.device, cfg.run.channels_last)
+            wait += time.perf_counter() - t_ready
+            epoch_float = epoch + index / steps_per_epoch
+            lr = _set_lr(optimizer, cfg.optim.lr, schedule, epoch_float)
+
+            with accelerator.autocast():
+                terms = stage.losses(batch, epoch_float)
+            accelerator.backward(terms["loss"])
+            grad_norm = None
+            if not deepspeed and cfg.optim.grad_clip > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            trainer.step += 1
+            trainer.batches_in_epoch = index + 1
+
+            # Accumulate on device; read back only when logging (no per-step host sync).
+            for name, value in terms.items():
+                if name != "pred":
+                    sums[name] = sums.get(name, 0.0) + value.detach().float()
+            if grad_norm is not None:
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + torch.as_tensor(grad_norm).float()
+            count += 1
+            if trainer.step % cfg.run.log_every == 0 or index + 1 == steps_per_epoch:
+                elapsed = time.perf_counter() - t_epoch
+                scalars = {f"train/{k}": (v / count).item() for k, v in sums.items()}
+                if not math.isfinite(scalars["train/loss"]):
+                    raise FloatingPointError(f"non-finite loss at step {trainer.step} on rank {rank}")
+                scalars.update({"train/lr": lr, "train/samples_per_s": count * cfg.data.batch_size * world / elapsed,
+                                "train/data_wait_share": wait / elapsed, "train/epoch": epoch_float})
+                logger.scalars(scalars, trainer.step)
+            if cfg.run.image_every and trainer.step % cfg.run.image_every == 0:
+                logger.images(stage, batch, terms["pred"], trainer.step)
+            if trainer.step % cfg.run.checkpoint_every == 0:
+                checkpoint()
+            last = (batch, terms["pred"])
+            t_ready = time.perf_counter()
+
+        # --- evaluate, checkpoint, export --------------------------------------
+        metrics = evaluate(stage, eval_loader, accelerator, threshold, cfg.run.channels_last)
+        logger.scalars({f"eval/{k}": metrics[k] for k in ("mpjpe", "pck", "auc")}, trainer.step)
+        if last is not None:
+            logger.images(stage, *last, trainer.step)
+        logger.epoch_summary(epoch, cfg.optim.epochs, {k: (v / max(count, 1)).item() for k, v in sums.items()},
+                             metrics, time.perf_counter() - t_epoch, wait)
+        trainer.epoch, trainer.batches_in_epoch = epoch + 1, 0
+        improved = metrics["mpjpe"] < trainer.best_metric
+        if improved:
+            trainer.best_metric, trainer.best_step = metrics["mpjpe"], trainer.step
+        checkpoint()
+        weights = accelerator.get_state_dict(model)
+        if is_main:
+            save_weights(weights, run_dir / "export" / "last.pt")
+            if improved:
+                save_weights(weights, run_dir / "export" / "best.pt")
+            logger.write_metrics(metrics, run_dir / "metrics.json")
+    logger.close()
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def evaluate(stage, loader, accelerator, threshold_mm: float, channels_last: bool = False) -> dict:
+    """MPJPE / PCK / AUC of the stage's model over a whole split, reduced across ranks."""
+    was_training = stage.model.training
+    stage.model.eval()
+    metrics = evaluate_split(lambda batch: stage.predict(batch).joints, loader, accelerator.device, threshold_mm,
+                             channels_last=channels_last, autocast=accelerator.autocast)
+    stage.model.train(was_training)
+    result = metrics.compute()
+    result["threshold_mm"] = threshold_mm
+    return result

@@ -1,0 +1,24 @@
+"""Command line of the stage entry points (``launch/train_*.py``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from depthpi.config import load_config
+
+
+def main(stage: str, argv: list[str] | None = None) -> dict:
+    """``--config FILE`` plus ``key=value`` overrides; trains one run of ``stage``."""
+    parser = argparse.ArgumentParser(
+        prog=f"train_{stage}.py",
+        description=f"Train a depthpi {stage}. Runs as one process, or under `accelerate launch` "
+                    "on many GPUs/nodes (DDP or DeepSpeed, chosen by the accelerate config).")
+    parser.add_argument("--config", required=True, help=f"YAML, e.g. configs/{stage}/*.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 run.out_dir=runs/x")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(args.config, args.overrides)
+    if cfg.stage != stage:
+        parser.error(f"{args.config}: stage is {cfg.stage!r}; use launch/train_{cfg.stage}.py")
+    from depthpi.train.engine import train  # heavy imports after argument errors
+
+    return train(cfg)

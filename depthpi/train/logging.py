@@ -1,0 +1,110 @@
+"""TensorBoard and console output of a run; only the main process writes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from depthpi.skeleton import H36M_17
+
+GT_COLOUR, PRED_COLOUR = (40, 220, 40), (230, 40, 40)
+
+
+def project(joints: np.ndarray, root: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """joints: (J, 3) root-relative mm; root: (3,) mm; K: (3, 3) → (J, 2) pixels."""
+    points = joints + root
+    z = np.maximum(points[:, 2:3], 1.0)
+    return points[:, :2] / z @ K[:2, :2].T + K[:2, 2]
+
+
+def draw_skeleton(image: np.ndarray, pixels: np.ndarray, colour, valid=None, edges=None) -> np.ndarray:
+    """Draw bones onto an (H, W, 3) uint8 image in place and return it."""
+    edges = H36M_17.edges if edges is None else edges
+    for child, parent in edges:
+        if valid is not None and not (valid[child] and valid[parent]):
+            continue
+        a, b = pixels[child], pixels[parent]
+        if np.all(np.isfinite([*a, *b])):
+            cv2.line(image, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), colour, 1, cv2.LINE_AA)
+    return image
+
+
+def skeleton_panel(batch: dict, pred: torch.Tensor, count: int = 4) -> np.ndarray:
+    """(H, count·W, 3) uint8: crops with ground truth (green) and prediction (red)."""
+    tiles = []
+    for i in range(min(count, len(pred))):
+        image = batch["rgb"][i].cpu().numpy().copy()
+        K, root = batch["K"][i].cpu().numpy(), batch["root"][i].cpu().numpy()
+        if bool(batch["labeled"][i]):
+            draw_skeleton(image, project(batch["joints"][i].cpu().numpy(), root, K), GT_COLOUR,
+                          batch["valid"][i].cpu().numpy())
+            draw_skeleton(image, project(pred[i].float().cpu().numpy(), root, K), PRED_COLOUR)
+        tiles.append(image)
+    return np.concatenate(tiles, axis=1)
+
+
+def feature_difference_panel(student: torch.Tensor, teacher: torch.Tensor, size: int, count: int = 4) -> np.ndarray:
+    """Fig. 6.3: Σ_c |F_teacher − F_student| per location, upsampled, one shared scale."""
+    diff = (teacher.float() - student.float()).abs().sum(1)[:count].cpu().numpy()
+    diff = diff / max(float(diff.max()), 1e-12)
+    tiles = [cv2.applyColorMap(cv2.resize((d * 255).astype(np.uint8), (size, size),
+                                          interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_INFERNO)[..., ::-1]
+             for d in diff]
+    return np.concatenate(tiles, axis=1)
+
+
+class RunLogger:
+    """Console lines, TensorBoard scalars/images/text and metrics files for the main process."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(f"[depthpi] {message}", flush=True)
+
+    def text(self, tag: str, text: str) -> None:
+        if self.writer:
+            self.writer.add_text(tag, f"```\n{text}\n```", 0)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def images(self, stage, batch: dict, pred: torch.Tensor, step: int) -> None:
+        if not self.writer:
+            return
+        self.writer.add_image("train/skeletons", skeleton_panel(batch, pred), step, dataformats="HWC")
+        if hasattr(stage, "teacher_features"):
+            with torch.no_grad():
+                small = {k: v[:4] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                student = stage.predict(small, (stage.tap,)).features[stage.tap]
+                teacher = stage.teacher_features(small)
+            panel = feature_difference_panel(student, teacher, batch["rgb"].shape[1])
+            self.writer.add_image("train/feature_difference", panel, step, dataformats="HWC")
+
+    def epoch_summary(self, epoch: int, epochs: int, train: dict, metrics: dict, seconds: float,
+                      wait: float) -> None:
+        terms = " ".join(f"{k}={v:.4g}" for k, v in train.items() if k != "grad_norm")
+        self.info(f"epoch {epoch + 1}/{epochs} | {terms} | eval mpjpe={metrics['mpjpe']:.1f}mm "
+                  f"pck={metrics['pck']:.3f} auc={metrics['auc']:.3f} | {seconds:.0f}s, "
+                  f"data wait {wait / max(seconds, 1e-9):.0%}")
+
+    def write_metrics(self, metrics: dict, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=1, default=float))
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -1,0 +1,78 @@
+"""What each training stage computes from a device batch: predictions and loss terms.
+
+The engine knows stages only through this interface (``losses``, ``predict``), so one
+loop serves the baselines (Tables 6.1–6.2), the teacher (6.3) and the students (6.4–6.9).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from depthpi.losses import alpha_at, regression_loss, student_objective
+
+
+def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = ()):
+    """Call a pose model with the inputs its config names; returns its PoseOutput."""
+    if model_cfg.kind == "teacher":
+        return model(batch["rgb_input"], batch["depth_input"], taps=taps)
+    if model_cfg.input == "depth":
+        return model(batch["depth_input"], taps=taps)
+    return model(batch["rgb_input"], taps=taps)
+
+
+class SupervisedStage:
+    """Baseline RGB, baseline depth or RGB-D teacher: regression only (eq. 4.12)."""
+
+    def __init__(self, model: nn.Module, cfg):
+        self.model, self.cfg = model, cfg
+
+    @property
+    def needs_depth(self) -> bool:
+        return self.cfg.model.kind == "teacher" or self.cfg.model.input == "depth"
+
+    needs_attention = False
+
+    def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
+        pred = run_model(self.model, self.cfg.model, batch).joints
+        per_sample = regression_loss(pred, batch["joints"], batch["valid"], self.cfg.loss)
+        loss = per_sample.mean()
+        return {"loss": loss, "regression": loss.detach(), "pred": pred.detach()}
+
+    def predict(self, batch: dict, taps: tuple[str, ...] = ()):
+        return run_model(self.model, self.cfg.model, batch, taps)
+
+
+class StudentStage(SupervisedStage):
+    """RGB student matching a frozen teacher's tap (§4.2.2), online or from stored features."""
+
+    def __init__(self, model: nn.Module, cfg, teacher: nn.Module | None):
+        super().__init__(model, cfg)
+        self.teacher = teacher
+        self.tap = cfg.distill.tap
+
+    @property
+    def needs_depth(self) -> bool:
+        return self.teacher is not None and self.cfg.teacher.model.kind == "teacher"
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.cfg.distill.attention
+
+    def teacher_features(self, batch: dict) -> torch.Tensor:
+        """(B, C, h, w) teacher tap: stored (precomputed mode) or computed now, without grad."""
+        if "teacher_feat" in batch:
+            return batch["teacher_feat"]
+        with torch.no_grad():
+            return run_model(self.teacher, self.cfg.teacher.model, batch, (self.tap,)).features[self.tap]
+
+    def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
+        out = run_model(self.model, self.cfg.model, batch, (self.tap,))
+        teacher_feat = self.teacher_features(batch)
+        alpha = alpha_at(epoch, self.cfg.distill)
+        attention = batch.get("attention") if self.cfg.distill.attention else None
+        terms = student_objective(out.joints, batch["joints"], batch["valid"], batch["labeled"],
+                                  out.features[self.tap], teacher_feat, alpha, self.cfg.loss,
+                                  self.cfg.distill, attention)
+        return {"loss": terms["loss"], "regression": terms["regression"].detach(),
+                "distillation": terms["distillation"].detach(),
+                "alpha": torch.tensor(alpha), "pred": out.joints.detach()}
