@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from depthpi.data.pipeline import PipelineConfig
 from depthpi.losses import DistillationConfig, RegressionLossConfig
 from depthpi.models.posenet import ModelConfig
+from depthpi.models.taps import parse_tap
 
 STAGES = ("baseline", "teacher", "student")
 
@@ -142,6 +143,11 @@ class TrainConfig:
         _check(0 <= self.data.unlabeled_fraction < 1, "data.unlabeled_fraction", "in [0, 1)",
                self.data.unlabeled_fraction)
         if self.stage == "student":
+            for model in (self.model, self.teacher.model):
+                try:
+                    parse_tap(self.distill.tap, model.arch, teacher=model.kind == "teacher")
+                except ValueError as err:
+                    raise ValueError(f"config key 'distill.tap': {err}") from None
             _check(self.teacher.weights is not None, "teacher.weights",
                    "a path (exported teacher weights) for a student run", None)
             _check(self.teacher.mode == "online" or self.teacher.features is not None,

@@ -12,7 +12,6 @@ samples are combined; :func:`student_objective` states the combination it uses.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +27,6 @@ __all__ = [
 ]
 
 DISTILLATION_TERMS = ("huber", "l2", "bce")
-# Tap names follow the thesis' block numbering (1-16 over ResNet-50 layers of 3/4/6/3
-# bottlenecks): "pre_relu" is the block output after the residual addition, before its
-# final ReLU; "post_relu" is the block output itself.
-_TAP_PATTERN = re.compile(r"^block(\d+)\.(pre_relu|post_relu)$")
-_NUM_BLOCKS = 16
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,8 @@ class DistillationConfig:
 
     Attributes:
         tap: Feature map to match, ``"block<N>.pre_relu"`` or ``"block<N>.post_relu"``
-            with N in 1..16; the default is the thesis' best (13th block, after ReLU).
+            (see :mod:`depthpi.models.taps`; validated against the architectures by
+            the run config); the default is the thesis' best (13th block, after ReLU).
         sigmoid: Apply the logistic sigmoid to both maps before the huber/l2 term
             (eq. 4.22). Ignored by ``bce``, which always uses logits for the student
             and sigmoid(teacher) as target (eq. 4.24-4.25).
@@ -91,12 +86,6 @@ class DistillationConfig:
     alpha_ramp_epochs: int = 10
 
     def __post_init__(self) -> None:
-        match = _TAP_PATTERN.match(self.tap)
-        if match is None or not 1 <= int(match.group(1)) <= _NUM_BLOCKS:
-            raise ValueError(
-                f"DistillationConfig.tap must be 'block<N>.pre_relu' or 'block<N>.post_relu' "
-                f"with N in 1..{_NUM_BLOCKS}, got {self.tap!r}"
-            )
         if self.term not in DISTILLATION_TERMS:
             raise ValueError(
                 f"DistillationConfig.term must be one of {DISTILLATION_TERMS}, got {self.term!r}"

@@ -21,7 +21,6 @@ def _map_sample(sample, epoch: int, *, cfg: PipelineConfig, seed: int, train: bo
     """Module-level (picklable) map function for loader workers."""
     out = process_sample(sample, cfg, seed=seed, epoch=epoch, train=train)
     out.pop("view")  # replay needs it only at precompute time; keeps collation cheap
-    out.pop("key")
     return out
 
 

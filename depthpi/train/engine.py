@@ -5,6 +5,7 @@ backward, clip, step, log, checkpoint) → evaluate → checkpoint and export.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -69,6 +70,32 @@ def build_stage(cfg: TrainConfig, device: torch.device):
     return StudentStage(model, cfg, teacher), model
 
 
+class RankLedger:
+    """What each rank trained on: ``run_dir/ranks/rank-<r>.json`` (sample keys per epoch,
+    up to ``max_keys``, and a parameter checksum) — to audit data sharding and DDP sync."""
+
+    def __init__(self, rank: int, world_size: int, max_keys: int = 20000):
+        self.rank, self.world_size, self.max_keys = rank, world_size, max_keys
+        self.keys: dict[int, list[str]] = {}
+        self.counts: dict[int, int] = {}
+
+    def add(self, epoch: int, keys: list[str]) -> None:
+        self.counts[epoch] = self.counts.get(epoch, 0) + len(keys)
+        kept = self.keys.setdefault(epoch, [])
+        if len(kept) < self.max_keys:
+            kept.extend(keys[: self.max_keys - len(kept)])
+
+    def write(self, run_dir: Path, step: int, model: nn.Module) -> None:
+        checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+        record = {"rank": self.rank, "world_size": self.world_size, "step": step, "param_checksum": checksum,
+                  "samples_per_epoch": self.counts, "keys": self.keys}
+        path = run_dir / "ranks" / f"rank-{self.rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+
 def _set_lr(optimizer, base_lr: float, schedule: StepSchedule, epoch_float: float) -> float:
     lr = base_lr * schedule.factor(epoch_float)
     for group in optimizer.param_groups:
@@ -114,6 +141,7 @@ def train(cfg: TrainConfig) -> dict:
     schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
     deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
     logger = RunLogger(run_dir, enabled=is_main)
+    ledger = RankLedger(rank, world)
 
     # --- resume ----------------------------------------------------------------
     trainer = TrainerState(code_version=code_version())
@@ -168,6 +196,7 @@ def train(cfg: TrainConfig) -> dict:
                 continue
             if unlabeled_iter is not None:
                 batch = concat_batches(batch, next(unlabeled_iter))
+            ledger.add(epoch, batch["key"])
             batch = to_device(batch, accelerator.device, cfg.run.channels_last)
             wait += time.perf_counter() - t_ready
             epoch_float = epoch + index / steps_per_epoch
@@ -224,6 +253,7 @@ def train(cfg: TrainConfig) -> dict:
             if improved:
                 save_weights(weights, run_dir / "export" / "best.pt")
             logger.write_metrics(metrics, run_dir / "metrics.json")
+    ledger.write(run_dir, trainer.step, accelerator.unwrap_model(model))
     logger.close()
     accelerator.wait_for_everyone()
     return metrics

@@ -1,0 +1,291 @@
+"""Pose models: the baseline (§4.1.2), the RGB-D teacher (§4.2.1), their config and factory.
+
+Both return a ``PoseOutput``: root-relative joints in mm and the feature taps asked
+for by name (``depthpi.models.taps``), collected in the forward pass without hooks.
+
+Parameter names (so a baseline's weights load into either teacher branch and the trunk):
+
+- ``PoseNet``: ``backbone.<torchvision name>`` (``backbone.layer3.5.conv3.weight``),
+  ``head.conv.{weight,bias}``.
+- ``RGBDTeacher``: ``rgb.{conv1,bn1,layer1,layer2}.*``, ``depth.{conv1,bn1,layer1,layer2}.*``
+  (conv1 has one input channel), ``fusion.conv.weight``, ``fusion.bn.*``,
+  ``trunk.{layer3,layer4}.*``, ``head.conv.*``.
+
+Fusion (§4.2.1): concat of both layer2 outputs (2C) → 1×1 conv without bias → C →
+BatchNorm → ReLU. The thesis names only the 1×1 conv; the BN + ReLU make the fused map
+look like what layer3 was pretrained on (a block output: normalised, non-negative)
+whatever the scale of the He-initialised conv, and the BN makes a conv bias redundant.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from depthpi.models.head import VolumetricHead
+from depthpi.models.resnet import (ARCHS, ResNet, load_backbone_state, read_state_dict)
+from depthpi.models.taps import FUSION, group_taps
+
+log = logging.getLogger(__name__)
+
+KINDS = ("baseline", "teacher")
+INPUTS = ("rgb", "depth")
+INITS = ("standard", "none", "checkpoint")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and initialisation of a pose model.
+
+    Attributes:
+        kind: ``baseline`` (one ResNet, §4.1.2) or ``teacher`` (RGB + depth branches, §4.2.1).
+        input: baseline input, ``rgb`` (3 channels) or ``depth`` (1 channel); ignored by a teacher.
+        arch: ``resnet18``, ``resnet34``, ``resnet50`` (thesis) or ``resnet101``.
+        width: channel multiplier (1.0 thesis; 0.125 for CPU demos and tests).
+        depth_bins: D, heatmap bins along z.
+        cube_mm: edge of the prediction cube in mm (eq. 4.10).
+        num_joints: J.
+        root_index: joint made the origin (pelvis = 0).
+        output_stride: 16 (layer4 dilated, 257 → 17×17) or 32.
+        partial_conv: partial convolutions up to the end of layer2 of the depth network
+            (baseline depth or the teacher's depth branch, §4.2.3).
+        init: ``standard`` (ImageNet file ``imagenet_path`` for every backbone part),
+            ``checkpoint`` (``init_checkpoint``: a baseline of either input, or a whole
+            teacher for a teacher), or ``none`` (random; no file is read, whatever the
+            paths say — how a model is built before loading its own trained weights).
+            Head and fusion are He-initialised unless a checkpoint provides them.
+        imagenet_path: local torchvision ResNet state dict (nothing is downloaded).
+        init_checkpoint: our exported weights (Tables 6.1 and 6.8: init from 1.2 / 2.1).
+        depth_branch_checkpoint: teacher only: a depth baseline whose backbone then
+            initialises the depth branch after ``init`` (Table 6.3, model 3.2).
+    """
+
+    kind: str = "baseline"
+    input: str = "rgb"
+    arch: str = "resnet50"
+    width: float = 1.0
+    depth_bins: int = 32
+    cube_mm: float = 2000.0
+    num_joints: int = 17
+    root_index: int = 0
+    output_stride: int = 16
+    partial_conv: bool = False
+    init: str = "standard"
+    imagenet_path: str | None = None
+    init_checkpoint: str | None = None
+    depth_branch_checkpoint: str | None = None
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first field with a bad value and what it allows.
+
+        ``imagenet_path`` is checked by ``build_model``: the defaults (init='standard'
+        without a file) must construct, as config loading builds them before merging YAML.
+        """
+        _expect(self.kind in KINDS, "kind", f"one of {KINDS}", self.kind)
+        _expect(self.input in INPUTS, "input", f"one of {INPUTS}", self.input)
+        _expect(self.arch in ARCHS, "arch", f"one of {tuple(ARCHS)}", self.arch)
+        _expect(self.width > 0, "width", "> 0", self.width)
+        _expect(self.depth_bins >= 1, "depth_bins", ">= 1", self.depth_bins)
+        _expect(self.cube_mm > 0, "cube_mm", "> 0", self.cube_mm)
+        _expect(self.num_joints >= 1, "num_joints", ">= 1", self.num_joints)
+        _expect(0 <= self.root_index < self.num_joints, "root_index", f"in 0..{self.num_joints - 1}", self.root_index)
+        _expect(self.output_stride in (16, 32), "output_stride", "16 or 32", self.output_stride)
+        _expect(self.init in INITS, "init", f"one of {INITS}", self.init)
+        _expect(not self.partial_conv or self.kind == "teacher" or self.input == "depth", "partial_conv",
+                "false unless the model has a depth network (input='depth' or kind='teacher')", self.partial_conv)
+        _expect(self.init != "checkpoint" or bool(self.init_checkpoint), "init_checkpoint",
+                "a weights file when init='checkpoint'", self.init_checkpoint)
+        _expect(self.depth_branch_checkpoint is None or self.kind == "teacher", "depth_branch_checkpoint",
+                "unset unless kind='teacher'", self.depth_branch_checkpoint)
+
+
+def _expect(ok: bool, field: str, expected: str, got) -> None:
+    if not ok:
+        raise ValueError(f"ModelConfig.{field}: expected {expected}, got {got!r}")
+
+
+class PoseOutput(NamedTuple):
+    """What a pose model returns.
+
+    Attributes:
+        joints: (B, J, 3) float32 mm, camera axes, root-relative.
+        features: requested tap name → (B, C, h, w) feature map (graph kept).
+    """
+
+    joints: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
+def _as_tuple(taps) -> tuple[str, ...]:
+    return (taps,) if isinstance(taps, str) else tuple(taps)
+
+
+class PoseNet(nn.Module):
+    """Baseline: ResNet backbone (layer4 dilated) + volumetric head (§4.1.2).
+
+    Args:
+        cfg: the model config; ``cfg.input`` picks 3 (RGB) or 1 (depth) input channels.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.arch = cfg.arch
+        in_chans = 1 if cfg.input == "depth" else 3
+        self.backbone = ResNet(cfg.arch, cfg.width, in_chans, cfg.output_stride, cfg.partial_conv)
+        self.head = VolumetricHead(self.backbone.out_channels, cfg.num_joints, cfg.depth_bins, cfg.cube_mm,
+                                   cfg.root_index)
+
+    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None, taps=()) -> PoseOutput:
+        """Args:
+            x: (B, 3, N, N) ImageNet-normalised RGB, or (B, 1, N, N) depth in [0, 1]
+                (exp(−metres), 0 = invalid) for a depth baseline.
+            depth: must be None (a baseline has one input).
+            taps: tap names (``"block13.pre_relu"``, ``"layer3.5.post_relu"``).
+        """
+        if depth is not None:
+            raise TypeError("PoseNet takes one input: pass the depth map as x for a depth baseline")
+        groups = group_taps(_as_tuple(taps), self.arch)
+        features: dict[str, torch.Tensor] = {}
+        feat = self.backbone.forward_taps(x, groups.get("", {}), features)
+        return PoseOutput(self.head(feat), features)
+
+
+class Fusion(nn.Module):
+    """concat(rgb, depth) (2C) → 1×1 conv → BN → ReLU → C channels (§4.2.1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2 * channels, channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) ×2 → (B, C, h, w)."""
+        return self.relu(self.bn(self.conv(torch.cat((rgb, depth), dim=1))))
+
+
+class RGBDTeacher(nn.Module):
+    """Two-branch RGB-D teacher: stems + layer1 + layer2 per modality, fusion, shared trunk.
+
+    Args:
+        cfg: the model config (``cfg.partial_conv`` applies to the depth branch).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.arch = cfg.arch
+        branch = dict(arch=cfg.arch, width=cfg.width, output_stride=cfg.output_stride, stages=(0, 1, 2))
+        self.rgb = ResNet(in_chans=3, **branch)
+        self.depth = ResNet(in_chans=1, partial_conv=cfg.partial_conv, **branch)
+        self.fusion = Fusion(self.rgb.out_channels)
+        self.trunk = ResNet(cfg.arch, cfg.width, 3, cfg.output_stride, stages=(3, 4))
+        self.head = VolumetricHead(self.trunk.out_channels, cfg.num_joints, cfg.depth_bins, cfg.cube_mm,
+                                   cfg.root_index)
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor | None = None, taps=()) -> PoseOutput:
+        """Args:
+            rgb: (B, 3, N, N) ImageNet-normalised RGB.
+            depth: (B, 1, N, N) depth in [0, 1] (exp(−metres), 0 = invalid).
+            taps: tap names; branch blocks need ``rgb.``/``depth.``, trunk blocks none, or ``fusion``.
+        """
+        if depth is None:
+            raise TypeError("RGBDTeacher needs both inputs: model(rgb, depth)")
+        groups = group_taps(_as_tuple(taps), self.arch, teacher=True)
+        features: dict[str, torch.Tensor] = {}
+        f_rgb = self.rgb.forward_taps(rgb, groups.get("rgb", {}), features)
+        f_depth = self.depth.forward_taps(depth, groups.get("depth", {}), features)
+        fused = self.fusion(f_rgb, f_depth)
+        for name in groups.get(FUSION, {}).get("", ()):
+            features[name] = fused
+        feat = self.trunk.forward_taps(fused, groups.get("", {}), features)
+        return PoseOutput(self.head(feat), features)
+
+
+class Frozen(nn.Module):
+    """A model that stays in eval mode with no trainable parameters (the frozen teacher).
+
+    ``train()`` is a no-op and ``forward`` runs under ``torch.no_grad``. The wrapped
+    model's state-dict keys carry a ``module.`` prefix: load weights before freezing.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        for p in module.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Frozen":
+        return super().train(False)
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.module(*args, **kwargs)
+
+
+def freeze(model: nn.Module) -> Frozen:
+    """Freeze ``model`` for use as a teacher: no gradients, eval mode for good."""
+    return model if isinstance(model, Frozen) else Frozen(model)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build and initialise the model ``cfg`` describes.
+
+    Raises:
+        ValueError: a config field has a bad value, or a weights file does not fit.
+    """
+    cfg.validate()
+    _expect(cfg.init != "standard" or bool(cfg.imagenet_path), "imagenet_path",
+            "a local torchvision state dict when init='standard' (or set init='none')", cfg.imagenet_path)
+    model = RGBDTeacher(cfg) if cfg.kind == "teacher" else PoseNet(cfg)
+    if cfg.init == "standard":
+        state = read_state_dict(cfg.imagenet_path)
+        for part in _backbone_parts(model):
+            _load_strict(part, state, cfg.imagenet_path, "")
+    elif cfg.init == "checkpoint":
+        _init_from_checkpoint(model, cfg.init_checkpoint)
+    if cfg.depth_branch_checkpoint and cfg.init != "none":
+        _load_strict(model.depth, read_state_dict(cfg.depth_branch_checkpoint), cfg.depth_branch_checkpoint,
+                     "backbone.")
+    return model
+
+
+def _backbone_parts(model: nn.Module) -> list[ResNet]:
+    if isinstance(model, RGBDTeacher):
+        return [model.rgb, model.depth, model.trunk]
+    return [model.backbone]
+
+
+def _load_strict(part: ResNet, state: dict, source: str, prefix: str) -> None:
+    """Load a backbone part; every one of its tensors must come from the file."""
+    report = load_backbone_state(part, state, source, prefix)
+    if report.missing:
+        raise ValueError(f"{source}: has no tensors for {len(report.missing)} keys under prefix {prefix!r} "
+                         f"(e.g. {report.missing[:3]}); is it the right arch/kind of weights?")
+
+
+def _init_from_checkpoint(model: nn.Module, path: str) -> None:
+    """Init from our weights: a whole teacher, or a baseline (either input) for any model.
+
+    A baseline's backbone initialises every backbone part (conv1 adapted to each
+    part's input) and its head is taken when it fits; a teacher file loads as a whole.
+    """
+    state = read_state_dict(path)
+    if isinstance(model, RGBDTeacher) and "rgb.conv1.weight" in state:
+        model.load_state_dict(state)
+        return
+    for part in _backbone_parts(model):
+        _load_strict(part, state, path, "backbone.")
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    own = model.head.state_dict()
+    if head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
+        model.head.load_state_dict(head)
+    else:
+        log.info("%s: head not loaded (absent or of another shape); it keeps its He init", path)

@@ -1,0 +1,81 @@
+"""Configs: one YAML per thesis experiment, inheritance, overrides, schedules."""
+from pathlib import Path
+
+import pytest
+
+from depthpi.config import load_config
+from depthpi.losses import DistillationConfig, alpha_at
+from depthpi.train.schedules import StepSchedule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+THESIS_IDS = ["1.1", "1.2", "1.3", "1.4", "2.1", "2.2", "2.3", "3.1", "3.2", "4.1", "4.2", "4.3", "4.4",
+              "5.1", "5.2", "6.1", "7.1", "8.1", "8.2", "8.3", "8.4", "9.1"]
+
+
+def _path(experiment: str) -> Path:
+    found = [p for p in CONFIGS.glob(f"*/{experiment}.yaml") if p.parent.name != "base"]
+    assert len(found) == 1, f"expected one config for experiment {experiment}, found {found}"
+    return found[0]
+
+
+@pytest.mark.parametrize("experiment", THESIS_IDS)
+def test_every_thesis_experiment_has_a_config_that_loads(experiment):
+    cfg = load_config(_path(experiment))
+    assert cfg.experiment == experiment
+    assert cfg.run.out_dir == f"runs/{experiment}"
+    assert cfg.model.arch == "resnet50" and cfg.data.pipeline.input_size == 257
+
+
+def test_table_rows_differ_in_exactly_what_the_thesis_varies():
+    c41, c42, c43, c44 = (load_config(_path(f"4.{i}")).distill for i in (1, 2, 3, 4))
+    assert (c41.tap, c41.sigmoid, c41.alpha_warmup, c41.alpha_target) == ("block16.post_relu", False, 0.005, 0.01)
+    assert (c42.tap, c42.sigmoid) == ("block13.post_relu", False)
+    assert (c43.sigmoid, c43.alpha_warmup, c43.alpha_target) == (True, 0.1, 0.2)
+    assert c44.tap == "block13.pre_relu"
+    assert load_config(_path("5.1")).distill.term == "bce"
+    assert load_config(_path("6.1")).optim.freeze_bn_after_epoch == 10
+    c71 = load_config(_path("7.1")).distill
+    assert c71.attention and (c71.alpha_warmup, c71.alpha_target) == (0.25, 0.5)
+    assert load_config(_path("8.2")).data.unlabeled == "shards/pku/train"
+    assert load_config(_path("8.1")).data.unlabeled is None
+    c91 = load_config(_path("9.1"))
+    assert c91.teacher.model.kind == "baseline" and c91.teacher.weights.startswith("runs/1.4")
+    assert load_config(_path("2.3")).model.partial_conv and load_config(_path("2.2")).data.pipeline.rectify_depth
+    assert not load_config(_path("1.1")).data.pipeline.augment.geometry
+    assert load_config(_path("1.2")).data.pipeline.augment.geometry
+
+
+def test_overrides_win_and_bad_keys_are_named():
+    cfg = load_config(_path("8.1"), ["optim.lr=1e-4", "data.batch_size=8"])
+    assert cfg.optim.lr == 1e-4 and cfg.data.batch_size == 8
+    with pytest.raises(ValueError, match="no_such_key"):
+        load_config(_path("8.1"), ["optim.no_such_key=1"])
+    with pytest.raises(ValueError, match="teacher.mode"):
+        load_config(_path("8.1"), ["teacher.mode=sometimes"])
+    with pytest.raises(ValueError, match="distill.tap.*block17"):
+        load_config(_path("8.1"), ["distill.tap=block17.post_relu"])
+    assert load_config(_path("8.1"), ["distill.tap=layer3.5.pre_relu"]).distill.tap == "layer3.5.pre_relu"
+    with pytest.raises(ValueError, match="input_size"):
+        load_config(_path("8.1"), ["data.pipeline.input_size=256"])
+
+
+def test_base_cycle_and_missing_file_are_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_lr_schedule_equals_eq_5_10_at_epoch_boundaries():
+    schedule = StepSchedule()
+    expected = {0: 0.5, 0.99: 0.5, 1: 1.0, 14.99: 1.0, 15: 0.2, 19.5: 0.2, 20: 0.04, 24.9: 0.04, 25: 0.008, 29.9: 0.008}
+    assert {e: schedule.factor(e) for e in expected} == expected
+    short = schedule.scaled(6)  # a 6-epoch run keeps the shape: boundaries at 0.2, 3, 4, 5
+    assert [short.factor(e) for e in (0.1, 0.2, 2.9, 3.0, 4.0, 5.0)] == [0.5, 1.0, 1.0, 0.2, 0.04, 0.008]
+
+
+def test_alpha_ramps_linearly_for_ten_epochs_then_holds():
+    cfg = DistillationConfig(alpha_warmup=0.1, alpha_target=0.2, alpha_ramp_epochs=10)
+    assert [alpha_at(e, cfg) for e in (0, 5, 10, 20)] == pytest.approx([0.1, 0.15, 0.2, 0.2])

@@ -1,0 +1,362 @@
+"""Models: backbone shapes and names, weight loading, head, taps, teacher, freeze, partial conv."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthpi.models import (ModelConfig, PoseNet, RGBDTeacher, ResNet, build_model, freeze, load_backbone_checkpoint,
+                            load_imagenet, soft_argmax_3d, valid_taps)
+from depthpi.models.head import VolumetricHead
+from depthpi.models.partial_conv import PartialConv2d, masked_max_pool
+from depthpi.models.taps import block_to_path, parse_tap, path_to_block
+
+W = 1 / 16  # ResNet-50 at 1/16 width: stem 4 channels, layer4 128
+FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_resnet50_keys.txt"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _cfg(**kw) -> ModelConfig:
+    return ModelConfig(**{"width": W, "init": "none", "depth_bins": 8, **kw})
+
+
+def _stage_shapes(model: ResNet, n: int) -> list[tuple[int, int]]:
+    """(channels, side) after each layer, read through the last block's tap of each layer."""
+    taps = {f"layer{i}.{len(getattr(model, f'layer{i}')) - 1}.post_relu": [f"l{i}"] for i in range(1, 5)}
+    feats: dict = {}
+    model.eval().forward_taps(torch.randn(1, model.in_chans, n, n), taps, feats)
+    return [(feats[f"l{i}"].shape[1], feats[f"l{i}"].shape[-1]) for i in range(1, 5)]
+
+
+# --- backbone ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, side", [(257, 17), (129, 9), (65, 5)])
+def test_backbone_output_side_and_feature_info(n, side):
+    model = ResNet("resnet50", W)
+    shapes = _stage_shapes(model, n)
+    assert shapes[-1][1] == side
+    info = model.feature_info[1:]
+    assert [c for c, _ in shapes] == [f["num_chs"] for f in info] == [16, 32, 64, 128]
+    assert [f["reduction"] for f in info] == [4, 8, 16, 16]
+    assert [s for _, s in shapes] == [(n - 1) // r + 1 for r in (4, 8, 16, 16)]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet101"])
+def test_other_archs_reach_17x17(arch):
+    model = ResNet(arch, W).eval()
+    assert model(torch.randn(1, 3, 257, 257)).shape[-2:] == (17, 17)
+
+
+def test_dilation_keeps_layer4_at_layer3_resolution_like_torchvision():
+    dilated, strided = _stage_shapes(ResNet("resnet50", W), 129), _stage_shapes(ResNet("resnet50", W, output_stride=32), 129)
+    assert dilated[3][1] == dilated[2][1] == 9 and strided[3][1] == 5
+    layer4 = ResNet("resnet50", W).layer4
+    # First block: stride 1, previous dilation (1) in its 3×3; later blocks dilation 2.
+    assert layer4[0].conv2.stride == (1, 1) and layer4[0].conv2.dilation == (1, 1)
+    assert layer4[0].downsample[0].stride == (1, 1)
+    assert all(b.conv2.dilation == (2, 2) and b.conv2.padding == (2, 2) for b in layer4[1:])
+
+
+def test_resnet50_state_dict_keys_match_torchvision():
+    expected = FIXTURE.read_text().split()
+    assert len(expected) == 320
+    keys = list(ResNet("resnet50", 1.0).state_dict()) + ["fc.weight", "fc.bias"]
+    assert keys == expected
+    assert list(ResNet("resnet50", W, 1, partial_conv=True).state_dict()) == keys[:-2]
+
+
+def _fake_torchvision_file(tmp_path: Path, in_chans: int = 3) -> tuple[Path, dict]:
+    state = ResNet("resnet50", W, in_chans).state_dict()
+    for v in state.values():
+        if v.is_floating_point():
+            v.normal_()  # BN statistics too, so a load is visible everywhere
+    state["fc.weight"], state["fc.bias"] = torch.randn(10, 128), torch.randn(10)
+    path = tmp_path / "resnet50-imagenet.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_load_imagenet_averages_conv1_and_reports_fc(tmp_path):
+    path, state = _fake_torchvision_file(tmp_path)
+    model = ResNet("resnet50", W, in_chans=1)
+    report = load_imagenet(model, path)
+    assert report.missing == [] and report.unexpected == ["fc.weight", "fc.bias"]
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].mean(dim=1, keepdim=True), rtol=0, atol=0)
+    assert torch.equal(model.layer3[5].bn3.running_var, state["layer3.5.bn3.running_var"])
+
+
+def test_depth_to_rgb_conv1_is_copied_over_three(tmp_path):
+    depth_net = build_model(_cfg(input="depth"))
+    path = tmp_path / "depth.pt"
+    torch.save(depth_net.state_dict(), path)
+    rgb = ResNet("resnet50", W, in_chans=3)
+    report = load_backbone_checkpoint(rgb, path)
+    assert report.missing == [] and set(report.unexpected) == {"head.conv.weight", "head.conv.bias"}
+    w1 = depth_net.backbone.conv1.weight
+    torch.testing.assert_close(rgb.conv1.weight, w1.repeat(1, 3, 1, 1) / 3)
+    grey = torch.full((1, 1, 33, 33), 0.7)
+    torch.testing.assert_close(rgb.conv1(grey.repeat(1, 3, 1, 1)), depth_net.backbone.conv1(grey))
+
+
+def test_rgb_to_rgbd_conv1_is_tiled_and_rescaled(tmp_path):
+    path, state = _fake_torchvision_file(tmp_path)
+    rgbd = ResNet("resnet50", W, in_chans=4)
+    assert load_imagenet(rgbd, path).missing == []
+    w = state["conv1.weight"]
+    torch.testing.assert_close(rgbd.conv1.weight, torch.cat((w, w[:, :1]), dim=1) * 3 / 4, rtol=0, atol=0)
+
+
+def test_missing_unexpected_and_shape_mismatch_are_reported(tmp_path):
+    path, state = _fake_torchvision_file(tmp_path)
+    del state["layer2.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    report = load_imagenet(ResNet("resnet50", W), path)
+    assert report.missing == ["layer2.0.conv1.weight"]
+    assert set(report.unexpected) == {"fc.weight", "fc.bias", "extra.weight"}
+    with pytest.raises(ValueError, match=r"resnet50-imagenet\.pth: key 'conv1\.weight' has shape \(4, 3, 7, 7\)"
+                                         r".*expects \(8, 3, 7, 7\)"):
+        load_imagenet(ResNet("resnet50", 2 * W), path)
+
+
+def test_build_model_inits_teacher_and_student(tmp_path):
+    path, state = _fake_torchvision_file(tmp_path)
+    teacher = build_model(_cfg(kind="teacher", init="standard", imagenet_path=str(path)))
+    assert torch.equal(teacher.depth.conv1.weight, state["conv1.weight"].mean(dim=1, keepdim=True))
+    assert torch.equal(teacher.rgb.layer2[1].conv2.weight, state["layer2.1.conv2.weight"])
+    assert torch.equal(teacher.trunk.layer3[0].downsample[0].weight, state["layer3.0.downsample.0.weight"])
+    depth_base = build_model(_cfg(input="depth"))
+    depth_path = tmp_path / "depth.pt"
+    torch.save(depth_base.state_dict(), depth_path)
+    t32 = build_model(_cfg(kind="teacher", init="standard", imagenet_path=str(path),
+                           depth_branch_checkpoint=str(depth_path)))
+    assert torch.equal(t32.depth.layer2[3].conv3.weight, depth_base.backbone.layer2[3].conv3.weight)
+    assert torch.equal(t32.rgb.conv1.weight, state["conv1.weight"])
+    rebuilt = build_model(_cfg(kind="teacher", depth_branch_checkpoint=str(tmp_path / "absent.pt")))
+    assert not torch.equal(rebuilt.depth.conv1.weight, t32.depth.conv1.weight)  # init="none" reads no file
+    student = build_model(_cfg(init="checkpoint", init_checkpoint=str(depth_path)))
+    torch.testing.assert_close(student.backbone.conv1.weight, depth_base.backbone.conv1.weight.repeat(1, 3, 1, 1) / 3)
+    assert torch.equal(student.head.conv.weight, depth_base.head.conv.weight)
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(kind="student"), "kind"), (dict(input="rgbd"), "input"), (dict(arch="vgg16"), "arch"),
+    (dict(init="imagenet"), "init"),
+    (dict(partial_conv=True), "partial_conv"), (dict(init="checkpoint"), "init_checkpoint"),
+    (dict(depth_branch_checkpoint="x.pt"), "depth_branch_checkpoint"),
+])
+def test_config_errors_name_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+        ModelConfig(**{"init": "none", **kw})
+
+
+def test_standard_init_needs_an_imagenet_file(tmp_path):
+    with pytest.raises(ValueError, match="ModelConfig.imagenet_path"):
+        build_model(ModelConfig(width=W))
+    with pytest.raises(ValueError, match="missing.pth: not found"):
+        build_model(ModelConfig(width=W, imagenet_path=str(tmp_path / "missing.pth")))
+
+
+# --- head -------------------------------------------------------------------------------
+
+def test_soft_argmax_of_one_hot_returns_voxel_centre():
+    d, h, w = 8, 9, 5
+    scores = torch.zeros(2, 3, d, h, w)
+    idx = [(0, 0, 0), (7, 8, 4), (3, 2, 1)]
+    for j, (k, v, u) in enumerate(idx):
+        scores[:, j, k, v, u] = 1e4
+    got = soft_argmax_3d(scores)
+    expected = torch.tensor([[(u + 0.5) / w, (v + 0.5) / h, (k + 0.5) / d] for k, v, u in idx])
+    torch.testing.assert_close(got, expected.expand(2, 3, 3))
+
+
+def test_head_layout_root_relative_and_gradients():
+    head = VolumetricHead(4, num_joints=3, depth_bins=8, cube_mm=2000.0, root_index=1)
+    nn.init.zeros_(head.conv.weight)
+    with torch.no_grad():
+        head.conv.bias.zero_()
+        for j, k in enumerate((2, 5, 7)):
+            head.conv.bias[j * 8 + k] = 1e4  # joint j at depth bin k (channel j·D + d)
+    feat = torch.randn(1, 4, 9, 9)
+    absolute = head.absolute(feat)
+    torch.testing.assert_close(absolute[0, :, 2], torch.tensor([2.5, 5.5, 7.5]) / 8 * 2000)
+    torch.testing.assert_close(absolute[0, :, :2], torch.full((3, 2), 1000.0))
+    torch.testing.assert_close(head(feat)[0, :, 2], torch.tensor([-750.0, 0.0, 500.0]))
+
+    scores = torch.randn(2, 3, 8, 9, 9, requires_grad=True)
+    (soft_argmax_3d(scores) * torch.randn(2, 3, 3)).sum().backward()
+    assert torch.isfinite(scores.grad).all() and scores.grad.abs().sum() > 0
+
+
+def test_head_under_bf16_autocast_is_float32_and_close():
+    head = VolumetricHead(16, num_joints=17, depth_bins=32)
+    feat = torch.randn(2, 16, 17, 17) * 3
+    ref = head(feat)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(feat)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - ref).abs().max() < 20.0  # mm, out of a 2000 mm cube; bf16 only in the conv
+
+
+def test_model_channels_last_and_bf16_autocast():
+    model = build_model(_cfg(kind="teacher")).eval()
+    rgb, depth = torch.randn(2, 3, 65, 65), torch.rand(2, 1, 65, 65)
+    ref = model(rgb, depth).joints
+    model = model.to(memory_format=torch.channels_last)
+    cl = model(rgb.contiguous(memory_format=torch.channels_last), depth.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl.joints, ref, atol=0.05, rtol=0)  # mm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(rgb, depth, taps=("block13.pre_relu",))
+    assert out.joints.dtype == torch.float32 and torch.isfinite(out.joints).all()
+    assert out.features["block13.pre_relu"].dtype == torch.bfloat16
+
+
+# --- taps -------------------------------------------------------------------------------
+
+def test_tap_name_mapping():
+    depths = (3, 4, 6, 3)
+    assert block_to_path(13, depths) == "layer3.5" and block_to_path(16, depths) == "layer4.2"
+    assert block_to_path(4, depths) == "layer2.0"
+    assert [path_to_block(block_to_path(k, depths), depths) for k in range(1, 17)] == list(range(1, 17))
+    assert path_to_block("layer4.2", (3, 4, 23, 3)) == 33
+    assert parse_tap("depth.layer2.3.post_relu", "resnet50", teacher=True) == ("depth", "layer2.3.post_relu")
+    assert parse_tap("block13.pre_relu", "resnet50", teacher=True) == ("", "layer3.5.pre_relu")
+    assert len(valid_taps("resnet50")) == 16 * 4
+
+
+@pytest.mark.parametrize("name, teacher", [
+    ("block17.pre_relu", False), ("block13.relu", False), ("layer3.6.pre_relu", False), ("fusion", False),
+    ("rgb.block5.pre_relu", False), ("block5.pre_relu", True), ("rgb.block13.pre_relu", True), ("conv1", True),
+])
+def test_unknown_taps_raise_listing_valid_names(name, teacher):
+    model = build_model(_cfg(kind="teacher" if teacher else "baseline")).eval()
+    x = torch.randn(1, 3, 65, 65)
+    args = (x, torch.rand(1, 1, 65, 65)) if teacher else (x,)
+    with pytest.raises(ValueError, match="valid taps: .*block13.post_relu"):
+        model(*args, taps=(name,))
+
+
+def _manual_block(block, x):
+    out = F.relu(block.bn1(block.conv1(x)))
+    out = F.relu(block.bn2(block.conv2(out)))
+    out = block.bn3(block.conv3(out))
+    return out + (block.downsample(x) if block.downsample is not None else x)
+
+
+def test_baseline_taps_match_manual_run():
+    model = build_model(_cfg()).eval()
+    x = torch.randn(2, 3, 65, 65)
+    names = ("block13.pre_relu", "block13.post_relu", "layer3.5.pre_relu", "block4.pre_relu")
+    out = model(x, taps=names)
+    assert set(out.features) == set(names)
+    b = model.backbone
+    with torch.no_grad():
+        h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        h = b.layer1(h)
+        pre4 = _manual_block(b.layer2[0], h)
+        h = b.layer2(h)
+        for block in b.layer3[:5]:
+            h = F.relu(_manual_block(block, h))
+        pre13 = _manual_block(b.layer3[5], h)
+    torch.testing.assert_close(out.features["block13.pre_relu"], pre13)
+    torch.testing.assert_close(out.features["block4.pre_relu"], pre4)
+    assert torch.equal(out.features["layer3.5.pre_relu"], out.features["block13.pre_relu"])
+    assert torch.equal(out.features["block13.post_relu"], F.relu(out.features["block13.pre_relu"]))
+    assert (out.features["block13.pre_relu"] < 0).any()  # pre_relu really is before the ReLU
+
+
+def test_teacher_taps_follow_fusion_and_trunk():
+    model = build_model(_cfg(kind="teacher")).eval()
+    rgb, depth = torch.randn(2, 3, 65, 65), torch.rand(2, 1, 65, 65)
+    names = ("rgb.block7.post_relu", "depth.layer2.3.post_relu", "fusion", "block13.post_relu", "block16.pre_relu")
+    out = model(rgb, depth, taps=names)
+    f = out.features
+    assert f["fusion"].shape == (2, 32, 9, 9) and f["block13.post_relu"].shape == (2, 64, 5, 5)
+    with torch.no_grad():
+        fused = model.fusion(f["rgb.block7.post_relu"], f["depth.layer2.3.post_relu"])
+        torch.testing.assert_close(f["fusion"], fused)
+        torch.testing.assert_close(model.trunk.layer3(fused), f["block13.post_relu"])
+        torch.testing.assert_close(model.head(F.relu(f["block16.pre_relu"])), out.joints)
+    assert set(f) == set(names)
+
+
+# --- teacher/student --------------------------------------------------------------------
+
+def test_frozen_teacher_gets_no_gradient_and_stays_in_eval():
+    teacher = freeze(build_model(_cfg(kind="teacher")))
+    student = build_model(_cfg())
+    teacher.train()
+    assert not any(m.training for m in teacher.modules())
+    stats = teacher.module.trunk.layer3[0].bn1.running_mean.clone()
+    rgb, depth = torch.randn(2, 3, 65, 65), torch.rand(2, 1, 65, 65)
+    tap = "block13.post_relu"
+    t_feat = teacher(rgb, depth, taps=(tap,)).features[tap]
+    s_out = student(rgb, taps=(tap,))
+    loss = F.mse_loss(torch.sigmoid(s_out.features[tap]), torch.sigmoid(t_feat)) + s_out.joints.abs().mean()
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert student.backbone.layer3[5].conv3.weight.grad.abs().sum() > 0
+    assert torch.equal(stats, teacher.module.trunk.layer3[0].bn1.running_mean)
+
+
+# --- partial convolutions ---------------------------------------------------------------
+
+def test_partial_conv_with_all_valid_mask_equals_conv_in_interior():
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=True)
+    pconv = PartialConv2d(3, 5, 3, stride=2, padding=1, bias=True)
+    pconv.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 17, 17)
+    out, mask = pconv(x, torch.ones(2, 1, 17, 17))
+    torch.testing.assert_close(out[..., 1:-1, 1:-1], conv(x)[..., 1:-1, 1:-1])
+    assert torch.equal(mask, torch.ones(2, 1, 9, 9))
+    corner = conv(x)[..., 0, 0] - conv.bias  # 4 of 9 taps valid at the corner: rescaled by 9/4
+    torch.testing.assert_close(out[..., 0, 0] - conv.bias, corner * 9 / 4)
+
+
+def test_partial_conv_zero_where_no_valid_pixel_and_mask_update():
+    pconv = PartialConv2d(1, 2, 3, padding=1, bias=True)
+    mask = torch.zeros(1, 1, 9, 9)
+    mask[..., 4, 4] = 1
+    out, new_mask = pconv(torch.randn(1, 1, 9, 9), mask)
+    expected = torch.zeros(1, 1, 9, 9)
+    expected[..., 3:6, 3:6] = 1
+    assert torch.equal(new_mask, expected)
+    assert (out * (1 - expected) == 0).all() and (out[..., 3:6, 3:6] != 0).all()
+    pooled, pooled_mask = masked_max_pool(nn.MaxPool2d(3, 2, 1), torch.rand(1, 2, 9, 9), mask)
+    assert pooled_mask.sum() == 1 and pooled[..., 2, 2].min() > 0
+
+
+def test_invalid_depth_values_do_not_influence_partial_network():
+    net = ResNet("resnet50", W, in_chans=1, partial_conv=True, stages=(0, 1, 2)).eval()
+    plain = ResNet("resnet50", W, in_chans=1, stages=(0, 1, 2)).eval()
+    plain.load_state_dict(net.state_dict())
+    depth = torch.rand(1, 1, 65, 65) + 0.1
+    mask = torch.ones(1, 1, 65, 65)
+    mask[..., 10:40, 20:50] = 0
+    other = depth.clone()
+    other[..., 10:40, 20:50] = torch.rand(30, 30) + 0.1
+    with torch.no_grad():
+        assert torch.equal(net.forward_taps(depth, mask=mask), net.forward_taps(other, mask=mask))
+        assert not torch.allclose(plain(depth), plain(other))
+        zeroed = depth * mask  # mask derived from the input: 0 = invalid
+        torch.testing.assert_close(net(zeroed), net.forward_taps(other, mask=mask))
+
+
+def test_partial_conv_teacher_and_depth_baseline_run():
+    depth = torch.rand(1, 1, 65, 65)
+    depth[..., :20, :] = 0
+    baseline = build_model(_cfg(input="depth", partial_conv=True)).eval()
+    teacher = build_model(_cfg(kind="teacher", partial_conv=True)).eval()
+    assert isinstance(baseline.backbone.layer2[3].conv2, PartialConv2d)
+    assert not isinstance(baseline.backbone.layer3[0].conv2, PartialConv2d)
+    assert isinstance(teacher.depth.layer1[0].downsample[0], PartialConv2d)
+    assert torch.isfinite(baseline(depth).joints).all()
+    assert torch.isfinite(teacher(torch.randn(1, 3, 65, 65), depth).joints).all()
+    assert isinstance(baseline, PoseNet) and isinstance(teacher, RGBDTeacher)
