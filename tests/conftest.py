@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny fake samples and split directories of real tar shards."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+from depthpi.data.schema import Sample, SampleError, SampleMeta, encode_sample
+from depthpi.data.shards import Manifest, ShardWriter, write_manifest
+
+NUM_JOINTS = 17
+
+
+def fake_sample(key: str, seed: int = 0, labeled: bool = True, rgb_shape=(48, 40), depth_shape=None,
+                extra: dict | None = None) -> Sample:
+    """A small random sample: smooth rgb (H, W, 3) uint8, depth (h, w) uint16 mm, identity K and R, 17 joints."""
+    rng = np.random.default_rng(seed)
+    height, width = rgb_shape
+    depth_shape = depth_shape or rgb_shape
+    meta = SampleMeta(dataset="fake", subject=f"S{seed % 3}", camera="C0", action="walk", frame=seed,
+                      labeled=labeled, rgb_K=np.eye(3), depth_K=np.eye(3), R=np.eye(3), t=np.zeros(3),
+                      joints=rng.uniform(-500, 500, (NUM_JOINTS, 3)) + [0, 0, 3000] if labeled else None,
+                      joint_valid=rng.uniform(size=NUM_JOINTS) > 0.1,
+                      bbox=np.array([2.0, 3.0, width - 4.0, height - 6.0]), extra=dict(extra or {}))
+    # Smooth colours: JPEG's 4:2:0 chroma subsampling would smear pixel noise beyond any tolerance.
+    coarse = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    rgb = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+    return Sample(key=key, rgb=rgb,
+                  depth=rng.integers(0, 8000, depth_shape, dtype=np.uint16), meta=meta)
+
+
+def make_indexed_sample(index: int, prefix: str = "k", skip_every: int = 0) -> Sample | None:
+    """``build_shards`` callback (picklable with functools.partial): index → sample.
+
+    With ``skip_every = n``, index n−1, 2n−1, ... returns None and n−2, 2n−2, ... raises SampleError.
+    """
+    if skip_every and index % skip_every == skip_every - 1:
+        return None
+    if skip_every and index % skip_every == skip_every - 2:
+        raise SampleError(f"{prefix}{index:06d}", "joints", "fake converter rejected it")
+    return fake_sample(f"{prefix}{index:06d}", seed=index)
+
+
+def map_identity(sample: Sample, epoch: int) -> dict:
+    """Loader map_fn: the stored arrays as they are; rejects samples marked ``extra.reject``."""
+    if sample.meta.extra.get("reject"):
+        raise SampleError(sample.key, "joints", "rejected by map_fn (implausible pose)", None)
+    return {"key": sample.key, "rgb": sample.rgb, "depth": sample.depth, "epoch": epoch,
+            "joints": sample.meta.joints.astype(np.float32), "labeled": sample.meta.labeled}
+
+
+def key_of(shard: int, index: int) -> str:
+    return f"s{shard:03d}_{index:04d}"
+
+
+def write_split(split_dir: Path, counts: list[int],
+                mutate: Callable[[str, dict], dict] | None = None, **sample_kw) -> Manifest:
+    """Write one shard per entry of ``counts`` (keys from :func:`key_of`) and a manifest.
+
+    ``mutate(key, members)`` may return altered tar members to plant bad samples.
+    """
+    shards = []
+    for shard, count in enumerate(counts):
+        with ShardWriter(split_dir, max_count=max(count, 1), start_index=shard,
+                         write_manifest_on_close=False) as writer:
+            for i in range(count):
+                members = encode_sample(fake_sample(key_of(shard, i), seed=1000 * shard + i, **sample_kw))
+                writer.write(mutate(members["__key__"], members) if mutate else members)
+        shards += writer.shards
+    manifest = Manifest(shards=shards, total_count=sum(counts), params={"fixture": True})
+    write_manifest(split_dir, manifest)
+    return manifest
+
+
+@pytest.fixture
+def make_split(tmp_path):
+    """``make_split(counts, name="train", mutate=None)`` → split directory of real tar shards."""
+    def make(counts: list[int], name: str = "train", mutate=None, **sample_kw) -> Path:
+        split_dir = tmp_path / name
+        write_split(split_dir, counts, mutate, **sample_kw)
+        return split_dir
+    return make
