@@ -7,12 +7,21 @@ from pathlib import Path
 
 
 def _shards_build(args) -> None:
-    from depthpi.data.build import build_synthetic
+    if args.source == "synthetic":
+        from depthpi.data.build import build_synthetic
 
-    if args.source != "synthetic":
-        raise SystemExit(f"--source {args.source}: converter not available yet (known: synthetic)")
-    build_synthetic(Path(args.out), {"train": args.train, "test": args.test, "unlabeled": args.unlabeled},
-                    samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
+        build_synthetic(Path(args.out), {"train": args.train, "test": args.test, "unlabeled": args.unlabeled},
+                        samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
+        return
+    from depthpi.data.converters import convert
+
+    if not args.root:
+        raise SystemExit(f"depthpi shards build --source {args.source}: --root RAW_DIR is required")
+    summary = convert(args.source, args.root, args.out, every=args.every, workers=args.workers,
+                      split_scheme=args.split_scheme, poses_file=args.poses_file,
+                      intrinsics_file=args.intrinsics_file, missing_list=args.missing_list,
+                      videos_per_shard=args.videos_per_shard, depth=args.depth)
+    print(summary.format())
 
 
 def _shards_inspect(args) -> None:
@@ -39,14 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     shards = commands.add_parser("shards", help="build or inspect WebDataset shards").add_subparsers(
         dest="shards_command", required=True)
     build = shards.add_parser("build", help="convert a data source into shards (resumable)")
-    build.add_argument("--source", default="synthetic", choices=["synthetic"])
+    build.add_argument("--source", default="synthetic", choices=["synthetic", "ntu", "pku", "h36m"])
     build.add_argument("--out", required=True, help="output root; one directory per split")
-    build.add_argument("--train", type=int, default=4000, help="labelled training samples")
-    build.add_argument("--test", type=int, default=1000, help="test samples (unseen subjects and cameras)")
-    build.add_argument("--unlabeled", type=int, default=2000, help="unlabelled RGB-D pairs")
-    build.add_argument("--per-shard", type=int, default=250)
-    build.add_argument("--workers", type=int, default=2)
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--workers", type=int, default=2, help="processes")
+    synthetic = build.add_argument_group("synthetic source")
+    synthetic.add_argument("--train", type=int, default=4000, help="labelled training samples")
+    synthetic.add_argument("--test", type=int, default=1000, help="test samples (unseen subjects and cameras)")
+    synthetic.add_argument("--unlabeled", type=int, default=2000, help="unlabelled RGB-D pairs")
+    synthetic.add_argument("--per-shard", type=int, default=250)
+    synthetic.add_argument("--seed", type=int, default=0)
+    raw = build.add_argument_group("ntu / pku / h36m sources (layouts: depthpi/data/converters/<source>.py)")
+    raw.add_argument("--root", help="raw dataset directory as the dataset ships it")
+    raw.add_argument("--every", type=int, help="keep every N-th frame (default: ntu/pku 5, h36m 64)")
+    raw.add_argument("--split-scheme", help="ntu: thesis (Table 5.2), xsub, xview, xsub120, xset120; "
+                                            "pku: cross-subject, cross-view")
+    raw.add_argument("--poses-file", help="JSON Lines of external 17-joint poses and boxes (take precedence)")
+    raw.add_argument("--intrinsics-file", help="JSON with rgb_K and depth_K (pku: required, e.g. NTU's fit)")
+    raw.add_argument("--missing-list", help="ntu: samples with missing skeletons, one name per line")
+    raw.add_argument("--videos-per-shard", type=int)
+    raw.add_argument("--depth", default="auto", choices=["auto", "full", "masked"], help="ntu depth maps to read")
     build.set_defaults(func=_shards_build)
     inspect = shards.add_parser("inspect", help="summary and a contact sheet of a split")
     inspect.add_argument("dir")

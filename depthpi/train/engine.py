@@ -37,7 +37,7 @@ def make_accelerator(cfg: TrainConfig):
     if precision == "auto":
         precision = "fp32" if on_cpu else "bf16"
     kwargs = []
-    if on_cpu:
+    if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Without an explicit backend accelerate finds none on a GPU-less machine and, under
         # DeepSpeed, reports one process per rank (DESIGN.md, "Library behaviour").
         kwargs.append(InitProcessGroupKwargs(backend="gloo"))

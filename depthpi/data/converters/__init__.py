@@ -1,0 +1,76 @@
+"""Raw-dataset converters: NTU RGB+D, PKU-MMD, Human3.6M → depthpi shards (issue #8).
+
+One entry point, :func:`convert`; each source module documents the raw layout it reads
+(:mod:`.ntu`, :mod:`.pku`, :mod:`.h36m`), :mod:`.kinect` the Kinect v2 joint mapping and
+camera frame, :mod:`.common` crops, the summary and the resumable parallel driver.
+
+Output: ``OUT/<split>/<source>-NNNNNN.tar`` + ``OUT/<split>/manifest.json`` per split
+(``train``/``test`` for NTU; ``unlabeled``/``test`` for PKU-MMD; ``test`` for
+Human3.6M), ``OUT/summary.<source>.json`` and, for NTU, ``OUT/intrinsics.ntu.json``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from depthpi.data.converters.common import Summary, run_conversion
+from depthpi.data.converters.ntu import ConverterError
+
+SOURCES = ("ntu", "pku", "h36m")
+
+
+def _module(source: str):
+    if source == "ntu":
+        from depthpi.data.converters import ntu as module
+    elif source == "pku":
+        from depthpi.data.converters import pku as module
+    elif source == "h36m":
+        from depthpi.data.converters import h36m as module
+    else:
+        raise ConverterError(f"--source {source!r}: expected one of {', '.join(SOURCES)}")
+    return module
+
+
+def convert(source: str, root: str | Path, out: str | Path, *, every: int | None = None, workers: int = 1,
+            split_scheme: str | None = None, poses_file: str | Path | None = None,
+            intrinsics_file: str | Path | None = None, videos_per_shard: int | None = None,
+            progress: bool = True, **options) -> Summary:
+    """Convert a raw dataset into shards; resumable (finished shards are kept).
+
+    Args:
+        source: ``ntu``, ``pku`` or ``h36m``.
+        root: the raw dataset root (layout in the source module's docstring).
+        out: output root, e.g. ``shards/ntu``; one directory per split.
+        every: convert every N-th frame (default per source: NTU/PKU 5, H36M 64).
+        workers: processes (one shard = ``videos_per_shard`` videos at a time each).
+        split_scheme: NTU: thesis (default) | xsub | xview | xsub120 | xset120;
+            PKU: cross-subject (default) | cross-view.
+        poses_file: NTU/PKU: JSON Lines pseudo-ground truth (takes precedence).
+        intrinsics_file: NTU: per-setup or global intrinsics JSON instead of fitting;
+            PKU: required unless a previous NTU conversion's ``intrinsics.ntu.json``
+            is given; H36M: the camera JSON (required).
+        videos_per_shard: videos per shard (default per source).
+        progress: show a progress bar.
+        **options: source-specific: NTU ``missing_list``, ``depth`` (auto|full|masked),
+            ``fit_videos``; all ``context`` (crop side / box side, 1.4), ``max_side`` (320).
+    Returns:
+        The merged :class:`Summary` (also written to ``OUT/summary.<source>.json``);
+        ``str(summary.format())`` is the end-of-run report.
+    Raises:
+        ConverterError: wrong root or options, before any work.
+    """
+    module = _module(source)
+    kwargs = dict(options)
+    if split_scheme is not None:
+        kwargs["split_scheme"] = split_scheme
+    converter, jobs, summary, params = module.prepare(Path(root), Path(out), every=every, poses_file=poses_file,
+                                                      intrinsics_file=intrinsics_file, workers=workers, **kwargs)
+    per_shard = videos_per_shard or module.DEFAULT_VIDEOS_PER_SHARD
+    if per_shard < 1:
+        raise ConverterError(f"videos_per_shard must be >= 1, got {per_shard}")
+    params = {**params, "videos_per_shard": per_shard}
+    run_conversion(converter, jobs, Path(out), videos_per_shard=per_shard, workers=workers, params=params,
+                   summary=summary, progress=progress)
+    return summary
+
+
+__all__ = ["SOURCES", "ConverterError", "Summary", "convert"]

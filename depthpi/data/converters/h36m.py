@@ -1,0 +1,184 @@
+"""Human3.6M (official layout) → depthpi shards: the RGB-only test set (S9, S11; thesis §5.1.3).
+
+Raw layout (``ROOT`` is ``--root``)::
+
+    ROOT/S9/Videos/<Action>.<camera>.mp4                 e.g. "Directions 1.54138969.mp4"
+    ROOT/S9/MyPoseFeatures/D3_Positions/<Action>.cdf     variable "Pose": (1, frames, 96),
+                                                         32 joints × xyz, world mm
+    ROOT/S11/...                                         (same)
+    camera JSON (``intrinsics_file``; default ROOT/cameras.json)
+
+A pose file that cdflib cannot read may be replaced by ``<Action>.npz`` holding the same
+array under ``Pose`` (documented fallback; tried when the .cdf is absent).
+
+Camera JSON, per subject and camera id (world → camera: ``p_cam = R (p_world − t)``, the
+H36M metadata convention; camera axes x right, y down, z forward)::
+
+    {"S9": {"54138969": {"R": [[3×3]], "t": [3] camera centre in world mm,
+                         "K": [[3×3]]  or  "f": [fx, fy], "c": [cx, cy],
+                         "dist": [k1, k2, p1, p2, k3]  (optional, OpenCV order),
+                         "size": [width, height]  (optional)}}}
+
+Labels: the 32 mocap joints reduced to H36M_17 by indices
+[0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27] (pelvis, right hip, knee,
+ankle, left hip, knee, ankle, spine, thorax, nose/head, head top, left shoulder, elbow,
+wrist, right shoulder, elbow, wrist: the order of :data:`depthpi.skeleton.H36M_17`).
+Joints are stored in world mm with the camera's R and t (world ≠ camera here). Every
+64th frame by default; the box comes from the projected joints with a margin; no depth
+(``depth_K`` null, no depth.png). With distortion coefficients the crop is undistorted
+so that the stored ``rgb_K`` is an exact pinhole.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from depthpi.camera import Camera
+from depthpi.data.converters.common import (Converter, Job, Summary, box_from_joints, box_visible, crop_person,
+                                            iter_video_frames, make_sample, safe_key)
+from depthpi.data.converters.ntu import ConverterError
+from depthpi.data.schema import Sample, SampleMeta
+
+SOURCE = "h36m"
+H36M_17_FROM_32 = [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27]
+DEFAULT_EVERY = 64
+DEFAULT_VIDEOS_PER_SHARD = 20
+TEST_SUBJECTS = ("S9", "S11")
+VIDEO_RE = re.compile(r"^(?P<action>.+)\.(?P<camera>\d+)\.mp4$")
+
+
+def read_pose_file(path: Path) -> np.ndarray:
+    """(frames, 17, 3) world mm from a D3_Positions .cdf (or the .npz fallback)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            pose = np.asarray(data["Pose"], np.float64)
+    else:
+        import cdflib
+
+        pose = np.asarray(cdflib.CDF(str(path)).varget("Pose"), np.float64)
+    pose = pose.reshape(-1, 32, 3)
+    return pose[:, H36M_17_FROM_32]
+
+
+def load_cameras(path: Path) -> dict:
+    try:
+        record = json.loads(Path(path).read_text())
+    except OSError:
+        raise ConverterError(f"camera JSON {path}: not found (pass intrinsics_file=..., format in {__name__})") from None
+    except json.JSONDecodeError as err:
+        raise ConverterError(f"camera JSON {path}: not valid JSON ({err})") from None
+    cameras = {}
+    for subject, per_camera in record.items():
+        for camera_id, entry in per_camera.items():
+            try:
+                if "K" in entry:
+                    K = np.asarray(entry["K"], np.float64)
+                else:
+                    (fx, fy), (cx, cy) = entry["f"], entry["c"]
+                    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
+                t = entry["t"] if "t" in entry else entry["T"]
+                cam = Camera(K, np.asarray(entry["R"], np.float64), np.asarray(t, np.float64).reshape(3))
+                dist = np.asarray(entry.get("dist", [0.0] * 5), np.float64).ravel()
+            except (KeyError, TypeError, ValueError) as err:
+                raise ConverterError(f"camera JSON {path}: {subject}/{camera_id}: {err}") from None
+            if abs(np.linalg.det(cam.R) - 1) > 1e-3:
+                raise ConverterError(f"camera JSON {path}: {subject}/{camera_id}: R is not a rotation")
+            cameras[(subject, str(camera_id))] = {"K": cam.K.tolist(), "R": cam.R.tolist(), "t": cam.t.tolist(),
+                                                   "dist": dist.tolist()}
+    return cameras
+
+
+@dataclass
+class H36MConverter(Converter):
+    cameras: dict
+    every: int = DEFAULT_EVERY
+    context: float = 1.4
+    max_side: int = 320
+    margin: float = 0.1
+    source: str = SOURCE
+
+    def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:
+        p = job.payload
+        calib = self.cameras.get((p["subject"], p["camera"]))
+        if calib is None:
+            summary.skip_video("camera not in the camera JSON", job.name)
+            return
+        pose_path = Path(p["pose"])
+        if not pose_path.is_file():
+            summary.skip_video("pose file missing", f"{p['subject']}/{pose_path.name}")
+            return
+        try:
+            world = read_pose_file(pose_path)
+        except Exception as err:  # cdflib raises assorted errors on bad files
+            summary.skip_video("pose file unreadable", f"{p['subject']}/{pose_path.name} ({type(err).__name__})")
+            return
+        cam = Camera(np.asarray(calib["K"]), np.asarray(calib["R"]), np.asarray(calib["t"]))
+        dist = np.asarray(calib["dist"])
+        wanted = list(range(0, len(world), self.every))
+        summary.videos_read += 1
+        bad = [f for f in wanted if not np.isfinite(world[f]).all()]
+        for f in bad:
+            summary.skip_frame("pose not finite", f"{job.name}:{f}")
+        wanted = [f for f in wanted if f not in bad]
+        for f, frame in iter_video_frames(Path(p["video"]), wanted, summary, f"{p['subject']}/{Path(p['video']).name}"):
+            joints = world[f]
+            pixels = cam.project(joints)
+            box = box_from_joints(pixels, cam.world_to_camera(joints)[:, 2] > 0, self.margin)
+            h, w = frame.shape[:2]
+            if box is None or not box_visible(box, w, h):
+                summary.skip_frame("person outside the image", f"{job.name}:{f}")
+                continue
+            crops = crop_person(frame, cam.K, box, context=self.context, max_side=self.max_side, dist=dist)
+            sample = make_sample(safe_key(p["subject"], p["action"], p["camera"], f"{f:06d}"), crops, dataset=SOURCE,
+                                 subject=p["subject"], camera=p["camera"], action=p["action"].split(" ")[0],
+                                 frame=f, joints_cam=None, joint_valid=np.ones(17, bool),
+                                 extra={"video": f"{p['subject']}/{Path(p['video']).name}", "action_full": p["action"]})
+            # World joints with the camera's R and t (world ≠ camera for Human3.6M).
+            meta: SampleMeta = sample.meta
+            meta.labeled, meta.joints, meta.R, meta.t = True, np.round(joints, 3), cam.R, cam.t
+            yield sample
+
+
+def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file: str | Path | None = None,
+            subjects: tuple[str, ...] = TEST_SUBJECTS, context: float = 1.4, max_side: int = 320,
+            poses_file=None, split_scheme: str | None = None, workers: int = 1, **unused
+            ) -> tuple[H36MConverter, list[Job], Summary, dict]:
+    root = Path(root)
+    if not root.is_dir():
+        raise ConverterError(f"--root {root}: not a directory (expected the Human3.6M root holding S9/, S11/)")
+    if poses_file:
+        raise ConverterError("poses_file: not supported for h36m (the mocap poses are the labels)")
+    for subject in subjects:
+        for sub in ("Videos", "MyPoseFeatures/D3_Positions"):
+            if not (root / subject / sub).is_dir():
+                raise ConverterError(f"--root {root}: expected subdirectory {subject}/{sub}/ is missing")
+    every = DEFAULT_EVERY if every is None else int(every)
+    if every < 1:
+        raise ConverterError(f"every must be >= 1, got {every}")
+    camera_file = Path(intrinsics_file) if intrinsics_file else root / "cameras.json"
+    cameras = load_cameras(camera_file)
+    summary = Summary(SOURCE)
+    jobs = []
+    for subject in subjects:
+        for video in sorted((root / subject / "Videos").iterdir()):
+            match = VIDEO_RE.match(video.name)
+            summary.videos_listed += 1
+            if not match:
+                summary.skip_video("video name is not <Action>.<camera>.mp4", f"{subject}/{video.name}")
+                continue
+            action, camera = match["action"], match["camera"]
+            poses_dir = root / subject / "MyPoseFeatures" / "D3_Positions"
+            pose = poses_dir / f"{action}.cdf"
+            if not pose.exists() and (poses_dir / f"{action}.npz").exists():
+                pose = poses_dir / f"{action}.npz"
+            jobs.append(Job(safe_key(subject, action, camera), "test",
+                            {"subject": subject, "action": action, "camera": camera, "video": str(video),
+                             "pose": str(pose)}))
+    params = {"source": SOURCE, "every": every, "subjects": list(subjects), "context": context, "max_side": max_side,
+              "cameras": {f"{s}/{c}": v for (s, c), v in sorted(cameras.items())}}
+    return H36MConverter(cameras, every, context, max_side), jobs, summary, params

@@ -1,0 +1,421 @@
+"""NTU RGB+D (60 and 120) → depthpi shards (thesis §5.1).
+
+Raw layout (as the dataset ships; ``ROOT`` is ``--root``)::
+
+    ROOT/nturgb+d_skeletons/SsssCcccPpppRrrrAaaa.skeleton    required
+    ROOT/nturgb+d_rgb/SsssCcccPpppRrrrAaaa_rgb.avi            required (1920×1080)
+    ROOT/nturgb+d_depth_masked/SsssCcccPpppRrrrAaaa/MDepth-00000001.png   512×424 uint16 mm
+    ROOT/nturgb+d_depth/SsssCcccPpppRrrrAaaa/Depth-00000001.png           full maps (optional)
+
+At least one depth folder must exist; full depth maps are used where present (they keep
+the background the thesis' §5.1.2 describes), masked ones otherwise (``depth="masked"``
+or ``"full"`` forces one). Frame i (0-based) of the video and skeleton file is depth
+image number i + 1. Sequences are listed from the skeleton folder; the NTU-120 folders
+(S018–S032) may simply be merged into the same directories.
+
+Per sequence: RGB frames are read with OpenCV (unused frames skipped with ``grab``),
+every ``every``-th frame is converted, one sample per person with a usable skeleton.
+Labels are the Kinect skeletons mapped to H36M_17 (:mod:`.kinect`), or — as the thesis
+did — poses and boxes from a **poses file** (``poses_file``), which then take precedence
+(frames of a listed sequence without a record are skipped):
+
+    JSON Lines, one record per person and frame:
+    {"video": "S001C001P001R001A001", "frame": 0, "joints": [[x, y, z] × 17],
+     "box": [x, y, w, h], "valid": [17 × bool], "person": 0}
+
+``frame`` is 0-based; ``joints`` are millimetres in depthpi's RGB camera frame (x right,
+y down, z forward) **of the stored, unmirrored image**, in H36M_17 order; ``box`` (full
+1920×1080 unmirrored frame pixels) and ``valid`` (default all true) and ``person``
+(default: order in the file) are optional. Without a box, the box comes from the
+projected joints with a margin.
+
+Camera: colour and depth intrinsics are fitted per camera configuration (SsssCccc) by
+least squares from the skeletons' 2D–3D pairs (eq. 5.1–5.2: depthX/Y resp. colorX/Y
+against x y z), with the RMS residual reported in the summary and written to
+``OUT/intrinsics.ntu.json`` (reusable with ``intrinsics_file``; its top-level ``rgb_K``/
+``depth_K`` are a pooled fit over all setups, which the PKU-MMD converter can use).
+Colour and depth cameras are treated as sharing a centre (§5.1.1). Kinect camera space
+is mapped into ours by a rotation (:func:`.kinect.kinect_to_camera`); the fit also
+measures whether the frames are mirrored, and mirrored frames are flipped so that the
+stored crops are unmirrored and left/right labels stay anatomical. World = our RGB
+camera frame (R = I, t = 0).
+
+Splits (``split_scheme``): ``thesis`` (default, Table 5.2: train and test share no
+subject and no camera configuration; sequences whose subject and configuration fall in
+different parts, or in neither, are left out and counted), ``xsub`` / ``xview`` (the
+standard NTU-60 cross-subject / cross-view protocols), ``xsub120`` / ``xset120`` (NTU-120).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from depthpi.camera import Camera
+from depthpi.data.converters.common import (Converter, Job, Summary, box_from_joints, box_visible, crop_person,
+                                            iter_video_frames, make_sample, read_depth_png, safe_key)
+from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, fit_kinect_intrinsics, kinect_to_camera,
+                                            kinect_to_h36m17, parse_ntu_skeleton)
+from depthpi.data.schema import Sample
+
+SOURCE = "ntu"
+NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})$")
+SKELETON_DIR, RGB_DIR = "nturgb+d_skeletons", "nturgb+d_rgb"
+DEPTH_DIRS = {"full": ("nturgb+d_depth", "Depth-{:08d}.png"), "masked": ("nturgb+d_depth_masked", "MDepth-{:08d}.png")}
+DEFAULT_EVERY = 5            # 30 fps → 6 samples/s; consecutive samples differ visibly
+DEFAULT_VIDEOS_PER_SHARD = 50
+
+# Thesis Table 5.2.
+THESIS_TRAIN_SUBJECTS = {7, 8, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 37, 38, 39, 40}
+THESIS_TEST_SUBJECTS = {1, 2, 3, 9, 10, 11, 29, 30, 31, 32}
+THESIS_TRAIN_SETUPS = {3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17}  # cameras C001–C003 each
+THESIS_TEST_SETUPS = {1, 2, 8}
+# Standard protocols (Shahroudy et al. 2016; Liu et al. 2019).
+XSUB_TRAIN = {1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38}
+XSUB120_TRAIN = XSUB_TRAIN | {45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84,
+                              85, 86, 89, 91, 92, 93, 94, 95, 97, 98, 100, 103}
+XVIEW_TRAIN_CAMERAS = {2, 3}
+SPLIT_SCHEMES = ("thesis", "xsub", "xview", "xsub120", "xset120")
+
+
+class ConverterError(ValueError):
+    """A wrong root or option: raised before any work starts, naming what was expected."""
+
+
+def parse_name(name: str) -> dict[str, int] | None:
+    match = NAME_RE.match(name)
+    if not match:
+        return None
+    return dict(zip(("setup", "camera", "subject", "replication", "action"), map(int, match.groups())))
+
+
+def split_of(name: str, scheme: str = "thesis") -> str | None:
+    """'train', 'test' or None (left out) for a sequence name under a split scheme."""
+    ids = parse_name(name)
+    if ids is None:
+        return None
+    s, c, p = ids["setup"], ids["camera"], ids["subject"]
+    if scheme == "thesis":
+        if p in THESIS_TRAIN_SUBJECTS and s in THESIS_TRAIN_SETUPS:
+            return "train"
+        if p in THESIS_TEST_SUBJECTS and s in THESIS_TEST_SETUPS:
+            return "test"
+        return None
+    if scheme == "xsub":
+        return None if s > 17 else ("train" if p in XSUB_TRAIN else "test")
+    if scheme == "xview":
+        return None if s > 17 else ("train" if c in XVIEW_TRAIN_CAMERAS else "test")
+    if scheme == "xsub120":
+        return "train" if p in XSUB120_TRAIN else "test"
+    if scheme == "xset120":
+        return "train" if s % 2 == 0 else "test"
+    raise ConverterError(f"split_scheme {scheme!r}: expected one of {', '.join(SPLIT_SCHEMES)}")
+
+
+# --- poses file -----------------------------------------------------------------------
+def load_poses_file(path: Path, summary: Summary) -> dict[str, dict[int, list[dict]]]:
+    """video → frame → records (joints (17, 3), box (4,) or None, valid (17,), person)."""
+    if not Path(path).is_file():
+        raise ConverterError(f"poses_file {path}: not found (expected a JSON Lines file, see {__name__})")
+    poses: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                joints = np.asarray(record["joints"], np.float64)
+                if joints.shape != (17, 3) or not np.isfinite(joints).all():
+                    raise ValueError(f"joints of shape {joints.shape}")
+                box = None if record.get("box") is None else np.asarray(record["box"], np.float64)
+                if box is not None and (box.shape != (4,) or box[2] <= 0 or box[3] <= 0):
+                    raise ValueError("box must be [x, y, w, h] with w, h > 0")
+                valid = np.asarray(record.get("valid", [True] * 17), bool)
+                if valid.shape != (17,):
+                    raise ValueError("valid must hold 17 booleans")
+                frames = poses[str(record["video"])]
+                frame = int(record["frame"])
+                person = int(record.get("person", len(frames[frame])))
+                frames[frame].append({"joints": joints, "box": box, "valid": valid, "person": person})
+            except (ValueError, KeyError, TypeError) as err:
+                summary.skip_frame("poses file: malformed record", f"{Path(path).name}:{number} ({err})")
+    return {video: dict(frames) for video, frames in poses.items()}
+
+
+# --- intrinsics -------------------------------------------------------------------------
+def _pairs_of_file(path: str, max_frames: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xyz m, depthXY, colorXY) of the tracked joints of up to ``max_frames`` frames."""
+    try:
+        skeleton = parse_ntu_skeleton(Path(path).read_text(errors="replace"))
+    except OSError:
+        return np.zeros((0, 3)), np.zeros((0, 2)), np.zeros((0, 2))
+    frames = skeleton.frames
+    step = max(1, len(frames) // max_frames)
+    rows = [body.joints[body.tracked] for bodies in frames[::step] for body in bodies if body.usable]
+    if not rows:
+        return np.zeros((0, 3)), np.zeros((0, 2)), np.zeros((0, 2))
+    joints = np.concatenate(rows)
+    return joints[:, 0:3], joints[:, 3:5], joints[:, 5:7]
+
+
+def _fit_setup(paths: list[str]) -> dict:
+    parts = [_pairs_of_file(p) for p in paths]
+    xyz = np.concatenate([p[0] for p in parts])
+    result = {"pairs": int(len(xyz))}
+    if len(xyz) < 20:
+        result["error"] = f"only {len(xyz)} tracked 2D-3D pairs in {len(paths)} skeleton files"
+        return result
+    for stream, pixels, width, lo_hi in (("rgb", np.concatenate([p[2] for p in parts]), RGB_SIZE[0], RGB_SIZE),
+                                         ("depth", np.concatenate([p[1] for p in parts]), DEPTH_SIZE[0], DEPTH_SIZE)):
+        inside = np.isfinite(pixels).all(1) & (np.abs(pixels) < 4 * max(lo_hi)).all(1)
+        try:
+            fit = fit_kinect_intrinsics(xyz[inside], pixels[inside], width)
+        except ValueError as err:
+            result["error"] = f"{stream} fit failed: {err}"
+            return result
+        result[f"{stream}_K"] = fit["K"].tolist()
+        result[f"{stream}_rms"] = fit["rms"]
+        result[f"{stream}_mirrored"] = fit["mirrored"]
+    if result["rgb_mirrored"] != result["depth_mirrored"]:
+        result["error"] = "colour and depth disagree on mirroring"
+    result["mirrored"] = result["rgb_mirrored"]
+    result["files"] = len(paths)
+    return result
+
+
+def fit_setups(skeleton_paths: dict[str, list[Path]], fit_videos: int, workers: int) -> dict[str, dict]:
+    """setup (SsssCccc) → fit record; up to ``fit_videos`` skeleton files per setup."""
+    chosen = {setup: [str(p) for p in sorted(paths)[:fit_videos]] for setup, paths in sorted(skeleton_paths.items())}
+    if workers > 1 and len(chosen) > 1:
+        with ProcessPoolExecutor(min(workers, len(chosen)), mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_fit_setup, chosen.values()))
+    else:
+        results = [_fit_setup(paths) for paths in chosen.values()]
+    return dict(zip(chosen, results))
+
+
+def load_intrinsics_file(path: Path) -> dict:
+    """``{"rgb_K", "depth_K", "mirrored"}`` global and/or ``{"setups": {"S001C001": {...}}}``."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConverterError(f"intrinsics_file {path}: unreadable ({err})") from None
+    for entry in [record, *record.get("setups", {}).values()]:
+        for key in ("rgb_K", "depth_K"):
+            if key in entry and np.asarray(entry[key]).shape != (3, 3):
+                raise ConverterError(f"intrinsics_file {path}: {key} must be 3x3")
+    return record
+
+
+def _pooled(fits: dict[str, dict]) -> dict:
+    good = [f for f in fits.values() if "error" not in f]
+    if not good:
+        return {}
+    weights = np.array([f["pairs"] for f in good], np.float64)
+    return {"rgb_K": (np.tensordot(weights, [f["rgb_K"] for f in good], 1) / weights.sum()).tolist(),
+            "depth_K": (np.tensordot(weights, [f["depth_K"] for f in good], 1) / weights.sum()).tolist(),
+            "mirrored": bool(np.mean([f["mirrored"] for f in good]) >= 0.5),
+            "note": "pair-weighted mean of the per-setup fits"}
+
+
+# --- the converter ----------------------------------------------------------------------
+@dataclass
+class NTUConverter(Converter):
+    intrinsics: dict[str, dict]
+    every: int = DEFAULT_EVERY
+    context: float = 1.4
+    max_side: int = 320
+    margin: float = 0.1
+    source: str = SOURCE
+    poses: dict[str, dict[int, list[dict]]] = field(default_factory=dict)
+    use_poses_file: bool = False
+
+    def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:
+        p = job.payload
+        name = job.name
+        calib = self.intrinsics.get(p["setup_camera"])
+        if calib is None or "error" in calib:
+            summary.skip_video("no intrinsics for the camera setup", name)
+            return
+        rgb_K, depth_K, mirrored = (np.asarray(calib["rgb_K"]), np.asarray(calib["depth_K"]),
+                                    bool(calib.get("mirrored", True)))
+        skel_path = Path(p["skeleton"])
+        try:
+            skeleton = parse_ntu_skeleton(skel_path.read_text(errors="replace"))
+        except OSError as err:
+            summary.skip_video(f"skeleton file unreadable ({err.strerror})", str(skel_path.name))
+            return
+        if skeleton.error and not skeleton.frames:
+            summary.skip_video(f"skeleton file unreadable", f"{skel_path.name} ({skeleton.error})")
+            return
+        if not Path(p["rgb"]).is_file():
+            summary.skip_video("rgb video missing", Path(p["rgb"]).name)
+            return
+        if not Path(p["depth_dir"]).is_dir():
+            summary.skip_video("depth folder missing", Path(p["depth_dir"]).name)
+            return
+        summary.videos_read += 1
+        n_frames = max(skeleton.declared_frames, len(skeleton.frames))
+        people: dict[int, list[tuple]] = {}
+        video_poses = self.poses.get(name) if self.use_poses_file else None
+        for f in range(0, n_frames, self.every):
+            if self.use_poses_file:
+                records = (video_poses or {}).get(f, [])
+                if not records:
+                    summary.skip_frame("no record in the poses file", f"{name}:{f}")
+                    continue
+                people[f] = [(r["person"], r["joints"], r["valid"], r["box"], "poses_file", None) for r in records]
+                continue
+            if f >= len(skeleton.frames):
+                summary.skip_frame("skeleton file truncated or unreadable", f"{skel_path.name} ({skeleton.error})")
+                continue
+            bodies = [b for b in skeleton.frames[f] if b.usable]
+            if f in skeleton.frame_errors:
+                summary.skip_frame("malformed skeleton line" if not bodies else
+                                   "person dropped: malformed skeleton line",
+                                   f"{skel_path.name}: {skeleton.frame_errors[f]}")
+            if not bodies:
+                if f not in skeleton.frame_errors:
+                    summary.skip_frame("no valid skeleton in frame", name)
+                continue
+            entries = []
+            for i, body in enumerate(bodies):
+                joints, valid = kinect_to_h36m17(kinect_to_camera(body.xyz), body.tracked)
+                entries.append((i, joints, valid, None, "kinect", body.body_id))
+            people[f] = entries
+        if not people:
+            return
+        ids = parse_name(name)
+        rgb_cam = Camera(rgb_K, np.eye(3), np.zeros(3))
+        depth_kind, pattern = p["depth_kind"], DEPTH_DIRS[p["depth_kind"]][1]
+        for f, frame in iter_video_frames(Path(p["rgb"]), sorted(people), summary, Path(p["rgb"]).name):
+            if frame.shape[:2] != (RGB_SIZE[1], RGB_SIZE[0]):
+                summary.skip_frame(f"rgb frame of unexpected size {frame.shape[1]}x{frame.shape[0]}", name)
+                continue
+            depth_path = Path(p["depth_dir"]) / pattern.format(f + 1)
+            depth, reason = read_depth_png(depth_path, (DEPTH_SIZE[1], DEPTH_SIZE[0]))
+            if depth is None:
+                summary.skip_frame(reason, f"{name}/{depth_path.name}")
+                continue
+            if mirrored:
+                frame, depth = cv2.flip(frame, 1), cv2.flip(depth, 1)
+            for person, joints, valid, box, label_source, body_id in people[f]:
+                if box is None:
+                    box = box_from_joints(rgb_cam.camera_to_image(joints), valid & (joints[:, 2] > 0), self.margin)
+                if box is None or not box_visible(box, RGB_SIZE[0], RGB_SIZE[1]):
+                    summary.skip_frame("person outside the image", f"{name}:{f}")
+                    continue
+                crops = crop_person(frame, rgb_K, box, depth, depth_K, context=self.context, max_side=self.max_side)
+                yield make_sample(
+                    safe_key(name, f"{f:05d}", person), crops, dataset=SOURCE, subject=f"P{ids['subject']:03d}",
+                    camera=p["setup_camera"], action=f"A{ids['action']:03d}", frame=f, joints_cam=joints,
+                    joint_valid=valid, extra={"video": name, "person": int(person), "label_source": label_source,
+                                              "body_id": body_id, "depth": depth_kind, "mirrored_raw": mirrored})
+
+
+def _list_files(directory: Path, suffix: str) -> dict[str, Path]:
+    return {p.name[:-len(suffix)]: p for p in directory.iterdir() if p.name.endswith(suffix)}
+
+
+def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: str = "thesis",
+            poses_file: str | Path | None = None, intrinsics_file: str | Path | None = None,
+            missing_list: str | Path | None = None, depth: str = "auto", fit_videos: int = 8,
+            workers: int = 1, context: float = 1.4, max_side: int = 320, **unused
+            ) -> tuple[NTUConverter, list[Job], Summary, dict]:
+    """Check the root, list sequences, split them, fit intrinsics: everything before the work."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConverterError(f"--root {root}: not a directory (expected the NTU RGB+D root holding "
+                             f"{SKELETON_DIR}/, {RGB_DIR}/ and {DEPTH_DIRS['masked'][0]}/)")
+    for sub, what in ((SKELETON_DIR, "*.skeleton files"), (RGB_DIR, "*_rgb.avi videos")):
+        if not (root / sub).is_dir():
+            raise ConverterError(f"--root {root}: expected subdirectory {sub}/ ({what}) is missing")
+    present = [kind for kind, (sub, _) in DEPTH_DIRS.items() if (root / sub).is_dir()]
+    if not present:
+        raise ConverterError(f"--root {root}: expected subdirectory {DEPTH_DIRS['masked'][0]}/ "
+                             f"(or {DEPTH_DIRS['full'][0]}/) with per-sequence depth PNG folders is missing")
+    if depth not in ("auto", "full", "masked"):
+        raise ConverterError(f"depth {depth!r}: expected auto, full or masked")
+    if depth != "auto" and depth not in present:
+        raise ConverterError(f"--root {root}: depth={depth} but {DEPTH_DIRS[depth][0]}/ is missing")
+    if split_scheme not in SPLIT_SCHEMES:
+        raise ConverterError(f"split_scheme {split_scheme!r}: expected one of {', '.join(SPLIT_SCHEMES)}")
+    every = DEFAULT_EVERY if every is None else int(every)
+    if every < 1:
+        raise ConverterError(f"every must be >= 1, got {every}")
+    summary = Summary(SOURCE)
+    skeletons = _list_files(root / SKELETON_DIR, ".skeleton")
+    if not skeletons:
+        raise ConverterError(f"--root {root}: {SKELETON_DIR}/ holds no *.skeleton files")
+    missing = set()
+    if missing_list:
+        try:
+            missing = {line.strip() for line in Path(missing_list).read_text().splitlines()
+                       if line.strip() and not line.startswith("#")}
+        except OSError as err:
+            raise ConverterError(f"missing_list {missing_list}: unreadable ({err})") from None
+    jobs, by_setup = [], defaultdict(list)
+    for name in sorted(skeletons):
+        ids = parse_name(name)
+        if ids is None:
+            summary.skip_video("file name is not SsssCcccPpppRrrrAaaa", skeletons[name].name)
+            continue
+        if name in missing:
+            summary.skip_video("listed in the missing-skeletons file", name)
+            continue
+        setup_camera = name[:8]
+        by_setup[setup_camera].append(skeletons[name])
+        split = split_of(name, split_scheme)
+        if split is None:
+            summary.skip_video(f"not in the {split_scheme} split", name)
+            continue
+        kind = depth if depth != "auto" else next(
+            (k for k in present if (root / DEPTH_DIRS[k][0] / name).is_dir()), present[-1])
+        jobs.append(Job(name, split, {"skeleton": str(skeletons[name]), "setup_camera": setup_camera,
+                                      "rgb": str(root / RGB_DIR / f"{name}_rgb.avi"),
+                                      "depth_dir": str(root / DEPTH_DIRS[kind][0] / name), "depth_kind": kind}))
+    summary.videos_listed = len(skeletons)
+    summary.notes.append(f"{len(skeletons)} sequences found, {len(jobs)} in the {split_scheme} split "
+                         f"({sum(j.split == 'train' for j in jobs)} train, {sum(j.split == 'test' for j in jobs)} test)")
+
+    needed = {j.payload["setup_camera"] for j in jobs}
+    given = load_intrinsics_file(Path(intrinsics_file)) if intrinsics_file else None
+    intrinsics: dict[str, dict] = {}
+    if given is not None:
+        for setup in sorted(needed):
+            entry = given.get("setups", {}).get(setup) or ({k: given[k] for k in ("rgb_K", "depth_K", "mirrored")
+                                                            if k in given} if "rgb_K" in given else None)
+            intrinsics[setup] = entry if entry else {"error": f"not in {intrinsics_file}"}
+        summary.notes.append(f"intrinsics from {intrinsics_file}")
+    else:
+        fits = fit_setups({s: by_setup[s] for s in needed}, fit_videos, workers)
+        intrinsics = fits
+        record = {**_pooled(fits), "setups": fits,
+                  "convention": "K of the stored (unmirrored) frames in depthpi's camera frame; "
+                                "mirrored = raw frames are mirror images (flipped by the converter)"}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "intrinsics.ntu.json").write_text(json.dumps(record, indent=1))
+        for setup, fit in fits.items():
+            if "error" in fit:
+                summary.notes.append(f"intrinsics {setup}: FAILED ({fit['error']})")
+            else:
+                summary.notes.append(f"intrinsics {setup}: rgb fx {fit['rgb_K'][0][0]:.1f} rms {fit['rgb_rms']:.3f} px, "
+                                     f"depth fx {fit['depth_K'][0][0]:.1f} rms {fit['depth_rms']:.3f} px, "
+                                     f"{fit['pairs']} pairs, mirrored={fit['mirrored']}")
+    poses = load_poses_file(Path(poses_file), summary) if poses_file else {}
+    converter = NTUConverter(intrinsics=intrinsics, every=every, context=context, max_side=max_side,
+                             poses={j.name: poses[j.name] for j in jobs if j.name in poses},
+                             use_poses_file=bool(poses_file))
+    params = {"source": SOURCE, "every": every, "split_scheme": split_scheme, "depth": depth,
+              "poses_file": str(poses_file) if poses_file else None,
+              "intrinsics": {s: intrinsics[s] for s in sorted(intrinsics)}, "context": context,
+              "max_side": max_side, "missing_list": sorted(missing)}
+    return converter, jobs, summary, params

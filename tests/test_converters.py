@@ -1,0 +1,273 @@
+"""Raw-dataset converters (issue #8) on tiny NTU / PKU-MMD / Human3.6M layouts with known truth."""
+import json
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from depthpi.camera import Camera
+from depthpi.data.converters import ConverterError, convert
+from depthpi.data.schema import decode_sample
+from depthpi.data.shards import read_manifest
+from depthpi.skeleton import H36M_17
+
+from raw_datasets import (MARKERS, NTU_DEFECTS, NTU_MISSING_DEPTH_FRAME, NTU_SETUPS, NTU_TRUNCATED, PKU_DEPTH_K,
+                          write_h36m, write_ntu, write_pku)
+
+J = {name: i for i, name in enumerate(H36M_17.joint_names)}
+
+
+def read_split(split_dir: Path):
+    manifest = read_manifest(split_dir, check_sha256=True)
+    samples = []
+    for shard in manifest.shards:
+        groups = defaultdict(dict)
+        with tarfile.open(split_dir / shard.name) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                groups[key][ext] = tar.extractfile(member).read()
+        for key, members in groups.items():
+            samples.append(decode_sample({"__key__": key, **members}))
+    assert len(samples) == manifest.total_count
+    return samples
+
+
+def marker_centroid(rgb, colour, near, window=14):
+    """Centroid of the pixels of one marker colour within ``window`` px of ``near``."""
+    x0, y0 = int(round(near[0])) - window, int(round(near[1])) - window
+    patch = rgb[max(y0, 0):y0 + 2 * window + 1, max(x0, 0):x0 + 2 * window + 1].astype(np.float64)
+    target = np.array(colour, np.float64)
+    weight = np.clip(1.0 - np.abs(patch - target).max(axis=2) / 110.0, 0, 1)
+    if weight.sum() < 3:
+        return None
+    v, u = np.mgrid[0:patch.shape[0], 0:patch.shape[1]]
+    return np.array([(u * weight).sum() / weight.sum() + max(x0, 0), (v * weight).sum() / weight.sum() + max(y0, 0)])
+
+
+@pytest.fixture(scope="module")
+def ntu(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ntu_raw")
+    truth = write_ntu(root)
+    out = tmp_path_factory.mktemp("ntu_out")
+    summary = convert("ntu", root, out, every=1, workers=1, progress=False, videos_per_shard=2)
+    return {"root": root, "out": out, "truth": truth, "summary": summary}
+
+
+def test_ntu_fitted_intrinsics_recover_the_generator(ntu):
+    record = json.loads((ntu["out"] / "intrinsics.ntu.json").read_text())
+    u, v = np.meshgrid(np.linspace(0, 1919, 9), np.linspace(0, 1079, 7))
+    for setup, fit in record["setups"].items():
+        assert fit["mirrored"] is True
+        for stream, size in (("rgb", (1920, 1080)), ("depth", (512, 424))):
+            true_K = NTU_SETUPS[setup][0 if stream == "rgb" else 1]
+            fit_K = np.asarray(fit[f"{stream}_K"])
+            pixels = np.stack([u.ravel() * size[0] / 1920, v.ravel() * size[1] / 1080], 1)
+            points = Camera(true_K, np.eye(3), np.zeros(3)).image_to_camera(pixels, 3000.0)
+            error = np.linalg.norm(Camera(fit_K, np.eye(3), np.zeros(3)).camera_to_image(points) - pixels, axis=1)
+            assert error.max() < 0.5, (setup, stream, error.max())
+            assert fit[f"{stream}_rms"] < 0.5
+    assert any("rms" in note for note in ntu["summary"].notes)
+
+
+def test_ntu_joints_project_onto_rendered_markers_and_depth(ntu):
+    checked = 0
+    for split in ("train", "test"):
+        for sample in read_split(ntu["out"] / split):
+            meta = sample.meta
+            assert meta.labeled and meta.depth_K is not None and sample.depth is not None
+            assert max(sample.rgb.shape[:2]) <= 320
+            cam = Camera(meta.rgb_K, meta.R, meta.t)
+            pixels = cam.project(meta.joints)
+            for name, colour in MARKERS.items():
+                found = marker_centroid(sample.rgb, colour, pixels[J[name]])
+                assert found is not None, (sample.key, name)
+                assert np.linalg.norm(found - pixels[J[name]]) < 1.0, (sample.key, name, found, pixels[J[name]])
+                checked += 1
+            depth_cam = Camera(meta.depth_K, meta.R, meta.t)
+            if meta.extra["video"] == "S001C002P001R001A001":
+                continue  # two people: one may occlude the other in depth
+            for name in ("pelv", "lsho", "rsho", "lank"):
+                u, v = np.round(depth_cam.project(meta.joints[J[name]])).astype(int)
+                assert abs(int(sample.depth[v, u]) - meta.joints[J[name], 2]) <= 2.0, (sample.key, name)
+            # the box lies inside the stored crop
+            x, y, w, h = meta.bbox
+            assert x >= -1 and y >= -1 and x + w <= sample.rgb.shape[1] + 1 and y + h <= sample.rgb.shape[0] + 1
+    assert checked >= 4 * 20
+
+
+def _facing_camera(joints):
+    """(left − right shoulder) × (head − pelvis), dotted with the direction to the camera."""
+    normal = np.cross(joints[J["lsho"]] - joints[J["rsho"]], joints[J["head"]] - joints[J["pelv"]])
+    return float(normal @ (-joints[J["pelv"]]))
+
+
+def _check_chirality(samples):
+    assert samples
+    for sample in samples:
+        meta = sample.meta
+        cam_joints = Camera(meta.rgb_K, meta.R, meta.t).world_to_camera(meta.joints)
+        assert _facing_camera(cam_joints) > 0, sample.key
+        pixels = Camera(meta.rgb_K, meta.R, meta.t).project(meta.joints)
+        assert pixels[J["lsho"], 0] > pixels[J["rsho"], 0], sample.key  # left shoulder on the image's right
+        # and the image agrees: the left-shoulder marker is on the right of the right-shoulder marker
+        left = marker_centroid(sample.rgb, MARKERS["lsho"], pixels[J["lsho"]])
+        right = marker_centroid(sample.rgb, MARKERS["rsho"], pixels[J["rsho"]])
+        assert left[0] > right[0], sample.key
+
+
+def test_ntu_chirality_person_facing_camera(ntu):
+    _check_chirality(read_split(ntu["out"] / "train") + read_split(ntu["out"] / "test"))
+
+
+def test_ntu_unmirrored_raw_frames_are_detected_and_give_the_same_geometry(tmp_path):
+    root = tmp_path / "raw"
+    write_ntu(root, frames=3, mirrored=False, videos={"S001C001P001R001A001": 1}, defects=False)
+    convert("ntu", root, tmp_path / "out", every=1, progress=False)
+    fit = json.loads((tmp_path / "out" / "intrinsics.ntu.json").read_text())["setups"]["S001C001"]
+    assert fit["mirrored"] is False
+    np.testing.assert_allclose(fit["rgb_K"], NTU_SETUPS["S001C001"][0], atol=0.05)
+    _check_chirality(read_split(tmp_path / "out" / "test"))
+
+
+def test_ntu_thesis_split_shares_no_subject_or_camera(ntu):
+    train, test = read_split(ntu["out"] / "train"), read_split(ntu["out"] / "test")
+    subjects = [{s.meta.subject for s in part} for part in (train, test)]
+    cameras = [{s.meta.camera for s in part} for part in (train, test)]
+    assert subjects[0] and subjects[1] and not subjects[0] & subjects[1]
+    assert cameras[0] and cameras[1] and not cameras[0] & cameras[1]
+    assert all(s.meta.extra["video"] != "S001C001P007R001A003" for s in train + test)
+    assert "not in the thesis split" in ntu["summary"].videos_skipped
+    # multi-person frames: one sample per person
+    two = [s for s in test if s.meta.extra["video"] == "S001C002P001R001A001"]
+    assert len(two) == 2 * 6 and {s.meta.extra["person"] for s in two} == {0, 1}
+
+
+def test_ntu_defects_are_skipped_counted_and_named(ntu):
+    summary = ntu["summary"]
+    text = summary.format()
+    truncated = [r for r in summary.frames_skipped if "ended early" in r]
+    assert truncated and NTU_TRUNCATED in " ".join(summary.named[truncated[0]])
+    assert summary.frames_skipped["depth frame missing"] == 1
+    assert f"{NTU_DEFECTS}/MDepth-{NTU_MISSING_DEPTH_FRAME + 1:08d}.png" in summary.named["depth frame missing"]
+    assert summary.frames_skipped["malformed skeleton line"] == 1
+    assert NTU_DEFECTS in summary.named["malformed skeleton line"][0]
+    assert "malformed skeleton line" in text and "depth frame missing" in text
+    saved = json.loads((ntu["out"] / "summary.ntu.json").read_text())
+    assert saved["samples_written"] == summary.samples_written > 0
+    manifest = read_manifest(ntu["out"] / "train")
+    assert manifest.skipped["by_reason"]["depth frame missing"] == 1
+
+
+def test_ntu_conversion_is_deterministic_resumable_and_parallel_safe(ntu, tmp_path):
+    out = tmp_path / "again"
+    convert("ntu", ntu["root"], out, every=1, workers=2, progress=False, videos_per_shard=2)
+    for split in ("train", "test"):
+        a, b = read_manifest(ntu["out"] / split), read_manifest(out / split)
+        assert [(s.name, s.sha256) for s in a.shards] == [(s.name, s.sha256) for s in b.shards]
+    # resume: finished shards are kept (not rewritten), a deleted one is rebuilt identically
+    shard = out / "train" / read_manifest(out / "train").shards[0].name
+    kept = out / "test" / read_manifest(out / "test").shards[0].name
+    mtime = kept.stat().st_mtime_ns
+    shard.unlink()
+    summary = convert("ntu", ntu["root"], out, every=1, workers=1, progress=False, videos_per_shard=2)
+    assert kept.stat().st_mtime_ns == mtime
+    assert read_manifest(out / "train").shards[0].sha256 == read_manifest(ntu["out"] / "train").shards[0].sha256
+    assert summary.samples_written == ntu["summary"].samples_written
+
+
+def test_ntu_every_missing_list_and_poses_file(ntu, tmp_path):
+    missing = tmp_path / "missing.txt"
+    missing.write_text("S001C001P001R001A001\n")
+    poses = tmp_path / "poses.jsonl"
+    joints = ntu["truth"]["joints"]["S001C002P001R001A001"][2, 0] + np.array([5.0, 0, 0])
+    poses.write_text(json.dumps({"video": "S001C002P001R001A001", "frame": 2, "joints": joints.tolist()}) + "\n"
+                     + "{broken\n")
+    summary = convert("ntu", ntu["root"], tmp_path / "out", every=2, progress=False, missing_list=missing,
+                      poses_file=poses)
+    assert "S001C001P001R001A001" in summary.named["listed in the missing-skeletons file"]
+    assert summary.frames_skipped["poses file: malformed record"] == 1
+    test = read_split(tmp_path / "out" / "test")
+    assert len(test) == 1 and test[0].meta.frame == 2 and test[0].meta.extra["label_source"] == "poses_file"
+    np.testing.assert_allclose(test[0].meta.joints, joints, atol=1e-3)
+    assert all(s.meta.frame % 2 == 0 for s in read_split(tmp_path / "out" / "train"))
+
+
+@pytest.mark.parametrize("source, expected", [("ntu", "nturgb+d_skeletons"), ("pku", "RGB_VIDEO"),
+                                              ("h36m", "S9/Videos")])
+def test_wrong_root_fails_at_start_naming_the_expected_subdirectory(tmp_path, source, expected):
+    (tmp_path / "something_else").mkdir()
+    with pytest.raises(ConverterError, match=expected.replace("+", r"\+")):
+        convert(source, tmp_path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "train").exists()
+
+
+@pytest.fixture(scope="module")
+def h36m(tmp_path_factory):
+    root = tmp_path_factory.mktemp("h36m_raw")
+    truth = write_h36m(root, frames=12)
+    out = tmp_path_factory.mktemp("h36m_out")
+    summary = convert("h36m", root, out, every=4, progress=False)
+    return {"root": root, "out": out, "truth": truth, "summary": summary}
+
+
+def test_h36m_test_split_rgb_only_joints_on_markers(h36m):
+    samples = read_split(h36m["out"] / "test")
+    assert {s.meta.subject for s in samples} == {"S9", "S11"}
+    assert len(samples) == 3 * 2 * 3  # (S9: 2 actions, S11: 1 readable) × 2 cameras × frames 0, 4, 8
+    for sample in samples:
+        meta = sample.meta
+        assert sample.depth is None and meta.depth_K is None and meta.labeled
+        world = h36m["truth"]["world"][(meta.subject, meta.extra["action_full"])][meta.frame]
+        np.testing.assert_allclose(meta.joints, world, atol=1e-3)
+        pixels = Camera(meta.rgb_K, meta.R, meta.t).project(meta.joints)
+        for name, colour in MARKERS.items():
+            found = marker_centroid(sample.rgb, colour, pixels[J[name]])
+            assert found is not None and np.linalg.norm(found - pixels[J[name]]) < 1.0, (sample.key, name, found)
+    _check_chirality(samples)
+    assert "pose file unreadable" in h36m["summary"].videos_skipped
+    assert read_manifest(h36m["out"] / "test").params["every"] == 4
+
+
+def test_h36m_default_every_and_npz_fallback(tmp_path):
+    root = tmp_path / "raw"
+    write_h36m(root, frames=3, subjects=("S9", "S11"), actions=("Posing",), cdf=False, defects=False)
+    summary = convert("h36m", root, tmp_path / "out", progress=False)
+    manifest = read_manifest(tmp_path / "out" / "test")
+    assert manifest.params["every"] == 64 and manifest.total_count == 4  # frame 0 of 2 subjects × 2 cameras
+    assert summary.videos_read == 4
+
+
+@pytest.fixture(scope="module")
+def pku(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pku_raw")
+    truth = write_pku(root)
+    out = tmp_path_factory.mktemp("pku_out")
+    summary = convert("pku", root, out, every=1, progress=False, intrinsics_file=root / "kinect_intrinsics.json")
+    return {"root": root, "out": out, "truth": truth, "summary": summary}
+
+
+def test_pku_unlabeled_pairs_and_labelled_test(pku):
+    unlabeled, test = read_split(pku["out"] / "unlabeled"), read_split(pku["out"] / "test")
+    assert len(unlabeled) == 12 and len(test) == 11
+    for sample in unlabeled:
+        assert not sample.meta.labeled and sample.meta.joints is None and sample.depth is not None
+    for sample in test:
+        meta = sample.meta
+        np.testing.assert_allclose(meta.joints, pku["truth"]["joints"][meta.extra["video"]][meta.frame], atol=1e-3)
+        # eq. 4.7: the depth crop shows what the (unmirrored) raw depth frame shows at each joint
+        raw = cv2.flip(cv2.imread(str(pku["root"] / "DEPTH" / meta.extra["video"] / f"{meta.frame:06d}.png"),
+                                  cv2.IMREAD_UNCHANGED), 1)
+        stored = np.round(Camera(meta.depth_K, meta.R, meta.t).project(meta.joints)).astype(int)
+        truth = np.round(Camera(PKU_DEPTH_K, np.eye(3), np.zeros(3)).camera_to_image(meta.joints)).astype(int)
+        np.testing.assert_array_equal(sample.depth[stored[:, 1], stored[:, 0]], raw[truth[:, 1], truth[:, 0]])
+    _check_chirality(test)
+    assert pku["summary"].frames_skipped["malformed skeleton line"] == 1
+    assert "0291-R.txt" in pku["summary"].named["malformed skeleton line"][0]
+
+
+def test_pku_requires_intrinsics(pku, tmp_path):
+    with pytest.raises(ConverterError, match="intrinsics_file"):
+        convert("pku", pku["root"], tmp_path / "out", progress=False)
