@@ -36,9 +36,31 @@ def _eval(args) -> None:
     from depthpi.predict import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.ckpt, args.shards, args.out, config=args.config,
-                                 batch_size=args.batch, num_workers=args.workers)
+                                 batch_size=args.batch, num_workers=args.workers, flip_tta=args.flip_tta)
     print(f"MPJPE {result['mpjpe']:.1f} mm | PCK@{result['threshold_mm']:g} {result['pck']:.3f} | "
           f"AUC {result['auc']:.3f} | {result['count']} joints -> {args.out}")
+
+
+def _precompute(args) -> None:
+    import os
+
+    import torch
+
+    from depthpi.precompute import PrecomputeConfig, estimate, precompute
+
+    cfg = PrecomputeConfig(teacher=args.teacher, shards=args.shards, out=args.out, tap=args.tap, views=args.views,
+                           dtype=args.dtype, seed=args.seed, batch_size=args.batch)
+    print(estimate(cfg, args.config))
+    if args.estimate:
+        return
+    # One process per GPU under `accelerate launch`/torchrun, or one SLURM array task each.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if args.num_shards is not None:
+        rank, world = args.shard_index, args.num_shards
+    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    manifest = precompute(cfg, rank=rank, world_size=world, device=device, config=args.config)
+    done = "complete: manifest written" if manifest else "this part done; the manifest follows with the last part"
+    print(f"[depthpi] precompute part {rank + 1}/{world} -> {args.out}: {done}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
     inspect.set_defaults(func=_shards_inspect)
 
+    pre = commands.add_parser("precompute", help="run a frozen teacher once, store its features per view")
+    pre.add_argument("--teacher", required=True, help="teacher weights (run/export/best.pt)")
+    pre.add_argument("--config", help="teacher run config (default: config.yaml of the teacher's run)")
+    pre.add_argument("--shards", required=True, help="source split directory")
+    pre.add_argument("--tap", default="block13.post_relu")
+    pre.add_argument("--views", type=int, default=4, help="K views per sample; view 0 is un-augmented")
+    pre.add_argument("--dtype", default="fp16", choices=["fp16", "uint8"], help="uint8 stores sigmoid(F)")
+    pre.add_argument("--out", required=True, help="feature split directory (mirrors --shards)")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
+    pre.add_argument("--batch", type=int, default=64)
+    pre.add_argument("--estimate", action="store_true", help="print the size and stop")
+    pre.add_argument("--shard-index", type=int, default=0, help="this part (SLURM array index)")
+    pre.add_argument("--num-shards", type=int, help="number of parts (SLURM array size)")
+    pre.set_defaults(func=_precompute)
+
     evaluate = commands.add_parser("eval", help="evaluate a trained model on a split")
     evaluate.add_argument("--ckpt", required=True, help="exported weights (run/export/best.pt) or checkpoint dir")
     evaluate.add_argument("--shards", required=True, help="split directory with manifest.json")
@@ -82,7 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="eval", help="output directory")
     evaluate.add_argument("--batch", type=int, default=64)
     evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--flip-tta", action="store_true", help="average with the prediction on the mirrored crop")
     evaluate.set_defaults(func=_eval)
+
+    from depthpi.inference_cli import add_inference_parsers
+    from depthpi.sweep.cli import add_sweep_parser
+
+    add_inference_parsers(commands)
+    add_sweep_parser(commands)
     return parser
 
 

@@ -77,13 +77,16 @@ class TeacherConfig:
             with ``input: rgb`` for an RGB teacher as in experiment 9.1).
         mode: ``online`` runs the teacher each step; ``precomputed`` reads its stored
             features from ``features`` (issue 6).
-        features: feature-shard directory for ``precomputed``.
+        features: feature-shard directory of ``data.train`` for ``precomputed``
+            (written by ``depthpi precompute``).
+        unlabeled_features: the same for ``data.unlabeled``.
     """
 
     weights: str | None = None
     model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="teacher", init="none"))
     mode: str = "online"
     features: str | None = None
+    unlabeled_features: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,15 @@ class TrainConfig:
                     parse_tap(self.distill.tap, model.arch, teacher=model.kind == "teacher")
                 except ValueError as err:
                     raise ValueError(f"config key 'distill.tap': {err}") from None
-            _check(self.teacher.weights is not None, "teacher.weights",
-                   "a path (exported teacher weights) for a student run", None)
-            _check(self.teacher.mode == "online" or self.teacher.features is not None,
+            _check(self.teacher.weights is not None or self.teacher.mode == "precomputed", "teacher.weights",
+                   "a path (exported teacher weights) for an online-teacher student run", None)
+            precomputed = self.teacher.mode == "precomputed"
+            _check(not precomputed or self.teacher.features is not None,
                    "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
+            _check(not precomputed or self.data.unlabeled is None or self.teacher.unlabeled_features is not None,
+                   "teacher.unlabeled_features", "feature shards of data.unlabeled in precomputed mode", None)
+            _check(self.teacher.mode == "online" or self.teacher.weights is not None or precomputed,
+                   "teacher.weights", "a path", None)
         if self.stage == "teacher":
             _check(self.model.kind == "teacher", "model.kind", "'teacher' for stage teacher", self.model.kind)
 

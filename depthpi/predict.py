@@ -1,20 +1,41 @@
 """Using a trained model: load it with its run config, predict, evaluate.
 
-The prediction path is written once: ``Predictor.predict`` is what ``depthpi eval`` runs
-over shards (and what the training engine's evaluation runs, through the stage).
+The prediction path is written once: ``Predictor.predict`` is the only place a model is
+called for inference. ``depthpi eval`` runs it over shards (``evaluate_checkpoint``),
+``depthpi predict`` over crops of the user's own frames (``predict_frames``), and
+``depthpi export`` checks an exported model against it.
+
+Frames of the user's own camera go through the training pipeline unchanged: each person
+box becomes an unlabelled :class:`Sample` of that camera (R = I, t = 0) and
+``process_sample(..., train=False)`` turns the camera to the box centre and crops N×N,
+exactly as evaluation does for a stored sample.
+
+Test-time flip augmentation (``flip_tta``): the pipeline's mirrored view
+(``ViewParams(flip=True)``) mirrors the crop camera about u = cx = (N − 1)/2, i.e. it is the
+crop with its columns reversed, so the mirrored input is ``x.flip(-1)``. Its prediction is
+in the mirrored camera's frame with mirrored labels; un-flipping swaps left and right
+back (the skeleton's flip permutation) and negates x. The two predictions are averaged.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
+from depthpi.camera import Camera
 from depthpi.config import TrainConfig, load_config
+from depthpi.data.augment import ViewParams
+from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
+from depthpi.data.schema import Sample, SampleMeta
 from depthpi.evaluate import evaluate_split, threshold_for, write_report
 from depthpi.models.posenet import build_model
+from depthpi.skeleton import SKELETONS, Skeleton
 from depthpi.train.checkpoint import load_weights
-from depthpi.train.data import build_eval_loader
+from depthpi.train.data import build_eval_loader, to_device
 from depthpi.train.stages import run_model
 
 
@@ -25,6 +46,29 @@ def find_run_config(ckpt: str | Path) -> Path:
         if (parent / "config.yaml").is_file():
             return parent / "config.yaml"
     raise FileNotFoundError(f"{ckpt}: no config.yaml in any parent directory; pass --config")
+
+
+def skeleton_for(num_joints: int) -> Skeleton:
+    """The known skeleton with ``num_joints`` joints (the model config stores only J)."""
+    for skeleton in SKELETONS.values():
+        if skeleton.num_joints == num_joints:
+            return skeleton
+    raise ValueError(f"no known skeleton has {num_joints} joints (known: "
+                     f"{ {s.name: s.num_joints for s in SKELETONS.values()} })")
+
+
+def unflip_joints(joints: torch.Tensor, flip_permutation) -> torch.Tensor:
+    """Prediction on the mirrored crop → the unmirrored crop's frame.
+
+    Args:
+        joints: (..., J, 3) mm in the mirrored camera's frame, mirrored labels.
+        flip_permutation: (J,) the skeleton's left/right swap.
+    Returns:
+        (..., J, 3): labels swapped back and x negated (an involution).
+    """
+    perm = torch.as_tensor(np.asarray(flip_permutation), dtype=torch.long, device=joints.device)
+    sign = torch.tensor([-1.0, 1.0, 1.0], dtype=joints.dtype, device=joints.device)
+    return joints[..., perm, :] * sign
 
 
 class Predictor:
@@ -39,6 +83,7 @@ class Predictor:
             raise ValueError(f"{weights}: weights do not fit model config (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
         self.model = model.to(self.device).eval()
+        self.skeleton = skeleton_for(cfg.model.num_joints)
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, config: str | Path | None = None, device="cpu") -> Predictor:
@@ -48,19 +93,225 @@ class Predictor:
     def needs_depth(self) -> bool:
         return self.cfg.model.kind == "teacher" or self.cfg.model.input == "depth"
 
+    @property
+    def input_size(self) -> int:
+        return self.cfg.data.pipeline.input_size
+
+    def rgb_pipeline(self) -> PipelineConfig:
+        """The run's pipeline, RGB only: what evaluation applies to a stored sample."""
+        return replace(self.cfg.data.pipeline, depth=False, attention=False)
+
     @torch.no_grad()
-    def predict(self, batch: dict) -> torch.Tensor:
-        """(B, J, 3) mm, root-relative, in the input crop's camera frame."""
-        return run_model(self.model, self.cfg.model, batch).joints
+    def predict(self, batch: dict, flip_tta: bool = False) -> torch.Tensor:
+        """(B, J, 3) mm, root-relative, in the input crop's camera frame.
+
+        Args:
+            batch: device batch with the model's inputs (``rgb_input`` and/or
+                ``depth_input``, see ``depthpi.train.data.to_device``).
+            flip_tta: also predict on the mirrored crops (one forward of 2B) and average
+                with their un-flipped predictions.
+        """
+        if not flip_tta:
+            return run_model(self.model, self.cfg.model, batch).joints
+        inputs = {k: batch[k] for k in ("rgb_input", "depth_input") if k in batch}
+        size = next(iter(inputs.values())).shape[0]
+        both = {k: torch.cat([v, v.flip(-1)]) for k, v in inputs.items()}
+        joints = run_model(self.model, self.cfg.model, both).joints
+        return 0.5 * (joints[:size] + unflip_joints(joints[size:], self.skeleton.flip_permutation))
+
+    def predict_crops(self, rgb: np.ndarray, flip_tta: bool = False) -> np.ndarray:
+        """(B, N, N, 3) uint8 RGB crops → (B, J, 3) float64 mm, crop camera frame."""
+        if self.needs_depth:
+            raise ValueError("this checkpoint needs depth input (teacher or depth baseline); "
+                             "predicting from RGB needs an RGB model (student or RGB baseline)")
+        batch = to_device({"rgb": torch.from_numpy(np.ascontiguousarray(rgb))}, self.device, channels_last=False)
+        return self.predict(batch, flip_tta).float().cpu().numpy().astype(np.float64)
 
 
 def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Path, *, config=None,
-                        batch_size: int = 64, num_workers: int = 2, device: str | None = None) -> dict:
+                        batch_size: int = 64, num_workers: int = 2, device: str | None = None,
+                        flip_tta: bool = False) -> dict:
     """``depthpi eval``: metrics.json, pck_curve.png and per-joint tables in ``out_dir``."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_checkpoint(ckpt, config, device)
     data = replace(predictor.cfg.data, eval_batch_size=batch_size)
     pipeline = replace(data.pipeline, depth=predictor.needs_depth)
     loader = build_eval_loader(data, pipeline, str(shards), rank=0, world_size=1, num_workers=num_workers)
-    metrics = evaluate_split(predictor.predict, loader, predictor.device, threshold_for(data.dataset), reduce=False)
-    return write_report(metrics, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}")
+    predict = partial(predictor.predict, flip_tta=flip_tta)
+    metrics = evaluate_split(predict, loader, predictor.device, threshold_for(data.dataset), reduce=False)
+    tta = " (flip TTA)" if flip_tta else ""
+    return write_report(metrics, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}")
+
+
+# --- frames of the user's own camera -------------------------------------------------------
+
+@dataclass
+class Crop:
+    """One person box of one frame, ready for the model.
+
+    Attributes:
+        rgb: (N, N, 3) uint8 network input (what evaluation would feed).
+        camera: float64 camera of the crop (turned to the box centre, zoomed, cropped).
+        bbox: (4,) x, y, w, h in frame pixels.
+        box_size: (2,) width and height of the box as seen in the crop, px.
+    """
+
+    rgb: np.ndarray
+    camera: Camera
+    bbox: np.ndarray
+    box_size: np.ndarray
+
+
+def make_crop(image: np.ndarray, camera: Camera, bbox, pipeline: PipelineConfig, skeleton: Skeleton,
+              key: str = "frame") -> Crop:
+    """Build the network input for ``bbox`` of a frame seen by ``camera`` (identity view)."""
+    bbox = np.asarray(bbox, np.float64)
+    if bbox.shape != (4,) or not np.all(np.isfinite(bbox)) or bbox[2] <= 0 or bbox[3] <= 0:
+        raise ValueError(f"box {bbox.tolist()}: expected x, y, w, h with w > 0 and h > 0")
+    meta = SampleMeta(dataset="predict", subject="", camera="", action="", frame=0, labeled=False,
+                      rgb_K=camera.K, depth_K=None, R=camera.R, t=camera.t, joints=None,
+                      joint_valid=np.ones(skeleton.num_joints, bool), bbox=bbox, skeleton=skeleton.name)
+    out = process_sample(Sample(key=key, rgb=image, depth=None, meta=meta), pipeline, train=False)
+    # the same camera process_sample used, in float64 (its out["R"] is float32)
+    crop_cam = crop_camera(camera, bbox, ViewParams(), pipeline.input_size)
+    x, y, w, h = bbox
+    corners = np.array([[x, y, 1], [x + w, y, 1], [x, y + h, 1], [x + w, y + h, 1]]) @ camera.homography_to(crop_cam).T
+    corners = corners[:, :2] / corners[:, 2:]
+    return Crop(out["rgb"], crop_cam, bbox, corners.max(0) - corners.min(0))
+
+
+def to_camera_frame(joints_crop: np.ndarray, crop_cam: Camera, camera: Camera) -> np.ndarray:
+    """(J, 3) root-relative mm in the crop camera's frame → ``camera``'s frame.
+
+    Both cameras share a centre, so a direction maps by p = R_cam · R_cropᵀ · p_crop.
+    """
+    return np.asarray(joints_crop, np.float64) @ (camera.R @ crop_cam.R.T).T
+
+
+def fit_root_depth(joints_crop: np.ndarray, crop: Crop) -> float:
+    """Depth z (mm) that makes the pose, rooted on the crop's axis, fit the person box.
+
+    The root sits on the crop camera's optical axis (the ray through the box centre) at
+    depth z; z is where the bounding box of the projected joints first reaches the person
+    box (as seen in the crop) in width or height. Each joint's offset from the principal
+    point shrinks monotonically with z, so the extent does too and bisection finds z.
+    Returns NaN for a degenerate (all-zero) pose.
+    """
+    joints = np.asarray(joints_crop, np.float64)
+    f = crop.camera.K[[0, 1], [0, 1]]
+
+    def fill(z: float) -> float:
+        uv = f * joints[:, :2] / (z + joints[:, 2:3])
+        return float(np.max((uv.max(0) - uv.min(0)) / crop.box_size))
+
+    lo, hi = max(1.0, 1.0 - joints[:, 2].min()), 1e7  # lo: every joint in front of the camera
+    if fill(lo) <= 1:  # degenerate pose, or one too small to reach the box even at the camera
+        return float("nan")
+    for _ in range(200):
+        mid = np.sqrt(lo * hi)
+        lo, hi = (mid, hi) if fill(mid) > 1 else (lo, mid)
+        if hi - lo < 1e-9 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+def joints_2d(joints_crop: np.ndarray, crop: Crop, camera: Camera, root_depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """2D joints in the frame: the pose with its root on the crop axis at ``root_depth``.
+
+    Returns:
+        (J, 2) px in the frame of ``camera`` and (3,) the assumed root in its frame, mm.
+    """
+    root_crop = np.array([0.0, 0.0, root_depth])
+    world = crop.camera.camera_to_world(np.asarray(joints_crop, np.float64) + root_crop)
+    root = camera.world_to_camera(crop.camera.camera_to_world(root_crop))
+    return camera.project(world), root
+
+
+@dataclass
+class Person:
+    """One predicted person.
+
+    Attributes:
+        bbox: (4,) x, y, w, h frame px. joints3d: (J, 3) root-relative mm, frame camera axes.
+        joints2d: (J, 2) frame px. root: (3,) assumed root, frame camera mm.
+        root_depth_source: ``fit`` (box fit) or ``given``.
+    """
+
+    bbox: np.ndarray
+    joints3d: np.ndarray
+    joints2d: np.ndarray
+    root: np.ndarray
+    root_depth_source: str
+
+    def to_json(self) -> dict:
+        return {"bbox": _round(self.bbox, 2), "joints3d_mm": _round(self.joints3d, 3),
+                "joints2d_px": _round(self.joints2d, 2), "root_mm": _round(self.root, 1),
+                "root_depth_source": self.root_depth_source}
+
+
+@dataclass
+class FramePrediction:
+    """Everything predicted for one frame (``image`` is kept for overlays)."""
+
+    frame: int | str
+    index: int
+    image: np.ndarray
+    camera: Camera
+    people: list[Person] = field(default_factory=list)
+
+
+def _round(array: np.ndarray, digits: int) -> list:
+    return np.round(np.nan_to_num(np.asarray(array, np.float64), nan=-1.0), digits).tolist()
+
+
+def predict_frames(predictor: Predictor, frames: Iterable[tuple[int, int | str, np.ndarray]],
+                   camera_for: Callable[[np.ndarray], Camera],
+                   boxes_for: Callable[[int, int | str, np.ndarray], list],
+                   batch_size: int = 16, flip_tta: bool = False,
+                   root_depth: float | None = None) -> Iterator[FramePrediction]:
+    """Predict every person box of every frame, batching crops across frames.
+
+    Args:
+        frames: (index, frame id, (H, W, 3) uint8 RGB) in order; the index counts frames
+            of the source (a skipped unreadable file keeps its index).
+        camera_for: frame → its camera (R = I, t = 0: outputs are in its frame).
+        boxes_for: (index, frame id, image) → list of (4,) boxes x, y, w, h.
+        batch_size: crops per forward pass.
+        flip_tta: test-time flip augmentation.
+        root_depth: fixed root depth (mm) for the 2D joints; None fits it to the box.
+    Yields:
+        FramePrediction per frame, in input order.
+    """
+    pipeline = predictor.rgb_pipeline()
+    pending: list[tuple[FramePrediction, list[Crop]]] = []
+    count = 0
+    for index, frame_id, image in frames:
+        camera = camera_for(image)
+        crops = [make_crop(image, camera, box, pipeline, predictor.skeleton, key=str(frame_id))
+                 for box in boxes_for(index, frame_id, image)]
+        pending.append((FramePrediction(frame_id, index, image, camera), crops))
+        count += len(crops)
+        if count >= batch_size:
+            yield from _finish(predictor, pending, batch_size, flip_tta, root_depth)
+            pending, count = [], 0
+    yield from _finish(predictor, pending, batch_size, flip_tta, root_depth)
+
+
+def _finish(predictor, pending, batch_size, flip_tta, root_depth) -> Iterator[FramePrediction]:
+    crops = [c for _, frame_crops in pending for c in frame_crops]
+    preds = [predictor.predict_crops(np.stack([c.rgb for c in crops[i:i + batch_size]]), flip_tta)
+             for i in range(0, len(crops), batch_size)]
+    preds = iter(np.concatenate(preds) if preds else [])
+    for frame, frame_crops in pending:
+        for crop in frame_crops:
+            pose = next(preds)
+            depth = root_depth if root_depth is not None else fit_root_depth(pose, crop)
+            source = "given" if root_depth is not None else "fit"
+            if not np.isfinite(depth):
+                depth, source = DEFAULT_ROOT_DEPTH_MM, "default"
+            uv, root = joints_2d(pose, crop, frame.camera, depth)
+            frame.people.append(Person(crop.bbox, to_camera_frame(pose, crop.camera, frame.camera), uv, root, source))
+        yield frame
+
+
+DEFAULT_ROOT_DEPTH_MM = 4000.0  # only for a degenerate pose the box fit cannot place

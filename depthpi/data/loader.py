@@ -268,9 +268,10 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, urls: list[str], counts: list[int], batch_size: int, map_fn: MapFn, *, rank: int,
                  world_size: int, num_workers: int, seed: int, shuffle: bool, shuffle_buffer: int,
-                 drop_last: bool, infinite: bool):
+                 drop_last: bool, infinite: bool, companion_urls: list[str] | None = None):
         super().__init__()
         self.urls, self.batch_size, self.map_fn = urls, batch_size, map_fn
+        self.companion_urls = companion_urls
         self.rank, self.seed, self.shuffle, self.shuffle_buffer = rank, seed, shuffle, shuffle_buffer
         self.drop_last, self.infinite = drop_last, infinite
         self.planner = ShardPlanner(counts, world_size, num_workers, batch_size)
@@ -290,9 +291,14 @@ class ShardDataset(IterableDataset):
         """One read of ``shard_ids``: tar → samples → shuffle → decode → map."""
         urls = [self.urls[s] for s in shard_ids]
         seed = np.random.SeedSequence([self.seed, ctx.epoch, cycle, pass_index, ctx.rank, ctx.worker])
+        handler = partial(ctx.on_tar_error, urls=urls)
+        if self.companion_urls is None:
+            samples = iter(wds.DataPipeline(partial(iter, [{"url": url} for url in urls]),
+                                            wds.tarfile_to_samples(handler=handler)))
+        else:
+            samples = _paired_samples(urls, [self.companion_urls[s] for s in shard_ids], handler)
         return iter(wds.DataPipeline(
-            partial(iter, [{"url": url} for url in urls]),
-            wds.tarfile_to_samples(handler=partial(ctx.on_tar_error, urls=urls)),
+            lambda: samples,
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                         rng=random.Random(int(seed.generate_state(1)[0]))) if self.shuffle else None,
             partial(_decode_and_map, map_fn=self.map_fn, ctx=ctx),
@@ -337,6 +343,25 @@ class ShardDataset(IterableDataset):
             names = [os.path.basename(self.urls[s]) for s in shard_ids]
             raise RuntimeError(f"rank {ctx.rank} worker {ctx.worker}: no usable sample in shards {names}; "
                                f"skips so far: {dict(ctx.stats.skipped)}, e.g. {ctx.stats.examples}")
+
+
+def _shard_samples(url: str, handler) -> Iterator[dict]:
+    return iter(wds.DataPipeline(partial(iter, [{"url": url}]), wds.tarfile_to_samples(handler=handler)))
+
+
+def _paired_samples(urls: list[str], companions: list[str], handler) -> Iterator[dict]:
+    """Members of each shard merged with those of its companion shard (same keys, same order).
+
+    The companion (precomputed teacher features) mirrors its source shard one to one; a
+    key mismatch means the two were not built together, which no skip can repair.
+    """
+    for url, companion in zip(urls, companions):
+        for members, extra in itertools.zip_longest(_shard_samples(url, handler), _shard_samples(companion, handler)):
+            if members is None or extra is None or members["__key__"] != extra["__key__"]:
+                got = [m.get("__key__") if m else "<end of shard>" for m in (members, extra)]
+                raise ValueError(f"{companion}: keys out of step with {url} (source {got[0]!r}, features {got[1]!r}); "
+                                 f"rebuild the feature shards for this source split")
+            yield {**{k: v for k, v in extra.items() if not k.startswith("__")}, **members}
 
 
 # --- the loader object -------------------------------------------------------------------
@@ -408,6 +433,18 @@ class ShardLoader:
         self._skip = int(state["batches"])
 
 
+def _mirror_manifest(manifest, companion_dir: Path):
+    """The companion split's manifest, checked to mirror ``manifest`` shard for shard."""
+    mirror = read_manifest(companion_dir)
+    ours = [(s.name, s.count) for s in manifest.shards]
+    theirs = [(s.name, s.count) for s in mirror.shards]
+    if ours != theirs:
+        diff = next((a, b) for a, b in itertools.zip_longest(ours, theirs) if a != b)
+        raise ValueError(f"{companion_dir / 'manifest.json'}: shards do not mirror the source split "
+                         f"(first difference: source {diff[0]}, companion {diff[1]})")
+    return mirror
+
+
 def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None and world_size is not None:
         return rank, world_size
@@ -421,7 +458,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                 world_size: int | None = None, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
                 shuffle_buffer: int = 500, drop_last: bool = True, infinite: bool = False,
                 persistent_workers: bool = True, pin_memory: bool = False, prefetch_factor: int = 2,
-                multiprocessing_context: str | None = None, check_sha256: bool = False) -> ShardLoader:
+                multiprocessing_context: str | None = None, check_sha256: bool = False,
+                companion_dir: str | Path | None = None) -> ShardLoader:
     """A loader of one rank over a split directory.
 
     Args:
@@ -440,6 +478,9 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         persistent_workers, pin_memory, prefetch_factor, multiprocessing_context: as in
             :class:`torch.utils.data.DataLoader`.
         check_sha256: hash every shard against the manifest before starting.
+        companion_dir: a split of shards mirroring this one (same names, keys, order),
+            e.g. precomputed teacher features; their members are merged into each sample
+            and reach ``map_fn`` as ``Sample.extras``.
     Raises:
         ManifestError: the split directory or its manifest is missing or inconsistent.
         ValueError: bad arguments, or fewer shards than ``world_size * num_workers`` in
@@ -459,9 +500,13 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         if drop_last or infinite:
             raise ValueError(message)
         log.warning("%s (some evaluation workers will idle)", message)
+    companions = None
+    if companion_dir is not None:
+        companions = [str(Path(companion_dir) / s.name) for s in _mirror_manifest(manifest, Path(companion_dir)).shards]
     dataset = ShardDataset([str(split_dir / s.name) for s in manifest.shards], manifest.counts, batch_size, map_fn,
                            rank=rank, world_size=world_size, num_workers=num_workers, seed=seed, shuffle=shuffle,
-                           shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite)
+                           shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite,
+                           companion_urls=companions)
     extra = {}
     if num_workers > 0:
         extra = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,

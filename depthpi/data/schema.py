@@ -129,12 +129,15 @@ class Sample:
         rgb: (H, W, 3) uint8 RGB crop.
         depth: (h, w) uint16 depth in mm (0 = invalid), or None.
         meta: see :class:`SampleMeta`.
+        extras: members beyond the schema, undecoded (e.g. a paired teacher-feature
+            shard's ``feat.npy`` and ``views.json``).
     """
 
     key: str
     rgb: np.ndarray
     depth: np.ndarray | None
     meta: SampleMeta
+    extras: dict[str, bytes] = field(default_factory=dict)
 
 
 def encode_sample(sample: Sample) -> dict[str, bytes]:
@@ -172,7 +175,11 @@ def decode_sample(members: dict[str, Any]) -> Sample:
     except SampleError as err:
         err.shard = shard
         raise SampleError(err.key, err.field, err.reason, shard) from None
-    return Sample(key=key, rgb=rgb, depth=depth, meta=meta)
+    extras = {k: v for k, v in members.items() if k not in _SCHEMA_MEMBERS and not k.startswith("__")}
+    return Sample(key=key, rgb=rgb, depth=depth, meta=meta, extras=extras)
+
+
+_SCHEMA_MEMBERS = ("rgb.jpg", "depth.png", "json")
 
 
 def _member(members: dict[str, Any], name: str, key: str) -> bytes:

@@ -86,7 +86,7 @@ class Manifest:
 
 
 # --- atomic files ----------------------------------------------------------------
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -95,7 +95,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _json_bytes(record: dict) -> bytes:
+def json_bytes(record: dict) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode()
 
 
@@ -111,7 +111,7 @@ def file_sha256(path: str | Path) -> str:
 def write_manifest(split_dir: str | Path, manifest: Manifest) -> Path:
     """Write ``split_dir/manifest.json`` atomically; returns its path."""
     path = Path(split_dir) / MANIFEST_NAME
-    _atomic_write_bytes(path, _json_bytes(asdict(manifest)))
+    atomic_write_bytes(path, json_bytes(asdict(manifest)))
     return path
 
 
@@ -183,7 +183,7 @@ def _check_key(key: str) -> None:
         raise ValueError(f"sample key {key!r}: must be non-empty without '.' or '/'")
 
 
-class _TarFile:
+class TarShard:
     """One shard being written to a temp name; ``finish`` renames it into place."""
 
     def __init__(self, path: Path):
@@ -249,7 +249,7 @@ class ShardWriter:
         self.index, self.write_manifest_on_close = start_index, write_manifest_on_close
         self.shards: list[ShardInfo] = []
         self.manifest: Manifest | None = None
-        self._current: _TarFile | None = None
+        self._current: TarShard | None = None
         self._keys: set[str] = set()
 
     def __enter__(self) -> ShardWriter:
@@ -274,7 +274,7 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} written twice to {self.out_dir}")
         self._keys.add(key)
         if self._current is None:
-            self._current = _TarFile(self.out_dir / f"{self.prefix}-{self.index:06d}.tar")
+            self._current = TarShard(self.out_dir / f"{self.prefix}-{self.index:06d}.tar")
         self._current.write(sample)
         if self._current.count >= self.max_count or self._current.bytes >= self.max_bytes:
             self._next_shard()
@@ -295,18 +295,18 @@ class ShardWriter:
 
 
 # --- parallel, resumable building ---------------------------------------------------
-def _sidecar_path(out_dir: Path, name: str) -> Path:
+def sidecar_path(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.json"
 
 
 def _job_digest(params: dict, start: int, stop: int) -> str:
-    return hashlib.sha256(_json_bytes({"params": params, "start": start, "stop": stop})).hexdigest()
+    return hashlib.sha256(json_bytes({"params": params, "start": start, "stop": stop})).hexdigest()
 
 
-def _finished(out_dir: Path, name: str, digest: str) -> dict | None:
+def finished_shard(out_dir: Path, name: str, digest: str) -> dict | None:
     """The sidecar of a finished shard built with the same parameters, else None."""
     try:
-        record = json.loads(_sidecar_path(out_dir, name).read_text())
+        record = json.loads(sidecar_path(out_dir, name).read_text())
         size = (out_dir / name).stat().st_size
         complete = record["digest"] == digest and record["shard"]["bytes"] == size
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
@@ -317,7 +317,7 @@ def _finished(out_dir: Path, name: str, digest: str) -> dict | None:
 def _build_shard(out_dir: Path, name: str, start: int, stop: int, digest: str,
                  make_sample: Callable[[int], Sample | None], skeleton: str) -> dict:
     """Write samples [start, stop) into ``out_dir/name``; returns the sidecar record."""
-    shard, skipped = _TarFile(out_dir / name), []
+    shard, skipped = TarShard(out_dir / name), []
     try:
         for index in range(start, stop):
             try:
@@ -339,7 +339,7 @@ def _build_shard(out_dir: Path, name: str, start: int, stop: int, digest: str,
     record = {"digest": digest, "start": start, "stop": stop, "shard": asdict(shard.finish()),
               "skipped": skipped}
     # The sidecar comes after the rename: its presence certifies a complete shard.
-    _atomic_write_bytes(_sidecar_path(out_dir, name), _json_bytes(record))
+    atomic_write_bytes(sidecar_path(out_dir, name), json_bytes(record))
     return record
 
 
@@ -379,7 +379,7 @@ def build_shards(out_dir: str | Path, num_samples: int, samples_per_shard: int,
     for i in range(math.ceil(num_samples / samples_per_shard)):
         start, stop = i * samples_per_shard, min((i + 1) * samples_per_shard, num_samples)
         jobs[f"{prefix}-{i:06d}.tar"] = (start, stop, _job_digest(digest_params, start, stop))
-    records = {name: _finished(out_dir, name, job[2]) for name, job in jobs.items()}
+    records = {name: finished_shard(out_dir, name, job[2]) for name, job in jobs.items()}
     todo = [name for name, record in records.items() if record is None]
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="shard") as bar:
         for name, record in _run_jobs(out_dir, {n: jobs[n] for n in todo}, make_sample, skeleton, workers):

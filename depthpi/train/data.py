@@ -12,6 +12,7 @@ import torch
 
 from depthpi.data.loader import make_loader
 from depthpi.data.pipeline import PipelineConfig, process_sample
+from depthpi.data.features import replay_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,17 +46,28 @@ def split_batch(batch_size: int, unlabeled_fraction: float, has_unlabeled: bool)
     return batch_size - unlabeled, unlabeled
 
 
-def build_train_loaders(data_cfg, pipeline: PipelineConfig, seed: int, rank: int, world_size: int):
-    """(labelled loader, unlabelled loader or None); the unlabelled one never runs out."""
+def build_train_loaders(data_cfg, pipeline: PipelineConfig, seed: int, rank: int, world_size: int,
+                        features: tuple[str | None, str | None] | None = None):
+    """(labelled loader, unlabelled loader or None); the unlabelled one never runs out.
+
+    ``features``: feature-shard directories (train, unlabelled) of a precomputed teacher;
+    samples are then read side by side with them and replay a stored view.
+    """
     labeled_bs, unlabeled_bs = split_batch(data_cfg.batch_size, data_cfg.unlabeled_fraction,
                                            data_cfg.unlabeled is not None)
-    common = dict(rank=rank, world_size=world_size, num_workers=data_cfg.num_workers, seed=seed,
+    common = dict(rank=rank, world_size=world_size, num_workers=data_cfg.num_workers,
                   shuffle=True, shuffle_buffer=data_cfg.shuffle_buffer)
-    labeled = make_loader(data_cfg.train, labeled_bs, map_fn(pipeline, seed, True), **common)
+
+    def loader(split, batch_size, split_seed, companion, **extra):
+        fn = map_fn(pipeline, split_seed, True) if companion is None else partial(
+            replay_map, cfg=pipeline, seed=split_seed)
+        return make_loader(split, batch_size, fn, seed=split_seed, companion_dir=companion, **common, **extra)
+
+    train_features, unlabeled_features = features or (None, None)
+    labeled = loader(data_cfg.train, labeled_bs, seed, train_features)
     unlabeled = None
     if unlabeled_bs:
-        unlabeled = make_loader(data_cfg.unlabeled, unlabeled_bs, map_fn(pipeline, seed + 1, True),
-                                infinite=True, **common)
+        unlabeled = loader(data_cfg.unlabeled, unlabeled_bs, seed + 1, unlabeled_features, infinite=True)
     return labeled, unlabeled
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from depthpi.config import TrainConfig, save_config, to_yaml
 from depthpi.evaluate import evaluate_split, threshold_for
 from depthpi.models.posenet import build_model, freeze
+from depthpi.precompute import check_feature_shards
 from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint,
                                       load_weights, rng_state, save_checkpoint, save_weights, set_rng_state)
 from depthpi.train.data import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
@@ -96,6 +97,18 @@ class RankLedger:
         os.replace(tmp, path)
 
 
+def check_precomputed(cfg: TrainConfig) -> tuple[str, str | None]:
+    """Feature shards of the train (and unlabelled) split, checked against the config."""
+    sigmoid = cfg.distill.sigmoid or cfg.distill.term == "bce"
+    pairs = [(cfg.teacher.features, cfg.data.train)]
+    if cfg.data.unlabeled is not None:
+        pairs.append((cfg.teacher.unlabeled_features, cfg.data.unlabeled))
+    for features, source in pairs:
+        check_feature_shards(features, source, tap=cfg.distill.tap, input_size=cfg.data.pipeline.input_size,
+                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights)
+    return cfg.teacher.features, cfg.teacher.unlabeled_features
+
+
 def _set_lr(optimizer, base_lr: float, schedule: StepSchedule, epoch_float: float) -> float:
     lr = base_lr * schedule.factor(epoch_float)
     for group in optimizer.param_groups:
@@ -122,7 +135,10 @@ def train(cfg: TrainConfig) -> dict:
     stage, model = build_stage(cfg, accelerator.device)
     pipeline = pipeline_for(cfg.data, stage.needs_depth, stage.needs_attention)
     rank, world = accelerator.process_index, accelerator.num_processes
-    labeled_loader, unlabeled_loader = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world)
+    features = None
+    if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
+        features = check_precomputed(cfg)
+    labeled_loader, unlabeled_loader = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world, features)
     eval_loader = build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world)
     steps_per_epoch = len(labeled_loader)
     if cfg.run.steps_per_epoch:

@@ -1,0 +1,125 @@
+"""``depthpi sweep``: submit a spec, or report on a sweep directory.
+
+    depthpi sweep SPEC.yaml [--dry-run] [--executor slurm|local] [--out DIR] [--var KEY=VALUE ...]
+    depthpi sweep status DIR
+    depthpi sweep collect DIR [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from depthpi.sweep.spec import Sweep, load_spec
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The sweep arguments on ``parser`` (shared by ``depthpi sweep`` and ``launch/sweep.py``)."""
+    parser.add_argument("target", help="a sweep spec (configs/sweeps/*.yaml), or 'status' / 'collect'")
+    parser.add_argument("dir", nargs="?", help="sweep directory (with status / collect)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch files; submit nothing")
+    parser.add_argument("--executor", choices=["slurm", "local"], default="slurm",
+                        help="slurm: job arrays via sbatch; local: the same plan on this machine, waiting for it")
+    parser.add_argument("--out", help="sweep directory (default: the spec's out:, else runs/sweeps/<name>); "
+                                      "with collect: where the tables go")
+    parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
+                        help="value of a {KEY} placeholder of the spec (over its vars:)")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="do not load every element's config before submitting")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``sweep`` on the ``depthpi`` sub-command parsers."""
+    parser = subparsers.add_parser("sweep", help="submit a sweep of runs as SLURM job arrays; status; collect",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_sweep_arguments(parser)
+
+
+def validate(sweep: Sweep) -> None:
+    """Load every training element's config, so a typo fails here and not in a queued job."""
+    from depthpi.config import load_config
+
+    for element in sweep.elements:
+        if element.kind == "train":
+            try:
+                load_config(element.config, list(element.overrides))
+            except ValueError as err:
+                raise ValueError(f"sweep spec {sweep.spec_path}: element {element.name!r}: {err}") from None
+
+
+def describe(sweep: Sweep, executor: str) -> str:
+    """The plan: stages, their resources and dependencies, each element's overrides (and sbatch files)."""
+    from depthpi.sweep.submit import accelerate_env, sbatch_script
+
+    lines = [f"sweep {sweep.name} ({sweep.spec_path}) -> {sweep.out_dir}", f"executor: {executor}"]
+    for stage in sweep.stages:
+        res = stage.resources
+        lines += ["", f"== stage {stage.name}: {stage.kind} array of {len(stage.elements)}"
+                      f"{' after ' + ', '.join(stage.after) if stage.after else ''}",
+                  f"   {res.nodes} node(s) x {res.tasks_per_node} task(s), {res.gpus_per_node} GPU(s)/node, "
+                  f"{res.cpus_per_task} CPU(s)/task, time {res.time_min} min, "
+                  f"at most {res.array_parallelism} at once"]
+        if stage.accelerate and stage.kind == "train":
+            env = " ".join(f"{k}={v}" for k, v in accelerate_env(stage.accelerate).items())
+            lines.append(f"   accelerate {stage.accelerate}: {env or '(defaults)'}")
+        for i, element in enumerate(stage.elements):
+            what = " ".join(element.command) if element.kind == "command" else \
+                f"{element.config} " + " ".join(element.overrides)
+            lines.append(f"   [{i}] {element.name}: {what}")
+        if executor == "slurm":
+            dependency = "afterok:" + ":".join(f"JOBID_OF_{a}" for a in stage.after) if stage.after else None
+            lines += ["", f"--- sbatch file of stage {stage.name}", sbatch_script(stage, sweep, dependency)]
+    return "\n".join(lines)
+
+
+def run(args) -> None:
+    """Dispatch: status, collect, or plan (+ submit unless --dry-run)."""
+    from depthpi.sweep import report, submit
+
+    if args.target in ("status", "collect"):
+        if not args.dir:
+            raise ValueError(f"depthpi sweep {args.target}: give the sweep directory, e.g. runs/sweeps/table6.1")
+        if args.target == "status":
+            print(report.format_status(report.status(args.dir)))
+        else:
+            paths = report.collect(args.dir, args.out)
+            print(paths["markdown"].read_text())
+            print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+        return
+    variables = dict(_pair(v) for v in args.var)
+    sweep = load_spec(args.target, args.out, variables)
+    if not args.no_validate:
+        validate(sweep)
+    print(describe(sweep, args.executor))
+    if args.dry_run:
+        print("\n(dry run: nothing submitted)")
+        return
+    if args.executor == "slurm":
+        job_ids = submit.submit_slurm(sweep)
+        print("\n" + "\n".join(f"submitted stage {s}: job {j}" for s, j in job_ids.items()))
+        print(f"status: depthpi sweep status {sweep.out_dir}")
+        return
+    states = submit.run_local(sweep)
+    print("\n" + "\n".join(f"{name}: {state}" for name, state in states.items()))
+    if any(s != "done" for s in states.values()):
+        raise SystemExit(f"depthpi sweep: {sum(s != 'done' for s in states.values())} element(s) did not finish; "
+                         f"see depthpi sweep status {sweep.out_dir}")
+
+
+def _pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"--var {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python launch/sweep.py …``: the same command line as ``depthpi sweep``."""
+    parser = add_sweep_arguments(argparse.ArgumentParser(prog="sweep.py", description=__doc__,
+                                                         formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"depthpi sweep: {err}") from None

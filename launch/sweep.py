@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""Submit a sweep spec as SLURM job arrays (same command line as ``depthpi sweep``).
+
+    python launch/sweep.py configs/sweeps/table6.1.yaml --dry-run
+    python launch/sweep.py configs/sweeps/table6.1.yaml --executor local --out runs/sweeps/t61
+    python launch/sweep.py status runs/sweeps/table6.1
+    python launch/sweep.py collect runs/sweeps/table6.1
+"""
+from depthpi.sweep.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Precomputed teacher features: exact replay, equivalence with the online teacher, checks."""
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from depthpi.config import DataConfig, TrainConfig, load_config, save_config
+from depthpi.data.build import build_synthetic, iter_split
+from depthpi.data.features import decode_features, replay_map
+from depthpi.data.pipeline import PipelineConfig, process_sample
+from depthpi.data.shards import file_sha256, read_manifest
+from depthpi.models.posenet import ModelConfig, build_model
+from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
+from depthpi.predict import Predictor
+from depthpi.train.checkpoint import load_weights
+from depthpi.train.data import to_device
+from depthpi.train.engine import train
+from depthpi.train.stages import run_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TAP = "block13.post_relu"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Synthetic shards (65×65 pipeline) and a randomly initialised tiny teacher 'run'."""
+    root = tmp_path_factory.mktemp("pre")
+    build_synthetic(root / "synth", {"train": 32, "test": 8}, samples_per_shard=8, workers=1)
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(kind="teacher", width=0.125, depth_bins=8, init="none")
+    cfg = TrainConfig(stage="teacher", model=model_cfg,
+                      data=DataConfig(train=str(root / "synth/train"), test=str(root / "synth/test"),
+                                      pipeline=PipelineConfig(input_size=65)))
+    teacher_dir = root / "teacher"
+    save_config(cfg, teacher_dir / "config.yaml")
+    model = build_model(model_cfg)
+    with torch.no_grad():  # non-trivial BN statistics so eval-mode features are not all alike
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0)
+    (teacher_dir / "export").mkdir(parents=True)
+    torch.save(model.state_dict(), teacher_dir / "export" / "best.pt")
+    return root, teacher_dir / "export" / "best.pt"
+
+
+def _precompute(setup, out, **kw):
+    root, teacher = setup
+    cfg = PrecomputeConfig(teacher=str(teacher), shards=str(root / "synth/train"), out=str(out), tap=TAP,
+                           views=kw.pop("views", 3), dtype=kw.pop("dtype", "fp16"), batch_size=8, **kw)
+    return cfg, precompute(cfg, device="cpu")
+
+
+def test_features_mirror_source_and_replay_bit_identical_inputs(setup, tmp_path):
+    root, teacher = setup
+    cfg, manifest = _precompute(setup, tmp_path / "feat")
+    source = read_manifest(root / "synth/train")
+    assert [(s.name, s.count) for s in manifest.shards] == [(s.name, s.count) for s in source.shards]
+    assert manifest.params["teacher_sha256"] == file_sha256(teacher) and manifest.params["tap"] == TAP
+    predictor = Predictor.from_checkpoint(teacher, device="cpu")
+    pipeline = replace(predictor.cfg.data.pipeline, depth=True)
+    stored = {m["__key__"]: m for m in wds.DataPipeline(
+        wds.SimpleShardList([str(tmp_path / "feat" / s.name) for s in manifest.shards]), wds.tarfile_to_samples())}
+    for sample in list(iter_split(root / "synth/train"))[:4]:
+        member = stored[sample.key]
+        views = json.loads(member["views.json"])["views"]
+        expected = view_params(sample.key, 3, 0, pipeline.augment)
+        assert views == [v.to_dict() for v in expected] and views[0]["flip"] is False and views[1] != views[0]
+        sample.extras = {"feat.npy": member["feat.npy"], "views.json": member["views.json"]}
+        for epoch in range(3):
+            student_view = replay_map(sample, epoch, cfg=replace(pipeline, depth=False), seed=5)
+            k = student_view["view_index"]
+            teacher_view = process_sample(sample, pipeline, view=expected[k], view_index=k)
+            np.testing.assert_array_equal(student_view["rgb"], teacher_view["rgb"])
+            batch = to_device({n: torch.as_tensor(teacher_view[n])[None] for n in ("rgb", "depth")}, torch.device("cpu"), False)
+            with torch.no_grad():
+                online = run_model(predictor.model, predictor.cfg.model, batch, (TAP,)).features[TAP][0].numpy()
+            np.testing.assert_allclose(student_view["teacher_feat"], online, rtol=2e-3, atol=2e-3)  # fp16 resolution
+
+
+def test_uint8_stores_sigmoid_and_decodes_to_logits(setup, tmp_path):
+    _, manifest = _precompute(setup, tmp_path / "u8", dtype="uint8", views=1)
+    first = next(iter(wds.DataPipeline(wds.SimpleShardList([str(tmp_path / "u8" / manifest.shards[0].name)]),
+                                       wds.tarfile_to_samples())))
+    raw = np.load(__import__("io").BytesIO(first["feat.npy"]), allow_pickle=False)
+    assert raw.dtype == np.uint8 and raw.shape[0] == 1
+    logits = decode_features(first["feat.npy"])
+    np.testing.assert_allclose(np.round(255 / (1 + np.exp(-logits))), raw, atol=0.5)
+
+
+def test_killed_precompute_rerun_writes_the_same_bytes(setup, tmp_path):
+    root, teacher = setup
+    _, whole = _precompute(setup, tmp_path / "whole")
+    cfg = PrecomputeConfig(teacher=str(teacher), shards=str(root / "synth/train"), out=str(tmp_path / "part"),
+                           tap=TAP, views=3, batch_size=8)
+    assert precompute(cfg, rank=0, world_size=2, device="cpu") is None  # half the shards, no manifest yet
+    (tmp_path / "part" / ".shard-000001.tar.tmp").write_bytes(b"half-written")  # a kill mid-shard
+    again = precompute(cfg, rank=1, world_size=2, device="cpu")
+    assert [s.sha256 for s in again.shards] == [s.sha256 for s in whole.shards]
+
+
+def _student_overrides(root, out_dir, **extra):
+    values = {"data.train": root / "synth/train", "data.test": root / "synth/test", "run.out_dir": out_dir,
+              "data.num_workers": 0, "data.batch_size": 4, "data.pipeline.input_size": 65, "optim.epochs": 1,
+              "run.steps_per_epoch": 3, "model.init": "none", "data.pipeline.augment.geometry": False,
+              "data.pipeline.augment.colour": False, "teacher.model.depth_bins": 8, "run.log_every": 1}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_student_from_stored_features_matches_online_student(setup, tmp_path):
+    root, teacher = setup
+    _precompute(setup, tmp_path / "feat1", views=1)  # the only view is un-augmented, as online with augment off
+    torch.manual_seed(0)
+    online = train(load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
+        root, tmp_path / "online", **{"teacher.weights": teacher})))
+    stored = train(load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
+        root, tmp_path / "stored", **{"teacher.weights": teacher, "teacher.mode": "precomputed",
+                                      "teacher.features": tmp_path / "feat1"})))
+    torch.manual_seed(0)
+    init = build_model(load_config(ROOT / "configs/demo/student.yaml", _student_overrides(root, tmp_path / "x")).model)
+    start = {k: v for k, v in init.state_dict().items() if v.is_floating_point()}
+    a, b = load_weights(tmp_path / "online/export/last.pt"), load_weights(tmp_path / "stored/export/last.pt")
+    # Same start, same views, targets differing only by fp16 rounding: the parameter updates
+    # must agree to within a small fraction of their size (Adam amplifies tiny gradient
+    # differences on near-zero gradients, so elementwise equality is not expected).
+    delta_a = torch.cat([(a[k] - start[k]).flatten() for k in start])
+    delta_b = torch.cat([(b[k] - start[k]).flatten() for k in start])
+    assert delta_a.norm() > 0
+    assert (delta_a - delta_b).norm() / delta_a.norm() < 0.02
+    assert online["mpjpe"] == pytest.approx(stored["mpjpe"], rel=1e-2)
+
+
+def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
+    root, teacher = setup
+    _precompute(setup, tmp_path / "feat", views=1)
+
+    def run(**extra):
+        cfg = load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
+            root, tmp_path / "run", **{"teacher.weights": teacher, "teacher.mode": "precomputed",
+                                       "teacher.features": tmp_path / "feat", **extra}))
+        return train(cfg)
+
+    with pytest.raises(ValueError, match="tap"):
+        run(**{"distill.tap": "block12.post_relu"})
+    with pytest.raises(ValueError, match="input size"):
+        run(**{"data.pipeline.input_size": 129})
+    other = tmp_path / "other.pt"
+    weights = torch.load(teacher, weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, other)
+    with pytest.raises(ValueError, match="another teacher"):
+        run(**{"teacher.weights": other})
+    changed = tmp_path / "changed"
+    shutil.copytree(root / "synth/train", changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["params"]["note"] = "rebuilt"
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="different source split"):
+        run(**{"data.train": changed})
+    # keys out of order: a feature shard rewritten with two samples swapped
+    name = read_manifest(tmp_path / "feat").shards[0].name
+    members = list(wds.DataPipeline(wds.SimpleShardList([str(tmp_path / "feat" / name)]), wds.tarfile_to_samples()))
+    members[0], members[1] = members[1], members[0]
+    size = (tmp_path / "feat" / name).stat().st_size
+    with wds.TarWriter(str(tmp_path / "feat" / name), mtime=0) as writer:
+        for m in members:
+            writer.write({k: v for k, v in m.items() if k != "__url__" and k != "__local_path__"})
+    assert (tmp_path / "feat" / name).stat().st_size == size  # same size: only the order betrays it
+    with pytest.raises(ValueError, match="out of step"):
+        run()
+
+
+def test_estimate_reports_bytes_before_writing(setup, tmp_path):
+    root, teacher = setup
+    cfg = PrecomputeConfig(teacher=str(teacher), shards=str(root / "synth/train"), out=str(tmp_path / "est"),
+                           tap=TAP, views=4, dtype="fp16")
+    text = estimate(cfg)
+    # width 1/8: block 13 has 128 channels at 5×5 for 65×65 inputs → 4 views × 128·25 × 2 bytes
+    assert "128×5×5" in text and "32 samples" in text
+    assert not (tmp_path / "est").exists()

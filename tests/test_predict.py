@@ -1,0 +1,306 @@
+"""depthpi predict: same input as evaluation, camera-frame rotation, 2D joints, flip TTA, sources."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from depthpi.camera import Camera
+from depthpi.config import DataConfig, TrainConfig, save_config
+from depthpi.data.augment import ViewParams
+from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
+from depthpi.data.schema import Sample, SampleMeta
+from depthpi.inference_cli import add_inference_parsers, read_boxes
+from depthpi.models.posenet import ModelConfig, PoseOutput, build_model
+from depthpi.predict import (Predictor, fit_root_depth, joints_2d, make_crop, predict_frames, to_camera_frame,
+                             unflip_joints)
+from depthpi.skeleton import H36M_17
+from depthpi.train.data import to_device
+
+SIZE = 65
+K = np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])
+
+
+def make_run(root: Path, size: int = SIZE, kind: str = "baseline") -> Path:
+    """A tiny untrained model saved like a run: root/export/best.pt + root/config.yaml."""
+    model_cfg = ModelConfig(width=0.125, arch="resnet50", init="none", kind=kind)
+    cfg = TrainConfig(model=model_cfg, stage="teacher" if kind == "teacher" else "baseline",
+                      data=DataConfig(pipeline=PipelineConfig(input_size=size)))
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    with torch.no_grad():  # tame the random head so heatmaps are not one-hot
+        model.head.conv.weight.mul_(0.05)
+    (root / "export").mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), root / "export" / "best.pt")
+    save_config(cfg, root / "config.yaml")
+    return root / "export" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor.from_checkpoint(ckpt)
+
+
+def textured(shape=(240, 320), seed=0) -> np.ndarray:
+    """Smooth random colour image (upsampled noise), so crops have structure."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0, 255, (shape[0] // 8, shape[1] // 8, 3)).astype(np.float32)
+    return cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+
+
+def stored_sample(key="s0") -> Sample:
+    """A labelled sample of a tilted camera (R ≠ I, t ≠ 0) whose stored crop is the 'frame'."""
+    angle = np.radians(20)
+    R = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    t = np.array([100.0, -1500.0, -2000.0])
+    rng = np.random.default_rng(1)
+    cam_points = np.array([200.0, 100.0, 3500.0]) + rng.uniform(-400, 400, (17, 3))
+    joints = cam_points @ R + t
+    uv = Camera(K, R, t).project(joints)
+    lo, hi = uv.min(0) - 8, uv.max(0) + 8
+    meta = SampleMeta(dataset="test", subject="S1", camera="C1", action="a", frame=0, labeled=True,
+                      rgb_K=K, depth_K=None, R=R, t=t, joints=joints, joint_valid=np.ones(17, bool),
+                      bbox=np.array([*lo, *(hi - lo)]))
+    return Sample(key=key, rgb=textured(), depth=None, meta=meta)
+
+
+class ConstantModel(nn.Module):
+    """Returns the same root-relative pose (crop frame) for every input."""
+
+    def __init__(self, pose: np.ndarray):
+        super().__init__()
+        self.register_buffer("pose", torch.as_tensor(pose, dtype=torch.float32))
+
+    def forward(self, x, taps=()):
+        return PoseOutput(self.pose.expand(x.shape[0], -1, -1).clone(), {})
+
+
+def constant_predictor(predictor: Predictor, pose: np.ndarray) -> Predictor:
+    clone = object.__new__(Predictor)
+    clone.__dict__.update(predictor.__dict__, model=ConstantModel(pose))
+    return clone
+
+
+def random_pose(seed=0) -> np.ndarray:
+    pose = np.random.default_rng(seed).uniform(-500, 500, (17, 3))
+    return pose - pose[0]
+
+
+def cli(argv: list[str]):
+    parser = argparse.ArgumentParser()
+    add_inference_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func, args
+
+
+def run_cli(argv):
+    from depthpi.inference_cli import run_predict
+
+    _, args = cli(argv)
+    return run_predict(args)
+
+
+# --- same input and output as evaluation -------------------------------------------------
+
+def synthetic_sample() -> Sample:
+    synthetic = pytest.importorskip("depthpi.data.synthetic", reason="synthetic renderer not available yet")
+    return synthetic.render_sample("test", 3)
+
+
+@pytest.mark.parametrize("make_sample", [stored_sample, synthetic_sample], ids=["constructed", "synthetic"])
+def test_predict_on_frame_matches_eval_pipeline(predictor, make_sample):
+    """The stored crop with its K is a full frame: predict (camera R = I) == eval, rotated."""
+    sample = make_sample()
+    meta = sample.meta
+    evaluated = process_sample(sample, predictor.rgb_pipeline(), train=False)
+    batch = to_device({"rgb": torch.from_numpy(evaluated["rgb"][None])}, predictor.device, channels_last=False)
+    pred_eval = predictor.predict(batch)[0].double().numpy()  # eval crop camera's frame
+    eval_cam = crop_camera(Camera(meta.rgb_K, meta.R, meta.t), meta.bbox, ViewParams(), SIZE)
+    expected = pred_eval @ (meta.R @ eval_cam.R.T).T  # into the stored camera's frame
+
+    frame_cam = Camera(meta.rgb_K, np.eye(3), np.zeros(3))
+    crop = make_crop(sample.rgb, frame_cam, meta.bbox, predictor.rgb_pipeline(), H36M_17)
+    np.testing.assert_array_equal(crop.rgb, evaluated["rgb"])  # the very same network input
+    [frame] = predict_frames(predictor, [(0, "f", sample.rgb)], lambda im: frame_cam, lambda *a: [meta.bbox])
+    np.testing.assert_allclose(frame.people[0].joints3d, expected, atol=1e-4)
+    # and the eval target frame agrees: ground truth rotated the same way is the camera-frame truth
+    truth_cam = Camera(meta.rgb_K, meta.R, meta.t).world_to_camera(meta.joints)
+    np.testing.assert_allclose(evaluated["joints"] @ (meta.R @ eval_cam.R.T).T, truth_cam - truth_cam[0], atol=1e-2)
+
+
+def test_shifted_box_rotates_prediction_by_the_camera_turn(predictor):
+    """Constant model (stated): the only change between two boxes is the turn to the box centre.
+
+    A box centred at (u, cy) turns the camera by a pure yaw θ = atan((u − cx)/f) about its
+    y axis, so the camera-frame pose must be R_y(θ) · pose_crop; checked independently
+    of the code's R_cam · R_cropᵀ.
+    """
+    pose = random_pose()
+    const = constant_predictor(predictor, pose)
+    camera = Camera(K, np.eye(3), np.zeros(3))
+    image = textured()
+    results = {}
+    for u in (159.5, 60.0, 260.0):
+        box = np.array([u - 40, K[1, 2] - 80, 80, 160])
+        [frame] = predict_frames(const, [(0, 0, image)], lambda im: camera, lambda *a, b=box: [b])
+        results[u] = frame.people[0]
+    for u, person in results.items():
+        theta = np.arctan((u - K[0, 2]) / K[0, 0])
+        c, s = np.cos(theta), np.sin(theta)
+        yaw = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        np.testing.assert_allclose(person.joints3d, pose @ yaw.T, atol=1e-6)
+    np.testing.assert_allclose(results[159.5].joints3d, pose, atol=1e-9)  # centred box: no turn
+    assert not np.allclose(results[60.0].joints3d, results[260.0].joints3d, atol=1.0)
+
+
+def test_joints_2d_root_on_box_centre_ray_and_fit_to_box(predictor):
+    camera = Camera(K, np.eye(3), np.zeros(3))
+    box = np.array([200.0, 40.0, 70.0, 150.0])
+    crop = make_crop(textured(), camera, box, predictor.rgb_pipeline(), H36M_17)
+    pose = random_pose(3)
+    # a given depth: the pose in the frame camera, rooted on the box-centre ray, projected by K
+    uv, root = joints_2d(pose, crop, camera, 4000.0)
+    centre = box[:2] + box[2:] / 2
+    ray = np.linalg.inv(K) @ [*centre, 1.0]
+    np.testing.assert_allclose(root / root[2], ray / ray[2], atol=1e-12)  # root on the centre ray
+    np.testing.assert_allclose(root[2], 4000.0 * (crop.camera.R.T @ [0, 0, 1.0])[2], rtol=1e-12)
+    points = to_camera_frame(pose, crop.camera, camera) + root
+    np.testing.assert_allclose(uv, (points / points[:, 2:]) @ K[:2].T, atol=1e-9)
+    np.testing.assert_allclose(uv[0], centre, atol=1e-9)  # the root projects onto the box centre
+    # the fitted depth: the projected joints' box reaches the person box in one dimension
+    z = fit_root_depth(pose, crop)
+    uv, _ = joints_2d(pose, crop, camera, z)
+    f = crop.camera.K[0, 0]
+    in_crop = f * pose[:, :2] / (z + pose[:, 2:])
+    np.testing.assert_allclose(np.max((in_crop.max(0) - in_crop.min(0)) / crop.box_size), 1.0, rtol=1e-6)
+    extent = uv.max(0) - uv.min(0)
+    assert np.max(extent / box[2:]) == pytest.approx(1.0, abs=0.1)  # ≈ in frame pixels (perspective)
+    assert np.isnan(fit_root_depth(np.zeros((17, 3)), crop))
+
+
+# --- flip TTA --------------------------------------------------------------------------------
+
+def test_flipped_input_is_the_pipeline_flip_view(predictor):
+    sample = stored_sample()
+    plain = process_sample(sample, predictor.rgb_pipeline(), train=False)["rgb"]
+    flipped = process_sample(sample, predictor.rgb_pipeline(), view=ViewParams(flip=True))["rgb"]
+    diff = np.abs(flipped.astype(int) - plain[:, ::-1].astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01  # equal up to cv2's fixed-point interpolation
+
+
+def test_flip_tta_is_average_with_unflipped_prediction(predictor):
+    x = torch.randn(3, 3, SIZE, SIZE)
+    plain = predictor.predict({"rgb_input": x})
+    mirrored = predictor.predict({"rgb_input": x.flip(-1)})
+    expected = 0.5 * (plain + unflip_joints(mirrored, H36M_17.flip_permutation))
+    np.testing.assert_allclose(predictor.predict({"rgb_input": x}, flip_tta=True), expected, atol=1e-3)
+    # symmetry: TTA of the mirrored image == mirror of TTA of the image
+    tta, tta_mirrored = (predictor.predict({"rgb_input": v}, flip_tta=True) for v in (x, x.flip(-1)))
+    np.testing.assert_allclose(tta_mirrored, unflip_joints(tta, H36M_17.flip_permutation), atol=1e-3)
+
+
+def test_flip_tta_of_a_known_model():
+    """A constant model: TTA = ½(P + unflip(P)); unflip swaps l/r and negates x."""
+    pose = random_pose(5)
+    cfg = TrainConfig(model=ModelConfig(width=0.125, init="none"))
+    predictor = object.__new__(Predictor)
+    predictor.__dict__.update(cfg=cfg, device=torch.device("cpu"), model=ConstantModel(pose), skeleton=H36M_17)
+    out = predictor.predict({"rgb_input": torch.zeros(2, 3, SIZE, SIZE)}, flip_tta=True)[0].numpy()
+    lwri, rwri = H36M_17.index("lwri"), H36M_17.index("rwri")
+    expected = 0.5 * (pose[lwri] + pose[rwri] * [-1, 1, 1])
+    np.testing.assert_allclose(out[lwri], expected, atol=1e-3)
+    np.testing.assert_allclose(unflip_joints(unflip_joints(torch.tensor(pose), H36M_17.flip_permutation),
+                                             H36M_17.flip_permutation).numpy(), pose)
+
+
+# --- sources, files, CLI ----------------------------------------------------------------------
+
+def test_video_gives_one_line_and_one_overlay_frame_per_frame(ckpt, tmp_path):
+    path, count = tmp_path / "clip.avi", 5
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for i in range(count):
+        writer.write(textured((120, 160), seed=i))
+    writer.release()
+    out = tmp_path / "out"
+    summary = run_cli(["predict", "--ckpt", str(ckpt), "--input", str(path), "--out", str(out),
+                       "--bbox", "40,10,80,100", "--batch", "2", "--flip-tta"])
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == list(range(count)) and summary["frames"] == count
+    person = lines[0]["people"][0]
+    assert np.array(person["joints3d_mm"]).shape == (17, 3) and np.array(person["joints2d_px"]).shape == (17, 2)
+    assert lines[0]["skeleton"] == "h36m_17" and lines[0]["flip_tta"] is True
+    capture = cv2.VideoCapture(summary["overlay"])
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == count
+
+
+def test_corrupt_image_in_folder_is_skipped_and_reported(ckpt, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.jpg", "c.png"):
+        cv2.imwrite(str(folder / name), textured((96, 128)))
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (tmp_path / "boxes.jsonl").write_text('{"frame": "a.jpg", "boxes": [[10, 5, 50, 80], [60, 5, 50, 80]]}\n'
+                                          '{"frame": 2, "boxes": [[20, 10, 40, 70]]}\n')
+    out = tmp_path / "out"
+    summary = run_cli(["predict", "--ckpt", str(ckpt), "--input", str(folder), "--out", str(out),
+                       "--boxes", str(tmp_path / "boxes.jsonl"), "--fov", "60"])
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["frame"], r["index"], len(r["people"])) for r in lines] == [("a.jpg", 0, 2), ("c.png", 2, 1)]
+    assert summary["skipped"][0]["file"] == "b.jpg"
+    assert json.loads((out / "meta.json").read_text())["skipped"][0]["file"] == "b.jpg"
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == ["a.jpg", "c.jpg"]
+
+
+def test_whole_frame_default_and_K_file(ckpt, tmp_path):
+    cv2.imwrite(str(tmp_path / "one.png"), textured((96, 128)))
+    (tmp_path / "K.json").write_text(json.dumps({"K": [[150, 0, 63.5], [0, 150, 47.5], [0, 0, 1]]}))
+    summary = run_cli(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "one.png"), "--out",
+                       str(tmp_path / "out"), "--K", str(tmp_path / "K.json"), "--no-overlay"])
+    [line] = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert line["K"][0][0] == 150 and line["people"][0]["bbox"] == [-0.5, -0.5, 128, 96]
+    assert summary["overlay"] is None
+
+
+def test_boxes_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "boxes.jsonl"
+    path.write_text('{"frame": 0, "boxes": [[0, 0, 10, 10]]}\n{"frame": 1, "boxes": [[0, 0, -1, 10]]}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_boxes(path)
+    path.write_text('{"frame": 0, "boxes": [[0, 0, 10, 10]]}\n{"frame": 0, "boxes": []}\n')
+    assert len(read_boxes(path)[0]) == 1
+
+
+def test_depth_model_is_refused(tmp_path):
+    ckpt = make_run(tmp_path, kind="teacher")
+    cv2.imwrite(str(tmp_path / "one.png"), textured((96, 128)))
+    with pytest.raises(ValueError, match="depth"):
+        run_cli(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "one.png"), "--out", str(tmp_path / "o")])
+
+
+# --- eval with flip TTA on shards (needs the shard writer and the synthetic renderer) ---------
+
+def test_evaluate_checkpoint_with_flip_tta(ckpt, tmp_path):
+    pytest.importorskip("depthpi.data.synthetic", reason="synthetic renderer not available yet")
+    pytest.importorskip("depthpi.data.loader", reason="shard loader not available yet")
+    from depthpi.data.build import build_synthetic
+    from depthpi.predict import evaluate_checkpoint
+
+    build_synthetic(tmp_path / "shards", {"test": 8}, samples_per_shard=4, workers=1, seed=0)
+    plain = evaluate_checkpoint(ckpt, tmp_path / "shards" / "test", tmp_path / "e0", batch_size=4, num_workers=0)
+    tta = evaluate_checkpoint(ckpt, tmp_path / "shards" / "test", tmp_path / "e1", batch_size=4, num_workers=0,
+                              flip_tta=True)
+    assert np.isfinite(plain["mpjpe"]) and np.isfinite(tta["mpjpe"]) and plain["mpjpe"] != tta["mpjpe"]

@@ -1,0 +1,515 @@
+"""Sweeps: spec expansion, sbatch parameters, rendezvous, status/collect on fabricated run
+dirs (no SLURM needed), and — marked slow — real job arrays on a local SLURM cluster
+(tests/slurm_cluster.py): a trivial command array with a dependency, a 2-element training
+array, a preempted job that resumes from its checkpoint, and the local executor."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from depthpi.sweep import report, submit
+from depthpi.sweep.cli import main as sweep_main
+from depthpi.sweep.spec import SpecError, load_spec
+from slurm_cluster import slurm_cluster, wait_for  # noqa: F401,F811  (session fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo" / "baseline_rgb.yaml"
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# --- spec expansion -----------------------------------------------------------------------
+def test_list_times_grid_expands_with_names_overrides_and_run_dirs(tmp_path):
+    spec = write_spec(tmp_path, {
+        "name": "t", "overrides": {"data.num_workers": 0},
+        "elements": [{"config": str(DEMO)}, {"name": "lr", "config": str(DEMO), "overrides": {"optim.lr": 1e-4}}],
+        "grid": {"run.seed": [0, 1], "model.width": [0.25]}})
+    sweep = load_spec(spec, out=tmp_path / "sw")
+    names = [e.name for e in sweep.elements]
+    assert names == ["baseline_rgb_seed-0_width-0.25", "baseline_rgb_seed-1_width-0.25",
+                     "lr_seed-0_width-0.25", "lr_seed-1_width-0.25"]
+    element = sweep.elements[3]
+    assert element.overrides == ("data.num_workers=0", "optim.lr=0.0001", "run.seed=1", "model.width=0.25",
+                                 f"run.out_dir={tmp_path / 'sw' / 'lr_seed-1_width-0.25'}")
+    assert dict(element.varied) == {"optim.lr": "0.0001", "run.seed": "1", "model.width": "0.25"}
+    assert element.run_dir == str(tmp_path / "sw" / element.name) and element.config == str(DEMO)
+    assert len(sweep.stages) == 1 and sweep.stages[0].after == ()
+
+
+def test_grid_only_names_and_values_round_trip_through_load_config(tmp_path):
+    spec = write_spec(tmp_path, {"config": str(DEMO), "grid": {"run.seed": [3], "run.cpu": [True],
+                                                                "data.unlabeled": [None]}})
+    (element,) = load_spec(spec, out=tmp_path / "sw").elements
+    assert element.name == "seed-3_cpu-true_unlabeled-null"
+    from depthpi.config import load_config
+
+    cfg = load_config(element.config, list(element.overrides))
+    assert (cfg.run.seed, cfg.run.cpu, cfg.data.unlabeled, cfg.run.out_dir) == (3, True, None, element.run_dir)
+
+
+def test_stages_command_array_placeholders_and_dependencies(tmp_path):
+    spec = write_spec(tmp_path, {
+        "vars": {"teacher": "t.pt"},
+        "resources": {"gpus_per_node": 2, "time": "1:30:00"},
+        "stages": [
+            {"name": "pre", "command": "depthpi precompute --teacher {teacher} --out {sweep_dir}/f "
+                                       "--shard-index {index} --num-shards {count}", "count": 3,
+             "resources": {"gpus_per_node": 1}},
+            {"name": "students", "config": str(DEMO), "overrides": {"teacher.features": "{sweep_dir}/f"},
+             "grid": {"run.seed": [0, 1]}},
+            {"name": "free", "after": [], "config": str(DEMO)}]})
+    sweep = load_spec(spec, out=tmp_path / "sw", variables={"teacher": "/abs/t.pt"})
+    pre, students, free = sweep.stages
+    assert [e.name for e in pre.elements] == ["pre-0", "pre-1", "pre-2"]
+    assert pre.elements[2].command == ("precompute", "--teacher", "/abs/t.pt", "--out", f"{tmp_path}/sw/f",
+                                       "--shard-index", "2", "--num-shards", "3")
+    assert pre.resources.gpus_per_node == 1 and pre.resources.time_min == 90
+    assert students.after == ("pre",) and students.resources.gpus_per_node == 2
+    assert students.elements[0].overrides[0] == f"teacher.features={tmp_path}/sw/f"
+    assert free.after == () and free.elements[0].name == "baseline_rgb"
+
+
+@pytest.mark.parametrize("spec, key, expected", [
+    ({"config": str(DEMO), "grdi": {"run.seed": [0]}}, "grdi", "one of"),
+    ({"config": str(DEMO), "resources": {"time": "soon"}}, "resources.time", "HH:MM:SS"),
+    ({"config": str(DEMO), "resources": {"gpus": 4}}, "resources.gpus", "one of"),
+    ({"config": "configs/nope.yaml"}, "<top level>.config", "an existing file"),
+    ({"elements": [{"config": str(DEMO)}, {"config": str(DEMO)}]}, "elements/grid", "unique element names"),
+    ({"config": str(DEMO), "overrides": {"a.b": "{nope}"}}, "overrides.a.b", "placeholders among"),
+    ({"stages": [{"name": "a", "config": str(DEMO)}, {"name": "b", "after": ["c"], "config": str(DEMO)}]},
+     "stages[1].after", "earlier stages"),
+    ({"command": "eval", "count": 0}, "<top level>.count", "positive integer"),
+])
+def test_spec_errors_name_file_key_and_expectation(tmp_path, spec, key, expected):
+    path = write_spec(tmp_path, spec)
+    with pytest.raises(SpecError) as err:
+        load_spec(path, out=tmp_path / "sw")
+    message = str(err.value)
+    assert str(path) in message and f"key {key!r}" in message and expected in message
+
+
+def test_every_shipped_sweep_spec_expands():
+    specs = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+    assert {p.stem for p in specs} >= {f"table6.{i}" for i in range(1, 10)} | {"precompute_then_students"}
+    for path in specs:
+        sweep = load_spec(path, out="/tmp/unused")
+        assert sweep.elements, path
+    t61 = load_spec(ROOT / "configs/sweeps/table6.1.yaml", out="/x")
+    assert [e.name for e in t61.elements] == ["1.1", "1.2", "1.3", "1.4"]
+    assert "model.init_checkpoint=/x/1.2/export/last.pt" in t61.stages[1].elements[0].overrides
+    pts = load_spec(ROOT / "configs/sweeps/precompute_then_students.yaml", out="/x")
+    assert pts.stages[0].kind == "command" and pts.stages[1].after == ("precompute",)
+    assert pts.stages[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
+
+
+# --- sbatch parameters, dry run, accelerate, rendezvous -------------------------------------
+def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, capsys):
+    spec = write_spec(tmp_path, {
+        "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": 90,
+                      "partition": "gpu", "account": "lab", "qos": "high", "constraint": "a100",
+                      "array_parallelism": 2, "signal_delay_s": 120},
+        "accelerate": str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"),
+        "stages": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
+                   {"name": "second", "config": str(DEMO), "resources": {"nodes": 1, "gpus_per_node": 0}}]})
+    out = tmp_path / "sw"
+    sweep_main([str(spec), "--dry-run", "--out", str(out)])
+    text = capsys.readouterr().out
+    for flag in ("--array=0-3%2", "--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=6",
+                 "--mem=64GB", "--time=90", "--partition=gpu", "--account=lab", "--qos=high",
+                 "--constraint=a100", "--requeue", "--signal=USR2@120", "--dependency=afterok:JOBID_OF_first"):
+        assert f"#SBATCH {flag}" in text, flag
+    assert "[3] seed-3:" in text and "ACCELERATE_USE_DEEPSPEED=true" in text
+    second = text[text.index("--- sbatch file of stage second"):]
+    assert "--ntasks-per-node=1" in second and "gpus-per-node" not in second and "--array" not in second
+    assert "dry run: nothing submitted" in text and not out.exists()
+
+
+def test_accelerate_config_becomes_launch_environment():
+    env = submit.accelerate_env(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
+    assert env == {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true",
+                   "ACCELERATE_CONFIG_DS_FIELDS": "zero_stage,gradient_accumulation_steps,offload_optimizer_device,"
+                                                  "offload_param_device,zero3_init_flag,mixed_precision",
+                   "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1",
+                   "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none",
+                   "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
+    assert submit.accelerate_env(ROOT / "configs/accelerate/multi_gpu.yaml") == {"ACCELERATE_MIXED_PRECISION": "bf16"}
+    assert submit.accelerate_env(None) == {}
+
+
+def test_accelerate_names_match_what_accelerate_reads():
+    """The names are those `accelerate launch` sets (utils/launch.py) and its plugins read."""
+    import inspect
+
+    from accelerate.utils import dataclasses as accelerate_dataclasses
+    from accelerate.utils import launch as accelerate_launch
+
+    launch_source = inspect.getsource(accelerate_launch.prepare_deepspeed_cmd_env)
+    read_source = inspect.getsource(accelerate_dataclasses) + inspect.getsource(accelerate_launch)
+    env = submit.accelerate_env(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
+    for name in env:
+        assert f'current_env["{name}"]' in launch_source and f'"{name}"' in read_source, name
+
+
+def test_unsupported_accelerate_type_names_file_and_key(tmp_path):
+    path = tmp_path / "fsdp.yaml"
+    path.write_text("distributed_type: FSDP\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: key 'distributed_type'"):
+        submit.accelerate_env(path)
+
+
+def test_rendezvous_from_slurm_environment(monkeypatch):
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "1240", "SLURM_ARRAY_JOB_ID": "1234",
+             "SLURM_ARRAY_TASK_ID": "6", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+             "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    for key in ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(key, "stale")  # recorded, so that teardown removes what export sets
+    monkeypatch.setenv("MASTER_PORT", "29500")  # inherited from the submitting shell: must not be used
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    import submitit
+
+    found = submit.export_rendezvous(submitit.JobEnvironment())
+    assert {k: found[k] for k in ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == \
+        {"MASTER_ADDR": "gpu07", "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    port = int(found["MASTER_PORT"])
+    assert 20000 <= port <= 60000  # derived from the job id, not the inherited 29500
+    assert submit.export_rendezvous(submitit.JobEnvironment())["MASTER_PORT"] == str(port)  # every task agrees
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert submit.export_rendezvous(submitit.JobEnvironment())["MASTER_PORT"] != str(port)  # array sibling
+
+
+def test_checkpoint_requeues_the_same_run(tmp_path):
+    import cloudpickle
+
+    sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "accelerate":
+                                            str(ROOT / "configs/accelerate/deepspeed_zero1.yaml")}), out=tmp_path)
+    stage = sweep.stages[0]
+    job = submit.make_job(stage, stage.elements[0])
+    delayed = job.checkpoint()
+    again = pickle.loads(cloudpickle.dumps(delayed))
+    assert type(again.function) is submit.TrainJob and again.function is not job
+    assert again.function.element == job.element and again.function.env == job.env
+    assert again.function.env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "1"
+
+
+class FakeJobEnv:
+    def __init__(self, job_id, folder):
+        self.job_id, self.cluster, self.global_rank = job_id, "slurm", 0
+        self.paths = type("P", (), {"stdout": folder / f"{job_id}_0_log.out", "stderr": folder / f"{job_id}_0_log.err"})
+
+
+def test_element_record_counts_attempts_atomically(tmp_path):
+    (element,) = load_spec(write_spec(tmp_path, {"config": str(DEMO)}), out=tmp_path / "sw").elements
+    submit.record_start(element, FakeJobEnv("77_0", tmp_path))
+    submit.record_start(element, FakeJobEnv("77_0", tmp_path))  # requeued: same id, second attempt
+    record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
+    assert record["attempts"] == 2 and record["job_ids"] == ["77_0"] and record["state"] == "running"
+    assert record["name"] == element.name and record["overrides"] == list(element.overrides)
+    submit.record_end(element, "done", metrics={"mpjpe": 1.0})
+    record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
+    assert record["state"] == "done" and record["metrics"] == {"mpjpe": 1.0}
+    assert not list(Path(element.run_dir).glob("*.tmp"))
+
+
+# --- status and collect on fabricated run directories ---------------------------------------
+def fabricate(sweep_dir: Path, name: str, config: dict, metrics: dict | None, state: str | None = None,
+              epoch: int | None = None, log: str = "") -> Path:
+    run = sweep_dir / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    if state is not None:
+        (run / "error.log").write_text(log)
+        record = {"name": name, "kind": "train", "run_dir": str(run), "state": state, "attempts": 1,
+                  "job_ids": [], "error_log": str(run / "error.log")}
+        if state == "failed":
+            record["error"] = "RuntimeError: boom"
+        (run / "sweep_element.json").write_text(json.dumps(record))
+    if epoch is not None:
+        ckpt = run / "checkpoints" / "step-00000012"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer.json").write_text(json.dumps({"epoch": epoch, "step": 12}))
+    return run
+
+
+def config(seed: int, lr: float, tap: str = "block13.post_relu") -> dict:
+    return {"stage": "student", "optim": {"lr": lr, "epochs": 3}, "distill": {"tap": tap},
+            "run": {"seed": seed, "out_dir": f"/somewhere/{seed}-{lr}"}}
+
+
+def test_collect_groups_seeds_into_mean_and_sample_std(tmp_path):
+    sweep = tmp_path / "sw"
+    values = {("a", 0): 30.0, ("a", 1): 32.0, ("a", 2): 34.0, ("b", 0): 20.0, ("b", 1): 21.0, ("b", 2): 25.0}
+    for (group, seed), mpjpe in values.items():
+        lr = 1e-3 if group == "a" else 1e-4
+        fabricate(sweep, f"lr-{lr}_seed-{seed}", config(seed, lr),
+                  {"mpjpe": mpjpe, "pck": mpjpe / 100, "auc": 0.5, "threshold_mm": 50.0})
+    keys, rows = report.collect_rows(sweep)
+    assert keys == ["optim.lr"]
+    # Without a sweep.json, run dirs are taken in name order.
+    assert [(r["element"], r["n"], r["seeds"]) for r in rows] == [("lr-0.0001", 3, [0, 1, 2]),
+                                                                  ("lr-0.001", 3, [0, 1, 2])]
+    assert rows[1]["mpjpe"] == pytest.approx((32.0, 2.0)) and rows[0]["mpjpe"] == pytest.approx((22.0, math.sqrt(7)))
+    assert rows[0]["auc"] == (0.5, 0.0)
+    paths = report.collect(sweep)
+    markdown = paths["markdown"].read_text().splitlines()
+    assert markdown[0] == "| element | optim.lr | seeds | MPJPE (mm) | PCK@50mm | AUC |"
+    assert markdown[2] == "| lr-0.0001 | 0.0001 | 3 | 22.0 ± 2.6 | 0.220 ± 0.026 | 0.500 ± 0.000 |"
+    assert markdown[3] == "| lr-0.001 | 0.001 | 3 | 32.0 ± 2.0 | 0.320 ± 0.020 | 0.500 ± 0.000 |"
+    csv_rows = paths["csv"].read_text().splitlines()
+    assert csv_rows[0] == "element,optim.lr,n,mpjpe_mean,mpjpe_std,pck_mean,pck_std,auc_mean,auc_std"
+    assert csv_rows[2].startswith("lr-0.001,0.001,3,32.0,2.0,")
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_collect_one_row_per_element_with_config_differences(tmp_path):
+    sweep = tmp_path / "sw"
+    fabricate(sweep, "4.2", config(0, 1e-3, "block13.post_relu"), {"mpjpe": 25.44, "pck": 0.9, "auc": 0.63})
+    fabricate(sweep, "4.4", config(0, 1e-3, "block13.pre_relu"), {"mpjpe": 25.27, "pck": 0.91, "auc": 0.64})
+    fabricate(sweep, "4.5", config(0, 1e-3, "block16.post_relu"), None, state="running", epoch=1)
+    keys, rows = report.collect_rows(sweep)
+    assert keys == ["distill.tap"]
+    markdown = report.to_markdown(keys, rows).splitlines()
+    assert markdown[0] == "| element | distill.tap | MPJPE (mm) | PCK | AUC |"
+    assert markdown[2:] == ["| 4.2 | block13.post_relu | 25.4 | 0.900 | 0.630 |",
+                            "| 4.4 | block13.pre_relu | 25.3 | 0.910 | 0.640 |",
+                            "| 4.5 | block16.post_relu | — | — | — |"]
+
+
+def test_status_of_fabricated_run_dirs(tmp_path):
+    sweep = tmp_path / "sw"
+    fabricate(sweep, "done", config(0, 1e-3), {"mpjpe": 25.0, "pck": 0.9, "auc": 0.6}, state="done")
+    fabricate(sweep, "running", config(1, 1e-3), None, state="running", epoch=1)
+    fabricate(sweep, "failed", config(2, 1e-3), None, state="failed", log="line 1\nTraceback\nRuntimeError: boom")
+    plan = {"name": "sw", "stages": [{"name": "main", "elements": [
+        {"name": n, "kind": "train", "run_dir": str(sweep / n), "job_id": None}
+        for n in ("done", "running", "failed", "never")]}]}
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    rows = {r["name"]: r for r in report.status(sweep)}
+    assert rows["done"]["state"] == "done" and rows["done"]["detail"] == "mpjpe=25.0 pck=0.900 auc=0.600"
+    assert rows["running"]["state"] == "running" and rows["running"]["detail"] == "epoch 2/3 (step 12)"
+    assert rows["failed"]["state"] == "failed" and "RuntimeError: boom" in rows["failed"]["log_tail"]
+    assert rows["never"]["state"] == "not started"
+    text = report.format_status(list(rows.values()))
+    assert "1 done, 1 running, 1 failed, 1 not started" in text and "--- failed: last log lines" in text
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    with pytest.raises(SystemExit, match="sweep spec not found"):
+        sweep_main([str(tmp_path / "missing.yaml"), "--dry-run"])
+    with pytest.raises(SystemExit, match="give the sweep directory"):
+        sweep_main(["status"])
+    with pytest.raises(SystemExit, match="no sweep.json and no run directories"):
+        sweep_main(["collect", str(tmp_path)])
+
+
+def test_validation_catches_a_bad_override_before_submitting(tmp_path):
+    spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"optim.lrr": 1}})
+    with pytest.raises(SystemExit, match=r"element 'baseline_rgb'.*optim\.lrr|element 'baseline_rgb'.*lrr"):
+        sweep_main([str(spec), "--dry-run", "--out", str(tmp_path / "sw")])
+
+
+# --- real SLURM (slow) -------------------------------------------------------------------------
+def wait_done(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
+    """Wait until no job of the arrays is pending/running; final states from scontrol."""
+    active = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "")
+    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 1.0)
+    return {j: cluster.job_state(j) for j in job_ids}
+
+
+@pytest.mark.slow
+def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
+    spec = write_spec(tmp_path, {
+        "resources": {"cpus_per_task": 1, "time": 5, "signal_delay_s": 10},
+        "stages": [{"name": "first", "command": "eval --help", "count": 2},
+                   {"name": "second", "command": ["shards", "build", "--help"]}]})
+    sweep_main([str(spec), "--out", str(tmp_path / "sw")])
+    plan = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    first, second = plan["stages"]
+    assert [e["job_id"] for e in first["elements"]] == [f"{first['job_id']}_0", f"{first['job_id']}_1"]
+    dependency = slurm_cluster.run("scontrol", "-o", "show", "job", second["job_id"], check=False)
+    assert f"afterok:{first['job_id']}" in dependency or "JobState=COMPLETED" in dependency
+    states = wait_done(slurm_cluster, [e["job_id"] for s in plan["stages"] for e in s["elements"]], 90)
+    assert set(states.values()) == {"COMPLETED"}, states
+    for name in ("first-0", "first-1", "second"):
+        record = json.loads((tmp_path / "sw" / name / "sweep_element.json").read_text())
+        assert record["state"] == "done" and record["attempts"] == 1
+        assert "usage: depthpi" in Path(record["log"]).read_text()
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """A small synthetic shard set (64 train / 16 test samples, 16 per shard)."""
+    pytest.importorskip("depthpi.data.synthetic", reason="synthetic data set not landed yet")
+    pytest.importorskip("depthpi.data.loader", reason="shard loader not landed yet")
+    from depthpi.data.build import build_synthetic
+
+    out = tmp_path_factory.mktemp("shards")
+    build_synthetic(out, {"train": 64, "test": 16}, samples_per_shard=16, workers=1)
+    return out
+
+
+def tiny_overrides(shards: Path, **extra) -> dict:
+    return {"data.train": str(shards / "train"), "data.test": str(shards / "test"), "data.num_workers": 0,
+            "data.batch_size": 8, "data.eval_batch_size": 16, "data.shuffle_buffer": 16,
+            "optim.epochs": 1, "run.steps_per_epoch": 3, "run.log_every": 1, **extra}
+
+
+@pytest.mark.slow
+def test_slurm_training_array_runs_both_elements(slurm_cluster, tiny_shards, tmp_path):
+    sweep_dir = tmp_path / "sw"
+    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 30},
+                                 "config": str(DEMO), "overrides": tiny_overrides(tiny_shards),
+                                 "grid": {"run.seed": [0, 1]}})
+    sweep_main([str(spec), "--out", str(sweep_dir)])
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
+    states = wait_done(slurm_cluster, job_ids, 150)
+    logs = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
+    assert set(states.values()) == {"COMPLETED"}, (states, {n: Path(r["error_log"]).read_text()[-2000:]
+                                                            for n, r in logs.items()})
+    for name, record in logs.items():
+        run = sweep_dir / name
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert "epoch 1/1" in Path(record["log"]).read_text()
+        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
+    rows = {r["name"]: r for r in report.status(sweep_dir)}
+    assert {r["state"] for r in rows.values()} == {"done"}
+    keys, table = report.collect_rows(sweep_dir)
+    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
+
+
+def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
+    """True once a second attempt started. SLURM holds a requeued job for 120 s (BeginTime);
+    the test releases it at once, as an administrator would with ``scontrol update``."""
+    if "Reason=BeginTime" in cluster.run("scontrol", "-o", "show", "job", job_id, check=False):
+        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+    return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
+
+
+@pytest.mark.slow
+def test_slurm_preempted_job_is_requeued_and_resumes_from_checkpoint(slurm_cluster, tiny_shards, tmp_path):
+    sweep_dir = tmp_path / "sw"
+    overrides = tiny_overrides(tiny_shards, **{"data.batch_size": 4, "optim.epochs": 2, "run.steps_per_epoch": 8,
+                                               "run.checkpoint_every": 2})
+    spec = write_spec(tmp_path, {"name": "requeue", "resources": {"cpus_per_task": 2, "time": 10,
+                                                                   "signal_delay_s": 30},
+                                 "elements": [{"name": "run", "config": str(DEMO), "overrides": overrides}]})
+    sweep_main([str(spec), "--out", str(sweep_dir)])
+    job_id = json.loads((sweep_dir / "sweep.json").read_text())["stages"][0]["job_id"]
+    wait_for(lambda: list((sweep_dir / "run" / "checkpoints").glob("step-*")), 120, "a first checkpoint")
+    # What a preempting scheduler does: the preemption signal, here sent by hand.
+    slurm_cluster.run("scancel", "--signal=USR2", job_id)
+    wait_for(lambda: requeued_attempt_started(slurm_cluster, job_id, sweep_dir / "run"), 120,
+             "the requeued attempt to start", 1.0)
+    states = wait_done(slurm_cluster, [job_id], 150)
+    record = json.loads((sweep_dir / "run" / "sweep_element.json").read_text())
+    log = Path(record["log"]).read_text()
+    assert states[job_id] == "COMPLETED", (states, log[-3000:])
+    assert record["state"] == "done" and record["attempts"] == 2 and record["job_ids"] == [job_id]
+    assert "Caught signal SIGUSR2" in Path(record["error_log"]).read_text()
+    resumed = re.findall(r"resumed from \S+checkpoints/step-(\d+)", log)
+    assert resumed and int(resumed[-1]) > 0, log[-3000:]
+    from depthpi.train.checkpoint import latest_checkpoint
+
+    final = json.loads((latest_checkpoint(sweep_dir / "run") / "trainer.json").read_text())
+    assert (final["epoch"], final["step"]) == (2, 16)  # = an uninterrupted run's 2 epochs × 8 steps
+
+
+@pytest.mark.slow
+def test_local_executor_runs_the_same_plan(tiny_shards, tmp_path):
+    sweep_dir = tmp_path / "sw"
+    spec = write_spec(tmp_path, {"name": "local", "resources": {"time": 10, "array_parallelism": 1},
+                                 "config": str(DEMO), "overrides": tiny_overrides(tiny_shards)})
+    start = time.monotonic()
+    sweep_main([str(spec), "--executor", "local", "--out", str(sweep_dir)])
+    record = json.loads((sweep_dir / "baseline_rgb" / "sweep_element.json").read_text())
+    assert record["state"] == "done" and record["attempts"] == 1, time.monotonic() - start
+    assert (sweep_dir / "baseline_rgb" / "metrics.json").is_file()
+    assert report.status(sweep_dir)[0]["state"] == "done"
+
+
+def test_sweep_parser_plugs_into_a_subcommand_parser(tmp_path):
+    import argparse
+
+    from depthpi.sweep.cli import add_sweep_parser
+
+    parser = argparse.ArgumentParser(prog="depthpi")
+    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", "spec.yaml", "--dry-run", "--executor", "local", "--out", "x", "--var", "a=b"])
+    assert (args.target, args.dry_run, args.executor, args.out, args.var) == ("spec.yaml", True, "local", "x", ["a=b"])
+    args = parser.parse_args(["sweep", "status", str(tmp_path)])
+    assert (args.target, args.dir) == ("status", str(tmp_path)) and callable(args.func)
+
+
+def rendezvous_probe(env: dict) -> dict:
+    """Inside a SLURM task: rendezvous as TrainJob does, then an Accelerator and an all-reduce."""
+    import os
+
+    import submitit
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    found = submit.export_rendezvous(submitit.JobEnvironment())
+    os.environ.update(env)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    # As the engine: gloo on CPU; cpu=True would drop DeepSpeed (DESIGN.md).
+    accelerator = Accelerator(cpu=not deepspeed, mixed_precision="no",
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), "sum").item()
+    stage = accelerator.state.deepspeed_plugin.zero_stage if deepspeed else None
+    return {"rank": accelerator.process_index, "world": accelerator.num_processes, "sum": total,
+            "type": accelerator.distributed_type.name, "zero_stage": stage, "addr": found["MASTER_ADDR"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accelerate_config", [None, "deepspeed_zero2.yaml"])
+def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path, accelerate_config):
+    import sys
+
+    import cloudpickle
+    import submitit
+
+    if accelerate_config:
+        pytest.importorskip("deepspeed")
+        pytest.importorskip("transformers")  # accelerate's DeepSpeedPlugin imports it (DESIGN.md)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
+    env = submit.accelerate_env(ROOT / "configs/accelerate" / accelerate_config if accelerate_config else None)
+    executor = submitit.SlurmExecutor(folder=tmp_path / "%j")
+    executor.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5)
+    job = executor.submit(rendezvous_probe, env)
+    results = sorted(job.results(), key=lambda r: r["rank"])
+    expected = ("DEEPSPEED", 2) if accelerate_config else ("MULTI_CPU", None)
+    assert [(r["rank"], r["world"], r["sum"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
+    assert {(r["type"], r["zero_stage"], r["addr"]) for r in results} == {(*expected, "localhost")}
+
+
+def test_status_of_a_local_job_whose_process_is_gone(tmp_path):
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sw"
+    fabricate(sweep, "crashed", config(0, 1e-3), None, state="running", log="Killed")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    plan = {"name": "sw", "executor": "local", "stages": [{"name": "main", "elements": [
+        {"name": "crashed", "kind": "train", "run_dir": str(sweep / "crashed"), "job_id": str(gone.pid)}]}]}
+    (sweep / "sweep.json").write_text(json.dumps(plan))
+    (row,) = report.status(sweep)
+    assert (row["state"], row["slurm"], row["log_tail"]) == ("failed", "EXITED", "Killed")
