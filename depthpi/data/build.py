@@ -41,8 +41,9 @@ def build_synthetic(out: Path, counts: dict[str, int], samples_per_shard: int = 
     return manifests
 
 
-def iter_split(split_dir: Path):
+def iter_split(split_dir: str | Path):
     """Decoded samples of a split in stored order (no shuffling, no splitting)."""
+    split_dir = Path(split_dir)
     manifest = read_manifest(split_dir)
     urls = [str(split_dir / shard.name) for shard in manifest.shards]
     for members in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
