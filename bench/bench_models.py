@@ -6,6 +6,14 @@ Three workloads, each forward + backward (no optimiser step):
 - ``student+teacher``: frozen teacher forward under ``inference_mode`` (online
   teacher, tap ``block13.post_relu``) + RGB student forward/backward with a
   regression term and a sigmoid-L2 distillation term on the same tap.
+- ``student+stored``: the same student step against a stored float16 tap (precomputed
+  teacher, issue 6): the map is copied host→device each step as the loader would hand
+  it over; no teacher in memory.
+
+Besides samples/s and peak memory, the table gives the memory per extra sample (from a
+second run at twice the batch) and so the largest batch that fits a memory budget
+(``--budget-gib``, default 80 GiB: an H100), and for ``student+stored`` the feature read
+bandwidth the measured rate needs.
 
 Each workload runs in a fresh spawned process so its peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU the process' peak RSS
@@ -31,7 +39,7 @@ from depthpi.models import ModelConfig, build_model, freeze  # noqa: E402
 
 TAP = "block13.post_relu"
 SIZE = 257
-WORKLOADS = ("baseline", "teacher", "student+teacher")
+WORKLOADS = ("baseline", "teacher", "student+teacher", "student+stored")
 
 
 def _rss_mb() -> float:
@@ -52,6 +60,12 @@ def _models(workload: str, args, device):
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = build_model(teacher_cfg if workload == "teacher" else cfg).to(device, memory_format=fmt).train()
     teacher = None
+    if workload == "student+stored":
+        with torch.no_grad():  # the stored map's shape; the values do not matter for timing
+            probe = build_model(teacher_cfg).eval()(torch.zeros(1, 3, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE),
+                                                    taps=(TAP,)).features[TAP]
+        teacher = torch.randn(args.batch, *probe.shape[1:]).half().pin_memory() if device.type == "cuda" else \
+            torch.randn(args.batch, *probe.shape[1:]).half()
     if workload == "student+teacher":
         teacher = freeze(build_model(teacher_cfg)).to(device, memory_format=fmt)
     return model, teacher
@@ -67,8 +81,11 @@ def _step(workload, model, teacher, rgb, depth, args) -> None:
             out = model(rgb)
             loss = out.joints.abs().mean()
         else:
-            with torch.inference_mode():
-                t_feat = torch.sigmoid(teacher(rgb, depth, taps=(TAP,)).features[TAP].float())
+            if workload == "student+stored":
+                t_feat = torch.sigmoid(teacher.to(rgb.device, non_blocking=True).float())
+            else:
+                with torch.inference_mode():
+                    t_feat = torch.sigmoid(teacher(rgb, depth, taps=(TAP,)).features[TAP].float())
             out = model(rgb, taps=(TAP,))
             s_feat = torch.sigmoid(out.features[TAP].float())
             loss = out.joints.abs().mean() + F.mse_loss(s_feat, t_feat.clone())
@@ -96,17 +113,25 @@ def run_workload(workload: str, args) -> dict:
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
     if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB alloc"
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        peak = f"{peak_mib:.0f} MiB alloc"
     else:
-        peak = f"{_rss_mb():.0f} MiB RSS (+{_rss_mb() - rss_built:.0f})"
+        peak_mib = _rss_mb()
+        peak = f"{peak_mib:.0f} MiB RSS (+{peak_mib - rss_built:.0f})"
+    feat_bytes = teacher[0].numel() * 2 if workload == "student+stored" else 0
     return dict(workload=workload, params=params, rate=args.batch * args.steps / seconds,
-                step_ms=1000 * seconds / args.steps, peak=peak)
+                step_ms=1000 * seconds / args.steps, peak=peak, peak_mib=peak_mib, feat_bytes=feat_bytes)
 
 
-def _table(rows: list[dict]) -> str:
-    lines = ["| workload | trainable params | samples/s | ms/step | peak memory |", "|---|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['workload']} | {r['params'] / 1e6:.2f} M | {r['rate']:.1f} | {r['step_ms']:.0f} | {r['peak']} |")
+def _table(rows: list[dict], doubled: list[dict], batch: int, budget_gib: float) -> str:
+    lines = ["| workload | trainable params | samples/s | ms/step | peak memory | MiB per extra sample | "
+             f"largest batch in {budget_gib:g} GiB | feature reads |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r, d in zip(rows, doubled):
+        per_sample = max((d["peak_mib"] - r["peak_mib"]) / batch, 1e-3)
+        largest = int((budget_gib * 1024 - (r["peak_mib"] - per_sample * batch)) / per_sample)
+        reads = f"{r['rate'] * r['feat_bytes'] / 2**20:.1f} MiB/s" if r["feat_bytes"] else "–"
+        lines.append(f"| {r['workload']} | {r['params'] / 1e6:.2f} M | {r['rate']:.1f} | {r['step_ms']:.0f} | "
+                     f"{r['peak']} | {per_sample:.1f} | {largest} | {reads} |")
     return "\n".join(lines)
 
 
@@ -120,16 +145,20 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--budget-gib", type=float, default=80.0, help="memory budget for the largest-batch column")
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
-    rows = []
+    rows, doubled = [], []
     for workload in args.workloads:
         with ctx.Pool(1) as pool:
             rows.append(pool.apply(run_workload, (workload, args)))
+        with ctx.Pool(1) as pool:  # twice the batch, one timed step: memory per extra sample
+            doubled.append(pool.apply(run_workload, (workload, argparse.Namespace(
+                **{**vars(args), "batch": 2 * args.batch, "steps": 1}))))
     title = (f"Models at {SIZE}×{SIZE}, ResNet-50 width {args.width}, batch {args.batch}, {args.device}"
              f"{', bf16' if args.bf16 else ''}{', channels_last' if args.channels_last else ''}")
-    table = _table(rows)
+    table = _table(rows, doubled, args.batch, args.budget_gib)
     print(f"{title}\n{machine()}\n\n{table}")
     if args.record:
         record(title, table, "python bench/bench_models.py " + " ".join(sys.argv[1:]))

@@ -1,6 +1,9 @@
 """Shared fixtures: tiny fake samples and split directories of real tar shards."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -83,3 +86,17 @@ def make_split(tmp_path):
         write_split(split_dir, counts, mutate, **sample_kw)
         return split_dir
     return make
+
+
+@pytest.fixture(scope="session")
+def deepspeed_cpu_ops():
+    """Build DeepSpeed's CPU communication op once, before any multi-rank DeepSpeed run.
+
+    DeepSpeed JIT-compiles it on first use in every rank; two ranks compiling into an
+    empty extension cache at once made the first ZeRO run on a fresh machine flaky.
+    """
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("transformers")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+                   env=env, check=True, capture_output=True, timeout=600)

@@ -132,9 +132,7 @@ def test_ddp_two_processes_through_accelerate_launch(shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_two_processes(shards, tmp_path):
-    pytest.importorskip("deepspeed")
-    pytest.importorskip("transformers")
+def test_deepspeed_zero2_two_processes(shards, tmp_path, deepspeed_cpu_ops):
     run_dir = tmp_path / "zero2"
     _launch_two("configs/accelerate/deepspeed_zero2.yaml", "baseline", DEMO / "baseline_rgb.yaml",
                 _overrides(shards, run_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3}),

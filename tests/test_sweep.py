@@ -480,15 +480,14 @@ def rendezvous_probe(env: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("accelerate_config", [None, "deepspeed_zero2.yaml"])
-def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path, accelerate_config):
+def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path, accelerate_config, request):
     import sys
 
     import cloudpickle
     import submitit
 
     if accelerate_config:
-        pytest.importorskip("deepspeed")
-        pytest.importorskip("transformers")  # accelerate's DeepSpeedPlugin imports it (DESIGN.md)
+        request.getfixturevalue("deepspeed_cpu_ops")  # skips without deepspeed/transformers; builds the op once
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
     env = submit.accelerate_env(ROOT / "configs/accelerate" / accelerate_config if accelerate_config else None)
     executor = submitit.SlurmExecutor(folder=tmp_path / "%j")

@@ -56,7 +56,7 @@ def build_train_loaders(data_cfg, pipeline: PipelineConfig, seed: int, rank: int
     labeled_bs, unlabeled_bs = split_batch(data_cfg.batch_size, data_cfg.unlabeled_fraction,
                                            data_cfg.unlabeled is not None)
     common = dict(rank=rank, world_size=world_size, num_workers=data_cfg.num_workers,
-                  shuffle=True, shuffle_buffer=data_cfg.shuffle_buffer)
+                  shuffle=True, shuffle_buffer=data_cfg.shuffle_buffer, pin_memory=torch.cuda.is_available())
 
     def loader(split, batch_size, split_seed, companion, **extra):
         fn = map_fn(pipeline, split_seed, True) if companion is None else partial(
