@@ -17,6 +17,7 @@ import torch
 
 from depthpi.config import load_config
 from depthpi.data.build import build_synthetic
+from depthpi.predict import evaluate_checkpoint
 from depthpi.train.checkpoint import checkpoint_dirs, load_weights
 from depthpi.train.engine import train
 
@@ -158,3 +159,6 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
     after = load_weights(teacher_dir / "export" / "last.pt")
     for name in teacher_before:
         assert torch.equal(teacher_before[name], after[name])
+    # The exported weights are the evaluated ones: image summaries must not move BN statistics.
+    again = evaluate_checkpoint(student_dir / "export" / "last.pt", shards / "test", tmp_path / "eval", num_workers=0)
+    assert again["mpjpe"] == pytest.approx(metrics["mpjpe"], rel=1e-6)

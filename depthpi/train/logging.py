@@ -86,10 +86,15 @@ class RunLogger:
             return
         self.writer.add_image("train/skeletons", skeleton_panel(batch, pred), step, dataformats="HWC")
         if hasattr(stage, "teacher_features"):
+            # eval mode: a train-mode forward, even without grad, would move BatchNorm's
+            # running statistics with these 4 samples and change the weights saved next.
+            was_training = stage.model.training
+            stage.model.eval()
             with torch.no_grad():
                 small = {k: v[:4] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 student = stage.predict(small, (stage.tap,)).features[stage.tap]
                 teacher = stage.teacher_features(small)
+            stage.model.train(was_training)
             panel = feature_difference_panel(student, teacher, batch["rgb"].shape[1])
             self.writer.add_image("train/feature_difference", panel, step, dataformats="HWC")
 

@@ -254,7 +254,7 @@ class NTUConverter(Converter):
             summary.skip_video(f"skeleton file unreadable ({err.strerror})", str(skel_path.name))
             return
         if skeleton.error and not skeleton.frames:
-            summary.skip_video(f"skeleton file unreadable", f"{skel_path.name} ({skeleton.error})")
+            summary.skip_video("skeleton file unreadable", f"{skel_path.name} ({skeleton.error})")
             return
         if not Path(p["rgb"]).is_file():
             summary.skip_video("rgb video missing", Path(p["rgb"]).name)
