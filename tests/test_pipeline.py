@@ -156,3 +156,14 @@ def test_augmentation_off_gives_identity_view():
     cfg = PipelineConfig(input_size=65, augment=AugmentConfig(geometry=False, colour=False))
     out = process_sample(make_sample(), cfg, seed=5)
     assert out["view"] == ViewParams().to_dict()
+
+
+def test_attention_equals_eq_4_26_built_at_full_resolution_then_resized():
+    import cv2
+
+    joints2d = np.random.default_rng(0).uniform(0, 128, (17, 2)).astype(np.float32)
+    grid = np.arange(129, dtype=np.float32)
+    full = sum(np.outer(np.exp(-(grid - v) ** 2 / 5), np.exp(-(grid - u) ** 2 / 5)) for u, v in joints2d)
+    expected = cv2.resize(full.astype(np.float32), (9, 9), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(keypoint_attention(joints2d, np.ones(17, bool), 129, 9), expected / expected.max(),
+                               atol=1e-6)

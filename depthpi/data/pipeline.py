@@ -77,13 +77,13 @@ def crop_camera(rgb_cam: Camera, bbox: np.ndarray, view: ViewParams, size: int) 
 
 
 def keypoint_attention(joints2d: np.ndarray, valid: np.ndarray, size: int, out_size: int) -> np.ndarray:
-    """Eq. 4.26 at input resolution, resized to ``out_size`` and normalised to [0, 1].
+    """Eq. 4.26 at input resolution, area-resized to ``out_size`` and normalised to [0, 1].
 
     Args:
         joints2d: (J, 2) pixels in the N×N input. valid: (J,) bool.
     Returns:
-        (out_size, out_size) float32. The Gaussian is separable, so the N×N map is one
-        (N×J)·(J×N) product instead of N²·J exponentials.
+        (out_size, out_size) float32. The Gaussian is separable, so the map is a sum of
+        outer products of 1-D profiles (J·N exponentials instead of N²·J).
     """
     points = joints2d[valid]
     if len(points) == 0:
@@ -91,8 +91,11 @@ def keypoint_attention(joints2d: np.ndarray, valid: np.ndarray, size: int, out_s
     grid = np.arange(size, dtype=np.float32)
     gx = np.exp(-((grid[None, :] - points[:, :1]) ** 2) / 5.0)  # (J, N) over u
     gy = np.exp(-((grid[None, :] - points[:, 1:]) ** 2) / 5.0)  # (J, N) over v
-    full = gy.T @ gx  # (N_v, N_u)
-    small = cv2.resize(full, (out_size, out_size), interpolation=cv2.INTER_AREA)
+    # Area resizing is linear and separable, so resizing each 1-D profile and then taking
+    # the outer product equals resizing the N×N sum — without ever building it.
+    gx_small = cv2.resize(gx, (out_size, len(points)), interpolation=cv2.INTER_AREA)
+    gy_small = cv2.resize(gy, (out_size, len(points)), interpolation=cv2.INTER_AREA)
+    small = gy_small.T @ gx_small  # (out_v, out_u)
     peak = small.max()
     return (small / peak).astype(np.float32) if peak > 0 else np.ones_like(small, np.float32)
 

@@ -163,8 +163,9 @@ def decode_sample(members: dict[str, Any]) -> Sample:
     shard = members.get("__url__")
     try:
         meta = SampleMeta.from_json(_member(members, "json", key), key)
-        rgb = _decode_image(_member(members, "rgb.jpg", key), key, "rgb.jpg", cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+        rgb = _decode_image(_member(members, "rgb.jpg", key), key, "rgb.jpg", _IMREAD_RGB)
+        if _IMREAD_RGB == cv2.IMREAD_COLOR:  # OpenCV < 4.10 decodes to BGR only
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
         depth = None
         if "depth.png" in members:
             depth = _decode_image(members["depth.png"], key, "depth.png", cv2.IMREAD_UNCHANGED)
@@ -180,6 +181,7 @@ def decode_sample(members: dict[str, Any]) -> Sample:
 
 
 _SCHEMA_MEMBERS = ("rgb.jpg", "depth.png", "json")
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", cv2.IMREAD_COLOR)  # decode straight to RGB: one pass fewer
 
 
 def _member(members: dict[str, Any], name: str, key: str) -> bytes:
