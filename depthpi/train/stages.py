@@ -59,11 +59,14 @@ class StudentStage(SupervisedStage):
         return self.cfg.distill.attention
 
     def teacher_features(self, batch: dict) -> torch.Tensor:
-        """(B, C, h, w) teacher tap: stored (precomputed mode) or computed now, without grad."""
+        """(B, C, h, w) teacher tap: stored (precomputed mode) or computed now, without autograd."""
         if "teacher_feat" in batch:
             return batch["teacher_feat"]
-        with torch.no_grad():
-            return run_model(self.teacher, self.cfg.teacher.model, batch, (self.tap,)).features[self.tap]
+        with torch.inference_mode():
+            feat = run_model(self.teacher, self.cfg.teacher.model, batch, (self.tap,)).features[self.tap]
+        # An inference tensor cannot be saved for backward (bce keeps its target): one copy
+        # of the tap, outside inference mode, makes it an ordinary constant.
+        return feat.clone()
 
     def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
         out = run_model(self.model, self.cfg.model, batch, (self.tap,))
