@@ -1,8 +1,9 @@
 """Typed run configuration: defaults ← YAML (with ``base:`` inheritance) ← CLI overrides.
 
 Each component receives its own typed sub-config, never the whole tree. A YAML file
-may name a ``base:`` file (relative to itself) whose values it overrides; thesis
-experiment files hold only what their table row varies. Command-line overrides are
+may name a ``base:`` file (relative to itself) whose values it overrides, or a list of
+them merged left to right (``base: [../student/8.1.yaml, cpu.yaml]``: a thesis row at a
+smaller scale); thesis experiment files hold only what their table row varies. Command-line overrides are
 OmegaConf dotlists: ``optim.lr=1e-4 data.batch_size=64``.
 """
 from __future__ import annotations
@@ -179,7 +180,10 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
     base = node.pop("base", None)
     if base is None:
         return node
-    return OmegaConf.merge(_load_yaml_chain(path.parent / base, seen + (path,)), node)
+    bases = list(base) if OmegaConf.is_list(base) else [base]
+    if not bases or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"{path}: key 'base': expected a file name or a list of them, got {base!r}")
+    return OmegaConf.merge(*(_load_yaml_chain(path.parent / b, seen + (path,)) for b in bases), node)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -13,7 +13,7 @@ THESIS_IDS = ["1.1", "1.2", "1.3", "1.4", "2.1", "2.2", "2.3", "3.1", "3.2", "4.
 
 
 def _path(experiment: str) -> Path:
-    found = [p for p in CONFIGS.glob(f"*/{experiment}.yaml") if p.parent.name != "base"]
+    found = [p for p in CONFIGS.glob(f"*/{experiment}.yaml") if p.parent.name not in ("base", "repro")]
     assert len(found) == 1, f"expected one config for experiment {experiment}, found {found}"
     return found[0]
 
@@ -66,6 +66,43 @@ def test_base_cycle_and_missing_file_are_reported(tmp_path):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_list_of_bases_merges_left_to_right_under_the_file(tmp_path):
+    (tmp_path / "row.yaml").write_text("experiment: row\noptim: {lr: 1.0e-4, epochs: 30}\nmodel: {width: 1.0}\n")
+    (tmp_path / "small.yaml").write_text("optim: {epochs: 6}\nmodel: {width: 0.125}\n")
+    (tmp_path / "run.yaml").write_text("base: [row.yaml, small.yaml]\nmodel: {width: 0.25}\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert (cfg.experiment, cfg.optim.lr, cfg.optim.epochs, cfg.model.width) == ("row", 1e-4, 6, 0.25)
+    (tmp_path / "bad.yaml").write_text("base: [row.yaml, 3]\n")
+    with pytest.raises(ValueError, match="bad.yaml.*'base'"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def _flat(tree, prefix=""):
+    from dataclasses import asdict, is_dataclass
+    tree = asdict(tree) if is_dataclass(tree) else tree
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+# What CPU scale may change (configs/repro/cpu.yaml); anything else differing from the
+# thesis row would make the reproduction test something other than the thesis' model.
+_SCALE_KEYS = ("model.width", "model.depth_bins", "model.init", "teacher.model.width", "teacher.model.depth_bins",
+               "data.", "optim.lr", "optim.epochs", "run.")
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "repro").glob("[0-9]*.yaml")), ids=lambda p: p.stem)
+def test_cpu_scale_rows_differ_from_their_thesis_row_only_in_scale(path):
+    cfg = load_config(path)
+    row = load_config(_path(cfg.experiment.split("-")[0]))
+    small, full = _flat(cfg), _flat(row)
+    changed = {k for k in full if small[k] != full[k]}
+    allowed = {"experiment", "teacher.mode", "teacher.features"} if cfg.experiment.endswith("-precomputed") else set()
+    assert {k for k in changed if not k.startswith(_SCALE_KEYS)} <= allowed, path.name
+    assert cfg.model.width == 0.125 and cfg.data.pipeline.input_size == 65 and cfg.data.dataset == "synthetic"
+    assert cfg.model.init in ("none", "checkpoint")  # no ImageNet file on a fresh machine
 
 
 def test_lr_schedule_equals_eq_5_10_at_epoch_boundaries():

@@ -203,7 +203,7 @@ def differing_keys(configs: list[dict]) -> list[str]:
             and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n − 1; 0 for a single value)."""
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -244,7 +244,7 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
             row["seeds"] = [configs[i].get(SEED_KEY) for i in members]
         for key, _, _ in METRICS:
             values = [float(m[key]) for m in metrics if key in m]
-            row[key] = _mean_std(values) if values else None
+            row[key] = mean_std(values) if values else None
         rows.append(row)
     return shown, rows
 

@@ -1,0 +1,318 @@
+"""docs/results.md of bench/reproduce.sh: the Table 6.8-style table, curves and Fig. 6.3.
+
+Reads ``<runs>/seed<S>/<model>/eval/metrics.json`` (``depthpi eval`` of each model's last
+weights on the test split), the runs' TensorBoard events (per-epoch test MPJPE), and, for
+the feature-difference figure, the seed-0 teacher 3.2, RGB baseline 1.4 and student 8.1.
+
+    python bench/reproduce_report.py --runs runs/repro --shards shards/repro/test --out docs/results.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from depthpi.predict import Predictor  # noqa: E402
+from depthpi.sweep.report import mean_std  # noqa: E402
+from depthpi.train.data import build_eval_loader, to_device  # noqa: E402
+from depthpi.train.stages import run_model  # noqa: E402
+
+# (id, what it is) in the order of the table; the first three start from scratch.
+MODELS = [
+    ("1.2", "RGB baseline, colour + geometry augmentation"),
+    ("2.1", "depth baseline"),
+    ("3.2", "RGB-D teacher, depth branch from 2.1"),
+    ("1.4", "RGB baseline continued from 1.2 (the students' control)"),
+    ("8.1", "student of 3.2, block 13 after ReLU, sigmoid, α 0.1→0.2"),
+    ("8.1-precomputed", "8.1 reading stored teacher features (4 views)"),
+    ("8.3", "student, attention map, before ReLU, α 0.25→0.5"),
+    ("8.2", "8.1 + unlabelled RGB-D pairs (⅓ of each batch)"),
+    ("9.1", "8.1 with the RGB baseline 1.4 as teacher"),
+]
+FROM_SCRATCH = {"1.2", "2.1", "3.2"}
+TAP = "block13.post_relu"
+
+
+def seed_dirs(runs: Path) -> list[Path]:
+    return sorted((p for p in runs.glob("seed*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+
+
+def load_metrics(runs: Path) -> dict[str, dict[int, dict]]:
+    """{model: {seed: metrics.json}} for every evaluated model."""
+    table: dict[str, dict[int, dict]] = {}
+    for seed_dir in seed_dirs(runs):
+        for model, _ in MODELS:
+            path = seed_dir / model / "eval" / "metrics.json"
+            if path.is_file():
+                table.setdefault(model, {})[int(seed_dir.name[4:])] = json.loads(path.read_text())
+    return table
+
+
+def eval_curve(run_dir: Path) -> list[float]:
+    """Per-epoch test MPJPE (mm) logged by the engine, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "eval/mpjpe" not in acc.Tags()["scalars"]:
+        return []
+    by_step = {e.step: e.value for e in acc.Scalars("eval/mpjpe")}  # a resumed run may repeat a step
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def cell(values: list[float], digits: int) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table(metrics: dict[str, dict[int, dict]]) -> str:
+    threshold = next(iter(next(iter(metrics.values())).values())).get("threshold_mm", 150)
+    lines = [f"| model | what | seeds | MPJPE (mm) | per seed | PCK@{threshold:g}mm | AUC |", "|---|---|---|---|---|---|---|"]
+    for model, what in MODELS:
+        runs = metrics.get(model)
+        if not runs:
+            lines.append(f"| {model} | {what} | 0 | — | — | — | — |")
+            continue
+        seeds = sorted(runs)
+        mpjpe = [runs[s]["mpjpe"] for s in seeds]
+        lines.append(f"| {model} | {what} | {len(seeds)} | {cell(mpjpe, 1)} | "
+                     f"{', '.join(f'{v:.1f}' for v in mpjpe)} | {cell([runs[s]['pck'] for s in seeds], 3)} | "
+                     f"{cell([runs[s]['auc'] for s in seeds], 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+# two-sided 95 % critical values of Student's t by degrees of freedom (n − 1 seeds)
+T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def paired(metrics: dict[str, dict[int, dict]], model: str, control: str) -> tuple[float, float, int] | None:
+    """Mean ± std over seeds of MPJPE(model) − MPJPE(control), seed by seed (same 1.2 start)."""
+    a, b = metrics.get(model, {}), metrics.get(control, {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    mean, std = mean_std([a[s]["mpjpe"] - b[s]["mpjpe"] for s in seeds])
+    return mean, std, len(seeds)
+
+
+def verdict(result: tuple[float, float, int] | None) -> str:
+    """Paired t-test over seeds at 95 %: does the difference exceed seed noise?"""
+    if result is None:
+        return "not run"
+    mean, std, n = result
+    if n < 2:
+        return "one seed: no test"
+    bound = T_95.get(n - 1, 1.96) * std / n ** 0.5
+    return (f"{'lower' if mean < 0 else 'higher'}, beyond seed noise (|Δ| > {bound:.1f} mm)" if abs(mean) > bound
+            else f"within seed noise (95 % interval ±{bound:.1f} mm)")
+
+
+def paired_table(metrics: dict[str, dict[int, dict]]) -> str:
+    pairs = [("3.2", "1.2"), ("2.1", "1.2"), ("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("8.3", "1.4"),
+             ("8.2", "1.4"), ("9.1", "1.4"), ("8.1-precomputed", "8.1"), ("9.1", "8.1")]
+    lines = ["| comparison | Δ MPJPE (mm), mean ± std over seeds | seeds | paired t-test, 95 % |", "|---|---|---|---|"]
+    for model, control in pairs:
+        result = paired(metrics, model, control)
+        if result:
+            lines.append(f"| {model} − {control} | {result[0]:+.1f} ± {result[1]:.1f} | {result[2]} | {verdict(result)} |")
+    return "\n".join(lines) + "\n"
+
+
+def savefig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_curves(runs: Path, path: Path) -> None:
+    """Test MPJPE per epoch, mean over seeds (band: min–max); left from scratch, right continued from 1.2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for model, _ in MODELS:
+        curves = [c for c in (eval_curve(d / model) for d in seed_dirs(runs) if (d / model).is_dir()) if c]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        stack = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        ax = axes[0 if model in FROM_SCRATCH else 1]
+        (line,) = ax.plot(epochs, stack.mean(0), marker=".", label=f"{model} (n={len(curves)})")
+        ax.fill_between(epochs, stack.min(0), stack.max(0), color=line.get_color(), alpha=0.15)
+    for ax, title in zip(axes, ("from scratch", "continued from 1.2")):
+        ax.set(title=title, xlabel="epoch", ylabel="test MPJPE (mm)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    savefig(fig, path)
+
+
+def _features(predictor: Predictor, batch: dict, sigmoid: bool) -> torch.Tensor:
+    with torch.inference_mode():
+        feat = run_model(predictor.model, predictor.cfg.model, batch, (TAP,)).features[TAP].float()
+    return feat.sigmoid() if sigmoid else feat
+
+
+def feature_differences(seed_dir: Path, shards: str, count: int = 4, batches: int = 4):
+    """Fig. 6.3 inputs: test crops and Σ_c |F_teacher − F| of baseline 1.4 and student 8.1.
+
+    Features are compared where 8.1's loss compares them (after its sigmoid, if it has one).
+
+    Returns:
+        (rgb (count, N, N, 3) uint8, depth (count, N, N) mm, diffs {name: (count, h, w)},
+        means {name: mean over the test batches of Σ_c |ΔF| per location}).
+    """
+    teacher = Predictor.from_checkpoint(seed_dir / "3.2" / "export" / "last.pt")
+    others = {name: Predictor.from_checkpoint(seed_dir / model / "export" / "last.pt")
+              for name, model in (("baseline 1.4", "1.4"), ("student 8.1", "8.1"))}
+    sigmoid = others["student 8.1"].cfg.distill.sigmoid
+    pipeline = replace(teacher.rgb_pipeline(), depth=True)
+    loader = build_eval_loader(teacher.cfg.data, pipeline, shards, rank=0, world_size=1, num_workers=0)
+    sums = {name: 0.0 for name in others}
+    locations, first = 0, None
+    for i, batch in enumerate(loader):
+        if i == batches:
+            break
+        device_batch = to_device(batch, torch.device("cpu"), channels_last=False)
+        target = _features(teacher, device_batch, sigmoid)
+        diffs = {name: (target - _features(p, device_batch, sigmoid)).abs().sum(1) for name, p in others.items()}
+        for name, diff in diffs.items():
+            sums[name] += float(diff.sum())
+        locations += diffs[next(iter(diffs))].numel()
+        if first is None:
+            first = (batch["rgb"][:count].numpy(), batch["depth"][:count].numpy(),
+                     {name: d[:count].numpy() for name, d in diffs.items()})
+    return (*first, {name: s / locations for name, s in sums.items()})
+
+
+def plot_feature_differences(rgb, depth, diffs: dict, path: Path) -> None:
+    """One row per crop: RGB, depth, then Σ_c |ΔF| per model on one colour scale per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(diffs)
+    fig, axes = plt.subplots(len(rgb), 2 + len(names), figsize=(2.2 * (2 + len(names)), 2.2 * len(rgb)),
+                             squeeze=False)
+    size = rgb.shape[1]
+    for row in range(len(rgb)):
+        vmax = max(float(diffs[n][row].max()) for n in names)
+        axes[row, 0].imshow(rgb[row])
+        axes[row, 1].imshow(np.where(depth[row] > 0, depth[row], np.nan), cmap="viridis")
+        for col, name in enumerate(names, start=2):
+            image = axes[row, col].imshow(diffs[name][row], cmap="inferno", vmin=0, vmax=vmax,
+                                          extent=(0, size, size, 0))
+        fig.colorbar(image, ax=axes[row, 2:].tolist(), fraction=0.046)
+        for ax, title in zip(axes[row], ["RGB crop", "depth (mm)", *(f"|teacher − {n}|" for n in names)]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    savefig(fig, path)
+
+
+MARK = "<!-- Findings below are written by hand; bench/reproduce_report.py keeps everything after this line. -->"
+
+
+def settings(runs: Path, shards: str) -> str:
+    """One paragraph of what was run, read from the runs' saved configs and the manifests."""
+    import yaml
+
+    seeds = seed_dirs(runs)
+    first = yaml.safe_load((seeds[0] / "1.2" / "config.yaml").read_text())
+    later = yaml.safe_load((seeds[0] / "1.4" / "config.yaml").read_text()) if (seeds[0] / "1.4").is_dir() else first
+    counts = {}
+    for split in ("train", "test", "unlabeled"):
+        manifest = Path(shards).parent / split / "manifest.json"
+        if manifest.is_file():
+            counts[split] = sum(s["count"] for s in json.loads(manifest.read_text())["shards"])
+    model, data = first["model"], first["data"]
+    return (f"ResNet-50 at width {model['width']:g} ({model['depth_bins']} depth bins), {data['pipeline']['input_size']}×"
+            f"{data['pipeline']['input_size']} crops, batch {data['batch_size']}, Adam at {first['optim']['lr']:g}, "
+            f"from scratch; {first['optim']['epochs']} epochs for 1.2, 2.1 and 3.2, then "
+            f"{later['optim']['epochs']} more for 1.4 and every student. Synthetic benchmark: "
+            + ", ".join(f"{n} {k}" for k, n in counts.items())
+            + f" samples; seeds {', '.join(p.name[4:] for p in seeds)}. Every model is evaluated with its last "
+            "weights (none is selected on the test split).")
+
+
+def render(parts: dict, setup: str, minutes: int | None, kept: str) -> str:
+    took = f" in {minutes} min" if minutes is not None else ""
+    features = parts.get("features")
+    feature_line = ("Mean Σ_c |F_teacher − F| per block-13 location over the first test batches (seed 0): "
+                    + ", ".join(f"{k} **{v:.2f}**" for k, v in features.items()) + ".\n\n"
+                    "![feature differences](results/feature_difference.png)\n") if features else ""
+    return f"""# The thesis' core study on the synthetic RGB-D set
+
+Produced by `bash bench/reproduce.sh`{took} (figures by `bench/reproduce_report.py`). {setup}
+
+## Test split (unseen subjects and cameras), Table 6.8 style
+
+{parts["table"]}
+Seed-paired differences (every continued model of a seed starts from that seed's 1.2):
+
+{parts["paired"]}
+## Training curves
+
+Test MPJPE after each epoch, mean over seeds, band from the best to the worst seed.
+
+![curves](results/curves.png)
+
+## Feature differences (Fig. 6.3)
+
+Per block-13 location, the summed absolute difference between the teacher's features and
+those of the RGB baseline 1.4 and of the student 8.1, in the space 8.1's loss compares
+them; one colour scale per row.
+
+{feature_line}
+{MARK}
+{kept}"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/repro")
+    parser.add_argument("--shards", default="shards/repro/test")
+    parser.add_argument("--out", default="docs/results.md")
+    parser.add_argument("--minutes", type=int, default=None, help="wall time of the reproduction, for the record")
+    args = parser.parse_args(argv)
+    runs, out = Path(args.runs), Path(args.out)
+    figures = out.parent / "results"
+    metrics = load_metrics(runs)
+    if not metrics:
+        sys.exit(f"{runs}: no seed*/<model>/eval/metrics.json found; run bench/reproduce.sh first")
+    plot_curves(runs, figures / "curves.png")
+    parts = {"table": table(metrics), "paired": paired_table(metrics)}
+    seed0 = seed_dirs(runs)[0]
+    if all((seed0 / m / "export" / "last.pt").is_file() for m in ("3.2", "1.4", "8.1")):
+        rgb, depth, diffs, means = feature_differences(seed0, args.shards)
+        plot_feature_differences(rgb, depth, diffs, figures / "feature_difference.png")
+        parts["features"] = means
+    (figures / "results.json").write_text(json.dumps({"metrics": metrics, **parts}, indent=1, default=float))
+    old = out.read_text() if out.is_file() else ""
+    kept = old.split(MARK, 1)[1].lstrip("\n") if MARK in old else "## Findings\n\n(to be written)\n"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render(parts, settings(runs, args.shards), args.minutes, kept))
+    os.replace(tmp, out)
+    print(parts["table"])
+    print(parts["paired"])
+    print(f"wrote {out} and {figures}/")
+
+
+if __name__ == "__main__":
+    main()

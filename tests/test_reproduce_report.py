@@ -1,0 +1,42 @@
+"""bench/reproduce_report.py: seed statistics, the paired test and the kept findings."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "reproduce_report.py"
+_spec = importlib.util.spec_from_file_location("reproduce_report", _PATH)
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+def _write_runs(root: Path, mpjpe: dict[str, list[float]]) -> None:
+    for model, values in mpjpe.items():
+        for seed, value in enumerate(values):
+            out = root / f"seed{seed}" / model / "eval"
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({"mpjpe": value, "pck": 0.5, "auc": 0.3, "threshold_mm": 50.0}))
+
+
+def test_paired_differences_are_taken_seed_by_seed(tmp_path):
+    # 8.1 is 11 ± 1 mm below 1.4 seed by seed, although the seeds' spread (40 mm) dwarfs it.
+    _write_runs(tmp_path, {"1.4": [200.0, 240.0, 280.0], "8.1": [190.0, 228.0, 269.0], "9.1": [199.0, 243.0, 275.0]})
+    metrics = report.load_metrics(tmp_path)
+    assert sorted(metrics) == ["1.4", "8.1", "9.1"] and sorted(metrics["8.1"]) == [0, 1, 2]
+    mean, std, n = report.paired(metrics, "8.1", "1.4")
+    assert (mean, std, n) == (pytest.approx(-11.0), pytest.approx(1.0), 3)
+    assert report.verdict((mean, std, n)).startswith("lower, beyond seed noise")
+    # 9.1 − 1.4 = −1, +3, −5: t = 1/(4/√3) is far below t(2) = 4.30.
+    assert report.verdict(report.paired(metrics, "9.1", "1.4")).startswith("within seed noise")
+    assert report.verdict(None) == "not run" and report.verdict((-5.0, 0.0, 1)) == "one seed: no test"
+    row = next(line for line in report.table(metrics).splitlines() if line.startswith("| 1.4 |"))
+    assert "240.0 ± 40.0" in row and "200.0, 240.0, 280.0" in row and "PCK@50mm" in report.table(metrics)
+
+
+def test_regenerating_keeps_the_hand_written_findings():
+    parts = {"table": "T\n", "paired": "P\n"}
+    first = report.render(parts, "setup", 60, "## Findings\n\nthe student wins\n")
+    kept = first.split(report.MARK, 1)[1].lstrip("\n")
+    second = report.render({"table": "T2\n", "paired": "P2\n"}, "setup", 61, kept)
+    assert second.endswith("## Findings\n\nthe student wins\n") and "T2" in second and "T\n" not in second
