@@ -29,10 +29,10 @@ def map_fn(cfg: PipelineConfig, seed: int, train: bool):
     return partial(_map_sample, cfg=cfg, seed=seed, train=train)
 
 
-def pipeline_for(stage_cfg, needs_depth: bool, needs_attention: bool) -> PipelineConfig:
-    """The data config's pipeline with the stage's needs switched on."""
-    return replace(stage_cfg.pipeline, depth=needs_depth or stage_cfg.pipeline.depth,
-                   attention=needs_attention or stage_cfg.pipeline.attention)
+def pipeline_for(stage_cfg, needs_depth: bool) -> PipelineConfig:
+    """The data config's pipeline with the stage's needs switched on (attention maps are
+    built on the training device, ``depthpi.train.targets``)."""
+    return replace(stage_cfg.pipeline, depth=needs_depth or stage_cfg.pipeline.depth)
 
 
 def split_batch(batch_size: int, unlabeled_fraction: float, has_unlabeled: bool) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from depthpi.losses import alpha_at, regression_loss, student_objective
+from depthpi.train.targets import keypoint_attention
 
 
 def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = ()):
@@ -30,7 +31,6 @@ class SupervisedStage:
     def needs_depth(self) -> bool:
         return self.cfg.model.kind == "teacher" or self.cfg.model.input == "depth"
 
-    needs_attention = False
 
     def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
         pred = run_model(self.model, self.cfg.model, batch).joints
@@ -54,10 +54,6 @@ class StudentStage(SupervisedStage):
     def needs_depth(self) -> bool:
         return self.teacher is not None and self.cfg.teacher.model.kind == "teacher"
 
-    @property
-    def needs_attention(self) -> bool:
-        return self.cfg.distill.attention
-
     def teacher_features(self, batch: dict) -> torch.Tensor:
         """(B, C, h, w) teacher tap: stored (precomputed mode) or computed now, without autograd."""
         if "teacher_feat" in batch:
@@ -68,11 +64,18 @@ class StudentStage(SupervisedStage):
         # of the tap, outside inference mode, makes it an ordinary constant.
         return feat.clone()
 
+    @staticmethod
+    def attention(batch: dict, out_size: int) -> torch.Tensor:
+        """(B, h, w) eq. 4.26 map: the workers' if they built one, else built here from joints2d."""
+        if "attention" in batch:
+            return batch["attention"]
+        return keypoint_attention(batch["joints2d"], batch["valid"], batch["rgb_input"].shape[-1], out_size)
+
     def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
         out = run_model(self.model, self.cfg.model, batch, (self.tap,))
         teacher_feat = self.teacher_features(batch)
         alpha = alpha_at(epoch, self.cfg.distill)
-        attention = batch.get("attention") if self.cfg.distill.attention else None
+        attention = self.attention(batch, out.features[self.tap].shape[-1]) if self.cfg.distill.attention else None
         terms = student_objective(out.joints, batch["joints"], batch["valid"], batch["labeled"],
                                   out.features[self.tap], teacher_feat, alpha, self.cfg.loss,
                                   self.cfg.distill, attention)
