@@ -19,7 +19,10 @@ Each workload runs in a fresh spawned process so its peak memory is its own: on 
 ``torch.cuda.max_memory_allocated``; on CPU the process' peak RSS
 (``resource.getrusage``), shown with its rise over the RSS after the model was built.
 
-    python bench/bench_models.py --width 0.125 --batch 4 --steps 5 [--bf16] [--channels-last]
+``--compile`` wraps the trained model (and the online teacher) in ``torch.compile`` as
+``run.compile`` does; the compile time is the first step's, reported apart.
+
+    python bench/bench_models.py --width 0.125 --batch 4 --steps 5 [--bf16] [--channels-last] [--compile]
 """
 from __future__ import annotations
 
@@ -99,9 +102,17 @@ def run_workload(workload: str, args) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device(args.device)
     model, teacher = _models(workload, args, device)
+    if args.compile:
+        model = torch.compile(model)
+        teacher = torch.compile(teacher) if isinstance(teacher, torch.nn.Module) else teacher
     rgb, depth = _inputs(args, device)
     rss_built = _rss_mb()
-    _step(workload, model, teacher, rgb, depth, args)
+    first = time.perf_counter()
+    for _ in range(2 if args.compile else 1):  # compiled: the second step may recompile (grad mode)
+        _step(workload, model, teacher, rgb, depth, args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - first
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -120,18 +131,20 @@ def run_workload(workload: str, args) -> dict:
         peak = f"{peak_mib:.0f} MiB RSS (+{peak_mib - rss_built:.0f})"
     feat_bytes = teacher[0].numel() * 2 if workload == "student+stored" else 0
     return dict(workload=workload, params=params, rate=args.batch * args.steps / seconds,
-                step_ms=1000 * seconds / args.steps, peak=peak, peak_mib=peak_mib, feat_bytes=feat_bytes)
+                step_ms=1000 * seconds / args.steps, peak=peak, peak_mib=peak_mib, feat_bytes=feat_bytes,
+                warmup_s=warmup_s)
 
 
 def _table(rows: list[dict], doubled: list[dict], batch: int, budget_gib: float) -> str:
     lines = ["| workload | trainable params | samples/s | ms/step | peak memory | MiB per extra sample | "
-             f"largest batch in {budget_gib:g} GiB | feature reads |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+             f"largest batch in {budget_gib:g} GiB | feature reads | warm-up s |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r, d in zip(rows, doubled):
         per_sample = max((d["peak_mib"] - r["peak_mib"]) / batch, 1e-3)
         largest = int((budget_gib * 1024 - (r["peak_mib"] - per_sample * batch)) / per_sample)
         reads = f"{r['rate'] * r['feat_bytes'] / 2**20:.1f} MiB/s" if r["feat_bytes"] else "–"
         lines.append(f"| {r['workload']} | {r['params'] / 1e6:.2f} M | {r['rate']:.1f} | {r['step_ms']:.0f} | "
-                     f"{r['peak']} | {per_sample:.1f} | {largest} | {reads} |")
+                     f"{r['peak']} | {per_sample:.1f} | {largest} | {reads} | {r['warmup_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -143,6 +156,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models (run.compile)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--budget-gib", type=float, default=80.0, help="memory budget for the largest-batch column")
@@ -157,7 +171,8 @@ def main() -> None:
             doubled.append(pool.apply(run_workload, (workload, argparse.Namespace(
                 **{**vars(args), "batch": 2 * args.batch, "steps": 1}))))
     title = (f"Models at {SIZE}×{SIZE}, ResNet-50 width {args.width}, batch {args.batch}, {args.device}"
-             f"{', bf16' if args.bf16 else ''}{', channels_last' if args.channels_last else ''}")
+             f"{', bf16' if args.bf16 else ''}{', channels_last' if args.channels_last else ''}"
+             f"{', torch.compile' if args.compile else ''}")
     table = _table(rows, doubled, args.batch, args.budget_gib)
     print(f"{title}\n{machine()}\n\n{table}")
     if args.record:

@@ -14,7 +14,7 @@
 # A re-run skips every model whose evaluation exists and resumes the others from their
 # last checkpoint.
 # Environment: SEEDS ("0 1 2"), LANES (seed chains run at once; default: one per seed),
-# E1 (12), E2 (6), REPRO_TRAIN / REPRO_TEST / REPRO_UNLABELED sample counts (2400/600/1200),
+# ABLATIONS (1: also the α / tap study after each chain), E1 (12), E2 (6), REPRO_TRAIN / REPRO_TEST / REPRO_UNLABELED sample counts (2400/600/1200),
 # REPRO_SHARDS (shards/repro), REPRO_OUT (runs/repro).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,12 +23,17 @@ OUT="${REPRO_OUT:-runs/repro}"
 E1="${E1:-12}"
 E2="${E2:-6}"
 
-run_model() {  # run_model <seed> <id> <entry> <epochs> [overrides...]: train, then evaluate last.pt
-  local seed=$1 id=$2 entry=$3 epochs=$4; shift 4
+run_model() {  # run_model <seed> <id> <entry> <epochs> [overrides...]: train configs/repro/<id>.yaml, evaluate last.pt
+  local seed=$1 id=$2; shift 2
+  run_variant "$seed" "$id" "$id" "$@"
+}
+
+run_variant() {  # run_variant <seed> <name> <config id> <entry> <epochs> [overrides...]: a row under another name
+  local seed=$1 id=$2 config=$3 entry=$4 epochs=$5; shift 5
   local dir="$OUT/seed$seed/$id"
   if [[ -f "$dir/eval/metrics.json" ]]; then echo "[seed $seed] $id: done, skipped"; return; fi
   echo "[seed $seed] $id: training ($epochs epochs) -> $dir"
-  python "launch/train_$entry.py" --config "configs/repro/$id.yaml" run.seed="$seed" run.out_dir="$dir" \
+  python "launch/train_$entry.py" --config "configs/repro/$config.yaml" run.seed="$seed" run.out_dir="$dir" \
     optim.epochs="$epochs" data.train="$SHARDS/train" data.test="$SHARDS/test" "$@" > "$OUT/logs/seed$seed-$id.log" 2>&1
   depthpi eval --ckpt "$dir/export/last.pt" --shards "$SHARDS/test" --out "$dir/eval" --workers 1 \
     >> "$OUT/logs/seed$seed-$id.log" 2>&1
@@ -53,6 +58,16 @@ chain() {  # every model of one seed, in dependency order
   run_model "$seed" 8.2 student "$E2" "${student[@]}" data.unlabeled="$SHARDS/unlabeled"
   run_model "$seed" 9.1 student "$E2" model.init_checkpoint="$R/1.2/export/last.pt" \
     teacher.weights="$R/1.4/export/last.pt"
+  [[ "${ABLATIONS:-1}" == 1 ]] || return 0
+  # Why 8.1 does (not) beat 1.4 at this scale: the distillation term's weight (α·L_dist is
+  # ~0.3 % of the loss at the thesis' α) and an earlier tap.
+  local stored=("${student[@]}" teacher.features="$R/features/train")
+  run_variant "$seed" abl-alpha10 8.1-precomputed student "$E2" "${stored[@]}" \
+    distill.alpha_warmup=1.0 distill.alpha_target=2.0
+  run_variant "$seed" abl-alpha100 8.1-precomputed student "$E2" "${stored[@]}" \
+    distill.alpha_warmup=10.0 distill.alpha_target=20.0
+  run_variant "$seed" abl-alpha100-block7 8.1 student "$E2" "${student[@]}" \
+    distill.alpha_warmup=10.0 distill.alpha_target=20.0 distill.tap=block7.post_relu
 }
 
 if [[ "${1:-}" == "--chain" ]]; then  # one seed's chain (the lanes below call this)

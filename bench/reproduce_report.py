@@ -36,6 +36,12 @@ MODELS = [
     ("8.2", "8.1 + unlabelled RGB-D pairs (⅓ of each batch)"),
     ("9.1", "8.1 with the RGB baseline 1.4 as teacher"),
 ]
+# Why the student does or does not beat 1.4 (bench/reproduce.sh, ABLATIONS=1): as 8.1.
+ABLATIONS = [
+    ("abl-alpha10", "8.1-precomputed with α ×10 (1 → 2)"),
+    ("abl-alpha100", "8.1-precomputed with α ×100 (10 → 20)"),
+    ("abl-alpha100-block7", "8.1 (online) with α ×100 on block 7 (end of layer2) instead of 13"),
+]
 FROM_SCRATCH = {"1.2", "2.1", "3.2"}
 TAP = "block13.post_relu"
 
@@ -48,7 +54,7 @@ def load_metrics(runs: Path) -> dict[str, dict[int, dict]]:
     """{model: {seed: metrics.json}} for every evaluated model."""
     table: dict[str, dict[int, dict]] = {}
     for seed_dir in seed_dirs(runs):
-        for model, _ in MODELS:
+        for model, _ in MODELS + ABLATIONS:
             path = seed_dir / model / "eval" / "metrics.json"
             if path.is_file():
                 table.setdefault(model, {})[int(seed_dir.name[4:])] = json.loads(path.read_text())
@@ -72,10 +78,10 @@ def cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def table(metrics: dict[str, dict[int, dict]]) -> str:
+def table(metrics: dict[str, dict[int, dict]], rows: list[tuple[str, str]] = MODELS) -> str:
     threshold = next(iter(next(iter(metrics.values())).values())).get("threshold_mm", 150)
     lines = [f"| model | what | seeds | MPJPE (mm) | per seed | PCK@{threshold:g}mm | AUC |", "|---|---|---|---|---|---|---|"]
-    for model, what in MODELS:
+    for model, what in rows:
         runs = metrics.get(model)
         if not runs:
             lines.append(f"| {model} | {what} | 0 | — | — | — | — |")
@@ -114,9 +120,11 @@ def verdict(result: tuple[float, float, int] | None) -> str:
             else f"within seed noise (95 % interval ±{bound:.1f} mm)")
 
 
-def paired_table(metrics: dict[str, dict[int, dict]]) -> str:
-    pairs = [("3.2", "1.2"), ("2.1", "1.2"), ("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("8.3", "1.4"),
-             ("8.2", "1.4"), ("9.1", "1.4"), ("8.1-precomputed", "8.1"), ("9.1", "8.1")]
+PAIRS = [("3.2", "1.2"), ("2.1", "1.2"), ("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("8.3", "1.4"),
+         ("8.2", "1.4"), ("9.1", "1.4"), ("8.1-precomputed", "8.1"), ("9.1", "8.1")]
+
+
+def paired_table(metrics: dict[str, dict[int, dict]], pairs: list[tuple[str, str]] = PAIRS) -> str:
     lines = ["| comparison | Δ MPJPE (mm), mean ± std over seeds | seeds | paired t-test, 95 % |", "|---|---|---|---|"]
     for model, control in pairs:
         result = paired(metrics, model, control)
@@ -253,6 +261,8 @@ def settings(runs: Path, shards: str) -> str:
 
 def render(parts: dict, setup: str, minutes: int | None, kept: str) -> str:
     took = f" in {minutes} min" if minutes is not None else ""
+    ablations = (f"## Why: distillation weight and tap (ablations, each continued from 1.2 like 8.1)\n\n"
+                 f"{parts['ablations']}\n") if parts.get("ablations") else ""
     features = parts.get("features")
     feature_line = ("Mean Σ_c |F_teacher − F| per block-13 location over the first test batches (seed 0): "
                     + ", ".join(f"{k} **{v:.2f}**" for k, v in features.items()) + ".\n\n"
@@ -267,7 +277,7 @@ Produced by `bash bench/reproduce.sh`{took} (figures by `bench/reproduce_report.
 Seed-paired differences (every continued model of a seed starts from that seed's 1.2):
 
 {parts["paired"]}
-## Training curves
+{ablations}## Training curves
 
 Test MPJPE after each epoch, mean over seeds, band from the best to the worst seed.
 
@@ -298,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{runs}: no seed*/<model>/eval/metrics.json found; run bench/reproduce.sh first")
     plot_curves(runs, figures / "curves.png")
     parts = {"table": table(metrics), "paired": paired_table(metrics)}
+    if any(name in metrics for name, _ in ABLATIONS):
+        parts["ablations"] = table(metrics, ABLATIONS) + "\n" + paired_table(
+            metrics, [(name, control) for name, _ in ABLATIONS for control in ("1.4", "8.1-precomputed")])
     seed0 = seed_dirs(runs)[0]
     if all((seed0 / m / "export" / "last.pt").is_file() for m in ("3.2", "1.4", "8.1")):
         rgb, depth, diffs, means = feature_differences(seed0, args.shards)

@@ -90,7 +90,7 @@ def _flat(tree, prefix=""):
 # What CPU scale may change (configs/repro/cpu.yaml); anything else differing from the
 # thesis row would make the reproduction test something other than the thesis' model.
 _SCALE_KEYS = ("model.width", "model.depth_bins", "model.init", "teacher.model.width", "teacher.model.depth_bins",
-               "data.", "optim.lr", "optim.epochs", "run.")
+               "data.", "optim.lr", "optim.epochs", "distill.alpha_ramp_epochs", "run.")
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "repro").glob("[0-9]*.yaml")), ids=lambda p: p.stem)
