@@ -66,8 +66,8 @@ chain() {  # every model of one seed, in dependency order
     distill.alpha_warmup=1.0 distill.alpha_target=2.0
   run_variant "$seed" abl-alpha100 8.1-precomputed student "$E2" "${stored[@]}" \
     distill.alpha_warmup=10.0 distill.alpha_target=20.0
-  run_variant "$seed" abl-alpha100-block7 8.1 student "$E2" "${student[@]}" \
-    distill.alpha_warmup=10.0 distill.alpha_target=20.0 distill.tap=block7.post_relu
+  run_variant "$seed" abl-alpha100-block10 8.1 student "$E2" "${student[@]}" \
+    distill.alpha_warmup=10.0 distill.alpha_target=20.0 distill.tap=block10.post_relu
 }
 
 if [[ "${1:-}" == "--chain" ]]; then  # one seed's chain (the lanes below call this)
@@ -96,6 +96,5 @@ export OMP_NUM_THREADS=$(( CORES / LANES > 0 ? CORES / LANES : 1 ))
 printf '%s\n' "${seeds[@]}" | xargs -P "$LANES" -I{} bash bench/reproduce.sh --chain {}
 
 echo "== report -> docs/results.md"
-python bench/reproduce_report.py --runs "$OUT" --shards "$SHARDS/test" --out docs/results.md \
-  --minutes "$(( ($(date +%s) - START) / 60 ))"
+python bench/reproduce_report.py --runs "$OUT" --shards "$SHARDS/test" --out docs/results.md
 echo "Done in $(( ($(date +%s) - START) / 60 )) min."

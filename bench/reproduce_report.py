@@ -40,7 +40,7 @@ MODELS = [
 ABLATIONS = [
     ("abl-alpha10", "8.1-precomputed with α ×10 (1 → 2)"),
     ("abl-alpha100", "8.1-precomputed with α ×100 (10 → 20)"),
-    ("abl-alpha100-block7", "8.1 (online) with α ×100 on block 7 (end of layer2) instead of 13"),
+    ("abl-alpha100-block10", "8.1 (online) with α ×100 on block 10 (layer3, the third block after the fusion) instead of 13"),
 ]
 FROM_SCRATCH = {"1.2", "2.1", "3.2"}
 TAP = "block13.post_relu"
@@ -116,7 +116,7 @@ def verdict(result: tuple[float, float, int] | None) -> str:
     if n < 2:
         return "one seed: no test"
     bound = T_95.get(n - 1, 1.96) * std / n ** 0.5
-    return (f"{'lower' if mean < 0 else 'higher'}, beyond seed noise (|Δ| > {bound:.1f} mm)" if abs(mean) > bound
+    return (f"{'lower' if mean < 0 else 'higher'}, beyond seed noise (95 % interval ±{bound:.1f} mm)" if abs(mean) > bound
             else f"within seed noise (95 % interval ±{bound:.1f} mm)")
 
 
@@ -176,7 +176,8 @@ def _features(predictor: Predictor, batch: dict, sigmoid: bool) -> torch.Tensor:
 
 
 def feature_differences(seed_dir: Path, shards: str, count: int = 4, batches: int = 4):
-    """Fig. 6.3 inputs: test crops and Σ_c |F_teacher − F| of baseline 1.4 and student 8.1.
+    """Fig. 6.3 inputs: test crops and Σ_c |F_teacher − F| of baseline 1.4, student 8.1 and,
+    when the ablations ran, the α ×100 student.
 
     Features are compared where 8.1's loss compares them (after its sigmoid, if it has one).
 
@@ -186,8 +187,9 @@ def feature_differences(seed_dir: Path, shards: str, count: int = 4, batches: in
     """
     teacher = Predictor.from_checkpoint(seed_dir / "3.2" / "export" / "last.pt")
     others = {name: Predictor.from_checkpoint(seed_dir / model / "export" / "last.pt")
-              for name, model in (("baseline 1.4", "1.4"), ("student 8.1", "8.1"))}
-    sigmoid = others["student 8.1"].cfg.distill.sigmoid
+              for name, model in (("1.4", "1.4"), ("8.1", "8.1"), ("8.1 α×100", "abl-alpha100"))
+              if (seed_dir / model / "export" / "last.pt").is_file()}
+    sigmoid = others["8.1"].cfg.distill.sigmoid
     pipeline = replace(teacher.rgb_pipeline(), depth=True)
     loader = build_eval_loader(teacher.cfg.data, pipeline, shards, rank=0, world_size=1, num_workers=0)
     sums = {name: 0.0 for name in others}
@@ -226,7 +228,7 @@ def plot_feature_differences(rgb, depth, diffs: dict, path: Path) -> None:
             image = axes[row, col].imshow(diffs[name][row], cmap="inferno", vmin=0, vmax=vmax,
                                           extent=(0, size, size, 0))
         fig.colorbar(image, ax=axes[row, 2:].tolist(), fraction=0.046)
-        for ax, title in zip(axes[row], ["RGB crop", "depth (mm)", *(f"|teacher − {n}|" for n in names)]):
+        for ax, title in zip(axes[row], ["RGB crop", "depth (mm)", *(f"|3.2 − {n}|" for n in names)]):
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -264,7 +266,7 @@ def render(parts: dict, setup: str, minutes: int | None, kept: str) -> str:
     ablations = (f"## Why: distillation weight and tap (ablations, each continued from 1.2 like 8.1)\n\n"
                  f"{parts['ablations']}\n") if parts.get("ablations") else ""
     features = parts.get("features")
-    feature_line = ("Mean Σ_c |F_teacher − F| per block-13 location over the first test batches (seed 0): "
+    feature_line = ("Mean Σ_c |F_3.2 − F| per block-13 location over the first 4 test batches (seed 0): "
                     + ", ".join(f"{k} **{v:.2f}**" for k, v in features.items()) + ".\n\n"
                     "![feature differences](results/feature_difference.png)\n") if features else ""
     return f"""# The thesis' core study on the synthetic RGB-D set
@@ -286,8 +288,8 @@ Test MPJPE after each epoch, mean over seeds, band from the best to the worst se
 ## Feature differences (Fig. 6.3)
 
 Per block-13 location, the summed absolute difference between the teacher's features and
-those of the RGB baseline 1.4 and of the student 8.1, in the space 8.1's loss compares
-them; one colour scale per row.
+those of the RGB baseline 1.4, of the student 8.1 and of the α ×100 student (ablation), in
+the space 8.1's loss compares them; one colour scale per row.
 
 {feature_line}
 {MARK}
