@@ -100,3 +100,12 @@ def deepspeed_cpu_ops():
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
                    env=env, check=True, capture_output=True, timeout=600)
+
+
+def tb_scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar tag of a run's TensorBoard event files, read back: {tag: [value per logged step]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

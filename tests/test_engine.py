@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tb_scalars
 from depthpi.config import load_config
 from depthpi.data.build import build_synthetic
 from depthpi.predict import evaluate_checkpoint
@@ -40,21 +41,13 @@ def _overrides(shards, out_dir, **extra):
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def _tb_scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
 def test_loss_decreases_on_tiny_overfit_set_and_events_hold_expected_tags(shards, tmp_path):
     cfg = load_config(DEMO / "baseline_rgb.yaml", _overrides(
         shards, tmp_path / "run", **{"optim.epochs": 12, "run.steps_per_epoch": 2, "data.shuffle_buffer": 1,
                                      "data.pipeline.augment.geometry": False, "data.pipeline.augment.colour": False,
                                      "optim.lr_factors": "[1,1,1,1,1]"}))
     metrics = train(cfg)
-    scalars = _tb_scalars(tmp_path / "run")
+    scalars = tb_scalars(tmp_path / "run")
     losses = scalars["train/loss"]
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses
     for tag in ("train/loss", "train/regression", "train/lr", "train/grad_norm", "train/samples_per_s",
@@ -154,7 +147,7 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
                                 "teacher.weights": teacher_dir / "export" / "last.pt",
                                 "distill.attention": True, "run.image_every": 2})))
     assert metrics["count"] > 0
-    scalars = _tb_scalars(student_dir)
+    scalars = tb_scalars(student_dir)
     assert scalars["train/distillation"][0] > 0 and scalars["train/alpha"][0] == pytest.approx(0.1)
     after = load_weights(teacher_dir / "export" / "last.pt")
     for name in teacher_before:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import webdataset as wds
 
+from conftest import tb_scalars
 from depthpi.config import DataConfig, TrainConfig, load_config, save_config
 from depthpi.data.build import build_synthetic, iter_split
 from depthpi.data.features import decode_features, replay_map
@@ -121,18 +122,17 @@ def test_student_from_stored_features_matches_online_student(setup, tmp_path):
     stored = train(load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
         root, tmp_path / "stored", **{"teacher.weights": teacher, "teacher.mode": "precomputed",
                                       "teacher.features": tmp_path / "feat1"})))
-    torch.manual_seed(0)
-    init = build_model(load_config(ROOT / "configs/demo/student.yaml", _student_overrides(root, tmp_path / "x")).model)
-    start = {k: v for k, v in init.state_dict().items() if v.is_floating_point()}
-    a, b = load_weights(tmp_path / "online/export/last.pt"), load_weights(tmp_path / "stored/export/last.pt")
-    # Same start, same views, targets differing only by fp16 rounding: the parameter updates
-    # must agree to within a small fraction of their size (Adam amplifies tiny gradient
-    # differences on near-zero gradients, so elementwise equality is not expected).
-    delta_a = torch.cat([(a[k] - start[k]).flatten() for k in start])
-    delta_b = torch.cat([(b[k] - start[k]).flatten() for k in start])
-    assert delta_a.norm() > 0
-    assert (delta_a - delta_b).norm() / delta_a.norm() < 0.02
-    assert online["mpjpe"] == pytest.approx(stored["mpjpe"], rel=1e-2)
+    a, b = tb_scalars(tmp_path / "online"), tb_scalars(tmp_path / "stored")
+    # Step 1 sees the same student weights and the same view: the regression term must agree
+    # to float precision, the distillation term to the fp16 rounding of the stored tap. Later
+    # steps are not compared tightly: Adam's first updates are nearly sign(gradient), so a
+    # rounding-sized gradient change flips near-zero coordinates and the runs drift apart by
+    # an amount that depends on the CPU's float kernels (seen: 0.5 % here, 3 % on CI).
+    assert a["train/regression"][0] == pytest.approx(b["train/regression"][0], rel=1e-5)
+    assert a["train/distillation"][0] == pytest.approx(b["train/distillation"][0], rel=1e-3)
+    assert a["train/distillation"][0] > 0
+    assert a["train/loss"][-1] == pytest.approx(b["train/loss"][-1], rel=3e-2)
+    assert online["mpjpe"] == pytest.approx(stored["mpjpe"], rel=3e-2)
 
 
 def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
