@@ -69,7 +69,7 @@ class FeatureWriter:
         self.teacher_cfg = predictor.cfg
         base = self.teacher_cfg.data.pipeline
         self.pipeline = replace(base, depth=self.teacher_cfg.model.kind == "teacher" or
-                                self.teacher_cfg.model.input == "depth", attention=False)
+                                self.teacher_cfg.model.input == "depth", attention=False).for_device(predictor.device.type)
         self.source = read_manifest(cfg.shards)
         self.params = {
             "kind": "teacher_features", "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),

@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
     model_cfg = ModelConfig(kind="teacher", width=0.125, depth_bins=8, init="none")
     cfg = TrainConfig(stage="teacher", model=model_cfg,
                       data=DataConfig(train=str(root / "synth/train"), test=str(root / "synth/test"),
-                                      pipeline=PipelineConfig(input_size=65)))
+                                      pipeline=PipelineConfig(input_size=65, colour_on="device")))
     teacher_dir = root / "teacher"
     save_config(cfg, teacher_dir / "config.yaml")
     model = build_model(model_cfg)
@@ -77,7 +77,8 @@ def test_features_mirror_source_and_replay_bit_identical_inputs(setup, tmp_path)
             k = student_view["view_index"]
             teacher_view = process_sample(sample, pipeline, view=expected[k], view_index=k)
             np.testing.assert_array_equal(student_view["rgb"], teacher_view["rgb"])
-            batch = to_device({n: torch.as_tensor(teacher_view[n])[None] for n in ("rgb", "depth")}, torch.device("cpu"), False)
+            np.testing.assert_array_equal(student_view["colour"], teacher_view["colour"])
+            batch = to_device({n: torch.as_tensor(teacher_view[n])[None] for n in ("rgb", "colour", "depth")}, torch.device("cpu"), False)
             with torch.no_grad():
                 online = run_model(predictor.model, predictor.cfg.model, batch, (TAP,)).features[TAP][0].numpy()
             np.testing.assert_allclose(student_view["teacher_feat"], online, rtol=2e-3, atol=2e-3)  # fp16 resolution

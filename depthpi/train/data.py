@@ -1,7 +1,8 @@
 """Loaders of a training run and the host→device step that turns batches into model inputs.
 
-Workers hand over uint8 RGB and float depth; normalisation and NCHW/channels_last layout
-happen on the device, where they are nearly free, instead of in the workers.
+Workers hand over uint8 RGB, its colour parameters and float depth; colour augmentation,
+normalisation and NCHW/channels_last layout happen on the device, where they are nearly
+free, instead of in the workers.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from depthpi.data.loader import make_loader
 from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.features import replay_map
+from depthpi.train.colour import IDENTITY, colour_augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,10 +31,11 @@ def map_fn(cfg: PipelineConfig, seed: int, train: bool):
     return partial(_map_sample, cfg=cfg, seed=seed, train=train)
 
 
-def pipeline_for(stage_cfg, needs_depth: bool) -> PipelineConfig:
-    """The data config's pipeline with the stage's needs switched on (attention maps are
-    built on the training device, ``depthpi.train.targets``)."""
-    return replace(stage_cfg.pipeline, depth=needs_depth or stage_cfg.pipeline.depth)
+def pipeline_for(stage_cfg, needs_depth: bool, device_type: str) -> PipelineConfig:
+    """The data config's pipeline with the stage's needs switched on and colour placed for
+    the device (attention maps are built on the training device, ``depthpi.train.targets``)."""
+    pipeline = replace(stage_cfg.pipeline, depth=needs_depth or stage_cfg.pipeline.depth)
+    return pipeline.for_device(device_type)
 
 
 def split_batch(batch_size: int, unlabeled_fraction: float, has_unlabeled: bool) -> tuple[int, int]:
@@ -93,9 +96,13 @@ def concat_batches(labeled: dict, unlabeled: dict | None) -> dict:
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     """Move a collated batch to ``device`` and build model inputs.
 
-    Adds ``rgb_input`` (B, 3, N, N) float ImageNet-normalised and, when present,
-    ``depth_input`` (B, 1, N, N) float; other tensors are moved as they are.
+    Adds ``rgb_input`` (B, 3, N, N) float ImageNet-normalised, colour-augmented here when
+    the batch carries ``colour`` parameters (B, 4), and, when present, ``depth_input``
+    (B, 1, N, N) float; other tensors are moved as they are.
     """
+    # Decided on the host copy: evaluation batches (identity views) skip the colour
+    # arithmetic without a device→host sync.
+    recolour = "colour" in batch and not bool((batch["colour"] == torch.tensor(IDENTITY)).all())
     non_blocking = device.type == "cuda"
     out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
            for k, v in batch.items()}
@@ -103,6 +110,8 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
     rgb = out["rgb"].permute(0, 3, 1, 2).float()
+    if recolour:
+        rgb = colour_augment(rgb, out["colour"])
     out["rgb_input"] = ((rgb - mean) / std).contiguous(memory_format=memory_format)
     if "depth" in out:
         out["depth_input"] = out["depth"].unsqueeze(1).float().contiguous(memory_format=memory_format)

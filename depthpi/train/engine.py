@@ -133,7 +133,7 @@ def train(cfg: TrainConfig) -> dict:
     run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
     torch.manual_seed(cfg.run.seed)
     stage, model = build_stage(cfg, accelerator.device)
-    pipeline = pipeline_for(cfg.data, stage.needs_depth)
+    pipeline = pipeline_for(cfg.data, stage.needs_depth, accelerator.device.type)
     rank, world = accelerator.process_index, accelerator.num_processes
     features = None
     if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
