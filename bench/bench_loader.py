@@ -1,10 +1,12 @@
-"""Loader throughput end to end: shards → tar → shuffle → decode → collate, per worker count.
+"""Loader throughput end to end: shards → tar → shuffle → decode → map → collate, per worker count.
 
-Synthetic-like samples (256×256 RGB JPEG, 128×128 uint16 depth PNG, 17 joints); the
-map_fn only decodes (no pose pipeline), so this measures the data path's ceiling.
-Each row times the second epoch of a persistent-worker loader (worker start excluded).
+Synthetic-like samples (256×256 RGB JPEG, 128×128 uint16 depth PNG, 17 joints). Two
+map functions: ``decode only`` (no pose pipeline: the data path's ceiling) and the
+``training map`` a run uses (``depthpi.train.data.map_fn``: pose pipeline with augmentation,
+RGB+depth at --size, colour placed by --colour-on). Each row times the second epoch of a
+persistent-worker loader (worker start excluded).
 
-    python bench/bench_loader.py --samples 4000 --workers 0 1 2 4 8 [--record]
+    python bench/bench_loader.py --samples 4000 --workers 0 1 2 4 8 [--size 257] [--record]
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import record  # noqa: E402
 from depthpi.data.loader import make_loader  # noqa: E402
 from depthpi.data.schema import Sample, SampleMeta  # noqa: E402
+from depthpi.data.pipeline import PipelineConfig  # noqa: E402
 from depthpi.data.shards import build_shards  # noqa: E402
+from depthpi.train.data import map_fn  # noqa: E402
 
 
 def fake_sample(index: int) -> Sample:
@@ -45,9 +49,9 @@ def decode_only(sample: Sample, epoch: int) -> dict:
     return {"key": sample.key, "rgb": sample.rgb, "depth": sample.depth, "joints": sample.meta.joints}
 
 
-def measure(split: Path, batch_size: int, workers: int) -> tuple[float, int]:
+def measure(split: Path, batch_size: int, workers: int, fn) -> tuple[float, int]:
     """(samples/s of the second epoch, batches per epoch)."""
-    loader = make_loader(split, batch_size, decode_only, rank=0, world_size=1, num_workers=workers, seed=0,
+    loader = make_loader(split, batch_size, fn, rank=0, world_size=1, num_workers=workers, seed=0,
                          shuffle_buffer=256)
     for epoch in range(2):
         loader.set_epoch(epoch)
@@ -64,6 +68,9 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=125)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    parser.add_argument("--size", type=int, default=257, help="input size N of the training map")
+    parser.add_argument("--colour-on", default="device", choices=("device", "workers"),
+                        help="where the training map's colour augmentation runs (device: the GPU default)")
     parser.add_argument("--dir", help="reuse/build shards here (default: a temp dir)")
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
@@ -73,15 +80,18 @@ def main() -> None:
         manifest = build_shards(split, args.samples, args.per_shard, partial(fake_sample),
                                 workers=min(8, os.cpu_count() or 1), desc="bench shards")
         size_mb = sum(s.bytes for s in manifest.shards) / 1e6
-        rows = ["| workers | samples/s | samples/s per worker | batches/epoch |", "|---|---|---|---|"]
+        training = map_fn(PipelineConfig(input_size=args.size, depth=True, colour_on=args.colour_on), 0, True)
+        rows = [f"| workers | decode only, samples/s | training map ({args.size}×{args.size} RGB+depth, colour on "
+                f"{args.colour_on}), samples/s | training map per worker | batches/epoch |", "|---|---|---|---|---|"]
         for workers in args.workers:
-            rate, batches = measure(split, args.batch, workers)
-            rows.append(f"| {workers} | {rate:,.0f} | {rate / max(workers, 1):,.0f} | {batches} |")
+            ceiling, batches = measure(split, args.batch, workers, decode_only)
+            rate, _ = measure(split, args.batch, workers, training)
+            rows.append(f"| {workers} | {ceiling:,.0f} | {rate:,.0f} | {rate / max(workers, 1):,.0f} | {batches} |")
             print(rows[-1], flush=True)
     table = "\n".join(rows)
     print(f"\n{args.samples} samples, {len(manifest.shards)} shards, {size_mb:.0f} MB, batch {args.batch}\n{table}")
     if args.record:
-        record("Loader throughput (decode only)", table, " ".join(sys.argv))
+        record("Loader throughput end to end", table, " ".join(["python bench/bench_loader.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
