@@ -4,7 +4,7 @@ Three workloads, each forward + backward (no optimiser step):
 - ``baseline``: RGB PoseNet, regression-style loss on the joints;
 - ``teacher``: RGB-D teacher, same loss;
 - ``student+teacher``: frozen teacher forward under ``inference_mode`` (online
-  teacher, tap ``block13.post_relu``) + RGB student forward/backward with a
+  teacher, tap ``block13.post_relu``, stopping there: no layer4, no head) + RGB student forward/backward with a
   regression term and a sigmoid-L2 distillation term on the same tap.
 - ``student+stored``: the same student step against a stored float16 tap (precomputed
   teacher, issue 6): the map is copied host→device each step as the loader would hand
@@ -88,7 +88,7 @@ def _step(workload, model, teacher, rgb, depth, args) -> None:
                 t_feat = torch.sigmoid(teacher.to(rgb.device, non_blocking=True).float())
             else:
                 with torch.inference_mode():
-                    t_feat = torch.sigmoid(teacher(rgb, depth, taps=(TAP,)).features[TAP].float())
+                    t_feat = torch.sigmoid(teacher(rgb, depth, taps=(TAP,), head=False).features[TAP].float())
             out = model(rgb, taps=(TAP,))
             s_feat = torch.sigmoid(out.features[TAP].float())
             loss = out.joints.abs().mean() + F.mse_loss(s_feat, t_feat.clone())

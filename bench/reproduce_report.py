@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from depthpi.predict import Predictor  # noqa: E402
 from depthpi.sweep.report import mean_std  # noqa: E402
 from depthpi.train.data import build_eval_loader, to_device  # noqa: E402
-from depthpi.train.stages import run_model  # noqa: E402
+from depthpi.train.stages import tap_features  # noqa: E402
 
 # (id, what it is) in the order of the table; the first three start from scratch.
 MODELS = [
@@ -171,7 +171,7 @@ def plot_curves(runs: Path, path: Path) -> None:
 
 def _features(predictor: Predictor, batch: dict, sigmoid: bool) -> torch.Tensor:
     with torch.inference_mode():
-        feat = run_model(predictor.model, predictor.cfg.model, batch, (TAP,)).features[TAP].float()
+        feat = tap_features(predictor.model, predictor.cfg.model, batch, TAP).float()
     return feat.sigmoid() if sigmoid else feat
 
 

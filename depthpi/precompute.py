@@ -30,7 +30,7 @@ from depthpi.data.shards import (Manifest, ShardInfo, TarShard, atomic_write_byt
                                  json_bytes, read_manifest, sidecar_path, write_manifest)
 from depthpi.predict import Predictor
 from depthpi.train.data import to_device
-from depthpi.train.stages import run_model
+from depthpi.train.stages import tap_features
 
 log = logging.getLogger(__name__)
 DTYPES = ("fp16", "uint8")
@@ -85,7 +85,7 @@ class FeatureWriter:
         batch = {"rgb_input": torch.zeros(1, 3, n, n, device=self.predictor.device),
                  "depth_input": torch.zeros(1, 1, n, n, device=self.predictor.device)}
         with torch.no_grad():
-            feat = run_model(self.predictor.model, self.teacher_cfg.model, batch, (self.cfg.tap,)).features[self.cfg.tap]
+            feat = tap_features(self.predictor.model, self.teacher_cfg.model, batch, self.cfg.tap)
         return tuple(feat.shape[1:])
 
     def bytes_per_sample(self) -> int:
@@ -136,7 +136,7 @@ class FeatureWriter:
             views.extend(process_sample(sample, self.pipeline, view=p, view_index=v) for v, p in enumerate(params))
         batch = to_device(collate(views), self.predictor.device, channels_last=False)
         with torch.no_grad():
-            feats = run_model(self.predictor.model, self.teacher_cfg.model, batch, (self.cfg.tap,)).features[self.cfg.tap]
+            feats = tap_features(self.predictor.model, self.teacher_cfg.model, batch, self.cfg.tap)
         for i, (key, params) in enumerate(samples):
             chunk = feats[i * self.cfg.views:(i + 1) * self.cfg.views]
             target.write({"__key__": key, "feat.npy": encode_features(chunk, self.cfg.dtype),

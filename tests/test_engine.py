@@ -51,9 +51,11 @@ def test_loss_decreases_on_tiny_overfit_set_and_events_hold_expected_tags(shards
     losses = scalars["train/loss"]
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses
     for tag in ("train/loss", "train/regression", "train/lr", "train/grad_norm", "train/samples_per_s",
-                "train/data_wait_share", "eval/mpjpe", "eval/pck", "eval/auc"):
+                "train/data_wait_share", "train/peak_memory_mib", "eval/mpjpe", "eval/pck", "eval/auc"):
         assert tag in scalars, f"missing TensorBoard tag {tag}"
     assert metrics["mpjpe"] == pytest.approx(scalars["eval/mpjpe"][-1], rel=1e-5)
+    peak = scalars["train/peak_memory_mib"]
+    assert all(a <= b for a, b in zip(peak, peak[1:])) and 50 < peak[-1] < 64 * 1024  # a peak never falls
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["count"] > 0
     assert (tmp_path / "run" / "export" / "best.pt").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()

@@ -287,6 +287,41 @@ def test_teacher_taps_follow_fusion_and_trunk():
     assert set(f) == set(names)
 
 
+def _calls(modules: dict[str, nn.Module]) -> dict[str, int]:
+    """Forward-call counters for the named modules (blocks run through ``forward_pre``,
+    so watch a block's conv1, which is called as a module)."""
+    counts = dict.fromkeys(modules, 0)
+    for name, module in modules.items():
+        module.register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
+    return counts
+
+
+@pytest.mark.parametrize("tap", ["block13.post_relu", "block10.pre_relu", "fusion", "rgb.block3.post_relu"])
+def test_teacher_without_head_returns_the_same_tap_and_skips_what_follows(tap):
+    model = build_model(_cfg(kind="teacher")).eval()
+    rgb, depth = torch.randn(2, 3, 65, 65), torch.rand(2, 1, 65, 65)
+    with torch.no_grad():
+        full = model(rgb, depth, taps=(tap,)).features[tap]
+        counts = _calls({"depth": model.depth.conv1, "layer3.5": model.trunk.layer3[5].conv1,
+                         "layer4": model.trunk.layer4[0].conv1, "head": model.head})
+        short = model(rgb, depth, taps=(tap,), head=False)
+    assert short.joints is None and set(short.features) == {tap}
+    torch.testing.assert_close(short.features[tap], full, rtol=0, atol=0)
+    assert counts["head"] == 0 and counts["layer4"] == 0
+    assert counts["layer3.5"] == (tap == "block13.post_relu")  # block 13 is layer3's last
+    assert counts["depth"] == (not tap.startswith("rgb."))
+
+
+def test_baseline_without_head_stops_at_its_last_tap_and_needs_one():
+    model = build_model(_cfg()).eval()
+    x = torch.randn(1, 3, 65, 65)
+    counts = _calls({"layer4": model.backbone.layer4[0].conv1, "head": model.head})
+    out = model(x, taps=("block5.post_relu", "block2.pre_relu"), head=False)
+    assert set(out.features) == {"block5.post_relu", "block2.pre_relu"} and counts == {"layer4": 0, "head": 0}
+    with pytest.raises(ValueError, match="at least one"):
+        model(x, head=False)
+
+
 # --- teacher/student --------------------------------------------------------------------
 
 def test_frozen_teacher_gets_no_gradient_and_stays_in_eval():

@@ -114,16 +114,26 @@ class PoseOutput(NamedTuple):
     """What a pose model returns.
 
     Attributes:
-        joints: (B, J, 3) float32 mm, camera axes, root-relative.
+        joints: (B, J, 3) float32 mm, camera axes, root-relative; None from a forward
+            with ``head=False``.
         features: requested tap name → (B, C, h, w) feature map (graph kept).
     """
 
-    joints: torch.Tensor
+    joints: torch.Tensor | None
     features: dict[str, torch.Tensor]
 
 
 def _as_tuple(taps) -> tuple[str, ...]:
     return (taps,) if isinstance(taps, str) else tuple(taps)
+
+
+def _stop_after(taps: tuple[str, ...], head: bool) -> int | None:
+    """How many maps to collect before the forward may stop (None: run to the head)."""
+    if head:
+        return None
+    if not taps:
+        raise ValueError("head=False returns only feature taps: name at least one")
+    return len(set(taps))
 
 
 class PoseNet(nn.Module):
@@ -141,19 +151,23 @@ class PoseNet(nn.Module):
         self.head = VolumetricHead(self.backbone.out_channels, cfg.num_joints, cfg.depth_bins, cfg.cube_mm,
                                    cfg.root_index)
 
-    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None, taps=()) -> PoseOutput:
+    def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None, taps=(), head: bool = True) -> PoseOutput:
         """Args:
             x: (B, 3, N, N) ImageNet-normalised RGB, or (B, 1, N, N) depth in [0, 1]
                 (exp(−metres), 0 = invalid) for a depth baseline.
             depth: must be None (a baseline has one input).
             taps: tap names (``"block13.pre_relu"``, ``"layer3.5.post_relu"``).
+            head: False stops after the last requested tap and returns no joints (a
+                teacher queried for its features only).
         """
         if depth is not None:
             raise TypeError("PoseNet takes one input: pass the depth map as x for a depth baseline")
-        groups = group_taps(_as_tuple(taps), self.arch)
+        taps = _as_tuple(taps)
+        stop_after = _stop_after(taps, head)
+        groups = group_taps(taps, self.arch)
         features: dict[str, torch.Tensor] = {}
-        feat = self.backbone.forward_taps(x, groups.get("", {}), features)
-        return PoseOutput(self.head(feat), features)
+        feat = self.backbone.forward_taps(x, groups.get("", {}), features, stop_after=stop_after)
+        return PoseOutput(self.head(feat) if head else None, features)
 
 
 class Fusion(nn.Module):
@@ -189,23 +203,35 @@ class RGBDTeacher(nn.Module):
         self.head = VolumetricHead(self.trunk.out_channels, cfg.num_joints, cfg.depth_bins, cfg.cube_mm,
                                    cfg.root_index)
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor | None = None, taps=()) -> PoseOutput:
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor | None = None, taps=(), head: bool = True) -> PoseOutput:
         """Args:
             rgb: (B, 3, N, N) ImageNet-normalised RGB.
             depth: (B, 1, N, N) depth in [0, 1] (exp(−metres), 0 = invalid).
             taps: tap names; branch blocks need ``rgb.``/``depth.``, trunk blocks none, or ``fusion``.
+            head: False stops after the last requested tap and returns no joints (the
+                online teacher of a student: block 13 skips layer4 and the head).
         """
         if depth is None:
             raise TypeError("RGBDTeacher needs both inputs: model(rgb, depth)")
-        groups = group_taps(_as_tuple(taps), self.arch, teacher=True)
+        taps = _as_tuple(taps)
+        stop_after = _stop_after(taps, head)
+        groups = group_taps(taps, self.arch, teacher=True)
         features: dict[str, torch.Tensor] = {}
+
+        def done() -> bool:
+            return stop_after is not None and len(features) >= stop_after
+
         f_rgb = self.rgb.forward_taps(rgb, groups.get("rgb", {}), features)
+        if not groups.get("depth") and done():  # an RGB-branch tap needs no depth branch
+            return PoseOutput(None, features)
         f_depth = self.depth.forward_taps(depth, groups.get("depth", {}), features)
         fused = self.fusion(f_rgb, f_depth)
         for name in groups.get(FUSION, {}).get("", ()):
             features[name] = fused
-        feat = self.trunk.forward_taps(fused, groups.get("", {}), features)
-        return PoseOutput(self.head(feat), features)
+        if done():
+            return PoseOutput(None, features)
+        feat = self.trunk.forward_taps(fused, groups.get("", {}), features, stop_after=stop_after)
+        return PoseOutput(self.head(feat) if head else None, features)
 
 
 class Frozen(nn.Module):

@@ -195,7 +195,7 @@ class ResNet(nn.Module):
 
     def forward_taps(self, x: torch.Tensor, taps: dict[str, list[str]] | None = None,
                      features: dict[str, torch.Tensor] | None = None,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
+                     mask: torch.Tensor | None = None, stop_after: int | None = None) -> torch.Tensor:
         """Run the built stages, storing requested block outputs.
 
         Args:
@@ -204,9 +204,12 @@ class ResNet(nn.Module):
             taps: canonical path (``"layer3.5.pre_relu"``) → names to store it under.
             features: dict that receives the requested taps.
             mask: (B, 1, N, N) validity for partial convolutions; default: depth != 0.
+            stop_after: return as soon as ``features`` holds this many maps (the blocks
+                after the last requested tap are not run).
 
         Returns:
-            (B, out_channels, h, w) output of the last built stage.
+            (B, out_channels, h, w) output of the last built stage (or of the block where
+            it stopped).
         """
         taps = taps or {}
         features = {} if features is None else features
@@ -223,6 +226,8 @@ class ResNet(nn.Module):
                 for kind, value in (("pre_relu", pre), ("post_relu", x)):
                     for name in taps.get(f"layer{i}.{j}.{kind}", ()):
                         features[name] = value
+                if stop_after is not None and len(features) >= stop_after:
+                    return x
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

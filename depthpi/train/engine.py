@@ -22,7 +22,7 @@ from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpo
                                       load_weights, rng_state, save_checkpoint, save_weights, set_rng_state)
 from depthpi.train.data import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
                                 to_device)
-from depthpi.train.logging import RunLogger
+from depthpi.train.logging import RunLogger, peak_memory_mib
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.stages import StudentStage, SupervisedStage
 
@@ -242,7 +242,8 @@ def train(cfg: TrainConfig) -> dict:
                 if not math.isfinite(scalars["train/loss"]):
                     raise FloatingPointError(f"non-finite loss at step {trainer.step} on rank {rank}")
                 scalars.update({"train/lr": lr, "train/samples_per_s": count * cfg.data.batch_size * world / elapsed,
-                                "train/data_wait_share": wait / elapsed, "train/epoch": epoch_float})
+                                "train/data_wait_share": wait / elapsed, "train/epoch": epoch_float,
+                                "train/peak_memory_mib": peak_memory_mib(accelerator.device)})
                 logger.scalars(scalars, trainer.step)
             if cfg.run.image_every and trainer.step % cfg.run.image_every == 0:
                 logger.images(stage, batch, terms["pred"], trainer.step)

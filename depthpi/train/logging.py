@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from pathlib import Path
 
 import cv2
@@ -55,6 +56,14 @@ def feature_difference_panel(student: torch.Tensor, teacher: torch.Tensor, size:
                                           interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_INFERNO)[..., ::-1]
              for d in diff]
     return np.concatenate(tiles, axis=1)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this process so far, MiB: the CUDA allocator's peak on a GPU (no
+    device sync), else the process' peak resident set (includes allocator caching)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class RunLogger:

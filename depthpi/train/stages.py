@@ -12,13 +12,23 @@ from depthpi.losses import alpha_at, regression_loss, student_objective
 from depthpi.train.targets import keypoint_attention
 
 
-def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = ()):
-    """Call a pose model with the inputs its config names; returns its PoseOutput."""
+def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = (), head: bool = True):
+    """Call a pose model with the inputs its config names; returns its PoseOutput.
+
+    ``head=False`` (features only) is passed on only when asked for, so a model that
+    always runs its head still fits the plain call.
+    """
+    kwargs = {"taps": taps} if head else {"taps": taps, "head": False}
     if model_cfg.kind == "teacher":
-        return model(batch["rgb_input"], batch["depth_input"], taps=taps)
+        return model(batch["rgb_input"], batch["depth_input"], **kwargs)
     if model_cfg.input == "depth":
-        return model(batch["depth_input"], taps=taps)
-    return model(batch["rgb_input"], taps=taps)
+        return model(batch["depth_input"], **kwargs)
+    return model(batch["rgb_input"], **kwargs)
+
+
+def tap_features(model: nn.Module, model_cfg, batch: dict, tap: str) -> torch.Tensor:
+    """(B, C, h, w) map of one tap; the forward stops there (no later blocks, no head)."""
+    return run_model(model, model_cfg, batch, (tap,), head=False).features[tap]
 
 
 class SupervisedStage:
@@ -59,7 +69,7 @@ class StudentStage(SupervisedStage):
         if "teacher_feat" in batch:
             return batch["teacher_feat"]
         with torch.inference_mode():
-            feat = run_model(self.teacher, self.cfg.teacher.model, batch, (self.tap,)).features[self.tap]
+            feat = tap_features(self.teacher, self.cfg.teacher.model, batch, self.tap)
         # An inference tensor cannot be saved for backward (bce keeps its target): one copy
         # of the tap, outside inference mode, makes it an ordinary constant.
         return feat.clone()
