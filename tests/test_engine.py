@@ -174,3 +174,36 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
     # The exported weights are the evaluated ones: image summaries must not move BN statistics.
     again = evaluate_checkpoint(student_dir / "export" / "last.pt", shards / "test", tmp_path / "eval", num_workers=0)
     assert again["mpjpe"] == pytest.approx(metrics["mpjpe"], rel=1e-6)
+
+
+def test_sharded_checkpoint_is_not_moved_while_another_rank_still_writes(tmp_path):
+    """After a collective (DeepSpeed) save each rank writes its own files (accelerate's RNG
+    states). Rank 1 is a thread that writes late; the barrier returns once every started
+    rank is done. The checkpoint must hold both ranks' files."""
+    import threading
+
+    from depthpi.train.checkpoint import TrainerState, save_checkpoint
+
+    ranks, errors = [], []
+
+    def rank1_write(directory: Path):
+        time.sleep(0.05)
+        try:
+            (directory / "random_states_1.pkl").write_bytes(b"rng")
+        except OSError as error:  # the directory was moved under it
+            errors.append(error)
+
+    def save_sharded(directory: str):
+        Path(directory).mkdir(parents=True)
+        (Path(directory) / "random_states_0.pkl").write_bytes(b"rng")
+        ranks.append(threading.Thread(target=rank1_write, args=(Path(directory),)))
+        ranks[-1].start()
+
+    def barrier():
+        for rank in ranks:
+            rank.join()
+
+    final = save_checkpoint(tmp_path, TrainerState(step=3), None, keep_last=2, save_sharded=save_sharded,
+                            barrier=barrier)
+    assert not errors
+    assert sorted(p.name for p in (final / "deepspeed").iterdir()) == ["random_states_0.pkl", "random_states_1.pkl"]

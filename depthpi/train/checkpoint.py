@@ -118,6 +118,9 @@ def save_checkpoint(run_dir: str | Path, trainer: TrainerState, state: dict | No
     barrier()
     if save_sharded is not None:
         save_sharded(str(tmp / "deepspeed"))
+        # Every rank writes its own files (RNG states) after the collective part: the main
+        # process must not move the directory until all of them are done.
+        barrier()
     if is_main:
         if state is not None:
             torch.save(state, tmp / "state.pt")
