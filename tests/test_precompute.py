@@ -18,7 +18,6 @@ from depthpi.data.shards import file_sha256, read_manifest
 from depthpi.models.posenet import ModelConfig, build_model
 from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
 from depthpi.predict import Predictor
-from depthpi.train.checkpoint import load_weights
 from depthpi.train.data import to_device
 from depthpi.train.engine import train
 from depthpi.train.stages import run_model

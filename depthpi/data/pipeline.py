@@ -129,8 +129,9 @@ def process_sample(sample: Sample, cfg: PipelineConfig, *, seed: int = 0, epoch:
         view: replay these parameters instead of drawing (precomputed teacher views).
     Returns:
         dict of arrays:
-        ``rgb`` (N, N, 3) uint8, coloured unless ``cfg.colour_on`` is ``device``, in which case
-        ``colour`` (4,) float32 holds the view's colour parameters; ``depth`` (N, N) float32 in [0, 1) when ``cfg.depth``;
+        ``rgb`` (N, N, 3) uint8, coloured unless ``cfg.colour_on`` is ``device``, in which
+        case ``colour`` (4,) float32 holds the view's colour parameters; ``depth`` (N, N)
+        float32 in [0, 1) when ``cfg.depth``;
         ``joints`` (J, 3) float32 mm, new camera frame, root-relative (zeros if
         unlabelled); ``root`` (3,) float32 mm, the root joint in the new camera frame;
         ``joints2d`` (J, 2) float32 px in the input; ``valid`` (J,) bool
