@@ -27,6 +27,7 @@ from depthpi.camera import Camera  # noqa: E402
 from depthpi.config import DataConfig, TrainConfig, save_config  # noqa: E402
 from depthpi.data.pipeline import PipelineConfig  # noqa: E402
 from depthpi.models.posenet import ModelConfig, build_model  # noqa: E402
+from depthpi.data.shards import read_manifest  # noqa: E402
 from depthpi.predict import Predictor, evaluate_checkpoint, make_crop, predict_frames  # noqa: E402
 
 
@@ -87,16 +88,22 @@ def main() -> None:
     if args.flip_tta_eval:
         if not (args.ckpt and args.shards):
             parser.error("--flip-tta-eval needs --ckpt and --shards")
-        rows = ["| flip TTA | MPJPE (mm) | PCK | AUC |", "|---|---|---|---|"]
+        rows = ["| flip TTA | MPJPE (mm) | PCK | AUC | samples | samples/s (`depthpi eval`, report included) |",
+                "|---|---|---|---|---:|---:|"]
         with tempfile.TemporaryDirectory() as tmp:
             for tta in (False, True):
+                start = time.perf_counter()
                 r = evaluate_checkpoint(args.ckpt, args.shards, Path(tmp) / str(tta), device=args.device,
                                         flip_tta=tta)
-                rows.append(f"| {'yes' if tta else 'no'} | {r['mpjpe']:.2f} | {r['pck']:.4f} | {r['auc']:.4f} |")
+                samples = read_manifest(args.shards).total_count  # r["count"] counts joints
+                rate = samples / (time.perf_counter() - start)
+                rows.append(f"| {'yes' if tta else 'no'} | {r['mpjpe']:.2f} | {r['pck']:.4f} | {r['auc']:.4f} | "
+                            f"{samples} | {rate:,.0f} |")
         table = "\n".join(rows)
         print(f"{machine()}\n{args.ckpt} on {args.shards}\n\n{table}")
         if args.record:
-            record("Flip TTA on the test split", table, " ".join(sys.argv))
+            record("Evaluation on the test split: flip TTA and throughput", table,
+                   " ".join(["python bench/bench_predict.py", *sys.argv[1:]]))
         return
 
     torch.set_grad_enabled(False)
