@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,6 +30,7 @@ from depthpi.data.augment import AugmentConfig, colour_augment, draw_view, view_
 from depthpi.data.depth import depth_to_input  # noqa: E402
 from depthpi.data.pipeline import PipelineConfig, _pose_targets, crop_camera, process_sample  # noqa: E402
 from depthpi.data.schema import decode_sample, encode_sample  # noqa: E402
+from depthpi.data.shards import ShardWriter  # noqa: E402
 from depthpi.data.synthetic import SyntheticConfig, render_sample  # noqa: E402
 from depthpi.train import colour, targets  # noqa: E402
 
@@ -37,6 +40,20 @@ def _rate(fn, items) -> float:
     for item in items:
         fn(item)
     return len(items) / (time.perf_counter() - start)
+
+
+def _read_rate(members: list[dict]) -> float:
+    """Samples/s reading the members back from a tar shard on disk (page cache warm)."""
+    import webdataset as wds
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with ShardWriter(tmp, max_count=len(members)) as writer:
+            for m in members:
+                writer.write(m)
+        urls = [str(p) for p in sorted(Path(tmp).glob("*.tar"))]
+        start = time.perf_counter()
+        count = sum(1 for _ in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
+        return count / (time.perf_counter() - start)
 
 
 def _device_rate(fn, batch_size: int, repeats: int = 5) -> float:
@@ -78,6 +95,7 @@ def main() -> None:
     joints2d = torch.rand(batch, 17, 2) * args.size
     full, bare = "full pipeline (decode + process_sample)", "bare chain (decode + 2 warps)"
     rows = {
+        "read (tar members from a shard on disk)": _read_rate(members),
         "decode (jpg + png + json)": _rate(decode_sample, members),
         "warp rgb + depth": _rate(lambda j: warps(j[0], j[2]), jobs),
         "colour, OpenCV (in workers if colour_on: workers)": _rate(
