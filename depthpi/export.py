@@ -7,9 +7,12 @@ the crop camera's frame (x right, y down, z forward). The batch axis is dynamic,
 fixed at export time. A JSON file beside the export records what the input and output
 are (normalisation, skeleton, joint names, units).
 
-Formats: ``torchscript`` (``torch.jit.trace`` of a small wrapper; loads with
-``torch.jit.load``) and ``onnx`` (``torch.onnx.export``; needs the ``onnx`` and
-``onnxscript`` packages, and ``onnxruntime`` for the check).
+Formats: ``pt2`` (``torch.export`` ExportedProgram with a dynamic batch axis; loads with
+``torch.export.load``; the format PyTorch now recommends), ``torchscript``
+(``torch.jit.trace`` of a small wrapper; loads with ``torch.jit.load``, which torch ≥ 2.10
+marks deprecated but still runs, and which older C++/mobile runtimes need) and ``onnx``
+(``torch.onnx.export``; needs the ``onnx`` and ``onnxscript`` packages, and
+``onnxruntime`` for the check).
 Every export is checked against ``Predictor.predict`` on random inputs.
 """
 from __future__ import annotations
@@ -27,10 +30,15 @@ from torch import nn
 from depthpi.predict import Predictor
 from depthpi.train.data import IMAGENET_MEAN, IMAGENET_STD
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("pt2", "torchscript", "onnx")
 INPUT_NAME, OUTPUT_NAME = "image", "joints"
 
 SNIPPETS = {
+    "pt2": """import torch
+model = torch.export.load("{path}").module()
+x = torch.randn(1, 3, {size}, {size})  # ImageNet-normalised RGB crop, N = {size}
+with torch.no_grad():
+    joints = model(x)  # (1, {joints}, 3) root-relative mm, crop camera frame""",
     "torchscript": """import torch
 model = torch.jit.load("{path}").eval()
 x = torch.randn(1, 3, {size}, {size})  # ImageNet-normalised RGB crop, N = {size}
@@ -80,7 +88,7 @@ def export_model(predictor: Predictor, fmt: str, out: str | Path, size: int | No
     """Export ``predictor``'s model and check it against ``predictor.predict``.
 
     Args:
-        fmt: ``torchscript`` or ``onnx``.
+        fmt: ``pt2``, ``torchscript`` or ``onnx``.
         out: output file (written atomically; a ``.json`` description goes beside it).
         size: N of the input; default the run's ``data.pipeline.input_size``.
         check: compare with PyTorch on random inputs of two batch sizes.
@@ -102,9 +110,11 @@ def export_model(predictor: Predictor, fmt: str, out: str | Path, size: int | No
     out.parent.mkdir(parents=True, exist_ok=True)
     model = JointsOnly(predictor.model).eval()
     example = torch.randn(2, 3, size, size, device=predictor.device)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)  # torch.export.save wants the .pt2 suffix
     with torch.no_grad():
-        if fmt == "torchscript":
+        if fmt == "pt2":
+            torch.export.save(torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch()), str(tmp))
+        elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(tmp))
         else:
             _export_onnx(model, example, tmp)
@@ -115,18 +125,25 @@ def export_model(predictor: Predictor, fmt: str, out: str | Path, size: int | No
     return ExportReport(out, fmt, size, diff, snippet)
 
 
+def _dynamic_batch() -> dict:
+    """``dynamic_shapes`` for ``JointsOnly.forward``: any batch size, fixed N."""
+    return {"image": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                output_names=[OUTPUT_NAME], dynamic_shapes={"image": {0: batch}},
+                                output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_batch(),
                                 optimize=True, verbose=False)
     program.save(str(path))
 
 
 def load_exported(path: str | Path, fmt: str, device="cpu"):
     """A callable (B, 3, N, N) float32 numpy/tensor → (B, J, 3) numpy."""
-    if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location=device).eval()
+    if fmt in ("pt2", "torchscript"):
+        if fmt == "pt2":
+            module = torch.export.load(str(path)).module()
+        else:
+            module = torch.jit.load(str(path), map_location=device).eval()
 
         def run(x):
             with torch.no_grad():

@@ -373,10 +373,11 @@ def add_inference_parsers(subparsers) -> None:
     predict.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     predict.set_defaults(func=_predict)
 
-    export = subparsers.add_parser("export", help="inference-only TorchScript or ONNX model")
+    export = subparsers.add_parser("export", help="inference-only torch.export (.pt2), TorchScript or ONNX model")
     export.add_argument("--ckpt", required=True, help="weights (run/export/best.pt) or checkpoint dir")
     export.add_argument("--config", help="run config (default: config.yaml of the run the ckpt is in)")
-    export.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    export.add_argument("--format", default="pt2", choices=["pt2", "torchscript", "onnx"],
+                        help="pt2 (torch.export, default), torchscript or onnx")
     export.add_argument("--size", type=int, help="input N (default: the run's data.pipeline.input_size)")
     export.add_argument("--out", required=True, help="output file")
     export.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")

@@ -1,4 +1,4 @@
-"""depthpi export: TorchScript / ONNX models that match PyTorch and load without depthpi."""
+"""depthpi export: torch.export / TorchScript / ONNX models that match PyTorch and load without depthpi."""
 from __future__ import annotations
 
 import json
@@ -38,23 +38,38 @@ def _reference(predictor: Predictor, tmp_path: Path) -> np.ndarray:
     return predictor.predict({"rgb_input": x}).numpy()
 
 
+def _predict_without_depthpi(load_model: str, cwd: Path) -> np.ndarray:
+    """Joints for ``x.npy`` from a model that ``load_model`` (an expression) loads in a fresh interpreter."""
+    out = _run_without_depthpi(
+        "import numpy as np, torch\n"
+        f"model = {load_model}\n"
+        "with torch.no_grad():\n"
+        "    np.save('y.npy', model(torch.from_numpy(np.load('x.npy'))).numpy())\n", cwd)
+    assert out == ""
+    return np.load(cwd / "y.npy")
+
+
 def test_torchscript_matches_pytorch_and_loads_without_depthpi(predictor, tmp_path):
     report = export_model(predictor, "torchscript", tmp_path / "model.pt")
     assert report.max_abs_diff < 1e-4
     expected = _reference(predictor, tmp_path)
-    out = _run_without_depthpi(
-        "import numpy as np, torch\n"
-        "model = torch.jit.load('model.pt').eval()\n"
-        "with torch.no_grad():\n"
-        "    y = model(torch.from_numpy(np.load('x.npy'))).numpy()\n"
-        "np.save('y.npy', y)\n", tmp_path)
-    assert out == ""
-    got = np.load(tmp_path / "y.npy")
+    got = _predict_without_depthpi("torch.jit.load('model.pt').eval()", tmp_path)
     assert got.shape == (4, 17, 3)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     description = json.loads((tmp_path / "model.pt.json").read_text())
     assert description["input"]["shape"] == ["B", 3, SIZE, SIZE] and description["skeleton"] == "h36m_17"
     # the README snippet runs as printed
+    _run_without_depthpi(report.snippet, tmp_path)
+
+
+def test_pt2_matches_pytorch_at_any_batch_and_loads_without_depthpi(predictor, tmp_path):
+    report = export_model(predictor, "pt2", tmp_path / "model.pt2")
+    assert report.max_abs_diff < 1e-4
+    expected = _reference(predictor, tmp_path)
+    # traced at batch 2; batch 4 here and batch 1 in the snippet: the batch axis is dynamic
+    got = _predict_without_depthpi("torch.export.load('model.pt2').module()", tmp_path)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert json.loads((tmp_path / "model.pt2.json").read_text())["format"] == "pt2"
     _run_without_depthpi(report.snippet, tmp_path)
 
 
@@ -99,3 +114,8 @@ def test_export_cli_prints_check_and_snippet(predictor, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "max |diff|" in printed and "torch.jit.load" in printed and "129, 129" in printed
     assert (tmp_path / "m129.pt").is_file()
+    # without --format: torch.export, the format PyTorch recommends
+    func, args = cli(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.pt2"), "--no-check"])
+    assert args.format == "pt2"
+    func(args)
+    assert "torch.export.load" in capsys.readouterr().out and (tmp_path / "m.pt2").is_file()
