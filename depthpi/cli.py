@@ -36,7 +36,8 @@ def _eval(args) -> None:
     from depthpi.predict import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.ckpt, args.shards, args.out, config=args.config,
-                                 batch_size=args.batch, num_workers=args.workers, flip_tta=args.flip_tta)
+                                 batch_size=args.batch, num_workers=args.workers, flip_tta=args.flip_tta,
+                                 threshold_mm=args.threshold)
     print(f"MPJPE {result['mpjpe']:.1f} mm | PCK@{result['threshold_mm']:g} {result['pck']:.3f} | "
           f"AUC {result['auc']:.3f} | {result['count']} joints -> {args.out}")
 
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch", type=int, default=64)
     evaluate.add_argument("--workers", type=int, default=2)
     evaluate.add_argument("--flip-tta", action="store_true", help="average with the prediction on the mirrored crop")
+    evaluate.add_argument("--threshold", type=float, help="PCK/AUC threshold in mm (default: by the split's "
+                          "source data set, 50 mm NTU/PKU, 150 mm Human3.6M)")
     evaluate.set_defaults(func=_eval)
 
     from depthpi.inference_cli import add_inference_parsers

@@ -34,8 +34,9 @@ class DataConfig:
         eval_batch_size: samples per device in evaluation.
         num_workers: loader processes per device.
         shuffle_buffer: samples held for shuffling in each worker.
-        dataset: name used to pick the metric threshold (``ntu``/``pku``: 50 mm,
-            ``h36m``: 150 mm, ``synthetic``: 50 mm).
+        dataset: training data set name; picks the PCK/AUC threshold (``ntu``/``pku``: 50 mm,
+            ``h36m``: 150 mm, ``synthetic``: 50 mm) when the test split's manifest does not
+            name its source (converted splits do, and their source wins).
     """
 
     train: str = "shards/synth/train"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthpi.data.shards import read_manifest
 from depthpi.metrics import DEFAULT_THRESHOLDS, PoseMetrics
 from depthpi.skeleton import H36M_17
 from depthpi.train.data import to_device
@@ -82,7 +83,19 @@ def plot_pck_curve(metrics: PoseMetrics, path: Path, title: str = "") -> None:
 
 
 def threshold_for(dataset: str) -> float:
+    """PCK/AUC threshold T in mm for a data set name (§5.2); 50 mm for names it does not know."""
     return DEFAULT_THRESHOLDS.get(dataset, 50.0)
+
+
+def threshold_for_split(split_dir: str | Path, fallback_dataset: str) -> float:
+    """T in mm for the data set a split was converted from (its manifest's ``params.source``).
+
+    A model trained on NTU and tested on Human3.6M is scored at Human3.6M's 150 mm, not at the
+    training set's 50 mm. ``fallback_dataset`` (the config's ``data.dataset``) names the set
+    when the manifest does not.
+    """
+    source = read_manifest(split_dir).params.get("source")
+    return threshold_for(source if source in DEFAULT_THRESHOLDS else fallback_dataset)
 
 
 def _atomic_write(path: Path, text: str) -> None:

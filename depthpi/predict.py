@@ -31,7 +31,7 @@ from depthpi.config import TrainConfig, load_config
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
 from depthpi.data.schema import Sample, SampleMeta
-from depthpi.evaluate import evaluate_split, threshold_for, write_report
+from depthpi.evaluate import evaluate_split, threshold_for_split, write_report
 from depthpi.models.posenet import build_model
 from depthpi.skeleton import SKELETONS, Skeleton
 from depthpi.train.checkpoint import load_weights
@@ -130,15 +130,19 @@ class Predictor:
 
 def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Path, *, config=None,
                         batch_size: int = 64, num_workers: int = 2, device: str | None = None,
-                        flip_tta: bool = False) -> dict:
-    """``depthpi eval``: metrics.json, pck_curve.png and per-joint tables in ``out_dir``."""
+                        flip_tta: bool = False, threshold_mm: float | None = None) -> dict:
+    """``depthpi eval``: metrics.json, pck_curve.png and per-joint tables in ``out_dir``.
+
+    PCK/AUC use ``threshold_mm``, by default the one of the data set ``shards`` came from.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_checkpoint(ckpt, config, device)
     data = replace(predictor.cfg.data, eval_batch_size=batch_size)
     pipeline = replace(data.pipeline, depth=predictor.needs_depth)
     loader = build_eval_loader(data, pipeline, str(shards), rank=0, world_size=1, num_workers=num_workers)
     predict = partial(predictor.predict, flip_tta=flip_tta)
-    metrics = evaluate_split(predict, loader, predictor.device, threshold_for(data.dataset), reduce=False)
+    threshold_mm = threshold_mm or threshold_for_split(shards, data.dataset)
+    metrics = evaluate_split(predict, loader, predictor.device, threshold_mm, reduce=False)
     tta = " (flip TTA)" if flip_tta else ""
     return write_report(metrics, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}")
 

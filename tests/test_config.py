@@ -1,9 +1,11 @@
 """Configs: one YAML per thesis experiment, inheritance, overrides, schedules."""
+import re
 from pathlib import Path
 
 import pytest
 
 from depthpi.config import load_config
+from depthpi.data.converters import SPLITS
 from depthpi.losses import DistillationConfig, alpha_at
 from depthpi.train.schedules import StepSchedule
 
@@ -26,6 +28,18 @@ def test_every_thesis_experiment_has_a_config_that_loads(experiment):
     assert cfg.model.arch == "resnet50" and cfg.data.pipeline.input_size == 257
 
 
+def test_configs_name_only_splits_the_converters_write():
+    """``shards/pku/train`` would queue a Table 6.8 job that fails on the cluster: PKU's training
+    videos become ``shards/pku/unlabeled``."""
+    named = set()
+    for path in CONFIGS.rglob("*.yaml"):
+        for source, split in re.findall(r"shards/([a-z0-9]+)/([a-z0-9_]+)", path.read_text()):
+            if source in SPLITS:
+                named.add((source, split))
+                assert split in SPLITS[source], f"{path}: shards/{source}/{split}; {source} has {SPLITS[source]}"
+    assert ("pku", "unlabeled") in named and ("ntu", "train") in named
+
+
 def test_table_rows_differ_in_exactly_what_the_thesis_varies():
     c41, c42, c43, c44 = (load_config(_path(f"4.{i}")).distill for i in (1, 2, 3, 4))
     assert (c41.tap, c41.sigmoid, c41.alpha_warmup, c41.alpha_target) == ("block16.post_relu", False, 0.005, 0.01)
@@ -36,7 +50,7 @@ def test_table_rows_differ_in_exactly_what_the_thesis_varies():
     assert load_config(_path("6.1")).optim.freeze_bn_after_epoch == 10
     c71 = load_config(_path("7.1")).distill
     assert c71.attention and (c71.alpha_warmup, c71.alpha_target) == (0.25, 0.5)
-    assert load_config(_path("8.2")).data.unlabeled == "shards/pku/train"
+    assert load_config(_path("8.2")).data.unlabeled == "shards/pku/unlabeled"
     assert load_config(_path("8.1")).data.unlabeled is None
     c91 = load_config(_path("9.1"))
     assert c91.teacher.model.kind == "baseline" and c91.teacher.weights.startswith("runs/1.4")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from depthpi.camera import Camera
-from depthpi.data.converters import ConverterError, convert
+from depthpi.data.converters import SOURCES, SPLITS, ConverterError, convert
 from depthpi.data.schema import decode_sample
 from depthpi.data.shards import read_manifest
 from depthpi.skeleton import H36M_17
@@ -271,3 +271,11 @@ def test_pku_unlabeled_pairs_and_labelled_test(pku):
 def test_pku_requires_intrinsics(pku, tmp_path):
     with pytest.raises(ConverterError, match="intrinsics_file"):
         convert("pku", pku["root"], tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_each_source_writes_exactly_the_splits_configs_may_name(source, request):
+    """``SPLITS`` is what test_config checks every ``shards/<source>/<split>`` in configs/ against."""
+    out = request.getfixturevalue(source)["out"]
+    written = {path.parent.name for path in out.glob("*/manifest.json")}
+    assert written == set(SPLITS[source])

@@ -304,3 +304,19 @@ def test_evaluate_checkpoint_with_flip_tta(ckpt, tmp_path):
     tta = evaluate_checkpoint(ckpt, tmp_path / "shards" / "test", tmp_path / "e1", batch_size=4, num_workers=0,
                               flip_tta=True)
     assert np.isfinite(plain["mpjpe"]) and np.isfinite(tta["mpjpe"]) and plain["mpjpe"] != tta["mpjpe"]
+
+
+def test_eval_scores_each_split_at_its_source_data_sets_threshold(ckpt, tmp_path):
+    """A synthetic-trained run on Human3.6M shards: T = 150 mm (§5.2), not the run's 50 mm."""
+    from depthpi.data.converters import convert
+    from depthpi.predict import evaluate_checkpoint
+    from raw_datasets import write_h36m
+
+    write_h36m(tmp_path / "raw", frames=3, subjects=("S9", "S11"), actions=("Posing",), cdf=False, defects=False)
+    convert("h36m", tmp_path / "raw", tmp_path / "h36m", progress=False)
+    split = tmp_path / "h36m" / "test"
+    default = evaluate_checkpoint(ckpt, split, tmp_path / "e150", batch_size=4, num_workers=0)
+    forced = evaluate_checkpoint(ckpt, split, tmp_path / "e50", batch_size=4, num_workers=0, threshold_mm=50.0)
+    assert default["threshold_mm"] == 150.0 and forced["threshold_mm"] == 50.0
+    assert default["mpjpe"] == forced["mpjpe"] and default["pck"] >= forced["pck"]
+    assert json.loads((tmp_path / "e150" / "metrics.json").read_text())["threshold_mm"] == 150.0

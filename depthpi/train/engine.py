@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from depthpi.config import TrainConfig, save_config, to_yaml
-from depthpi.evaluate import evaluate_split, threshold_for
+from depthpi.evaluate import evaluate_split, threshold_for_split
 from depthpi.models.posenet import build_model, freeze
 from depthpi.precompute import check_feature_shards
 from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint,
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # --- epochs ----------------------------------------------------------------
     metrics = {}
-    threshold = threshold_for(cfg.data.dataset)
+    threshold = threshold_for_split(cfg.data.test, cfg.data.dataset)
     for epoch in range(trainer.epoch, cfg.optim.epochs):
         model.train()
         if cfg.optim.freeze_bn_after_epoch is not None:

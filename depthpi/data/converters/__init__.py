@@ -16,6 +16,8 @@ from depthpi.data.converters.common import Summary, run_conversion
 from depthpi.data.converters.ntu import ConverterError
 
 SOURCES = ("ntu", "pku", "h36m")
+# the split directories each converter writes under OUT (configs name them: shards/pku/unlabeled)
+SPLITS = {"ntu": ("train", "test"), "pku": ("unlabeled", "test"), "h36m": ("test",)}
 
 
 def _module(source: str):
@@ -73,4 +75,4 @@ def convert(source: str, root: str | Path, out: str | Path, *, every: int | None
     return summary
 
 
-__all__ = ["SOURCES", "ConverterError", "Summary", "convert"]
+__all__ = ["SOURCES", "SPLITS", "ConverterError", "Summary", "convert"]
