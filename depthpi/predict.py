@@ -280,7 +280,8 @@ def predict_frames(predictor: Predictor, frames: Iterable[tuple[int, int | str, 
             of the source (a skipped unreadable file keeps its index).
         camera_for: frame → its camera (R = I, t = 0: outputs are in its frame).
         boxes_for: (index, frame id, image) → list of (4,) boxes x, y, w, h.
-        batch_size: crops per forward pass.
+        batch_size: crops per forward pass; also the most frames held back waiting for a
+            full batch (so frames without people, e.g. a sparse boxes file, cannot pile up).
         flip_tta: test-time flip augmentation.
         root_depth: fixed root depth (mm) for the 2D joints; None fits it to the box.
     Yields:
@@ -295,7 +296,7 @@ def predict_frames(predictor: Predictor, frames: Iterable[tuple[int, int | str, 
                  for box in boxes_for(index, frame_id, image)]
         pending.append((FramePrediction(frame_id, index, image, camera), crops))
         count += len(crops)
-        if count >= batch_size:
+        if count >= batch_size or len(pending) >= batch_size:
             yield from _finish(predictor, pending, batch_size, flip_tta, root_depth)
             pending, count = [], 0
     yield from _finish(predictor, pending, batch_size, flip_tta, root_depth)

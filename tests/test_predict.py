@@ -164,6 +164,25 @@ def test_shifted_box_rotates_prediction_by_the_camera_turn(predictor):
     assert not np.allclose(results[60.0].joints3d, results[260.0].joints3d, atol=1.0)
 
 
+def test_frames_without_people_are_not_held_back_for_a_full_batch(predictor):
+    """A long video with a sparse boxes file: at most ``batch_size`` frames are ever held."""
+    camera = Camera(K, np.eye(3), np.zeros(3))
+    image, read, held = textured(), [], []
+    box = np.array([120.0, 40.0, 80.0, 160.0])
+
+    def frames():
+        for index in range(40):
+            read.append(index)
+            yield index, index, image
+
+    boxes = lambda index, *rest: [box] if index in (3, 39) else []  # noqa: E731
+    for frame in predict_frames(predictor, frames(), lambda im: camera, boxes, batch_size=4):
+        held.append(len(read) - 1 - frame.index)
+    assert max(held) < 4
+    assert [len(frame.people) for frame in predict_frames(predictor, frames(), lambda im: camera, boxes,
+                                                          batch_size=4)] == [int(i in (3, 39)) for i in range(40)]
+
+
 def test_joints_2d_root_on_box_centre_ray_and_fit_to_box(predictor):
     camera = Camera(K, np.eye(3), np.zeros(3))
     box = np.array([200.0, 40.0, 70.0, 150.0])
