@@ -80,9 +80,19 @@ def test_stages_command_array_placeholders_and_dependencies(tmp_path):
     assert free.after == () and free.elements[0].name == "baseline_rgb"
 
 
+@pytest.mark.parametrize("written, minutes", [
+    ("30", 30), ("30:00", 30), ("30:01", 31), ("4:00:00", 240), ("1:30:00", 90),
+    ("1-12", 36 * 60), ("1-12:30", 36 * 60 + 30), ("2-00:00:01", 2 * 24 * 60 + 1), ('"48:00:00"', 48 * 60)])
+def test_time_is_read_as_sbatch_reads_it_quoted_or_not(tmp_path, written, minutes):
+    """Unquoted ``4:00:00`` is base-60 14400 to PyYAML; sbatch and we read 4 hours."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"config: {DEMO}\nresources:\n  time: {written}\n")
+    assert load_spec(path, out=tmp_path / "sw").stages[0].resources.time_min == minutes
+
+
 @pytest.mark.parametrize("spec, key, expected", [
     ({"config": str(DEMO), "grdi": {"run.seed": [0]}}, "grdi", "one of"),
-    ({"config": str(DEMO), "resources": {"time": "soon"}}, "resources.time", "HH:MM:SS"),
+    ({"config": str(DEMO), "resources": {"time": "soon"}}, "resources.time", "H:M:S"),
     ({"config": str(DEMO), "resources": {"gpus": 4}}, "resources.gpus", "one of"),
     ({"config": "configs/nope.yaml"}, "<top level>.config", "an existing file"),
     ({"elements": [{"config": str(DEMO)}, {"config": str(DEMO)}]}, "elements/grid", "unique element names"),

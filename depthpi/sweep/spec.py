@@ -54,21 +54,44 @@ def _fail(spec: str, key: str, expected: str, got) -> SpecError:
 
 
 def _parse_time(value, spec: str, key: str) -> int:
-    """Minutes from an int or a SLURM time string (``MM``, ``HH:MM:SS``, ``D-HH:MM[:SS]``)."""
-    if isinstance(value, int) and value > 0:
+    """Minutes from an int or a SLURM ``--time`` string, read as sbatch reads it.
+
+    ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``; seconds round up to a minute
+    (``"30:00"`` is 30 minutes, ``"1-12"`` 36 hours).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
     if not match or isinstance(value, bool):
-        raise _fail(spec, key, "minutes (int) or 'HH:MM:SS' / 'D-HH:MM:SS'", value)
-    days, a, b, c = match.groups()
-    if b is None:  # plain minutes
-        minutes = int(a)
-    else:  # HH:MM[:SS]
-        minutes = int(a) * 60 + int(b) + (1 if c and int(c) else 0)
-    minutes += int(days or 0) * 24 * 60
-    if minutes <= 0:
+        raise _fail(spec, key, "minutes (int) or a SLURM time 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S'", value)
+    days, *parts = match.groups()
+    parts = [int(p) for p in parts if p is not None]
+    if days is not None:  # D-H[:M[:S]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+        hours += int(days) * 24
+    elif len(parts) == 3:  # H:M:S
+        hours, minutes, seconds = parts
+    else:  # M[:S]
+        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) == 2 else 0)
+    total = hours * 60 + minutes + (1 if seconds else 0)
+    if total <= 0:
         raise _fail(spec, key, "a positive duration", value)
-    return minutes
+    return total
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML 1.1 without base-60 integers: an unquoted ``time: 4:00:00`` stays the string
+    SLURM means (4 h), not PyYAML's int 14400 (which would read as 14400 minutes)."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if not (tag == "tag:yaml.org,2002:int" and regexp.match("1:00"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
 
 
 @dataclass(frozen=True)
@@ -349,7 +372,7 @@ def load_spec(path: str | Path, out: str | Path | None = None, variables: dict[s
     spec = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"sweep spec not found: {path}")
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = yaml.load(Path(path).read_text(), Loader=_SpecLoader)
     if not isinstance(raw, dict):
         raise _fail(spec, "<top level>", "a mapping", raw)
     staged = "stages" in raw
