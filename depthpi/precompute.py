@@ -75,6 +75,9 @@ class FeatureWriter:
             "kind": "teacher_features", "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),
             "tap": cfg.tap, "relu": "pre" if cfg.tap.endswith("pre_relu") else "post", "dtype": cfg.dtype,
             "views": cfg.views, "seed": cfg.seed, "input_size": base.input_size,
+            # where colour augmentation ran: the OpenCV (workers) and torch (device) paths differ
+            # by 8-bit HSV rounding, so the student must replay the same one to see the same pixels
+            "colour_on": self.pipeline.colour_on,
             "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(base.augment).items()},
             "source": str(cfg.shards), "source_manifest_sha256": file_sha256(Path(cfg.shards) / "manifest.json"),
         }
@@ -157,7 +160,7 @@ class FeatureWriter:
 
 
 def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, tap: str, input_size: int,
-                         sigmoid_needed: bool, teacher_weights: str | None) -> dict:
+                         sigmoid_needed: bool, teacher_weights: str | None, colour_on: str = "auto") -> dict:
     """Fail at start when stored features do not match the run (item 3 of issue 6)."""
     manifest = read_manifest(features_dir)
     params = manifest.params
@@ -174,6 +177,10 @@ def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, ta
         problems.append(f"built from a different source split (source manifest changed since: {source_dir})")
     if teacher_weights and Path(teacher_weights).is_file() and file_sha256(teacher_weights) != params["teacher_sha256"]:
         problems.append(f"computed by another teacher than teacher.weights={teacher_weights}")
+    recorded_colour = params.get("colour_on", "workers")  # manifests before the device path: workers
+    if colour_on not in ("auto", recorded_colour):
+        problems.append(f"colour augmentation ran on {recorded_colour!r} at precompute but data.pipeline.colour_on "
+                        f"is {colour_on!r} (set it to auto or {recorded_colour!r} to replay the teacher's pixels)")
     if params["dtype"] == "uint8" and not sigmoid_needed:
         problems.append("stored as uint8 sigmoid, but the distillation uses no sigmoid (store fp16)")
     if problems:

@@ -19,7 +19,7 @@ from depthpi.models.posenet import ModelConfig, build_model
 from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
 from depthpi.predict import Predictor
 from depthpi.train.data import to_device
-from depthpi.train.engine import train
+from depthpi.train.engine import check_precomputed, train
 from depthpi.train.stages import run_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +149,14 @@ def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
         run(**{"distill.tap": "block12.post_relu"})
     with pytest.raises(ValueError, match="input size"):
         run(**{"data.pipeline.input_size": 129})
+    # the teacher's config puts colour on the device: a student forced to the OpenCV path
+    # would see pixels up to ~9 levels off; with `auto` it adopts the recorded placement
+    with pytest.raises(ValueError, match="colour augmentation ran on 'device'"):
+        run(**{"data.pipeline.colour_on": "workers"})
+    auto = load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
+        root, tmp_path / "run", **{"teacher.weights": teacher, "teacher.mode": "precomputed",
+                                   "teacher.features": tmp_path / "feat"}))
+    assert auto.data.pipeline.colour_on == "auto" and check_precomputed(auto)[1] == "device"
     other = tmp_path / "other.pt"
     weights = torch.load(teacher, weights_only=True)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, other)

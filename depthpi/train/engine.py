@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -97,16 +98,27 @@ class RankLedger:
         os.replace(tmp, path)
 
 
-def check_precomputed(cfg: TrainConfig) -> tuple[str, str | None]:
-    """Feature shards of the train (and unlabelled) split, checked against the config."""
+def check_precomputed(cfg: TrainConfig) -> tuple[tuple[str, str | None], str]:
+    """Feature shards of the train (and unlabelled) split, checked against the config.
+
+    Returns the (labelled, unlabelled) feature directories and where colour augmentation
+    must run (``workers``/``device``): where it ran when the features were computed, so the
+    student sees the teacher's pixels exactly, whatever device either ran on.
+    """
     sigmoid = cfg.distill.sigmoid or cfg.distill.term == "bce"
     pairs = [(cfg.teacher.features, cfg.data.train)]
     if cfg.data.unlabeled is not None:
         pairs.append((cfg.teacher.unlabeled_features, cfg.data.unlabeled))
+    colour = set()
     for features, source in pairs:
-        check_feature_shards(features, source, tap=cfg.distill.tap, input_size=cfg.data.pipeline.input_size,
-                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights)
-    return cfg.teacher.features, cfg.teacher.unlabeled_features
+        params = check_feature_shards(features, source, tap=cfg.distill.tap, input_size=cfg.data.pipeline.input_size,
+                                      sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights,
+                                      colour_on=cfg.data.pipeline.colour_on)
+        colour.add(params.get("colour_on", "workers"))
+    if len(colour) > 1:
+        raise ValueError(f"teacher.features and teacher.unlabeled_features were computed with colour augmentation "
+                         f"in different places ({sorted(colour)}); recompute one of them")
+    return (cfg.teacher.features, cfg.teacher.unlabeled_features), colour.pop()
 
 
 def _set_lr(optimizer, base_lr: float, schedule: StepSchedule, epoch_float: float) -> float:
@@ -137,7 +149,8 @@ def train(cfg: TrainConfig) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
     features = None
     if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
-        features = check_precomputed(cfg)
+        features, colour_on = check_precomputed(cfg)
+        pipeline = replace(pipeline, colour_on=colour_on)
     labeled_loader, unlabeled_loader = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world, features)
     eval_loader = build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world)
     steps_per_epoch = len(labeled_loader)
