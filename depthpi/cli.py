@@ -40,6 +40,9 @@ def _eval(args) -> None:
                                  threshold_mm=args.threshold)
     print(f"MPJPE {result['mpjpe']:.1f} mm | PCK@{result['threshold_mm']:g} {result['pck']:.3f} | "
           f"AUC {result['auc']:.3f} | {result['count']} joints -> {args.out}")
+    skipped = result["skipped"]
+    if skipped["total"]:
+        print(f"skipped {skipped['total']} bad samples: {skipped['by_reason']} (examples in metrics.json)")
 
 
 def _precompute(args) -> None:

@@ -43,12 +43,17 @@ def evaluate_split(predict, loader, device: torch.device, threshold_mm: float, *
     return metrics
 
 
-def write_report(metrics: PoseMetrics, out_dir: str | Path, title: str = "") -> dict:
-    """metrics.json, pck_curve.png and per_joint.md/.csv in ``out_dir``; returns the summary."""
+def write_report(metrics: PoseMetrics, out_dir: str | Path, title: str = "", skipped: dict | None = None) -> dict:
+    """metrics.json, pck_curve.png and per_joint.md/.csv in ``out_dir``; returns the summary.
+
+    ``skipped``: the bad samples the evaluation pass skipped (``depthpi.data.loader.skip_summary``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = metrics.compute()
     result["threshold_mm"] = metrics.threshold_mm
+    if skipped is not None:
+        result["skipped"] = skipped
     _atomic_write(out_dir / "metrics.json", json.dumps(result, indent=1, default=float))
     rows = [(name, v["mpjpe"], v["pck"], v["auc"]) for name, v in result["per_joint"].items()]
     table = ["| joint | MPJPE (mm) | PCK | AUC |", "|---|---|---|---|"]

@@ -30,6 +30,7 @@ from depthpi.camera import Camera
 from depthpi.config import TrainConfig, load_config
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
+from depthpi.data.loader import skip_summary
 from depthpi.data.schema import Sample, SampleMeta
 from depthpi.evaluate import evaluate_split, threshold_for_split, write_report
 from depthpi.models.posenet import build_model
@@ -144,7 +145,8 @@ def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Pat
     threshold_mm = threshold_mm or threshold_for_split(shards, data.dataset)
     metrics = evaluate_split(predict, loader, predictor.device, threshold_mm, reduce=False)
     tta = " (flip TTA)" if flip_tta else ""
-    return write_report(metrics, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}")
+    return write_report(metrics, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}",
+                        skipped=skip_summary([loader.pass_stats()]))
 
 
 # --- frames of the user's own camera -------------------------------------------------------

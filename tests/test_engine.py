@@ -62,6 +62,51 @@ def test_loss_decreases_on_tiny_overfit_set_and_events_hold_expected_tags(shards
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
+def _corrupt_one_jpeg(split: Path, shard: int = 0) -> str:
+    """Rewrite ``shard`` with its first sample's RGB JPEG broken; the manifest entry follows
+    (a sample that went bad at conversion: the checks at start cannot see it). Returns its key."""
+    import dataclasses
+
+    import webdataset as wds
+
+    from depthpi.data.shards import file_sha256, read_manifest, write_manifest
+
+    manifest = read_manifest(split)
+    path = split / manifest.shards[shard].name
+    members = list(wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples()))
+    members[0]["rgb.jpg"] = b"\xff\xd8 not a jpeg"
+    with wds.TarWriter(str(path)) as writer:
+        for m in members:
+            writer.write({k: v for k, v in m.items() if not k.startswith("__") or k == "__key__"})
+    entry = manifest.shards[shard]
+    manifest.shards[shard] = dataclasses.replace(entry, bytes=path.stat().st_size, sha256=file_sha256(path))
+    write_manifest(split, manifest)
+    return members[0]["__key__"]
+
+
+def test_bad_samples_are_skipped_and_reported_per_epoch_in_log_tensorboard_and_metrics(tmp_path, capsys):
+    import shutil
+
+    build_synthetic(tmp_path / "s", {"train": 16, "test": 8}, samples_per_shard=8, workers=1)
+    bad_train, bad_test = _corrupt_one_jpeg(tmp_path / "s" / "train"), _corrupt_one_jpeg(tmp_path / "s" / "test")
+    cfg = load_config(DEMO / "baseline_rgb.yaml", _overrides(
+        tmp_path / "s", tmp_path / "run", **{"optim.epochs": 1, "data.batch_size": 4}))
+    metrics = train(cfg)
+    skipped = metrics["skipped"]
+    assert skipped["train"]["total"] == 1 and skipped["eval"]["total"] == 1
+    assert skipped["train"]["examples"]["decode:rgb.jpg"]["key"] == bad_train
+    assert skipped["eval"]["examples"]["decode:rgb.jpg"]["key"] == bad_test
+    assert metrics["count"] == 7 * 17  # 7 of 8 test samples scored, every joint valid
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"] == skipped
+    scalars = tb_scalars(tmp_path / "run")
+    assert scalars["data/skipped_train"] == [1.0] and scalars["data/skipped_eval"] == [1.0]
+    assert f"skipped 1 bad eval samples this epoch (decode:rgb.jpg 1); e.g. {bad_test}" in capsys.readouterr().out
+    report = evaluate_checkpoint(tmp_path / "run" / "export" / "last.pt", tmp_path / "s" / "test", tmp_path / "ev",
+                                 batch_size=4, num_workers=0)
+    assert report["skipped"]["total"] == 1 and report["count"] == 7 * 17
+    shutil.rmtree(tmp_path / "s")
+
+
 def test_compiled_run_matches_eager_and_exports_plain_weights(shards, tmp_path):
     """run.compile: same first-step loss as eager, exported keys without torch.compile's
     wrapper prefix, and the export reproduces the logged evaluation in an eager model."""

@@ -183,6 +183,16 @@ class LoaderStats:
         return bool(self.read or self.skipped or self.refills)
 
 
+def skip_summary(reports: list[dict]) -> dict:
+    """Merged ``stats()`` reports (of several loaders or ranks) → what a run reports of its skips:
+    ``{"total": n, "by_reason": {reason: n}, "examples": {reason: {key, shard, message}}}``."""
+    merged = LoaderStats()
+    for report in reports:
+        merged.merge(report)
+    return {"total": sum(merged.skipped.values()), "by_reason": dict(merged.skipped),
+            "examples": dict(merged.examples)}
+
+
 class _WorkerContext:
     """One worker's identity for an epoch, its stats since the last report, its log limiter."""
 
@@ -374,7 +384,7 @@ class ShardLoader:
     def __init__(self, dataset: ShardDataset, loader: DataLoader, split_dir: Path):
         self.dataset, self.loader, self.split_dir = dataset, loader, split_dir
         self.epoch, self._consumed, self._skip = 0, 0, 0
-        self._stats = LoaderStats()
+        self._stats, self._pass = LoaderStats(), LoaderStats()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch of the next ``iter()`` (shard plan, shuffles, map_fn's epoch)."""
@@ -395,10 +405,12 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[dict]:
         skip, self._skip, self._consumed = self._skip, 0, 0
+        self._pass = LoaderStats()
         for item in self.loader:
             report = item.pop(STATS_KEY, None)
             if report:
                 self._stats.merge(report)
+                self._pass.merge(report)
             if not item:
                 continue
             self._consumed += 1
@@ -410,6 +422,10 @@ class ShardLoader:
         """Since creation: ``samples_read``, ``samples_used``, ``skipped`` {reason: count},
         ``examples`` {reason: {key, shard, message}}, ``refills`` [{epoch, rank, worker, pass, missing}]."""
         return self._stats.as_dict()
+
+    def pass_stats(self) -> dict:
+        """``stats()`` of the current (or last) pass over the data only: one epoch, one evaluation."""
+        return self._pass.as_dict()
 
     def state_dict(self) -> dict:
         """Data position: the epoch and the batches of it handed out so far."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from depthpi.config import TrainConfig, save_config, to_yaml
+from depthpi.data.loader import skip_summary
 from depthpi.evaluate import evaluate_split, threshold_for_split
 from depthpi.models.posenet import build_model, freeze
 from depthpi.precompute import check_feature_shards
@@ -267,7 +268,10 @@ def train(cfg: TrainConfig) -> dict:
 
         # --- evaluate, checkpoint, export --------------------------------------
         metrics = evaluate(stage, eval_loader, accelerator, threshold, cfg.run.channels_last)
+        skipped = {"train": gathered_skips(labeled_loader, unlabeled_loader), "eval": metrics.pop("skipped")}
+        metrics["skipped"] = skipped
         logger.scalars({f"eval/{k}": metrics[k] for k in ("mpjpe", "pck", "auc")}, trainer.step)
+        logger.scalars({f"data/skipped_{part}": report["total"] for part, report in skipped.items()}, trainer.step)
         if last is not None:
             logger.images(stage, *last, trainer.step)
         logger.epoch_summary(epoch, cfg.optim.epochs, {k: (v / max(count, 1)).item() for k, v in sums.items()},
@@ -289,8 +293,22 @@ def train(cfg: TrainConfig) -> dict:
     return metrics
 
 
+def gathered_skips(*loaders) -> dict:
+    """Bad samples skipped in the current pass of ``loaders`` on every rank (``skip_summary``).
+
+    A collective when distributed: every rank calls it at the same point.
+    """
+    reports = [loader.pass_stats() for loader in loaders if loader is not None]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, reports)
+        reports = [report for rank_reports in gathered for report in rank_reports]
+    return skip_summary(reports)
+
+
 def evaluate(stage, loader, accelerator, threshold_mm: float, channels_last: bool = False) -> dict:
-    """MPJPE / PCK / AUC of the stage's model over a whole split, reduced across ranks."""
+    """MPJPE / PCK / AUC of the stage's model over a whole split, reduced across ranks,
+    with the samples the pass skipped (``skipped``)."""
     was_training = stage.model.training
     stage.model.eval()
     metrics = evaluate_split(lambda batch: stage.predict(batch).joints, loader, accelerator.device, threshold_mm,
@@ -298,4 +316,5 @@ def evaluate(stage, loader, accelerator, threshold_mm: float, channels_last: boo
     stage.model.train(was_training)
     result = metrics.compute()
     result["threshold_mm"] = threshold_mm
+    result["skipped"] = gathered_skips(loader)
     return result

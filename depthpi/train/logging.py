@@ -113,6 +113,12 @@ class RunLogger:
         self.info(f"epoch {epoch + 1}/{epochs} | {terms} | eval mpjpe={metrics['mpjpe']:.1f}mm "
                   f"pck={metrics['pck']:.3f} auc={metrics['auc']:.3f} | {seconds:.0f}s, "
                   f"data wait {wait / max(seconds, 1e-9):.0%}")
+        for part, report in metrics.get("skipped", {}).items():
+            if report["total"]:
+                reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["by_reason"].items()))
+                example = next(iter(report["examples"].values()))
+                self.info(f"  skipped {report['total']} bad {part} samples this epoch ({reasons}); e.g. "
+                          f"{example['key']} in {example['shard']}: {example['message']}")
 
     def write_metrics(self, metrics: dict, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
