@@ -7,13 +7,17 @@ saw (Beyer et al. 2022: a good teacher is patient and consistent).
 
 Feature shard members per key: ``feat.npy`` (K, C, h, w) float16, or uint8 of
 round(255 · sigmoid(F)); ``views.json`` {"seed", "views": [ViewParams dicts]}. Shard names,
-keys and order equal the source's. ``manifest.json`` records the teacher weights' sha256,
-tap, dtype, input size, K, seed and the source manifest's sha256.
+keys and order equal the source's; a source sample that cannot be decoded gets a member with
+``views.json`` {"views": [], "skipped": reason} only, which the student skips and counts.
+``manifest.json`` records the teacher weights' path and sha256, tap, dtype, input size, K,
+seed, where colour augmentation ran, the source manifest's sha256, and the skipped samples.
 """
 from __future__ import annotations
 
 import logging
+import os
 import zlib
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,9 +27,9 @@ from tqdm import tqdm
 
 from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
 from depthpi.data.features import encode_features
-from depthpi.data.loader import collate
+from depthpi.data.loader import DECODE_ERRORS, collate
 from depthpi.data.pipeline import process_sample
-from depthpi.data.schema import decode_sample
+from depthpi.data.schema import SampleError, decode_sample
 from depthpi.data.shards import (Manifest, ShardInfo, TarShard, atomic_write_bytes, file_sha256, finished_shard,
                                  json_bytes, read_manifest, sidecar_path, write_manifest)
 from depthpi.predict import Predictor
@@ -110,40 +114,70 @@ class FeatureWriter:
         return done
 
     def _write_shard(self, shard: ShardInfo, out: Path, digest: str) -> dict:
-        target = TarShard(out / shard.name)
+        target, skipped = TarShard(out / shard.name), []
         try:
             pending = []
             for members in wds.DataPipeline(wds.SimpleShardList([str(Path(self.cfg.shards) / shard.name)]),
                                             wds.tarfile_to_samples()):
                 pending.append(members)
                 if len(pending) * self.cfg.views >= self.cfg.batch_size:
-                    self._write_batch(pending, target)
+                    skipped += self._write_batch(pending, target, shard.name)
                     pending = []
             if pending:
-                self._write_batch(pending, target)
+                skipped += self._write_batch(pending, target, shard.name)
         except BaseException:
             target.abort()
             raise
         if target.count != shard.count:
             raise ValueError(f"{shard.name}: wrote {target.count} keys, the source manifest lists {shard.count}")
-        record = {"digest": digest, "shard": vars(target.finish())}
+        record = {"digest": digest, "shard": vars(target.finish()), "skipped": skipped}
         atomic_write_bytes(sidecar_path(out, shard.name), json_bytes(record))
         return record
 
-    def _write_batch(self, members_list: list[dict], target: TarShard) -> None:
-        views, samples = [], []
+    def _views(self, members: dict, shard: str) -> tuple[list | None, list | None, dict | None]:
+        """(view params, processed views, None) of one source sample, or (None, None, skip record)
+        when it is bad, judged as the loader judges: any decode failure, a SampleError in the map."""
+        key = members.get("__key__")
+        try:
+            sample = decode_sample(members)
+        except DECODE_ERRORS as err:
+            field = err.field if isinstance(err, SampleError) else type(err).__name__
+            return None, None, {"reason": f"decode:{field}", "key": key, "shard": shard, "message": str(err)}
+        params = view_params(sample.key, self.cfg.views, self.cfg.seed, self.pipeline.augment)
+        try:
+            return params, [process_sample(sample, self.pipeline, view=p, view_index=v)
+                            for v, p in enumerate(params)], None
+        except SampleError as err:
+            return None, None, {"reason": f"map:{err.field}", "key": key, "shard": shard, "message": str(err)}
+
+    def _write_batch(self, members_list: list[dict], target: TarShard, shard: str) -> list[dict]:
+        """Features of every sample, in source order. A bad source sample gets a member without
+        features, so the shards still mirror the source key for key and the student skips it.
+        Returns the skip records: [{reason, key, shard, message}]."""
+        views, entries, skipped = [], [], []
         for members in members_list:
-            sample = decode_sample(members)  # a bad source sample would break the 1:1 mirror: fail loudly
-            params = view_params(sample.key, self.cfg.views, self.cfg.seed, self.pipeline.augment)
-            samples.append((sample.key, params))
-            views.extend(process_sample(sample, self.pipeline, view=p, view_index=v) for v, p in enumerate(params))
-        batch = to_device(collate(views), self.predictor.device, channels_last=False)
-        with torch.no_grad():
-            feats = tap_features(self.predictor.model, self.teacher_cfg.model, batch, self.cfg.tap)
-        for i, (key, params) in enumerate(samples):
-            chunk = feats[i * self.cfg.views:(i + 1) * self.cfg.views]
-            target.write({"__key__": key, "feat.npy": encode_features(chunk, self.cfg.dtype),
+            params, sample_views, skip = self._views(members, shard)
+            if skip is not None:
+                log.warning("%s: source sample %s skipped (%s)", shard, skip["key"], skip["message"])
+                skipped.append(skip)
+            else:
+                views.extend(sample_views)
+            entries.append((members.get("__key__"), params, skip))
+        feats = None
+        if views:
+            batch = to_device(collate(views), self.predictor.device, channels_last=False)
+            with torch.no_grad():
+                feats = tap_features(self.predictor.model, self.teacher_cfg.model, batch, self.cfg.tap)
+        done, k = 0, self.cfg.views
+        for key, params, skip in entries:
+            if skip is not None:
+                target.write({"__key__": key, "views.json": json_bytes(
+                    {"seed": self.cfg.seed, "views": [], "skipped": f"{skip['reason']}: {skip['message']}"})})
+                continue
+            target.write({"__key__": key, "feat.npy": encode_features(feats[done * k:(done + 1) * k], self.cfg.dtype),
                           "views.json": json_bytes({"seed": self.cfg.seed, "views": [p.to_dict() for p in params]})})
+            done += 1
+        return skipped
 
     def write_manifest_if_complete(self) -> Manifest | None:
         """The manifest, once every source shard has its finished feature shard."""
@@ -153,8 +187,11 @@ class FeatureWriter:
         if any(r is None for r in records):
             return None
         shards = [ShardInfo(**r["shard"]) for r in records]
+        bad = [s for r in records for s in r.get("skipped", [])]
+        skipped = {"count": len(bad), "by_reason": dict(Counter(s["reason"] for s in bad)),
+                   "examples": bad[:20]}
         manifest = Manifest(shards=shards, total_count=sum(s.count for s in shards),
-                            skeleton=self.source.skeleton, params=self.params)
+                            skeleton=self.source.skeleton, params=self.params, skipped=skipped)
         write_manifest(out, manifest)
         return manifest
 
@@ -175,8 +212,13 @@ def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, ta
     source_hash = file_sha256(Path(source_dir) / "manifest.json")
     if params["source_manifest_sha256"] != source_hash:
         problems.append(f"built from a different source split (source manifest changed since: {source_dir})")
-    if teacher_weights and Path(teacher_weights).is_file() and file_sha256(teacher_weights) != params["teacher_sha256"]:
-        problems.append(f"computed by another teacher than teacher.weights={teacher_weights}")
+    if teacher_weights and Path(teacher_weights).is_file():
+        if file_sha256(teacher_weights) != params["teacher_sha256"]:
+            problems.append(f"computed by another teacher than teacher.weights={teacher_weights}")
+    elif teacher_weights and os.path.normpath(teacher_weights) != os.path.normpath(params["teacher"]):
+        # no file to hash (students may train where the teacher is not): the recorded path must match
+        problems.append(f"computed by teacher {params['teacher']!r}, but teacher.weights is {teacher_weights!r} "
+                        f"(not on this machine, so its hash cannot be compared)")
     recorded_colour = params.get("colour_on", "workers")  # manifests before the device path: workers
     if colour_on not in ("auto", recorded_colour):
         problems.append(f"colour augmentation ran on {recorded_colour!r} at precompute but data.pipeline.colour_on "

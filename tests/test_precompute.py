@@ -14,6 +14,7 @@ from depthpi.config import DataConfig, TrainConfig, load_config, save_config
 from depthpi.data.build import build_synthetic, iter_split
 from depthpi.data.features import decode_features, replay_map
 from depthpi.data.pipeline import PipelineConfig, process_sample
+from depthpi.data.schema import SampleError
 from depthpi.data.shards import file_sha256, read_manifest
 from depthpi.models.posenet import ModelConfig, build_model
 from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
@@ -162,6 +163,16 @@ def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, other)
     with pytest.raises(ValueError, match="another teacher"):
         run(**{"teacher.weights": other})
+    # a student machine without the teacher file: the recorded path must be the configured one
+    with pytest.raises(ValueError, match="not on this machine"):
+        run(**{"teacher.weights": tmp_path / "elsewhere" / "best.pt"})
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "feat", moved)
+    record = json.loads((moved / "manifest.json").read_text())
+    record["shards"][0]["first_key"] = "someone_else_00000000"
+    (moved / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="do not mirror the source split"):
+        run(**{"teacher.features": moved})
     changed = tmp_path / "changed"
     shutil.copytree(root / "synth/train", changed)
     manifest = json.loads((changed / "manifest.json").read_text())
@@ -190,3 +201,32 @@ def test_estimate_reports_bytes_before_writing(setup, tmp_path):
     # width 1/8: block 13 has 128 channels at 5×5 for 65×65 inputs → 4 views × 128·25 × 2 bytes
     assert "128×5×5" in text and "32 samples" in text
     assert not (tmp_path / "est").exists()
+
+
+def test_bad_source_sample_is_skipped_at_precompute_and_by_the_student(setup, tmp_path):
+    """A corrupt JPEG in the source split: precompute finishes (the shards still mirror the
+    source key for key), records it in its manifest, and the student skips and counts it."""
+    from test_engine import _corrupt_one_jpeg
+
+    root, teacher = setup
+    source = tmp_path / "train"
+    shutil.copytree(root / "synth/train", source)
+    bad = _corrupt_one_jpeg(source, shard=1)
+    cfg = PrecomputeConfig(teacher=str(teacher), shards=str(source), out=str(tmp_path / "feat"), tap=TAP, views=2,
+                           batch_size=8)
+    manifest = precompute(cfg, device="cpu")
+    assert [s.count for s in manifest.shards] == read_manifest(source).counts
+    assert manifest.skipped["count"] == 1 and manifest.skipped["examples"][0]["key"] == bad
+    assert manifest.skipped["by_reason"] == {"decode:rgb.jpg": 1}
+    stored = {m["__key__"]: m for m in wds.DataPipeline(
+        wds.SimpleShardList([str(tmp_path / "feat" / manifest.shards[1].name)]), wds.tarfile_to_samples())}
+    assert "feat.npy" not in stored[bad]
+    sample = next(iter_split(root / "synth/train"))  # a good sample paired with the placeholder
+    sample.extras = {"views.json": stored[bad]["views.json"]}
+    with pytest.raises(SampleError, match="skipped at precompute: decode:rgb.jpg"):
+        replay_map(sample, 0, cfg=PipelineConfig(input_size=65), seed=0)
+    metrics = train(load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
+        root, tmp_path / "run", **{"data.train": source, "teacher.weights": teacher, "teacher.mode": "precomputed",
+                                   "teacher.features": tmp_path / "feat", "run.steps_per_epoch": 8})))
+    assert metrics["skipped"]["train"]["total"] == 1
+    assert metrics["skipped"]["train"]["examples"]["decode:rgb.jpg"]["key"] == bad

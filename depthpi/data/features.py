@@ -46,10 +46,14 @@ def decode_features(data: bytes) -> np.ndarray:
 
 def replay_map(sample, epoch: int, *, cfg: PipelineConfig, seed: int) -> dict:
     """Student map function in precomputed mode: pick a stored view, replay it, attach its map."""
-    if "views.json" not in sample.extras or "feat.npy" not in sample.extras:
-        raise SampleError(sample.key, "feat.npy", "no precomputed features paired with this sample")
+    if "views.json" not in sample.extras:
+        raise SampleError(sample.key, "views.json", "no precomputed features paired with this sample")
     stored = json.loads(sample.extras["views.json"])
     views = stored["views"]
+    if not views:  # the source sample was bad at precompute time
+        raise SampleError(sample.key, "views.json", f"skipped at precompute: {stored.get('skipped', 'no views')}")
+    if "feat.npy" not in sample.extras:
+        raise SampleError(sample.key, "feat.npy", "views stored without their features")
     pick = int(np.random.default_rng([seed, epoch, zlib.crc32(sample.key.encode()), 1]).integers(len(views)))
     out = process_sample(sample, cfg, view=ViewParams.from_dict(views[pick]), view_index=pick)
     out["teacher_feat"] = decode_features(sample.extras["feat.npy"])[pick]

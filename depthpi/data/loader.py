@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 MapFn = Callable[[Sample, int], dict]
 # Data-dependent failures of decoding (not bugs of the pipeline): skipped like SampleError.
-_DECODE_ERRORS = (SampleError, ValueError, TypeError, KeyError, IndexError, AttributeError, cv2.error)
+DECODE_ERRORS = (SampleError, ValueError, TypeError, KeyError, IndexError, AttributeError, cv2.error)
 
 
 # --- planning: which worker reads which shards, and how many batches ----------------
@@ -228,7 +228,7 @@ def _decode_and_map(samples: Iterator[dict], *, map_fn: MapFn, ctx: _WorkerConte
         key, shard = members.get("__key__"), os.path.basename(members.get("__url__", "?"))
         try:
             sample = decode_sample(members)
-        except _DECODE_ERRORS as err:
+        except DECODE_ERRORS as err:
             field = err.field if isinstance(err, SampleError) else type(err).__name__
             ctx.skip(f"decode:{field}", key, shard, str(err))
             continue
@@ -452,12 +452,13 @@ class ShardLoader:
 def _mirror_manifest(manifest, companion_dir: Path):
     """The companion split's manifest, checked to mirror ``manifest`` shard for shard."""
     mirror = read_manifest(companion_dir)
-    ours = [(s.name, s.count) for s in manifest.shards]
-    theirs = [(s.name, s.count) for s in mirror.shards]
+    ours = [(s.name, s.count, s.first_key, s.last_key) for s in manifest.shards]
+    theirs = [(s.name, s.count, s.first_key, s.last_key) for s in mirror.shards]
     if ours != theirs:
         diff = next((a, b) for a, b in itertools.zip_longest(ours, theirs) if a != b)
         raise ValueError(f"{companion_dir / 'manifest.json'}: shards do not mirror the source split "
-                         f"(first difference: source {diff[0]}, companion {diff[1]})")
+                         f"(first difference, as (name, count, first key, last key): source {diff[0]}, "
+                         f"companion {diff[1]})")
     return mirror
 
 

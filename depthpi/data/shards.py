@@ -17,6 +17,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -87,7 +88,10 @@ class Manifest:
 
 # --- atomic files ----------------------------------------------------------------
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write via a temporary file of this process and rename: readers see old or new bytes,
+    and two processes writing the same file at once (precompute ranks finishing together)
+    do not trip over one shared temporary name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
