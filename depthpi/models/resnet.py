@@ -7,7 +7,11 @@ checkpoints (Tables 6.1, 6.3, 6.8: init from model 1.2 / 2.1). Both adapt conv1 
 model's input channels (3→1 mean, 1→3 ×3/3, 3→4 tile-and-rescale). Options:
 
 - ``width`` scales every channel count (0.125 for tests), ``in_chans`` 1/3/4;
-- ``output_stride=16`` replaces layer4's stride by dilation 2 (257×257 → 17×17);
+- ``output_stride=16`` replaces layer4's stride by dilation 2 (257×257 → 17×17), in the
+  DeepLab/torchvision way: layer4.0's formerly strided 3×3 keeps dilation 1 and every later
+  3×3 of layer4 gets dilation 2. That is the reading of §4.1.2 under which, as the thesis
+  says, receptive fields "remain unchanged"; dilating layer4.0's own 3×3 as well (the
+  literal reading of its sentence) would widen them and shift ImageNet features;
 - ``partial_conv=True`` makes every convolution up to the end of layer2 a partial
   convolution driven by the mask of invalid depth (§4.2.3);
 - ``layers`` builds only some stages (the teacher's branches: stem, layer1, layer2;
