@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(func=_shards_inspect)
 
     pre = commands.add_parser("precompute", help="run a frozen teacher once, store its features per view")
-    pre.add_argument("--teacher", required=True, help="teacher weights (run/export/best.pt)")
+    pre.add_argument("--teacher", required=True, help="teacher weights (run/export/last.pt)")
     pre.add_argument("--config", help="teacher run config (default: config.yaml of the teacher's run)")
     pre.add_argument("--shards", required=True, help="source split directory")
     pre.add_argument("--tap", default="block13.post_relu")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=_precompute)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained model on a split")
-    evaluate.add_argument("--ckpt", required=True, help="exported weights (run/export/best.pt) or checkpoint dir")
+    evaluate.add_argument("--ckpt", required=True, help="exported weights (run/export/last.pt) or checkpoint dir")
     evaluate.add_argument("--shards", required=True, help="split directory with manifest.json")
     evaluate.add_argument("--config", help="run config (default: config.yaml of the run the ckpt is in)")
     evaluate.add_argument("--out", default="eval", help="output directory")

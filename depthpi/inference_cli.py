@@ -355,7 +355,7 @@ def _export(args) -> None:
 def add_inference_parsers(subparsers) -> None:
     """Register ``predict`` and ``export`` on the ``depthpi`` sub-command parser."""
     predict = subparsers.add_parser("predict", help="3D poses from images, a folder or a video")
-    predict.add_argument("--ckpt", required=True, help="weights (run/export/best.pt) or checkpoint dir")
+    predict.add_argument("--ckpt", required=True, help="weights (run/export/last.pt) or checkpoint dir")
     predict.add_argument("--config", help="run config (default: config.yaml of the run the ckpt is in)")
     predict.add_argument("--input", required=True, help="an image, a folder of images or a video")
     boxes = predict.add_mutually_exclusive_group()
@@ -374,7 +374,7 @@ def add_inference_parsers(subparsers) -> None:
     predict.set_defaults(func=_predict)
 
     export = subparsers.add_parser("export", help="inference-only torch.export (.pt2), TorchScript or ONNX model")
-    export.add_argument("--ckpt", required=True, help="weights (run/export/best.pt) or checkpoint dir")
+    export.add_argument("--ckpt", required=True, help="weights (run/export/last.pt) or checkpoint dir")
     export.add_argument("--config", help="run config (default: config.yaml of the run the ckpt is in)")
     export.add_argument("--format", default="pt2", choices=["pt2", "torchscript", "onnx"],
                         help="pt2 (torch.export, default), torchscript or onnx")

@@ -24,7 +24,7 @@ echo "== 5/6 student";        python launch/train_student.py --config configs/de
 echo "== 6/6 evaluation on $SHARDS/test (unseen subjects and cameras)"
 printf '\n| model | MPJPE (mm) | PCK@50mm | AUC |\n|---|---|---|---|\n' > runs/demo/results.md
 for run in baseline_rgb baseline_depth teacher student; do
-  depthpi eval --ckpt runs/demo/$run/export/best.pt --shards "$SHARDS/test" --out runs/demo/$run/eval >/dev/null
+  depthpi eval --ckpt runs/demo/$run/export/last.pt --shards "$SHARDS/test" --out runs/demo/$run/eval >/dev/null
   python - "$run" >> runs/demo/results.md <<'PY'
 import json, sys
 m = json.load(open(f"runs/demo/{sys.argv[1]}/eval/metrics.json"))

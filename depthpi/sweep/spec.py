@@ -7,7 +7,7 @@ into elements, each with its name, its full override list (``run.out_dir`` point
 
     name: seeds                          # default: the spec file's stem
     out: runs/sweeps/seeds               # default: runs/sweeps/<name>; --out wins
-    vars: {teacher: runs/3.2/export/best.pt}   # {teacher} in values; {sweep_dir} built in
+    vars: {teacher: runs/3.2/export/last.pt}   # {teacher} in values; {sweep_dir} built in
     resources: {nodes: 1, gpus_per_node: 8, cpus_per_task: 10, mem_gb: 400, time: "24:00:00",
                 partition: gpu, array_parallelism: 4}
     accelerate: configs/accelerate/multi_gpu.yaml
