@@ -37,6 +37,10 @@ class DataConfig:
         dataset: training data set name; picks the PCK/AUC threshold (``ntu``/``pku``: 50 mm,
             ``h36m``: 150 mm, ``synthetic``: 50 mm) when the test split's manifest does not
             name its source (converted splits do, and their source wins).
+        extra_tests: further test sets, name → split directory, scored after the last
+            epoch at their own source's threshold (the thesis' tables: Human3.6M beside
+            NTU RGB+D, and PKU-MMD in Table 6.8); ``data.extra_tests.pku=null`` drops one,
+            ``data.extra_tests=null`` all.
     """
 
     train: str = "shards/synth/train"
@@ -48,6 +52,7 @@ class DataConfig:
     num_workers: int = 4
     shuffle_buffer: int = 500
     dataset: str = "synthetic"
+    extra_tests: dict[str, str | None] | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
@@ -74,7 +79,7 @@ class TeacherConfig:
     """The frozen teacher of a student run (§4.2.2).
 
     Attributes:
-        weights: exported weights (``export/best.pt``) or a checkpoint directory.
+        weights: exported weights (``export/last.pt``) or a checkpoint directory.
         model: the teacher's architecture (``kind: teacher`` for RGB-D, ``baseline``
             with ``input: rgb`` for an RGB teacher as in experiment 9.1).
         mode: ``online`` runs the teacher each step; ``precomputed`` reads its stored

@@ -107,6 +107,63 @@ def test_bad_samples_are_skipped_and_reported_per_epoch_in_log_tensorboard_and_m
     shutil.rmtree(tmp_path / "s")
 
 
+def test_extra_test_sets_are_scored_after_the_last_epoch_and_checked_at_start(shards, tmp_path):
+    overrides = {"run.steps_per_epoch": 2, "data.extra_tests": "{again: %s}" % (shards / "test")}
+    metrics = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "run", **overrides)))
+    again = metrics["tests"]["again"]  # the test split once more: the same numbers, by the same code path
+    assert (again["mpjpe"], again["pck"], again["count"]) == (metrics["mpjpe"], metrics["pck"], metrics["count"])
+    assert again["threshold_mm"] == 50.0 and again["skipped"]["total"] == 0
+    scalars = tb_scalars(tmp_path / "run")
+    assert len(scalars["eval/mpjpe"]) == 2 and scalars["eval_again/mpjpe"] == [pytest.approx(again["mpjpe"])]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["tests"]["again"]["mpjpe"] == again["mpjpe"]
+    missing = {**overrides, "data.extra_tests": "{h36m: %s}" % (tmp_path / "nowhere")}
+    with pytest.raises(ValueError, match="data.extra_tests.h36m: .*manifest.json.*data.extra_tests.h36m=null"):
+        train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "run2", **missing)))
+    assert not (tmp_path / "run2" / "checkpoints").exists()  # failed at start
+
+
+def test_preemption_saves_at_the_next_log_point_and_the_run_resumes_to_the_end(shards, tmp_path):
+    from depthpi.train.checkpoint import latest_checkpoint
+    from depthpi.train.preemption import Preempted, StopRequest
+
+    cfg = load_config(DEMO / "baseline_rgb.yaml", _overrides(
+        shards, tmp_path / "run", **{"run.log_every": 3, "run.checkpoint_every": 100, "run.steps_per_epoch": 8}))
+    stop = StopRequest(grace_s=None)
+    stop._event.set()  # as if the signal came during step 1
+    with pytest.raises(Preempted) as stopped:
+        train(cfg, stop=stop)
+    assert stopped.value.step == 3  # the first log point, not the next periodic checkpoint (100)
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "trainer.json").read_text())
+    assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (3, 0, 3)
+    train(cfg)
+    final = json.loads((latest_checkpoint(tmp_path / "run") / "trainer.json").read_text())
+    assert (final["step"], final["epoch"]) == (16, 2)
+
+
+def test_stop_request_defers_the_signal_and_hands_it_back():
+    import signal
+
+    from depthpi.train.preemption import StopRequest
+
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        stop = StopRequest(signal.SIGUSR2, grace_s=None).install()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert stop.requested(torch.device("cpu")) and calls == []  # taken, not passed on
+        stop.hand_over()
+        assert calls == [signal.SIGUSR2] and signal.getsignal(signal.SIGUSR2) is not stop._on_signal
+        # an engine that never reaches a log point: the watchdog passes the signal on by itself
+        slow = StopRequest(signal.SIGUSR2, grace_s=0.2).install()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calls == [signal.SIGUSR2] * 2 and slow.requested(torch.device("cpu"))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
 def test_compiled_run_matches_eager_and_exports_plain_weights(shards, tmp_path):
     """run.compile: same first-step loss as eager, exported keys without torch.compile's
     wrapper prefix, and the export reproduces the logged evaluation in an eager model."""

@@ -284,6 +284,29 @@ def test_collect_groups_seeds_into_mean_and_sample_std(tmp_path):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_collect_gives_each_extra_test_set_its_columns_like_table_6_8(tmp_path):
+    sweep = tmp_path / "sw"
+    for seed, (ntu, pku, h36m) in enumerate([(30.0, 60.0, 110.0), (32.0, 64.0, 120.0)]):
+        tests = {"pku": {"mpjpe": pku, "pck": 0.5, "auc": 0.3, "threshold_mm": 50.0, "count": 17},
+                 "h36m": {"mpjpe": h36m, "pck": 0.7, "auc": 0.4, "threshold_mm": 150.0, "count": 17}}
+        fabricate(sweep, f"8.1_seed-{seed}", config(seed, 1e-3),
+                  {"mpjpe": ntu, "pck": 0.9, "auc": 0.6, "threshold_mm": 50.0, "tests": tests})
+    fabricate(sweep, "9.1_seed-0", config(0, 1e-4),  # a row without PKU-MMD, as Table 6.9
+              {"mpjpe": 40.0, "pck": 0.8, "auc": 0.5, "threshold_mm": 50.0,
+               "tests": {"h36m": {"mpjpe": 130.0, "pck": 0.6, "auc": 0.3, "threshold_mm": 150.0, "count": 17}}})
+    paths = report.collect(sweep)
+    markdown = paths["markdown"].read_text().splitlines()
+    assert markdown[0] == ("| element | optim.lr | seeds | MPJPE (mm) | PCK@50mm | AUC | pku MPJPE (mm) | pku PCK@50mm "
+                           "| pku AUC | h36m MPJPE (mm) | h36m PCK@150mm | h36m AUC |")
+    assert markdown[2].endswith("| 62.0 ± 2.8 | 0.500 ± 0.000 | 0.300 ± 0.000 | 115.0 ± 7.1 | 0.700 ± 0.000 "
+                                "| 0.400 ± 0.000 |")
+    assert "| — | — | — | 130.0 ± 0.0 |" in markdown[3]
+    header, first = paths["csv"].read_text().splitlines()[:2]
+    assert header.endswith("pku.mpjpe_mean,pku.mpjpe_std,pku.pck_mean,pku.pck_std,pku.auc_mean,pku.auc_std,"
+                           "h36m.mpjpe_mean,h36m.mpjpe_std,h36m.pck_mean,h36m.pck_std,h36m.auc_mean,h36m.auc_std")
+    assert ",62.0," in first and ",115.0," in first
+
+
 def test_collect_one_row_per_element_with_config_differences(tmp_path):
     sweep = tmp_path / "sw"
     fabricate(sweep, "4.2", config(0, 1e-3, "block13.post_relu"), {"mpjpe": 25.44, "pck": 0.9, "auc": 0.63})
@@ -413,15 +436,18 @@ def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
 
 @pytest.mark.slow
 def test_slurm_preempted_job_is_requeued_and_resumes_from_checkpoint(slurm_cluster, tiny_shards, tmp_path):
+    """The preemption signal makes the engine save at its next log point (not only at the
+    periodic checkpoints, here only the epoch ends), then submitit requeues, and the second
+    attempt resumes from that step to the step count of an uninterrupted run."""
     sweep_dir = tmp_path / "sw"
-    overrides = tiny_overrides(tiny_shards, **{"data.batch_size": 4, "optim.epochs": 2, "run.steps_per_epoch": 8,
-                                               "run.checkpoint_every": 2})
+    overrides = tiny_overrides(tiny_shards, **{"data.batch_size": 4, "optim.epochs": 6, "run.steps_per_epoch": 8,
+                                               "run.checkpoint_every": 1000})
     spec = write_spec(tmp_path, {"name": "requeue", "resources": {"cpus_per_task": 2, "time": 10,
                                                                    "signal_delay_s": 30},
                                  "elements": [{"name": "run", "config": str(DEMO), "overrides": overrides}]})
     sweep_main([str(spec), "--out", str(sweep_dir)])
     job_id = json.loads((sweep_dir / "sweep.json").read_text())["stages"][0]["job_id"]
-    wait_for(lambda: list((sweep_dir / "run" / "checkpoints").glob("step-*")), 120, "a first checkpoint")
+    wait_for(lambda: list((sweep_dir / "run" / "checkpoints").glob("step-*")), 120, "the first epoch's checkpoint")
     # What a preempting scheduler does: the preemption signal, here sent by hand.
     slurm_cluster.run("scancel", "--signal=USR2", job_id)
     wait_for(lambda: requeued_attempt_started(slurm_cluster, job_id, sweep_dir / "run"), 120,
@@ -432,12 +458,14 @@ def test_slurm_preempted_job_is_requeued_and_resumes_from_checkpoint(slurm_clust
     assert states[job_id] == "COMPLETED", (states, log[-3000:])
     assert record["state"] == "done" and record["attempts"] == 2 and record["job_ids"] == [job_id]
     assert "Caught signal SIGUSR2" in Path(record["error_log"]).read_text()
-    resumed = re.findall(r"resumed from \S+checkpoints/step-(\d+)", log)
-    assert resumed and int(resumed[-1]) > 0, log[-3000:]
+    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", log)]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", log)]
+    assert saved and resumed == saved, log[-3000:]
+    assert int(saved[0]) % 8, saved  # a step inside an epoch: saved because of the signal
     from depthpi.train.checkpoint import latest_checkpoint
 
     final = json.loads((latest_checkpoint(sweep_dir / "run") / "trainer.json").read_text())
-    assert (final["epoch"], final["step"]) == (2, 16)  # = an uninterrupted run's 2 epochs × 8 steps
+    assert (final["epoch"], final["step"]) == (6, 48)  # = an uninterrupted run's 6 epochs × 8 steps
 
 
 @pytest.mark.slow

@@ -245,8 +245,34 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
         for key, _, _ in METRICS:
             values = [float(m[key]) for m in metrics if key in m]
             row[key] = mean_std(values) if values else None
+        row["tests"] = _extra_tests(metrics)
         rows.append(row)
     return shown, rows
+
+
+def _extra_tests(metrics: list[dict]) -> dict[str, dict]:
+    """Per extra test set (``metrics.json`` ``tests``, the engine's ``data.extra_tests``):
+    {name: {"threshold_mm", metric: (mean, std)}} over the runs that have it."""
+    names = list(OrderedDict.fromkeys(name for m in metrics for name in m.get("tests", {})))
+    out = {}
+    for name in names:
+        runs = [m["tests"][name] for m in metrics if name in m.get("tests", {})]
+        out[name] = {"threshold_mm": runs[0].get("threshold_mm"), "n": len(runs)}
+        for key, _, _ in METRICS:
+            out[name][key] = mean_std([float(r[key]) for r in runs])
+    return out
+
+
+def _test_columns(rows: list[dict]) -> list[tuple[str, str, str, int]]:
+    """(test set, metric key, header, digits) of every extra test set in ``rows``, first-seen order."""
+    names = list(OrderedDict.fromkeys(name for r in rows for name in r.get("tests", {})))
+    columns = []
+    for name in names:
+        thresholds = {r["tests"][name]["threshold_mm"] for r in rows if name in r.get("tests", {})}
+        pck = f"PCK@{thresholds.pop():g}mm" if len(thresholds) == 1 else "PCK"
+        columns += [(name, "mpjpe", f"{name} MPJPE (mm)", 1), (name, "pck", f"{name} {pck}", 3),
+                    (name, "auc", f"{name} AUC", 3)]
+    return columns
 
 
 def _cell(value, digits: int, with_std: bool) -> str:
@@ -265,11 +291,13 @@ def to_markdown(keys: list[str], rows: list[dict]) -> str:
     grouped = any("seeds" in r for r in rows)
     thresholds = {r["threshold_mm"] for r in rows if r["threshold_mm"] is not None}
     pck = f"PCK@{thresholds.pop():g}mm" if len(thresholds) == 1 else "PCK"
-    header = ["element", *keys, *(["seeds"] if grouped else []), "MPJPE (mm)", pck, "AUC"]
+    tests = _test_columns(rows)
+    header = ["element", *keys, *(["seeds"] if grouped else []), "MPJPE (mm)", pck, "AUC", *(h for *_, h, _ in tests)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["element"], *(_plain(r["config"][k]) for k in keys), *([str(r["n"])] if grouped else [])]
         cells += [_cell(r[k], d, grouped) for k, _, d in METRICS]
+        cells += [_cell(r.get("tests", {}).get(name, {}).get(k), d, grouped) for name, k, _, d in tests]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -278,9 +306,14 @@ def to_csv(keys: list[str], rows: list[dict]) -> str:
     """CSV with full-precision ``<metric>_mean`` and ``<metric>_std`` columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["element", *keys, "n", *(f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "std"))])
+    tests = _test_columns(rows)
+    writer.writerow(["element", *keys, "n", *(f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "std")),
+                     *(f"{name}.{k}_{s}" for name, k, _, _ in tests for s in ("mean", "std"))])
     for r in rows:
         metrics = [("" if r[k] is None else repr(r[k][j])) for k, _, _ in METRICS for j in (0, 1)]
+        for name, k, _, _ in tests:
+            value = r.get("tests", {}).get(name, {}).get(k)
+            metrics += ["" if value is None else repr(value[j]) for j in (0, 1)]
         writer.writerow([r["element"], *(_plain(r["config"][k]) for k in keys), r["n"], *metrics])
     return buffer.getvalue()
 

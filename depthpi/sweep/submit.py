@@ -5,8 +5,10 @@ environment (submitit's ``TorchDistributedEnvironment``: MASTER_ADDR = first hos
 SLURM_JOB_NODELIST, MASTER_PORT derived from the job id, RANK / WORLD_SIZE / LOCAL_RANK
 from the task ids), translates the stage's accelerate config file into the variables
 ``accelerate launch`` would set, and calls ``train(cfg)``, whose Accelerator picks them up.
-On preemption or time-out submitit calls ``checkpoint()``, which requeues the same job;
-the engine then resumes from the newest checkpoint in the run directory.
+On preemption or time-out SLURM sends the preemption signal ``signal_delay_s`` early;
+:class:`TrainJob` takes it from submitit, lets the engine save a checkpoint at its next log
+point, then hands it back: submitit calls ``checkpoint()``, which requeues the same job,
+and the engine resumes from that checkpoint.
 """
 from __future__ import annotations
 
@@ -146,6 +148,13 @@ def export_rendezvous(job_env) -> dict[str, str]:
     return {k: os.environ[k] for k in keys}
 
 
+def _preemption_signal() -> int:
+    """The signal submitit requeues on (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default)."""
+    import signal
+
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG"))
+
+
 class TrainJob:
     """One training run of a sweep, as a submitit callable (one instance per task).
 
@@ -154,9 +163,10 @@ class TrainJob:
         env: accelerate variables from the stage's accelerate config (:func:`accelerate_env`).
     """
 
-    def __init__(self, element: Element, env: dict[str, str] | None = None):
+    def __init__(self, element: Element, env: dict[str, str] | None = None, stop_grace_s: float = 60.0):
         self.element = element
         self.env = dict(env or {})
+        self.stop_grace_s = stop_grace_s
 
     def __call__(self) -> dict:
         job_env = submitit.JobEnvironment()
@@ -168,22 +178,30 @@ class TrainJob:
             print(f"[depthpi sweep] {self.element.name}: attempt {record['attempts']}, job {job_env.job_id}, "
                   f"rendezvous {rendezvous['MASTER_ADDR']}:{rendezvous['MASTER_PORT']} "
                   f"world {rendezvous['WORLD_SIZE']}", flush=True)
+        from depthpi.train.preemption import Preempted, StopRequest  # heavy imports inside the job only
+
+        stop = StopRequest(_preemption_signal(), self.stop_grace_s).install()
         try:
-            from depthpi.config import load_config  # heavy imports inside the job only
+            from depthpi.config import load_config
             from depthpi.train.engine import train
 
-            metrics = train(load_config(self.element.config, list(self.element.overrides)))
+            metrics = train(load_config(self.element.config, list(self.element.overrides)), stop=stop)
+        except Preempted:
+            stop.hand_over()  # submitit: checkpoint() → requeue → exit on rank 0; other ranks end here
+            raise SystemExit(-1) from None
         except Exception as err:  # SystemExit (preemption) is not a failure: the job is requeued
+            stop.uninstall()
             if is_main:
                 record_end(self.element, "failed", error=f"{type(err).__name__}: {err}")
             raise
+        stop.uninstall()
         if is_main:
             record_end(self.element, "done", metrics=metrics)
         return metrics
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run; the engine resumes from the run directory's last checkpoint."""
-        return submitit.helpers.DelayedSubmission(type(self)(self.element, self.env))
+        return submitit.helpers.DelayedSubmission(type(self)(self.element, self.env, self.stop_grace_s))
 
 
 class CommandJob:
@@ -216,7 +234,8 @@ def make_job(stage: Stage, element: Element):
     """The submitit callable of an element."""
     if element.kind == "command":
         return CommandJob(element)
-    return TrainJob(element, accelerate_env(stage.accelerate))
+    # half the warning SLURM gives: the rest is for the save, the requeue and the exit
+    return TrainJob(element, accelerate_env(stage.accelerate), stop_grace_s=max(10.0, stage.resources.signal_delay_s / 2))
 
 
 def slurm_parameters(stage: Stage, sweep: Sweep, dependency: str | None = None) -> dict:

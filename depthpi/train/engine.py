@@ -17,6 +17,7 @@ from torch import nn
 
 from depthpi.config import TrainConfig, save_config, to_yaml
 from depthpi.data.loader import skip_summary
+from depthpi.data.shards import ManifestError
 from depthpi.evaluate import evaluate_split, threshold_for_split
 from depthpi.models.posenet import build_model, freeze
 from depthpi.precompute import check_feature_shards
@@ -25,6 +26,7 @@ from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpo
 from depthpi.train.data import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
                                 to_device)
 from depthpi.train.logging import RunLogger, peak_memory_mib
+from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.stages import StudentStage, SupervisedStage
 
@@ -136,9 +138,11 @@ def _set_bn_frozen(model: nn.Module, frozen: bool) -> None:
             module.train(not frozen)
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     """Train one stage to the end (resuming if the run directory holds a checkpoint).
 
+    ``stop``: a preemption signal; once set on any rank, every rank checkpoints at the next
+    log point and :class:`Preempted` is raised (``depthpi.train.preemption``).
     Returns the final evaluation metrics (``mpjpe``, ``pck``, ``auc``, ...).
     """
     # --- setup -----------------------------------------------------------------
@@ -154,6 +158,7 @@ def train(cfg: TrainConfig) -> dict:
         pipeline = replace(pipeline, colour_on=colour_on)
     labeled_loader, unlabeled_loader = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world, features)
     eval_loader = build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world)
+    extra_tests = build_extra_tests(cfg, pipeline, rank, world)
     steps_per_epoch = len(labeled_loader)
     if cfg.run.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.run.steps_per_epoch)
@@ -263,6 +268,12 @@ def train(cfg: TrainConfig) -> dict:
                 logger.images(stage, batch, terms["pred"], trainer.step)
             if trainer.step % cfg.run.checkpoint_every == 0:
                 checkpoint()
+            if stop is not None and trainer.step % cfg.run.log_every == 0 and stop.requested(accelerator.device):
+                if trainer.step % cfg.run.checkpoint_every:
+                    checkpoint()
+                logger.info(f"preempted: checkpoint at step {trainer.step}, stopping for the requeue")
+                logger.close()
+                raise Preempted(trainer.step)
             last = (batch, terms["pred"])
             t_ready = time.perf_counter()
 
@@ -270,6 +281,13 @@ def train(cfg: TrainConfig) -> dict:
         metrics = evaluate(stage, eval_loader, accelerator, threshold, cfg.run.channels_last)
         skipped = {"train": gathered_skips(labeled_loader, unlabeled_loader), "eval": metrics.pop("skipped")}
         metrics["skipped"] = skipped
+        if epoch + 1 == cfg.optim.epochs and extra_tests:
+            metrics["tests"] = evaluate_extra_tests(stage, extra_tests, accelerator, cfg.run.channels_last)
+            logger.scalars({f"eval_{name}/{k}": m[k] for name, m in metrics["tests"].items()
+                            for k in ("mpjpe", "pck", "auc")}, trainer.step)
+            for name, m in metrics["tests"].items():
+                logger.info(f"  test set {name}: mpjpe={m['mpjpe']:.1f}mm pck@{m['threshold_mm']:g}={m['pck']:.3f} "
+                            f"auc={m['auc']:.3f}")
         logger.scalars({f"eval/{k}": metrics[k] for k in ("mpjpe", "pck", "auc")}, trainer.step)
         logger.scalars({f"data/skipped_{part}": report["total"] for part, report in skipped.items()}, trainer.step)
         if last is not None:
@@ -291,6 +309,31 @@ def train(cfg: TrainConfig) -> dict:
     logger.close()
     accelerator.wait_for_everyone()
     return metrics
+
+
+def build_extra_tests(cfg: TrainConfig, pipeline, rank: int, world: int) -> dict[str, tuple]:
+    """``data.extra_tests`` as {name: (eval loader, threshold mm)}, checked at start: a test
+    set that is not there fails now, not after 30 epochs."""
+    tests = {}
+    for name, split in (cfg.data.extra_tests or {}).items():
+        if split is None:  # dropped by an override
+            continue
+        try:
+            threshold = threshold_for_split(split, cfg.data.dataset)
+        except ManifestError as err:
+            raise ValueError(f"data.extra_tests.{name}: {err}; convert that data set (README) or drop it "
+                             f"with data.extra_tests.{name}=null") from None
+        tests[name] = (build_eval_loader(cfg.data, pipeline, split, rank, world), threshold)
+    return tests
+
+
+def evaluate_extra_tests(stage, tests: dict[str, tuple], accelerator, channels_last: bool) -> dict[str, dict]:
+    """{name: mpjpe, pck, auc, threshold_mm, count, skipped} of every extra test set (per-group tables left out)."""
+    results = {}
+    for name, (loader, threshold) in tests.items():
+        result = evaluate(stage, loader, accelerator, threshold, channels_last)
+        results[name] = {k: result[k] for k in ("mpjpe", "pck", "auc", "threshold_mm", "count", "skipped")}
+    return results
 
 
 def gathered_skips(*loaders) -> dict:
