@@ -6,7 +6,7 @@ threaded) and times, for comparison, decoding alone (``cap.read()`` of every fra
 skipping alone (``cap.grab()`` of every frame). Prints one table.
 
 The fixture frames are flat-coloured renderings, which decode faster than real footage
-(a textured 1080p MJPG decodes at ~126 frames/s on the 2-core CI machine against ~324 for
+(a textured 1080p MJPG decodes at ~170 frames/s on the 2-core CI machine against ~324 for
 these), so the figures are an upper bound for real NTU videos.
 
     .venv/bin/python bench/bench_convert.py [--videos 2] [--frames 30] [--record]

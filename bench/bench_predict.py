@@ -7,7 +7,7 @@ batch size, plus the share of time spent building crops. Models are untrained
 (``init=none``): speed does not depend on the weights.
 
     python bench/bench_predict.py --widths 0.125 1.0 --batches 1 32 --frames 64
-    python bench/bench_predict.py --ckpt runs/demo/student/export/best.pt \\
+    python bench/bench_predict.py --ckpt runs/demo/student/export/last.pt \\
         --shards shards/synth/test --flip-tta-eval          # MPJPE with and without flip TTA
 """
 from __future__ import annotations

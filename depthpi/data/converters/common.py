@@ -270,7 +270,7 @@ def iter_video_frames(path: Path, wanted: list[int], summary: Summary, name: str
     """Yield (index, BGR frame) for the sorted frame indices ``wanted``.
 
     Frames in between are skipped with ``cap.grab()``: OpenCV's FFmpeg backend still decodes
-    them but neither converts nor returns them (1.3× the rate of ``read()`` on textured 1080p
+    them but neither converts nor returns them (1.2× the rate of ``read()`` on textured 1080p
     MJPG), so ``--every 5`` costs most of ``--every 1``'s decode time. A
     video that ends early or stops decoding is reported once (named) and its remaining
     wanted frames are counted as skipped.
