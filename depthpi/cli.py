@@ -17,10 +17,11 @@ def _shards_build(args) -> None:
 
     if not args.root:
         raise SystemExit(f"depthpi shards build --source {args.source}: --root RAW_DIR is required")
+    own = {"missing_list": args.missing_list, "depth": args.depth}  # NTU's own options, when given
     summary = convert(args.source, args.root, args.out, every=args.every, workers=args.workers,
                       split_scheme=args.split_scheme, poses_file=args.poses_file,
-                      intrinsics_file=args.intrinsics_file, missing_list=args.missing_list,
-                      videos_per_shard=args.videos_per_shard, depth=args.depth)
+                      intrinsics_file=args.intrinsics_file, videos_per_shard=args.videos_per_shard,
+                      **{k: v for k, v in own.items() if v is not None})
     print(summary.format())
 
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--intrinsics-file", help="JSON with rgb_K and depth_K (pku: required, e.g. NTU's fit)")
     raw.add_argument("--missing-list", help="ntu: samples with missing skeletons, one name per line")
     raw.add_argument("--videos-per-shard", type=int)
-    raw.add_argument("--depth", default="auto", choices=["auto", "full", "masked"], help="ntu depth maps to read")
+    raw.add_argument("--depth", choices=["auto", "full", "masked"], help="ntu depth maps to read (default auto)")
     build.set_defaults(func=_shards_build)
     inspect = shards.add_parser("inspect", help="summary and a contact sheet of a split")
     inspect.add_argument("dir")

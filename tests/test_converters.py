@@ -279,3 +279,20 @@ def test_each_source_writes_exactly_the_splits_configs_may_name(source, request)
     out = request.getfixturevalue(source)["out"]
     written = {path.parent.name for path in out.glob("*/manifest.json")}
     assert written == set(SPLITS[source])
+
+
+def test_misspelt_options_and_converter_bugs_are_not_swallowed(ntu, tmp_path, monkeypatch):
+    with pytest.raises(ConverterError, match="unknown option.*contxt; ntu takes context"):
+        convert("ntu", ntu["root"], tmp_path / "a", contxt=1.5)
+    with pytest.raises(ConverterError, match="h36m: unknown option.*depth"):
+        convert("h36m", tmp_path, tmp_path / "b", depth="full")
+    from depthpi.data.converters.ntu import NTUConverter
+
+    def broken(self, job, summary):  # a bug, not a bad video: it must stop the run, naming the video
+        raise NameError("name 'frmae' is not defined")
+        yield
+
+    monkeypatch.setattr(NTUConverter, "convert_video", broken)
+    with pytest.raises(NameError) as err:
+        convert("ntu", ntu["root"], tmp_path / "c", every=1, workers=1, progress=False)
+    assert any(note.startswith("while converting ntu video 'S") for note in err.value.__notes__)

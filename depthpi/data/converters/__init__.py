@@ -10,10 +10,10 @@ Human3.6M), ``OUT/summary.<source>.json`` and, for NTU, ``OUT/intrinsics.ntu.jso
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
-from depthpi.data.converters.common import Summary, run_conversion
-from depthpi.data.converters.ntu import ConverterError
+from depthpi.data.converters.common import ConverterError, Summary, run_conversion
 
 SOURCES = ("ntu", "pku", "h36m")
 # the split directories each converter writes under OUT (configs name them: shards/pku/unlabeled)
@@ -61,6 +61,7 @@ def convert(source: str, root: str | Path, out: str | Path, *, every: int | None
         ConverterError: wrong root or options, before any work.
     """
     module = _module(source)
+    _check_options(source, module, options)
     kwargs = dict(options)
     if split_scheme is not None:
         kwargs["split_scheme"] = split_scheme
@@ -73,6 +74,19 @@ def convert(source: str, root: str | Path, out: str | Path, *, every: int | None
     run_conversion(converter, jobs, Path(out), videos_per_shard=per_shard, workers=workers, params=params,
                    summary=summary, progress=progress)
     return summary
+
+
+_COMMON = {"every", "workers", "split_scheme", "poses_file", "intrinsics_file"}
+
+
+def _check_options(source: str, module, options: dict) -> None:
+    """Refuse options ``source`` does not take (a misspelt ``contxt=`` would otherwise be ignored)."""
+    own = {name for name, p in inspect.signature(module.prepare).parameters.items()
+           if p.kind == p.KEYWORD_ONLY} - _COMMON
+    unknown = sorted(set(options) - own)
+    if unknown:
+        raise ConverterError(f"{source}: unknown option(s) {', '.join(unknown)}; {source} takes "
+                             f"{', '.join(sorted(own)) or 'none'} besides {', '.join(sorted(_COMMON))}")
 
 
 __all__ = ["SOURCES", "SPLITS", "ConverterError", "Summary", "convert"]

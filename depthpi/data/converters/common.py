@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import traceback
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -346,6 +348,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class ConverterError(ValueError):
+    """A wrong root or option: raised before any work starts, naming what was expected."""
+
+
+# What unreadable or inconsistent raw files raise (parsing, decoding, short or missing
+# files). Anything else is a bug of the converter and stops the run.
+BAD_VIDEO_ERRORS = (OSError, ValueError, IndexError, KeyError, EOFError, struct.error, zlib.error, cv2.error)
+
+
 def _worker_init() -> None:
     cv2.setNumThreads(1)
 
@@ -361,10 +372,13 @@ def _convert_group(converter: Converter, jobs: list[Job], shard_path: str, param
             for sample in converter.convert_video(job, summary):
                 buffered.append(encode_sample(sample))
                 frames.add(sample.meta.frame)
-        except Exception as err:  # a bad video never stops the conversion
+        except BAD_VIDEO_ERRORS as err:  # a bad file never stops the conversion
             last = traceback.format_exception_only(type(err), err)[-1].strip()
             summary.skip_video(f"conversion error ({last[:120]})", job.name)
             continue
+        except Exception as err:  # a converter bug: crash, but say on which video
+            err.add_note(f"while converting {converter.source} video {job.name!r}")
+            raise
         members_list.extend(buffered)
         summary.frames_written += len(frames)
         summary.samples_written += len(buffered)

@@ -39,9 +39,8 @@ from typing import Iterator
 import numpy as np
 
 from depthpi.camera import Camera
-from depthpi.data.converters.common import (Converter, Job, Summary, box_from_joints, box_visible, crop_person,
-                                            iter_video_frames, make_sample, safe_key)
-from depthpi.data.converters.ntu import ConverterError
+from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
+                                            crop_person, iter_video_frames, make_sample, safe_key)
 from depthpi.data.schema import Sample, SampleMeta
 
 SOURCE = "h36m"
@@ -146,13 +145,15 @@ class H36MConverter(Converter):
 
 def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file: str | Path | None = None,
             subjects: tuple[str, ...] = TEST_SUBJECTS, context: float = 1.4, max_side: int = 320,
-            poses_file=None, split_scheme: str | None = None, workers: int = 1, **unused
+            poses_file=None, split_scheme: str | None = None, workers: int = 1
             ) -> tuple[H36MConverter, list[Job], Summary, dict]:
     root = Path(root)
     if not root.is_dir():
         raise ConverterError(f"--root {root}: not a directory (expected the Human3.6M root holding S9/, S11/)")
     if poses_file:
         raise ConverterError("poses_file: not supported for h36m (the mocap poses are the labels)")
+    if split_scheme:
+        raise ConverterError(f"split_scheme {split_scheme!r}: h36m has one split, test (subjects {', '.join(subjects)})")
     for subject in subjects:
         for sub in ("Videos", "MyPoseFeatures/D3_Positions"):
             if not (root / subject / sub).is_dir():

@@ -60,8 +60,8 @@ import cv2
 import numpy as np
 
 from depthpi.camera import Camera
-from depthpi.data.converters.common import (Converter, Job, Summary, box_from_joints, box_visible, crop_person,
-                                            iter_video_frames, make_sample, read_depth_png, safe_key)
+from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
+                                            crop_person, iter_video_frames, make_sample, read_depth_png, safe_key)
 from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, fit_kinect_intrinsics, kinect_to_camera,
                                             kinect_to_h36m17, parse_ntu_skeleton)
 from depthpi.data.schema import Sample
@@ -84,10 +84,6 @@ XSUB120_TRAIN = XSUB_TRAIN | {45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59
                               85, 86, 89, 91, 92, 93, 94, 95, 97, 98, 100, 103}
 XVIEW_TRAIN_CAMERAS = {2, 3}
 SPLIT_SCHEMES = ("thesis", "xsub", "xview", "xsub120", "xset120")
-
-
-class ConverterError(ValueError):
-    """A wrong root or option: raised before any work starts, naming what was expected."""
 
 
 def parse_name(name: str) -> dict[str, int] | None:
@@ -328,7 +324,7 @@ def _list_files(directory: Path, suffix: str) -> dict[str, Path]:
 def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: str = "thesis",
             poses_file: str | Path | None = None, intrinsics_file: str | Path | None = None,
             missing_list: str | Path | None = None, depth: str = "auto", fit_videos: int = 8,
-            workers: int = 1, context: float = 1.4, max_side: int = 320, **unused
+            workers: int = 1, context: float = 1.4, max_side: int = 320
             ) -> tuple[NTUConverter, list[Job], Summary, dict]:
     """Check the root, list sequences, split them, fit intrinsics: everything before the work."""
     root = Path(root)

@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 
 from depthpi.camera import Camera
-from depthpi.data.converters.common import (Converter, Job, Summary, box_from_joints, box_visible, crop_person,
-                                            iter_video_frames, make_sample, read_depth_png, safe_key)
+from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
+                                            crop_person, iter_video_frames, make_sample, read_depth_png, safe_key)
 from depthpi.data.converters.kinect import DEPTH_SIZE, RGB_SIZE, kinect_to_camera, kinect_to_h36m17, parse_pku_skeleton
-from depthpi.data.converters.ntu import ConverterError, load_poses_file
+from depthpi.data.converters.ntu import load_poses_file
 from depthpi.data.schema import Sample
 
 SOURCE = "pku"
@@ -175,7 +175,7 @@ class PKUConverter(Converter):
 
 def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: str | None = None,
             poses_file: str | Path | None = None, intrinsics_file: str | Path | None = None,
-            context: float = 1.4, max_side: int = 320, workers: int = 1, **unused
+            context: float = 1.4, max_side: int = 320, workers: int = 1
             ) -> tuple[PKUConverter, list[Job], Summary, dict]:
     root = Path(root)
     scheme = split_scheme or "cross-subject"
