@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from depthpi.data.pipeline import PipelineConfig
 from depthpi.losses import DistillationConfig, RegressionLossConfig
+from depthpi.metrics import DEFAULT_THRESHOLDS
 from depthpi.models.posenet import ModelConfig
 from depthpi.models.taps import parse_tap
 
@@ -152,6 +153,8 @@ class TrainConfig:
                "auto, bf16, fp16 or fp32", self.run.precision)
         _check(0 <= self.data.unlabeled_fraction < 1, "data.unlabeled_fraction", "in [0, 1)",
                self.data.unlabeled_fraction)
+        _check(self.data.dataset in DEFAULT_THRESHOLDS, "data.dataset", f"one of {sorted(DEFAULT_THRESHOLDS)} "
+               "(it picks the PCK/AUC threshold)", self.data.dataset)
         if self.stage == "student":
             for model in (self.model, self.teacher.model):
                 try:
@@ -165,8 +168,6 @@ class TrainConfig:
                    "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
             _check(not precomputed or self.data.unlabeled is None or self.teacher.unlabeled_features is not None,
                    "teacher.unlabeled_features", "feature shards of data.unlabeled in precomputed mode", None)
-            _check(self.teacher.mode == "online" or self.teacher.weights is not None or precomputed,
-                   "teacher.weights", "a path", None)
         if self.stage == "teacher":
             _check(self.model.kind == "teacher", "model.kind", "'teacher' for stage teacher", self.model.kind)
 
@@ -202,8 +203,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, ValueError) as err:  # ValueError: a dataclass's __post_init__ check
         where = f" in {path}" if path else ""
+        where += f" with overrides {list(overrides)}" if overrides else ""
         raise ValueError(f"bad config{where}: {err}".replace("\n", "; ")) from None
 
 
