@@ -114,8 +114,9 @@ def run_cli(argv):
 # --- same input and output as evaluation -------------------------------------------------
 
 def synthetic_sample() -> Sample:
-    synthetic = pytest.importorskip("depthpi.data.synthetic", reason="synthetic renderer not available yet")
-    return synthetic.render_sample("test", 3)
+    from depthpi.data.synthetic import render_sample
+
+    return render_sample("test", 3)
 
 
 @pytest.mark.parametrize("make_sample", [stored_sample, synthetic_sample], ids=["constructed", "synthetic"])
@@ -310,11 +311,9 @@ def test_depth_model_is_refused(tmp_path):
         run_cli(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "one.png"), "--out", str(tmp_path / "o")])
 
 
-# --- eval with flip TTA on shards (needs the shard writer and the synthetic renderer) ---------
+# --- eval with flip TTA on shards ------------------------------------------------------------
 
 def test_evaluate_checkpoint_with_flip_tta(ckpt, tmp_path):
-    pytest.importorskip("depthpi.data.synthetic", reason="synthetic renderer not available yet")
-    pytest.importorskip("depthpi.data.loader", reason="shard loader not available yet")
     from depthpi.data.build import build_synthetic
     from depthpi.predict import evaluate_checkpoint
 

@@ -385,8 +385,6 @@ def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """A small synthetic shard set (64 train / 16 test samples, 16 per shard)."""
-    pytest.importorskip("depthpi.data.synthetic", reason="synthetic data set not landed yet")
-    pytest.importorskip("depthpi.data.loader", reason="shard loader not landed yet")
     from depthpi.data.build import build_synthetic
 
     out = tmp_path_factory.mktemp("shards")
