@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from depthpi.data.pipeline import PipelineConfig
+from depthpi.io import atomic_write_text
 from depthpi.losses import DistillationConfig, RegressionLossConfig
 from depthpi.metrics import DEFAULT_THRESHOLDS
 from depthpi.models.posenet import ModelConfig
@@ -215,8 +216,4 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config atomically (run_dir/config.yaml)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    atomic_write_text(path, to_yaml(cfg))

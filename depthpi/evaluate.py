@@ -7,14 +7,13 @@ curve and a per-joint table.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from depthpi.data.shards import read_manifest
+from depthpi.io import atomic_path, atomic_write_json, atomic_write_text
 from depthpi.metrics import DEFAULT_THRESHOLDS, PoseMetrics
 from depthpi.skeleton import H36M_17
 from depthpi.train.data import to_device
@@ -54,13 +53,13 @@ def write_report(metrics: PoseMetrics, out_dir: str | Path, title: str = "", ski
     result["threshold_mm"] = metrics.threshold_mm
     if skipped is not None:
         result["skipped"] = skipped
-    _atomic_write(out_dir / "metrics.json", json.dumps(result, indent=1, default=float))
+    atomic_write_json(out_dir / "metrics.json", result)
     rows = [(name, v["mpjpe"], v["pck"], v["auc"]) for name, v in result["per_joint"].items()]
     table = ["| joint | MPJPE (mm) | PCK | AUC |", "|---|---|---|---|"]
     table += [f"| {n} | {m:.1f} | {p:.3f} | {a:.3f} |" for n, m, p, a in rows]
     table.append(f"| **all** | {result['mpjpe']:.1f} | {result['pck']:.3f} | {result['auc']:.3f} |")
-    _atomic_write(out_dir / "per_joint.md", "\n".join(table) + "\n")
-    _atomic_write(out_dir / "per_joint.csv", "joint,mpjpe_mm,pck,auc\n" +
+    atomic_write_text(out_dir / "per_joint.md", "\n".join(table) + "\n")
+    atomic_write_text(out_dir / "per_joint.csv", "joint,mpjpe_mm,pck,auc\n" +
                   "".join(f"{n},{m:.3f},{p:.5f},{a:.5f}\n" for n, m, p, a in rows))
     plot_pck_curve(metrics, out_dir / "pck_curve.png", title)
     return result
@@ -81,10 +80,9 @@ def plot_pck_curve(metrics: PoseMetrics, path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def threshold_for(dataset: str) -> float:
@@ -102,8 +100,3 @@ def threshold_for_split(split_dir: str | Path, fallback_dataset: str) -> float:
     source = read_manifest(split_dir).params.get("source")
     return threshold_for(source if source in DEFAULT_THRESHOLDS else fallback_dataset)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -18,8 +18,6 @@ Every export is checked against ``Predictor.predict`` on random inputs.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from depthpi.io import atomic_path, atomic_write_json
 from depthpi.predict import Predictor
 from depthpi.train.data import IMAGENET_MEAN, IMAGENET_STD
 
@@ -110,15 +109,13 @@ def export_model(predictor: Predictor, fmt: str, out: str | Path, size: int | No
     out.parent.mkdir(parents=True, exist_ok=True)
     model = JointsOnly(predictor.model).eval()
     example = torch.randn(2, 3, size, size, device=predictor.device)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)  # torch.export.save wants the .pt2 suffix
-    with torch.no_grad():
+    with torch.no_grad(), atomic_path(out) as tmp:  # keeps the suffix: torch.export.save wants .pt2
         if fmt == "pt2":
             torch.export.save(torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch()), str(tmp))
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example, check_trace=False), str(tmp))
         else:
             _export_onnx(model, example, tmp)
-    os.replace(tmp, out)
     _write_description(predictor, out, fmt, size)
     diff = check_export(predictor, out, fmt, size, seed) if check else float("nan")
     snippet = SNIPPETS[fmt].format(path=out.name, size=size, joints=predictor.skeleton.num_joints, input=INPUT_NAME)
@@ -181,7 +178,4 @@ def _write_description(predictor: Predictor, out: Path, fmt: str, size: int) -> 
         "model": {"arch": predictor.cfg.model.arch, "width": predictor.cfg.model.width,
                   "trained_input_size": predictor.input_size},
     }
-    path = out.with_name(out.name + ".json")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(out.with_name(out.name + ".json"), record)

@@ -19,7 +19,6 @@ frame the file does not mention has no people (an empty ``people`` list).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from depthpi.camera import Camera
+from depthpi.io import atomic_path, atomic_write_json
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -229,7 +229,8 @@ class OverlayWriter:
     def write(self, name, image: np.ndarray) -> None:
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         if not self.video:
-            cv2.imwrite(str(self.path / (Path(str(name)).stem + ".jpg")), bgr)
+            with atomic_path(self.path / (Path(str(name)).stem + ".jpg")) as tmp:
+                cv2.imwrite(str(tmp), bgr)
             return
         if self.writer is None:
             size = (bgr.shape[1], bgr.shape[0])
@@ -289,8 +290,7 @@ def run_predict(args) -> dict:
     view = None if args.no_overlay else Pose3DView(predictor.skeleton)
     frames = people = 0
     jsonl = out / "predictions.jsonl"
-    tmp = jsonl.with_name(jsonl.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(jsonl) as tmp, open(tmp, "w") as f:
         results = predict_frames(predictor, source, camera_for, boxes_for, args.batch, args.flip_tta, args.root_depth)
         for frame in tqdm(results, total=source.total, desc="predict", unit="frame",
                           disable=source.kind == "image"):
@@ -299,7 +299,6 @@ def run_predict(args) -> dict:
                 overlay.write(frame.frame, render_overlay(frame, predictor.skeleton, view))
             frames += 1
             people += len(frame.people)
-    os.replace(tmp, jsonl)
     if overlay is not None:
         overlay.close()
         view.close()
@@ -324,7 +323,7 @@ def _write_meta(out: Path, predictor, source: FrameSource, args, has_K: bool, su
         },
         **summary,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_json(out / "meta.json", meta)
 
 
 def run_export(args):

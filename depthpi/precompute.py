@@ -30,8 +30,9 @@ from depthpi.data.features import encode_features
 from depthpi.data.loader import DECODE_ERRORS, collate
 from depthpi.data.pipeline import process_sample
 from depthpi.data.schema import SampleError, decode_sample
-from depthpi.data.shards import (Manifest, ShardInfo, TarShard, atomic_write_bytes, file_sha256, finished_shard,
+from depthpi.data.shards import (Manifest, ShardInfo, TarShard, file_sha256, finished_shard,
                                  json_bytes, read_manifest, sidecar_path, write_manifest)
+from depthpi.io import atomic_write_bytes
 from depthpi.predict import Predictor
 from depthpi.train.data import to_device
 from depthpi.train.stages import tap_features
@@ -131,7 +132,7 @@ class FeatureWriter:
         if target.count != shard.count:
             raise ValueError(f"{shard.name}: wrote {target.count} keys, the source manifest lists {shard.count}")
         record = {"digest": digest, "shard": vars(target.finish()), "skipped": skipped}
-        atomic_write_bytes(sidecar_path(out, shard.name), json_bytes(record))
+        atomic_write_bytes(sidecar_path(out, shard.name), json_bytes(record), fsync=True)
         return record
 
     def _views(self, members: dict, shard: str) -> tuple[list | None, list | None, dict | None]:

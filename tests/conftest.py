@@ -14,6 +14,7 @@ import pytest
 from depthpi.data.schema import Sample, SampleError, SampleMeta, encode_sample
 from depthpi.data.shards import Manifest, ShardWriter, write_manifest
 
+pytest_plugins = ("slurm_cluster",)  # the session SLURM fixture (tests/slurm_cluster.py)
 NUM_JOINTS = 17
 
 

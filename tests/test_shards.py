@@ -58,7 +58,7 @@ def test_manifest_counts_sha256_and_atomic_write(tmp_path, monkeypatch):
         assert shard.sha256 == file_sha256(tmp_path / shard.name)
         assert shard.bytes == (tmp_path / shard.name).stat().st_size
     assert read_manifest(tmp_path, check_sha256=True).counts == [4, 2, 5]
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
     def crash(src, dst):
         raise OSError("killed during rename")

@@ -17,7 +17,7 @@ import yaml
 from depthpi.sweep import report, submit
 from depthpi.sweep.cli import main as sweep_main
 from depthpi.sweep.spec import SpecError, load_spec
-from slurm_cluster import slurm_cluster, wait_for  # noqa: F401,F811  (session fixture)
+from slurm_cluster import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "baseline_rgb.yaml"
@@ -229,7 +229,7 @@ def test_element_record_counts_attempts_atomically(tmp_path):
     submit.record_end(element, "done", metrics={"mpjpe": 1.0})
     record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
     assert record["state"] == "done" and record["metrics"] == {"mpjpe": 1.0}
-    assert not list(Path(element.run_dir).glob("*.tmp"))
+    assert not [p for p in Path(element.run_dir).iterdir() if ".tmp" in p.name]
 
 
 # --- status and collect on fabricated run directories ---------------------------------------

@@ -1,7 +1,6 @@
 """``depthpi shards build/inspect``: the synthetic set into shards, and a look at any split."""
 from __future__ import annotations
 
-import os
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -14,6 +13,7 @@ from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError, decode_sample
 from depthpi.data.shards import build_shards, read_manifest
 from depthpi.data.synthetic import SyntheticConfig, render_sample
+from depthpi.io import atomic_path
 from depthpi.skeleton import get_skeleton
 from depthpi.train.logging import draw_skeleton
 
@@ -98,7 +98,5 @@ def _write_sheet(tiles: list[np.ndarray], out_png: Path, columns: int = 4) -> No
     tiles = tiles + [blank] * (-len(tiles) % columns)
     rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]
     sheet = np.concatenate(rows, axis=0)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, out_png)
+    with atomic_path(out_png) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))

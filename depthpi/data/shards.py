@@ -17,7 +17,6 @@ import logging
 import math
 import multiprocessing
 import os
-import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from depthpi.data.schema import Sample, SampleError, encode_sample
+from depthpi.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -86,18 +86,6 @@ class Manifest:
         return [shard.count for shard in self.shards]
 
 
-# --- atomic files ----------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file of this process and rename: readers see old or new bytes,
-    and two processes writing the same file at once (precompute ranks finishing together)
-    do not trip over one shared temporary name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def json_bytes(record: dict) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode()
@@ -115,7 +103,7 @@ def file_sha256(path: str | Path) -> str:
 def write_manifest(split_dir: str | Path, manifest: Manifest) -> Path:
     """Write ``split_dir/manifest.json`` atomically; returns its path."""
     path = Path(split_dir) / MANIFEST_NAME
-    atomic_write_bytes(path, json_bytes(asdict(manifest)))
+    atomic_write_bytes(path, json_bytes(asdict(manifest)), fsync=True)
     return path
 
 
@@ -343,7 +331,7 @@ def _build_shard(out_dir: Path, name: str, start: int, stop: int, digest: str,
     record = {"digest": digest, "start": start, "stop": stop, "shard": asdict(shard.finish()),
               "skipped": skipped}
     # The sidecar comes after the rename: its presence certifies a complete shard.
-    atomic_write_bytes(sidecar_path(out_dir, name), json_bytes(record))
+    atomic_write_bytes(sidecar_path(out_dir, name), json_bytes(record), fsync=True)
     return record
 
 

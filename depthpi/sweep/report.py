@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from depthpi.io import atomic_path, atomic_write_text
 from depthpi.sweep.submit import ELEMENT_FILE, PLAN_FILE, read_json
 
 METRICS = (("mpjpe", "MPJPE (mm)", 1), ("pck", "PCK", 3), ("auc", "AUC", 3))
@@ -336,16 +337,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def collect(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
@@ -357,7 +351,7 @@ def collect(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, P
     if not rows:
         raise ValueError(f"{sweep_dir}: no training elements to collect")
     paths = {"markdown": out / "results.md", "csv": out / "results.csv", "plot": out / "results.png"}
-    _write_text(paths["markdown"], to_markdown(keys, rows))
-    _write_text(paths["csv"], to_csv(keys, rows))
+    atomic_write_text(paths["markdown"], to_markdown(keys, rows))
+    atomic_write_text(paths["csv"], to_csv(keys, rows))
     plot(rows, paths["plot"], sweep_dir.name)
     return paths

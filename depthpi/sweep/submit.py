@@ -24,6 +24,7 @@ from pathlib import Path
 import submitit
 import yaml
 
+from depthpi.io import atomic_write_text
 from depthpi.sweep.spec import Element, Stage, Sweep
 
 ELEMENT_FILE = "sweep_element.json"
@@ -37,11 +38,7 @@ _LAYOUT_KEYS = {"compute_environment", "num_machines", "num_processes", "machine
 
 def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temp file in the same directory + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def read_json(path: str | Path) -> dict | None:

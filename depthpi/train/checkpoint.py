@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthpi.io import atomic_path
+
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -147,11 +149,8 @@ def load_checkpoint(path: str | Path) -> tuple[TrainerState, dict | None]:
 
 def save_weights(model_state: dict, path: str | Path) -> None:
     """Plain state dict for inference, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(model_state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(model_state, tmp)
 
 
 def load_weights(path: str | Path) -> dict:

@@ -5,7 +5,6 @@ backward, clip, step, log, checkpoint) → evaluate → checkpoint and export.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from depthpi.config import TrainConfig, save_config, to_yaml
 from depthpi.data.loader import skip_summary
 from depthpi.data.shards import ManifestError
 from depthpi.evaluate import evaluate_split, threshold_for_split
+from depthpi.io import atomic_write_json
 from depthpi.models.posenet import build_model, freeze
 from depthpi.precompute import check_feature_shards
 from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint,
@@ -94,11 +94,7 @@ class RankLedger:
         checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
         record = {"rank": self.rank, "world_size": self.world_size, "step": step, "param_checksum": checksum,
                   "samples_per_epoch": self.counts, "keys": self.keys}
-        path = run_dir / "ranks" / f"rank-{self.rank}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        atomic_write_json(run_dir / "ranks" / f"rank-{self.rank}.json", record, indent=None)
 
 
 def check_precomputed(cfg: TrainConfig) -> tuple[tuple[str, str | None], str]:

@@ -1,8 +1,6 @@
 """TensorBoard and console output of a run; only the main process writes."""
 from __future__ import annotations
 
-import json
-import os
 import resource
 from pathlib import Path
 
@@ -10,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from depthpi.io import atomic_write_json
 from depthpi.skeleton import H36M_17
 
 GT_COLOUR, PRED_COLOUR = (40, 220, 40), (230, 40, 40)
@@ -121,9 +120,7 @@ class RunLogger:
                           f"{example['key']} in {example['shard']}: {example['message']}")
 
     def write_metrics(self, metrics: dict, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=1, default=float))
-        os.replace(tmp, path)
+        atomic_write_json(path, metrics)
 
     def close(self) -> None:
         if self.writer:

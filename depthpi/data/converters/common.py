@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import traceback
 import zlib
@@ -40,6 +39,7 @@ import numpy as np
 from depthpi.camera import Camera, reproject_image
 from depthpi.data.schema import Sample, SampleMeta, encode_sample
 from depthpi.data.shards import Manifest, ShardInfo, ShardWriter, write_manifest
+from depthpi.io import atomic_write_text
 from depthpi.skeleton import H36M_17
 
 MAX_NAMED = 50  # names kept per skip reason in the summary
@@ -342,12 +342,6 @@ def _params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class ConverterError(ValueError):
     """A wrong root or option: raised before any work starts, naming what was expected."""
 
@@ -396,7 +390,7 @@ def _convert_group(converter: Converter, jobs: list[Job], shard_path: str, param
         record["shard"] = asdict(info)
     elif path.exists():
         path.unlink()
-    _atomic_write_text(_sidecar(path), json.dumps(record, indent=1))
+    atomic_write_text(_sidecar(path), json.dumps(record, indent=1))
     return record
 
 
@@ -484,5 +478,5 @@ def run_conversion(converter: Converter, jobs: list[Job], out: Path, *, videos_p
                             params={**params, "split": split}, skipped=skipped)
         write_manifest(out / split, manifest)
         manifests[split] = manifest
-    _atomic_write_text(out / f"summary.{converter.source}.json", json.dumps(summary.to_dict(), indent=1))
+    atomic_write_text(out / f"summary.{converter.source}.json", json.dumps(summary.to_dict(), indent=1))
     return manifests

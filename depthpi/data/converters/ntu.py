@@ -65,6 +65,7 @@ from depthpi.data.converters.common import (Converter, ConverterError, Job, Summ
 from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, fit_kinect_intrinsics, kinect_to_camera,
                                             kinect_to_h36m17, parse_ntu_skeleton)
 from depthpi.data.schema import Sample
+from depthpi.io import atomic_write_json
 
 SOURCE = "ntu"
 NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})$")
@@ -397,8 +398,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
         record = {**_pooled(fits), "setups": fits,
                   "convention": "K of the stored (unmirrored) frames in depthpi's camera frame; "
                                 "mirrored = raw frames are mirror images (flipped by the converter)"}
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "intrinsics.ntu.json").write_text(json.dumps(record, indent=1))
+        atomic_write_json(Path(out) / "intrinsics.ntu.json", record)
         for setup, fit in fits.items():
             if "error" in fit:
                 summary.notes.append(f"intrinsics {setup}: FAILED ({fit['error']})")
