@@ -135,6 +135,7 @@ def test_preemption_saves_at_the_next_log_point_and_the_run_resumes_to_the_end(s
     assert stopped.value.step == 3  # the first log point, not the next periodic checkpoint (100)
     state = json.loads((latest_checkpoint(tmp_path / "run") / "trainer.json").read_text())
     assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (3, 0, 3)
+    assert state["data"]["train"] == {**state["data"]["train"], "epoch": 0, "batches": 3}  # the loader's position
     train(cfg)
     final = json.loads((latest_checkpoint(tmp_path / "run") / "trainer.json").read_text())
     assert (final["step"], final["epoch"]) == (16, 2)

@@ -441,7 +441,7 @@ class ShardLoader:
         samples were bad); it costs their read time once.
         """
         mine = self.state_dict()
-        changed = [k for k in ("seed", "world_size", "num_workers", "batch_size") if state.get(k) != mine[k]]
+        changed = [k for k in ("seed", "world_size", "num_workers", "batch_size") if k in state and state[k] != mine[k]]
         if changed:
             log.warning("%s: resuming with different %s than the saved data position; the skipped "
                         "batches are not the ones consumed before", self.split_dir, changed)

@@ -22,7 +22,7 @@ import random
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +35,14 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 @dataclass
 class TrainerState:
-    """Where a run stands; ``batches_in_epoch`` lets the loader skip what was consumed."""
+    """Where a run stands. Mid-epoch, ``batches_in_epoch`` batches were consumed and
+    ``data`` holds each loader's position (``ShardLoader.state_dict``, by loader name), so a
+    resumed run continues with the next batch rather than the start of the epoch."""
 
     epoch: int = 0
     step: int = 0
     batches_in_epoch: int = 0
+    data: dict = field(default_factory=dict)
     best_metric: float = float("inf")
     best_step: int = -1
     code_version: str = ""

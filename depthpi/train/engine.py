@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from depthpi.config import TrainConfig, save_config, to_yaml
-from depthpi.data.loader import skip_summary
+from depthpi.data.loader import ShardLoader, skip_summary
 from depthpi.data.shards import ManifestError
 from depthpi.evaluate import evaluate_split, threshold_for_split
 from depthpi.io import atomic_write_json
@@ -134,6 +134,78 @@ def _set_bn_frozen(model: nn.Module, frozen: bool) -> None:
             module.train(not frozen)
 
 
+@dataclass
+class Loaders:
+    """The loaders of one run: labelled train, unlabelled train (or None), test, extra tests."""
+
+    labeled: ShardLoader
+    unlabeled: ShardLoader | None
+    test: ShardLoader
+    extra_tests: dict[str, tuple[ShardLoader, float]]
+    steps_per_epoch: int
+
+    def train_loaders(self) -> dict[str, ShardLoader]:
+        return {"train": self.labeled, **({"unlabeled": self.unlabeled} if self.unlabeled is not None else {})}
+
+    def start_epoch(self, epoch: int, trainer: TrainerState) -> None:
+        """Select the epoch; when resuming inside it, each train loader skips what it handed out."""
+        for name, loader in self.train_loaders().items():
+            loader.set_epoch(epoch)
+            if trainer.batches_in_epoch:
+                loader.load_state_dict(trainer.data.get(name) or {"epoch": epoch, "batches": trainer.batches_in_epoch})
+
+    def positions(self) -> dict[str, dict]:
+        return {name: loader.state_dict() for name, loader in self.train_loaders().items()}
+
+
+def build_loaders(cfg: TrainConfig, stage, device_type: str, rank: int, world: int) -> Loaders:
+    """Every loader of the run, with the stage's pipeline (depth, colour placement, stored
+    teacher features of a precomputed student); checks fail here, before training starts."""
+    pipeline = pipeline_for(cfg.data, stage.needs_depth, device_type)
+    features = None
+    if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
+        features, colour_on = check_precomputed(cfg)
+        pipeline = replace(pipeline, colour_on=colour_on)
+    labeled, unlabeled = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world, features)
+    steps = len(labeled) if not cfg.run.steps_per_epoch else min(len(labeled), cfg.run.steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"data.train {cfg.data.train}: too few samples for one batch of "
+                         f"{cfg.data.batch_size} on each of {world} ranks")
+    return Loaders(labeled, unlabeled, build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world),
+                   build_extra_tests(cfg, pipeline, rank, world), steps)
+
+
+class StepMeter:
+    """One epoch's running loss terms and data-wait time.
+
+    Terms are summed on the device and read back only when logged: no host sync per step.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.wait = 0, 0.0
+        self.start = self._ready = time.perf_counter()
+
+    def batch_ready(self) -> None:
+        self.wait += time.perf_counter() - self._ready
+
+    def step_done(self, terms: dict[str, torch.Tensor], grad_norm) -> None:
+        for name, value in terms.items():
+            if name != "pred":
+                self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+        if grad_norm is not None:
+            self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + torch.as_tensor(grad_norm).float()
+        self.count += 1
+        self._ready = time.perf_counter()
+
+    def means(self) -> dict[str, float]:
+        return {name: (value / max(self.count, 1)).item() for name, value in self.sums.items()}
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     """Train one stage to the end (resuming if the run directory holds a checkpoint).
 
@@ -144,58 +216,28 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     # --- setup -----------------------------------------------------------------
     accelerator = make_accelerator(cfg)
     run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.run.seed)
     stage, model = build_stage(cfg, accelerator.device)
-    pipeline = pipeline_for(cfg.data, stage.needs_depth, accelerator.device.type)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    features = None
-    if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
-        features, colour_on = check_precomputed(cfg)
-        pipeline = replace(pipeline, colour_on=colour_on)
-    labeled_loader, unlabeled_loader = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world, features)
-    eval_loader = build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world)
-    extra_tests = build_extra_tests(cfg, pipeline, rank, world)
-    steps_per_epoch = len(labeled_loader)
-    if cfg.run.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.run.steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise ValueError(f"data.train {cfg.data.train}: too few samples for one batch of "
-                         f"{cfg.data.batch_size} on each of {world} ranks")
+    loaders = build_loaders(cfg, stage, accelerator.device.type, rank, world)
+    steps_per_epoch = loaders.steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                  weight_decay=cfg.optim.weight_decay)
     if cfg.run.channels_last and accelerator.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model, optimizer = accelerator.prepare(model, optimizer)
-    stage.model = model
-    if cfg.run.compile:
-        stage.model = torch.compile(model)
+    stage.model = torch.compile(model) if cfg.run.compile else model
     schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
     deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
     logger = RunLogger(run_dir, enabled=is_main)
     ledger = RankLedger(rank, world)
-
-    # --- resume ----------------------------------------------------------------
-    trainer = TrainerState(code_version=code_version())
-    resume_from = latest_checkpoint(run_dir)
-    if resume_from is not None:
-        trainer, state = load_checkpoint(resume_from)
-        if deepspeed:
-            accelerator.load_state(str(resume_from / "deepspeed"))
-        else:
-            accelerator.unwrap_model(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler") is not None and accelerator.scaler is not None:
-                accelerator.scaler.load_state_dict(state["scaler"])
-        set_rng_state((state or {}).get("rng", rng_state()))
-        logger.info(f"resumed from {resume_from} (epoch {trainer.epoch}, step {trainer.step})")
-    elif is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        logger.text("config", to_yaml(cfg))
+    trainer = resume(cfg, accelerator, model, optimizer, logger)
     logger.info(f"stage {cfg.stage} {cfg.experiment}: {world} process(es) × batch {cfg.data.batch_size} "
                 f"= global batch {world * cfg.data.batch_size}; {steps_per_epoch} steps/epoch; "
                 f"device {accelerator.device}, {accelerator.mixed_precision}")
 
     def checkpoint():
+        trainer.data = loaders.positions() if trainer.batches_in_epoch else {}
         state = None if deepspeed else {
             "model": accelerator.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
@@ -211,25 +253,17 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
         model.train()
         if cfg.optim.freeze_bn_after_epoch is not None:
             _set_bn_frozen(model, epoch >= cfg.optim.freeze_bn_after_epoch)
-        labeled_loader.set_epoch(epoch)
-        if unlabeled_loader is not None:
-            unlabeled_loader.set_epoch(epoch)
-        unlabeled_iter = iter(unlabeled_loader) if unlabeled_loader is not None else None
-        skip = trainer.batches_in_epoch
-        sums, count, wait, t_epoch, last = {}, 0, 0.0, time.perf_counter(), None
-        t_ready = time.perf_counter()
-        for index, batch in enumerate(labeled_loader):
+        loaders.start_epoch(epoch, trainer)
+        unlabeled = iter(loaders.unlabeled) if loaders.unlabeled is not None else None
+        meter, last = StepMeter(), None
+        for index, batch in enumerate(loaders.labeled, start=trainer.batches_in_epoch):
             if index >= steps_per_epoch:
                 break
-            if index < skip:  # resuming mid-epoch: these batches were consumed already
-                if unlabeled_iter is not None:
-                    next(unlabeled_iter)
-                continue
-            if unlabeled_iter is not None:
-                batch = concat_batches(batch, next(unlabeled_iter))
+            if unlabeled is not None:
+                batch = concat_batches(batch, next(unlabeled))
             ledger.add(epoch, batch["key"])
             batch = to_device(batch, accelerator.device, cfg.run.channels_last)
-            wait += time.perf_counter() - t_ready
+            meter.batch_ready()
             epoch_float = epoch + index / steps_per_epoch
             lr = _set_lr(optimizer, cfg.optim.lr, schedule, epoch_float)
 
@@ -243,23 +277,11 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
             trainer.step += 1
             trainer.batches_in_epoch = index + 1
+            meter.step_done(terms, grad_norm)
 
-            # Accumulate on device; read back only when logging (no per-step host sync).
-            for name, value in terms.items():
-                if name != "pred":
-                    sums[name] = sums.get(name, 0.0) + value.detach().float()
-            if grad_norm is not None:
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + torch.as_tensor(grad_norm).float()
-            count += 1
             if trainer.step % cfg.run.log_every == 0 or index + 1 == steps_per_epoch:
-                elapsed = time.perf_counter() - t_epoch
-                scalars = {f"train/{k}": (v / count).item() for k, v in sums.items()}
-                if not math.isfinite(scalars["train/loss"]):
-                    raise FloatingPointError(f"non-finite loss at step {trainer.step} on rank {rank}")
-                scalars.update({"train/lr": lr, "train/samples_per_s": count * cfg.data.batch_size * world / elapsed,
-                                "train/data_wait_share": wait / elapsed, "train/epoch": epoch_float,
-                                "train/peak_memory_mib": peak_memory_mib(accelerator.device)})
-                logger.scalars(scalars, trainer.step)
+                log_step(logger, meter, trainer.step, rank, lr, epoch_float, cfg.data.batch_size * world,
+                         accelerator.device)
             if cfg.run.image_every and trainer.step % cfg.run.image_every == 0:
                 logger.images(stage, batch, terms["pred"], trainer.step)
             if trainer.step % cfg.run.checkpoint_every == 0:
@@ -271,25 +293,11 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
                 logger.close()
                 raise Preempted(trainer.step)
             last = (batch, terms["pred"])
-            t_ready = time.perf_counter()
 
         # --- evaluate, checkpoint, export --------------------------------------
-        metrics = evaluate(stage, eval_loader, accelerator, threshold, cfg.run.channels_last)
-        skipped = {"train": gathered_skips(labeled_loader, unlabeled_loader), "eval": metrics.pop("skipped")}
-        metrics["skipped"] = skipped
-        if epoch + 1 == cfg.optim.epochs and extra_tests:
-            metrics["tests"] = evaluate_extra_tests(stage, extra_tests, accelerator, cfg.run.channels_last)
-            logger.scalars({f"eval_{name}/{k}": m[k] for name, m in metrics["tests"].items()
-                            for k in ("mpjpe", "pck", "auc")}, trainer.step)
-            for name, m in metrics["tests"].items():
-                logger.info(f"  test set {name}: mpjpe={m['mpjpe']:.1f}mm pck@{m['threshold_mm']:g}={m['pck']:.3f} "
-                            f"auc={m['auc']:.3f}")
-        logger.scalars({f"eval/{k}": metrics[k] for k in ("mpjpe", "pck", "auc")}, trainer.step)
-        logger.scalars({f"data/skipped_{part}": report["total"] for part, report in skipped.items()}, trainer.step)
-        if last is not None:
-            logger.images(stage, *last, trainer.step)
-        logger.epoch_summary(epoch, cfg.optim.epochs, {k: (v / max(count, 1)).item() for k, v in sums.items()},
-                             metrics, time.perf_counter() - t_epoch, wait)
+        final = epoch + 1 == cfg.optim.epochs
+        metrics = evaluate_epoch(stage, loaders, accelerator, threshold, cfg.run.channels_last, final)
+        log_epoch(logger, stage, metrics, meter, last, trainer.step, epoch, cfg.optim.epochs)
         trainer.epoch, trainer.batches_in_epoch = epoch + 1, 0
         improved = metrics["mpjpe"] < trainer.best_metric
         if improved:
@@ -305,6 +313,68 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     logger.close()
     accelerator.wait_for_everyone()
     return metrics
+
+
+def resume(cfg: TrainConfig, accelerator, model: nn.Module, optimizer, logger: RunLogger) -> TrainerState:
+    """The trainer state of the run's latest checkpoint, with model, optimiser, scaler and
+    RNG restored from it; a fresh state (and the run's config.yaml written) when there is none."""
+    run_dir = Path(cfg.run.out_dir)
+    resume_from = latest_checkpoint(run_dir)
+    if resume_from is None:
+        if accelerator.is_main_process:
+            save_config(cfg, run_dir / "config.yaml")
+            logger.text("config", to_yaml(cfg))
+        return TrainerState(code_version=code_version())
+    trainer, state = load_checkpoint(resume_from)
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        accelerator.load_state(str(resume_from / "deepspeed"))
+    else:
+        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+    set_rng_state((state or {}).get("rng", rng_state()))
+    logger.info(f"resumed from {resume_from} (epoch {trainer.epoch}, step {trainer.step})")
+    return trainer
+
+
+def log_step(logger: RunLogger, meter: StepMeter, step: int, rank: int, lr: float, epoch_float: float,
+             global_batch: int, device: torch.device) -> None:
+    """Mean loss terms since the epoch began, LR, throughput, data-wait share, peak memory."""
+    elapsed = meter.elapsed
+    scalars = {f"train/{name}": value for name, value in meter.means().items()}
+    if not math.isfinite(scalars["train/loss"]):
+        raise FloatingPointError(f"non-finite loss at step {step} on rank {rank}")
+    scalars.update({"train/lr": lr, "train/samples_per_s": meter.count * global_batch / elapsed,
+                    "train/data_wait_share": meter.wait / elapsed, "train/epoch": epoch_float,
+                    "train/peak_memory_mib": peak_memory_mib(device)})
+    logger.scalars(scalars, step)
+
+
+def evaluate_epoch(stage, loaders: Loaders, accelerator, threshold_mm: float, channels_last: bool,
+                   final: bool) -> dict:
+    """Test-split metrics, the bad samples skipped this epoch (``skipped`` {train, eval}) and,
+    after the last epoch, every extra test set (``tests``)."""
+    metrics = evaluate(stage, loaders.test, accelerator, threshold_mm, channels_last)
+    metrics["skipped"] = {"train": gathered_skips(loaders.labeled, loaders.unlabeled), "eval": metrics.pop("skipped")}
+    if final and loaders.extra_tests:
+        metrics["tests"] = evaluate_extra_tests(stage, loaders.extra_tests, accelerator, channels_last)
+    return metrics
+
+
+def log_epoch(logger: RunLogger, stage, metrics: dict, meter: StepMeter, last, step: int, epoch: int,
+              epochs: int) -> None:
+    """TensorBoard scalars (eval, extra tests, skipped samples), the last batch's images and
+    the console summary of one epoch."""
+    logger.scalars({f"eval/{k}": metrics[k] for k in ("mpjpe", "pck", "auc")}, step)
+    for name, m in metrics.get("tests", {}).items():
+        logger.scalars({f"eval_{name}/{k}": m[k] for k in ("mpjpe", "pck", "auc")}, step)
+        logger.info(f"  test set {name}: mpjpe={m['mpjpe']:.1f}mm pck@{m['threshold_mm']:g}={m['pck']:.3f} "
+                    f"auc={m['auc']:.3f}")
+    logger.scalars({f"data/skipped_{part}": report["total"] for part, report in metrics["skipped"].items()}, step)
+    if last is not None:
+        logger.images(stage, *last, step)
+    logger.epoch_summary(epoch, epochs, meter.means(), metrics, meter.elapsed, meter.wait)
 
 
 def build_extra_tests(cfg: TrainConfig, pipeline, rank: int, world: int) -> dict[str, tuple]:
