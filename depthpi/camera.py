@@ -68,11 +68,16 @@ class Camera:
         return np.linalg.inv(self.K)
 
     @classmethod
+    def from_intrinsics(cls, K: np.ndarray) -> Camera:
+        """Camera at the world origin looking down the world axes: world = camera frame."""
+        return cls(K=np.asarray(K, np.float64), R=np.eye(3), t=np.zeros(3))
+
+    @classmethod
     def from_fov(cls, fov_deg: float, width: int, height: int) -> Camera:
         """Camera at the world origin with a horizontal field of view of ``fov_deg``."""
         f = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
         K = np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]])
-        return cls(K=K, R=np.eye(3), t=np.zeros(3))
+        return cls.from_intrinsics(K)
 
     # --- projections -------------------------------------------------------------
     def world_to_camera(self, points: np.ndarray) -> np.ndarray:

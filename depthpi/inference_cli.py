@@ -6,137 +6,23 @@ predict writes into ``--out``:
 - ``overlay/<name>.jpg`` per image, or ``overlay.mp4`` for a video: the frame with boxes and
   2D skeletons, beside a 3D view of the root-relative poses.
 
-Boxes file (``--boxes``): JSON Lines, one object per frame that has people::
-
-    {"frame": "img_0001.jpg", "boxes": [[x, y, w, h], ...]}
-    {"frame": 17, "boxes": [[412.0, 80.5, 190.0, 520.0]]}
-
-``frame`` is the file name (relative to the folder; for a single image its file name) or the
-0-based frame index (videos: always the index; folders: index in sorted name order).
-Boxes are in frame pixels, x, y of the top-left corner, pixel centres at integers. A
-frame the file does not mention has no people (an empty ``people`` list).
+Inputs (frames, ``--K``, ``--bbox``, the ``--boxes`` file) are read by :mod:`depthpi.sources`;
+overlays are drawn by :mod:`depthpi.draw`.
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from depthpi.camera import Camera
+from depthpi.draw import Pose3DView, render_overlay
 from depthpi.io import atomic_path, atomic_write_json
+from depthpi.sources import FrameSource, parse_bbox, read_boxes, read_intrinsics, warn
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEFAULT_FOV = 55.0
-LEFT, RIGHT, CENTRE = (255, 80, 40), (40, 140, 255), (240, 240, 240)  # RGB
-
-
-def _warn(message: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"[depthpi predict] warning: {message}", file=sys.stderr)
-
-
-# --- inputs ---------------------------------------------------------------------------------
-
-def read_intrinsics(path: str | Path) -> np.ndarray:
-    """3×3 K from a JSON file holding ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` or ``{"K": ...}``."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"--K {path}: cannot read a JSON 3x3 matrix ({err})") from None
-    K = np.asarray(data["K"] if isinstance(data, dict) and "K" in data else data, dtype=np.float64)
-    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"--K {path}: expected a 3x3 matrix with positive focal lengths, got {K.tolist()}")
-    return K
-
-
-def parse_bbox(text: str) -> np.ndarray:
-    try:
-        box = np.array([float(v) for v in text.split(",")])
-    except ValueError:
-        box = np.zeros(0)
-    if box.shape != (4,) or box[2] <= 0 or box[3] <= 0:
-        raise ValueError(f"--bbox {text!r}: expected x,y,w,h with w > 0 and h > 0")
-    return box
-
-
-def read_boxes(path: str | Path) -> dict:
-    """Boxes file (module docstring) → {frame name or index: [(4,) boxes]}."""
-    table: dict = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"--boxes {path}, line {number}"
-        try:
-            record = json.loads(line)
-            frame, boxes = record["frame"], np.asarray(record["boxes"], np.float64).reshape(-1, 4)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}: expected {{\"frame\": name_or_index, \"boxes\": [[x, y, w, h], ...]}} "
-                             f"({err})") from None
-        if not isinstance(frame, (int, str)) or isinstance(frame, bool):
-            raise ValueError(f"{where}: 'frame' must be a file name or an integer index, got {frame!r}")
-        if len(boxes) and (np.any(boxes[:, 2:] <= 0) or not np.all(np.isfinite(boxes))):
-            raise ValueError(f"{where}: every box needs finite x, y and w, h > 0")
-        table.setdefault(frame, []).extend(list(boxes))
-    return table
-
-
-class FrameSource:
-    """Frames of an image, a folder of images or a video, as (index, frame id, RGB uint8).
-
-    Unreadable images in a folder are skipped and listed in ``skipped`` (name, reason).
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.skipped: list[tuple[str, str]] = []
-        self.fps = 25.0
-        if self.path.is_dir():
-            self.kind = "folder"
-            self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-            if not self.files:
-                raise ValueError(f"--input {path}: no images ({', '.join(sorted(IMAGE_EXTS))}) in the folder")
-            self.total = len(self.files)
-        elif not self.path.is_file():
-            raise FileNotFoundError(f"--input {path}: no such file or folder")
-        elif self.path.suffix.lower() in VIDEO_EXTS:
-            self.kind = "video"
-            capture = cv2.VideoCapture(str(self.path))
-            if not capture.isOpened():
-                raise ValueError(f"--input {path}: OpenCV cannot open this video")
-            self.total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-            self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-            capture.release()
-        else:
-            self.kind, self.files, self.total = "image", [self.path], 1
-
-    def __iter__(self):
-        if self.kind == "video":
-            capture = cv2.VideoCapture(str(self.path))
-            index = 0
-            try:
-                while True:
-                    ok, frame = capture.read()
-                    if not ok:
-                        break
-                    yield index, index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    index += 1
-            finally:
-                capture.release()
-            return
-        for index, path in enumerate(self.files):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                if self.kind == "image":
-                    raise ValueError(f"--input {path}: not a readable image")
-                self.skipped.append((path.name, "not a readable image (corrupt or unsupported)"))
-                _warn(f"{path}: not a readable image, skipped")
-                continue
-            yield index, path.name, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 # --- outputs --------------------------------------------------------------------------------
@@ -147,73 +33,6 @@ def frame_record(frame, skeleton_name: str, flip_tta: bool) -> dict:
     return {"frame": frame.frame, "index": frame.index, "width": width, "height": height,
             "K": np.round(frame.camera.K, 4).tolist(), "skeleton": skeleton_name, "flip_tta": flip_tta,
             "people": [p.to_json() for p in frame.people]}
-
-
-def draw_pose_2d(image: np.ndarray, joints2d: np.ndarray, skeleton, bbox=None) -> np.ndarray:
-    """Draw a box and 2D skeleton (left bones orange, right blue) onto an RGB image in place."""
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    if bbox is not None:
-        x, y, w, h = np.round(bbox).astype(int)
-        cv2.rectangle(image, (x, y), (x + w, y + h), (255, 255, 0), thickness)
-    left = {a for a, _ in skeleton.left_right_pairs}
-    right = {b for _, b in skeleton.left_right_pairs}
-    for child, parent in skeleton.edges:
-        a, b = joints2d[child], joints2d[parent]
-        if not np.all(np.isfinite([*a, *b])) or np.abs([*a, *b]).max() > 1e5:
-            continue
-        colour = LEFT if child in left else RIGHT if child in right else CENTRE
-        cv2.line(image, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), colour, thickness + 1,
-                 cv2.LINE_AA)
-    return image
-
-
-class Pose3DView:
-    """Matplotlib 3D view of root-relative poses (camera frame: x right, z forward, −y up)."""
-
-    def __init__(self, skeleton, size_px: int = 480):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        self.skeleton = skeleton
-        self.fig = plt.figure(figsize=(size_px / 100, size_px / 100), dpi=100)
-        self.ax = self.fig.add_subplot(projection="3d")
-        self.left = {a for a, _ in skeleton.left_right_pairs}
-        self.right = {b for _, b in skeleton.left_right_pairs}
-
-    def render(self, poses: list[np.ndarray]) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; people side by side, 1.2 m apart."""
-        ax = self.ax
-        ax.cla()
-        for k, pose in enumerate(poses):
-            p = pose + np.array([1200.0 * (k - (len(poses) - 1) / 2), 0, 0])
-            for child, parent in self.skeleton.edges:
-                colour = LEFT if child in self.left else RIGHT if child in self.right else (90, 90, 90)
-                ax.plot(*(p[[child, parent]][:, [0, 2, 1]] * [1, 1, -1]).T, color=np.array(colour) / 255, lw=2)
-        half = 1000.0 * max(1, len(poses))
-        ax.set(xlim=(-half, half), ylim=(-half, half), zlim=(-1000, 1000), xlabel="x", ylabel="z", zlabel="-y",
-               xticklabels=[], yticklabels=[], zticklabels=[])
-        ax.set_box_aspect((1, 1, 1 / max(1, len(poses))))
-        ax.view_init(elev=15, azim=-75)
-        self.fig.canvas.draw()
-        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
-
-    def close(self) -> None:
-        import matplotlib.pyplot as plt
-
-        plt.close(self.fig)
-
-
-def render_overlay(frame, skeleton, view: Pose3DView) -> np.ndarray:
-    """The frame with boxes and 2D skeletons, beside the 3D view scaled to its height."""
-    image = frame.image.copy()
-    for person in frame.people:
-        draw_pose_2d(image, person.joints2d, skeleton, person.bbox)
-    panel = view.render([p.joints3d for p in frame.people])
-    height = image.shape[0]
-    panel = cv2.resize(panel, (height, height), interpolation=cv2.INTER_AREA)
-    return np.concatenate([image, panel], axis=1)
 
 
 class OverlayWriter:
@@ -227,6 +46,7 @@ class OverlayWriter:
             self.path.mkdir(parents=True, exist_ok=True)
 
     def write(self, name, image: np.ndarray) -> None:
+        """Write ``image``, (H, W, 3) uint8 RGB, as overlay/<stem of name>.jpg or the next video frame."""
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         if not self.video:
             with atomic_path(self.path / (Path(str(name)).stem + ".jpg")) as tmp:
@@ -265,15 +85,15 @@ def run_predict(args) -> dict:
     boxes = read_boxes(args.boxes) if args.boxes else None
     fixed = parse_bbox(args.bbox) if args.bbox else None
     if K is None:
-        _warn(f"no --K: assuming a {args.fov:g} deg horizontal field of view, principal point at the image centre")
+        warn(f"no --K: assuming a {args.fov:g} deg horizontal field of view, principal point at the image centre")
     if fixed is None and boxes is None:
-        _warn("no --bbox/--boxes: each whole frame is treated as one person box; "
+        warn("no --bbox/--boxes: each whole frame is treated as one person box; "
               "crop the person (or give boxes) for accurate poses")
 
     def camera_for(image):
         height, width = image.shape[:2]
         if K is not None:
-            return Camera(K, np.eye(3), np.zeros(3))
+            return Camera.from_intrinsics(K)
         return Camera.from_fov(args.fov, width, height)
 
     def boxes_for(index, frame_id, image):

@@ -145,8 +145,8 @@ def _kinect_lines(joints_cam_mm, rgb_K, depth_K, mirrored):
     """25 joint lines of the NTU format for one body."""
     kin_cam = h36m17_to_kinect(joints_cam_mm)                   # our frame, mm
     kin = kin_cam * np.array([-1.0, -1.0, 1.0]) / 1000.0        # Kinect camera space, m
-    rgb = Camera(rgb_K, np.eye(3), np.zeros(3)).camera_to_image(kin_cam)
-    dep = Camera(depth_K, np.eye(3), np.zeros(3)).camera_to_image(kin_cam)
+    rgb = Camera.from_intrinsics(rgb_K).camera_to_image(kin_cam)
+    dep = Camera.from_intrinsics(depth_K).camera_to_image(kin_cam)
     if mirrored:
         rgb[:, 0] = RGB_WH[0] - 1 - rgb[:, 0]
         dep[:, 0] = DEPTH_WH[0] - 1 - dep[:, 0]
@@ -166,7 +166,7 @@ def write_ntu(root: Path, *, frames: int = 6, mirrored: bool = True, videos: dic
     truth = {"setups": {s: {"rgb_K": k[0], "depth_K": k[1]} for s, k in NTU_SETUPS.items()}, "joints": {}}
     for name, persons in videos.items():
         rgb_K, depth_K = NTU_SETUPS[name[:8]]
-        rgb_cam, depth_cam = Camera(rgb_K, np.eye(3), np.zeros(3)), Camera(depth_K, np.eye(3), np.zeros(3))
+        rgb_cam, depth_cam = Camera.from_intrinsics(rgb_K), Camera.from_intrinsics(depth_K)
         lines, video, all_joints = [str(frames)], [], []
         depth_dir = root / "nturgb+d_depth_masked" / name
         depth_dir.mkdir(exist_ok=True)
@@ -216,7 +216,7 @@ def write_pku(root: Path, *, frames: int = 6, seed: int = 1, defects: bool = Tru
     root = Path(root)
     for sub in ("RGB_VIDEO", "DEPTH", "PKU_Skeleton_Renew", "Split"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    rgb_cam, depth_cam = Camera(PKU_RGB_K, np.eye(3), np.zeros(3)), Camera(PKU_DEPTH_K, np.eye(3), np.zeros(3))
+    rgb_cam, depth_cam = Camera.from_intrinsics(PKU_RGB_K), Camera.from_intrinsics(PKU_DEPTH_K)
     truth = {"joints": {}}
     for name in PKU_VIDEOS:
         lines, video, all_joints = [], [], []

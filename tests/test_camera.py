@@ -103,4 +103,4 @@ def test_depth_nearest_warp_never_invents_values():
 
 def test_camera_rejects_bad_shapes():
     with pytest.raises(ValueError, match="Camera.K"):
-        Camera(np.eye(2), np.eye(3), np.zeros(3))
+        Camera.from_intrinsics(np.eye(2))

@@ -65,8 +65,8 @@ def test_ntu_fitted_intrinsics_recover_the_generator(ntu):
             true_K = NTU_SETUPS[setup][0 if stream == "rgb" else 1]
             fit_K = np.asarray(fit[f"{stream}_K"])
             pixels = np.stack([u.ravel() * size[0] / 1920, v.ravel() * size[1] / 1080], 1)
-            points = Camera(true_K, np.eye(3), np.zeros(3)).image_to_camera(pixels, 3000.0)
-            error = np.linalg.norm(Camera(fit_K, np.eye(3), np.zeros(3)).camera_to_image(points) - pixels, axis=1)
+            points = Camera.from_intrinsics(true_K).image_to_camera(pixels, 3000.0)
+            error = np.linalg.norm(Camera.from_intrinsics(fit_K).camera_to_image(points) - pixels, axis=1)
             assert error.max() < 0.5, (setup, stream, error.max())
             assert fit[f"{stream}_rms"] < 0.5
     assert any("rms" in note for note in ntu["summary"].notes)
@@ -261,7 +261,7 @@ def test_pku_unlabeled_pairs_and_labelled_test(pku):
         raw = cv2.flip(cv2.imread(str(pku["root"] / "DEPTH" / meta.extra["video"] / f"{meta.frame:06d}.png"),
                                   cv2.IMREAD_UNCHANGED), 1)
         stored = np.round(Camera(meta.depth_K, meta.R, meta.t).project(meta.joints)).astype(int)
-        truth = np.round(Camera(PKU_DEPTH_K, np.eye(3), np.zeros(3)).camera_to_image(meta.joints)).astype(int)
+        truth = np.round(Camera.from_intrinsics(PKU_DEPTH_K).camera_to_image(meta.joints)).astype(int)
         np.testing.assert_array_equal(sample.depth[stored[:, 1], stored[:, 0]], raw[truth[:, 1], truth[:, 0]])
     _check_chirality(test)
     assert pku["summary"].frames_skipped["malformed skeleton line"] == 1

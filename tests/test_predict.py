@@ -16,11 +16,12 @@ from depthpi.config import DataConfig, TrainConfig, save_config
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
 from depthpi.data.schema import Sample, SampleMeta
-from depthpi.inference_cli import add_inference_parsers, read_boxes
+from depthpi.inference_cli import add_inference_parsers
 from depthpi.models.posenet import ModelConfig, PoseOutput, build_model
 from depthpi.predict import (Predictor, fit_root_depth, joints_2d, make_crop, predict_frames, to_camera_frame,
                              unflip_joints)
 from depthpi.skeleton import H36M_17
+from depthpi.sources import read_boxes
 from depthpi.train.data import to_device
 
 SIZE = 65
@@ -130,7 +131,7 @@ def test_predict_on_frame_matches_eval_pipeline(predictor, make_sample):
     eval_cam = crop_camera(Camera(meta.rgb_K, meta.R, meta.t), meta.bbox, ViewParams(), SIZE)
     expected = pred_eval @ (meta.R @ eval_cam.R.T).T  # into the stored camera's frame
 
-    frame_cam = Camera(meta.rgb_K, np.eye(3), np.zeros(3))
+    frame_cam = Camera.from_intrinsics(meta.rgb_K)
     crop = make_crop(sample.rgb, frame_cam, meta.bbox, predictor.rgb_pipeline(), H36M_17)
     np.testing.assert_array_equal(crop.rgb, evaluated["rgb"])  # the very same network input
     [frame] = predict_frames(predictor, [(0, "f", sample.rgb)], lambda im: frame_cam, lambda *a: [meta.bbox])
@@ -149,7 +150,7 @@ def test_shifted_box_rotates_prediction_by_the_camera_turn(predictor):
     """
     pose = random_pose()
     const = constant_predictor(predictor, pose)
-    camera = Camera(K, np.eye(3), np.zeros(3))
+    camera = Camera.from_intrinsics(K)
     image = textured()
     results = {}
     for u in (159.5, 60.0, 260.0):
@@ -167,7 +168,7 @@ def test_shifted_box_rotates_prediction_by_the_camera_turn(predictor):
 
 def test_frames_without_people_are_not_held_back_for_a_full_batch(predictor):
     """A long video with a sparse boxes file: at most ``batch_size`` frames are ever held."""
-    camera = Camera(K, np.eye(3), np.zeros(3))
+    camera = Camera.from_intrinsics(K)
     image, read, held = textured(), [], []
     box = np.array([120.0, 40.0, 80.0, 160.0])
 
@@ -185,7 +186,7 @@ def test_frames_without_people_are_not_held_back_for_a_full_batch(predictor):
 
 
 def test_joints_2d_root_on_box_centre_ray_and_fit_to_box(predictor):
-    camera = Camera(K, np.eye(3), np.zeros(3))
+    camera = Camera.from_intrinsics(K)
     box = np.array([200.0, 40.0, 70.0, 150.0])
     crop = make_crop(textured(), camera, box, predictor.rgb_pipeline(), H36M_17)
     pose = random_pose(3)

@@ -13,9 +13,9 @@ from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError, decode_sample
 from depthpi.data.shards import build_shards, read_manifest
 from depthpi.data.synthetic import SyntheticConfig, render_sample
+from depthpi.draw import GT_COLOUR, draw_skeleton
 from depthpi.io import atomic_path
 from depthpi.skeleton import get_skeleton
-from depthpi.train.logging import draw_skeleton
 
 SPLITS = ("train", "test", "unlabeled")
 
@@ -76,7 +76,7 @@ def _tile(sample, cfg: PipelineConfig) -> np.ndarray:
     rgb = view["rgb"].copy()
     if view["labeled"]:
         skeleton = get_skeleton(sample.meta.skeleton)
-        draw_skeleton(rgb, view["joints2d"], (40, 220, 40), view["valid"], skeleton.edges)
+        draw_skeleton(rgb, view["joints2d"], GT_COLOUR, view["valid"], skeleton.edges)
     depth = np.zeros_like(rgb) if not has_depth else cv2.applyColorMap(
         (view["depth"] / max(view["depth"].max(), 1e-6) * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
     tile = np.concatenate([rgb, depth], axis=1)

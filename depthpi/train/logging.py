@@ -8,41 +8,31 @@ import cv2
 import numpy as np
 import torch
 
+from depthpi.camera import Camera
+from depthpi.draw import GT_COLOUR, PRED_COLOUR, draw_skeleton
 from depthpi.io import atomic_write_json
-from depthpi.skeleton import H36M_17
-
-GT_COLOUR, PRED_COLOUR = (40, 220, 40), (230, 40, 40)
-
-
-def project(joints: np.ndarray, root: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """joints: (J, 3) root-relative mm; root: (3,) mm; K: (3, 3) → (J, 2) pixels."""
-    points = joints + root
-    z = np.maximum(points[:, 2:3], 1.0)
-    return points[:, :2] / z @ K[:2, :2].T + K[:2, 2]
-
-
-def draw_skeleton(image: np.ndarray, pixels: np.ndarray, colour, valid=None, edges=None) -> np.ndarray:
-    """Draw bones onto an (H, W, 3) uint8 image in place and return it."""
-    edges = H36M_17.edges if edges is None else edges
-    for child, parent in edges:
-        if valid is not None and not (valid[child] and valid[parent]):
-            continue
-        a, b = pixels[child], pixels[parent]
-        if np.all(np.isfinite([*a, *b])):
-            cv2.line(image, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), colour, 1, cv2.LINE_AA)
-    return image
 
 
 def skeleton_panel(batch: dict, pred: torch.Tensor, count: int = 4) -> np.ndarray:
-    """(H, count·W, 3) uint8: crops with ground truth (green) and prediction (red)."""
+    """Crops with ground truth (green) and prediction (red) side by side.
+
+    Args:
+        batch: ``rgb`` (B, S, S, 3) uint8, ``K`` (B, 3, 3) crop intrinsics px, ``root`` (B, 3)
+            mm, ``joints`` (B, J, 3) root-relative mm, ``valid`` (B, J), ``labeled`` (B,),
+            all in the crop camera's frame.
+        pred: (B, J, 3) root-relative mm, crop camera frame.
+    Returns:
+        (S, min(count, B)·S, 3) uint8 RGB; unlabelled crops are left undrawn.
+    """
     tiles = []
     for i in range(min(count, len(pred))):
         image = batch["rgb"][i].cpu().numpy().copy()
-        K, root = batch["K"][i].cpu().numpy(), batch["root"][i].cpu().numpy()
         if bool(batch["labeled"][i]):
-            draw_skeleton(image, project(batch["joints"][i].cpu().numpy(), root, K), GT_COLOUR,
-                          batch["valid"][i].cpu().numpy())
-            draw_skeleton(image, project(pred[i].float().cpu().numpy(), root, K), PRED_COLOUR)
+            camera = Camera.from_intrinsics(batch["K"][i].cpu().numpy())
+            root = batch["root"][i].cpu().numpy()
+            truth = camera.camera_to_image(batch["joints"][i].cpu().numpy() + root)
+            draw_skeleton(image, truth, GT_COLOUR, batch["valid"][i].cpu().numpy())
+            draw_skeleton(image, camera.camera_to_image(pred[i].float().cpu().numpy() + root), PRED_COLOUR)
         tiles.append(image)
     return np.concatenate(tiles, axis=1)
 

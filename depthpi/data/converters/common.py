@@ -214,7 +214,7 @@ def crop_person(rgb: np.ndarray, rgb_K: np.ndarray, box: np.ndarray, depth: np.n
         crop = cv2.resize(crop, (out_side, out_side), interpolation=cv2.INTER_AREA)
     # cv2.resize maps u → (u − x0 + 0.5)·s − 0.5 = (u − x0')·s with x0' = x0 + 0.5(1 − s)/s.
     offset = 0.5 * (1.0 - scale) / scale
-    full_cam = Camera(np.asarray(rgb_K, np.float64), np.eye(3), np.zeros(3))
+    full_cam = Camera.from_intrinsics(rgb_K)
     crop_cam = full_cam.crop(x0 + offset, y0 + offset, scale)
     if dist is not None and np.any(np.asarray(dist) != 0):
         # The crop is the distorted image seen through crop_cam.K; undistort onto that K.
@@ -225,7 +225,7 @@ def crop_person(rgb: np.ndarray, rgb_K: np.ndarray, box: np.ndarray, depth: np.n
 
     depth_crop = depth_K_crop = None
     if depth is not None and depth_K is not None:
-        depth_cam = Camera(np.asarray(depth_K, np.float64), np.eye(3), np.zeros(3))
+        depth_cam = Camera.from_intrinsics(depth_K)
         # Eq. 4.7: the RGB crop square's corners (continuous edges) into the depth frame.
         corners = np.array([[-0.5, -0.5, 1], [out_side - 0.5, -0.5, 1], [-0.5, out_side - 0.5, 1],
                             [out_side - 0.5, out_side - 0.5, 1]], np.float64)

@@ -291,7 +291,7 @@ class NTUConverter(Converter):
         if not people:
             return
         ids = parse_name(name)
-        rgb_cam = Camera(rgb_K, np.eye(3), np.zeros(3))
+        rgb_cam = Camera.from_intrinsics(rgb_K)
         depth_kind, pattern = p["depth_kind"], DEPTH_DIRS[p["depth_kind"]][1]
         for f, frame in iter_video_frames(Path(p["rgb"]), sorted(people), summary, Path(p["rgb"]).name):
             if frame.shape[:2] != (RGB_SIZE[1], RGB_SIZE[0]):

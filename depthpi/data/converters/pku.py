@@ -126,7 +126,7 @@ class PKUConverter(Converter):
         first = min(depth_files, default=0)
         summary.videos_read += 1
         labels = _labels(Path(p["labels"]) if p.get("labels") else None)
-        rgb_cam = Camera(self.rgb_K, np.eye(3), np.zeros(3))
+        rgb_cam = Camera.from_intrinsics(self.rgb_K)
         people: dict[int, list] = {}
         for f in range(0, len(frames), self.every):
             if f in errors:
