@@ -2,7 +2,7 @@
 
 Synthetic-like samples (256×256 RGB JPEG, 128×128 uint16 depth PNG, 17 joints). Two
 map functions: ``decode only`` (no pose pipeline: the data path's ceiling) and the
-``training map`` a run uses (``depthpi.train.data.map_fn``: pose pipeline with augmentation,
+``training map`` a run uses (``depthpi.data.batches.map_fn``: pose pipeline with augmentation,
 RGB+depth at --size, colour placed by --colour-on). Each row times the second epoch of a
 persistent-worker loader (worker start excluded).
 
@@ -25,11 +25,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import record  # noqa: E402
+from depthpi.data.batches import map_fn  # noqa: E402
 from depthpi.data.loader import make_loader  # noqa: E402
-from depthpi.data.schema import Sample, SampleMeta  # noqa: E402
 from depthpi.data.pipeline import PipelineConfig  # noqa: E402
+from depthpi.data.schema import Sample, SampleMeta  # noqa: E402
 from depthpi.data.shards import build_shards  # noqa: E402
-from depthpi.train.data import map_fn  # noqa: E402
 
 
 def fake_sample(index: int) -> Sample:

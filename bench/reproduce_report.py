@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from depthpi.data.batches import build_eval_loader, to_device  # noqa: E402
+from depthpi.models.posenet import tap_features  # noqa: E402
 from depthpi.predict import Predictor  # noqa: E402
 from depthpi.sweep.report import mean_std  # noqa: E402
-from depthpi.train.data import build_eval_loader, to_device  # noqa: E402
-from depthpi.train.stages import tap_features  # noqa: E402
 
 # (id, what it is) in the order of the table; the first three start from scratch.
 MODELS = [

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthpi.data.batches import to_device
 from depthpi.data.shards import read_manifest
 from depthpi.io import atomic_path, atomic_write_json, atomic_write_text
 from depthpi.metrics import DEFAULT_THRESHOLDS, PoseMetrics
 from depthpi.skeleton import H36M_17
-from depthpi.train.data import to_device
 
 GROUP_KEYS = ("action", "subject", "camera")
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from depthpi.data.batches import IMAGENET_MEAN, IMAGENET_STD
 from depthpi.io import atomic_path, atomic_write_json
 from depthpi.predict import Predictor
-from depthpi.train.data import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("pt2", "torchscript", "onnx")
 INPUT_NAME, OUTPUT_NAME = "image", "joints"

@@ -26,6 +26,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
+from depthpi.data.batches import to_device
 from depthpi.data.features import encode_features
 from depthpi.data.loader import DECODE_ERRORS, collate
 from depthpi.data.pipeline import process_sample
@@ -33,9 +34,8 @@ from depthpi.data.schema import SampleError, decode_sample
 from depthpi.data.shards import (Manifest, ShardInfo, TarShard, file_sha256, finished_shard,
                                  json_bytes, read_manifest, sidecar_path, write_manifest)
 from depthpi.io import atomic_write_bytes
+from depthpi.models.posenet import tap_features
 from depthpi.predict import Predictor
-from depthpi.train.data import to_device
-from depthpi.train.stages import tap_features
 
 log = logging.getLogger(__name__)
 DTYPES = ("fp16", "uint8")

@@ -29,15 +29,14 @@ import torch
 from depthpi.camera import Camera
 from depthpi.config import TrainConfig, load_config
 from depthpi.data.augment import ViewParams
-from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
+from depthpi.data.batches import build_eval_loader, to_device
 from depthpi.data.loader import skip_summary
+from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
 from depthpi.data.schema import Sample, SampleMeta
 from depthpi.evaluate import evaluate_split, threshold_for_split, write_report
-from depthpi.models.posenet import build_model
+from depthpi.models.posenet import build_model, run_model
 from depthpi.skeleton import SKELETONS, Skeleton
-from depthpi.train.checkpoint import load_weights
-from depthpi.train.data import build_eval_loader, to_device
-from depthpi.train.stages import run_model
+from depthpi.weights import load_weights
 
 
 def find_run_config(ckpt: str | Path) -> Path:
@@ -108,7 +107,7 @@ class Predictor:
 
         Args:
             batch: device batch with the model's inputs (``rgb_input`` and/or
-                ``depth_input``, see ``depthpi.train.data.to_device``).
+                ``depth_input``, see ``depthpi.data.batches.to_device``).
             flip_tta: also predict on the mirrored crops (one forward of 2B) and average
                 with their un-flipped predictions.
         """

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from depthpi.data.augment import AugmentConfig, ViewParams, colour_augment as worker_colour, draw_view
+from depthpi.data.batches import IMAGENET_MEAN, IMAGENET_STD, to_device
+from depthpi.data.device_colour import IDENTITY, colour_augment
 from depthpi.data.pipeline import PipelineConfig, process_sample
-from depthpi.train.colour import IDENTITY, colour_augment
-from depthpi.train.data import IMAGENET_MEAN, IMAGENET_STD, to_device
 
 from conftest import fake_sample
 

@@ -20,8 +20,9 @@ from conftest import tb_scalars
 from depthpi.config import load_config
 from depthpi.data.build import build_synthetic
 from depthpi.predict import evaluate_checkpoint
-from depthpi.train.checkpoint import checkpoint_dirs, load_weights
+from depthpi.train.checkpoint import checkpoint_dirs
 from depthpi.train.engine import train
+from depthpi.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"

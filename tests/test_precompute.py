@@ -11,17 +11,16 @@ import webdataset as wds
 
 from conftest import tb_scalars
 from depthpi.config import DataConfig, TrainConfig, load_config, save_config
+from depthpi.data.batches import to_device
 from depthpi.data.build import build_synthetic, iter_split
 from depthpi.data.features import decode_features, replay_map
 from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError
 from depthpi.data.shards import file_sha256, read_manifest
-from depthpi.models.posenet import ModelConfig, build_model
+from depthpi.models.posenet import ModelConfig, build_model, run_model
 from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
 from depthpi.predict import Predictor
-from depthpi.train.data import to_device
 from depthpi.train.engine import check_precomputed, train
-from depthpi.train.stages import run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TAP = "block13.post_relu"

@@ -14,6 +14,7 @@ from torch import nn
 from depthpi.camera import Camera
 from depthpi.config import DataConfig, TrainConfig, save_config
 from depthpi.data.augment import ViewParams
+from depthpi.data.batches import to_device
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
 from depthpi.data.schema import Sample, SampleMeta
 from depthpi.inference_cli import add_inference_parsers
@@ -22,7 +23,6 @@ from depthpi.predict import (Predictor, fit_root_depth, joints_2d, make_crop, pr
                              unflip_joints)
 from depthpi.skeleton import H36M_17
 from depthpi.sources import read_boxes
-from depthpi.train.data import to_device
 
 SIZE = 65
 K = np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])

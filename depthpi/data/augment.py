@@ -51,7 +51,7 @@ class ViewParams:
 
     def colour_vector(self) -> np.ndarray:
         """(4,) float32 brightness, contrast, hue (degrees), saturation, the order
-        ``depthpi.train.colour.colour_augment`` takes."""
+        ``depthpi.data.device_colour.colour_augment`` takes."""
         return np.array([self.brightness, self.contrast, self.hue, self.saturation], np.float32)
 
     @classmethod

@@ -35,7 +35,7 @@ class PipelineConfig:
         attention_stride: input pixels per attention-map cell (16 for layer3/4 taps).
         colour_on: where colour augmentation runs. ``device``: ``rgb`` stays un-coloured
             and ``colour`` carries the view's parameters; ``to_device`` applies them to
-            the batch (``depthpi.train.colour``), which frees ~0.4 ms of worker time per
+            the batch (``depthpi.data.device_colour``), which frees ~0.4 ms of worker time per
             257×257 sample and is nearly free on a GPU. ``workers``: OpenCV in the data
             workers (cheaper than torch on a CPU "device"). ``auto``: device on CUDA,
             else workers (``for_device``).

@@ -283,6 +283,25 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
+def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = (), head: bool = True):
+    """Call a pose model with the inputs its config names; returns its PoseOutput.
+
+    ``head=False`` (features only) is passed on only when asked for, so a model that
+    always runs its head still fits the plain call.
+    """
+    kwargs = {"taps": taps} if head else {"taps": taps, "head": False}
+    if model_cfg.kind == "teacher":
+        return model(batch["rgb_input"], batch["depth_input"], **kwargs)
+    if model_cfg.input == "depth":
+        return model(batch["depth_input"], **kwargs)
+    return model(batch["rgb_input"], **kwargs)
+
+
+def tap_features(model: nn.Module, model_cfg, batch: dict, tap: str) -> torch.Tensor:
+    """(B, C, h, w) map of one tap; the forward stops there (no later blocks, no head)."""
+    return run_model(model, model_cfg, batch, (tap,), head=False).features[tap]
+
+
 def _backbone_parts(model: nn.Module) -> list[ResNet]:
     if isinstance(model, RGBDTeacher):
         return [model.rgb, model.depth, model.trunk]

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthpi.io import atomic_path
+from depthpi.weights import CHECKPOINT_STATE
+
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -128,7 +129,7 @@ def save_checkpoint(run_dir: str | Path, trainer: TrainerState, state: dict | No
         barrier()
     if is_main:
         if state is not None:
-            torch.save(state, tmp / "state.pt")
+            torch.save(state, tmp / CHECKPOINT_STATE)
         (tmp / "trainer.json").write_text(json.dumps(asdict(trainer), indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -145,26 +146,6 @@ def load_checkpoint(path: str | Path) -> tuple[TrainerState, dict | None]:
     if not trainer_file.is_file():
         raise FileNotFoundError(f"{trainer_file}: not a complete checkpoint (trainer.json missing)")
     trainer = TrainerState(**json.loads(trainer_file.read_text()))
-    state_file = path / "state.pt"
+    state_file = path / CHECKPOINT_STATE
     state = torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else None
     return trainer, state
-
-
-def save_weights(model_state: dict, path: str | Path) -> None:
-    """Plain state dict for inference, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(model_state, tmp)
-
-
-def load_weights(path: str | Path) -> dict:
-    """Load a plain state dict (exported weights or the ``model`` entry of a checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        _, state = load_checkpoint(path)
-        if state is None or "model" not in state:
-            raise ValueError(f"{path}: checkpoint has no 'model' entry (DeepSpeed checkpoints: use export/*.pt)")
-        return state["model"]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["model"] if isinstance(state, dict) and "model" in state and "optimizer" in state else state

@@ -15,20 +15,21 @@ import torch
 from torch import nn
 
 from depthpi.config import TrainConfig, save_config, to_yaml
+from depthpi.data.batches import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
+                                to_device)
 from depthpi.data.loader import ShardLoader, skip_summary
 from depthpi.data.shards import ManifestError
 from depthpi.evaluate import evaluate_split, threshold_for_split
 from depthpi.io import atomic_write_json
 from depthpi.models.posenet import build_model, freeze
 from depthpi.precompute import check_feature_shards
-from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint,
-                                      load_weights, rng_state, save_checkpoint, save_weights, set_rng_state)
-from depthpi.train.data import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
-                                to_device)
+from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint, rng_state,
+                                      save_checkpoint, set_rng_state)
 from depthpi.train.logging import RunLogger, peak_memory_mib
 from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.stages import StudentStage, SupervisedStage
+from depthpi.weights import load_weights, save_weights
 
 
 def make_accelerator(cfg: TrainConfig):

@@ -9,26 +9,8 @@ import torch
 from torch import nn
 
 from depthpi.losses import alpha_at, regression_loss, student_objective
+from depthpi.models.posenet import run_model, tap_features
 from depthpi.train.targets import keypoint_attention
-
-
-def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = (), head: bool = True):
-    """Call a pose model with the inputs its config names; returns its PoseOutput.
-
-    ``head=False`` (features only) is passed on only when asked for, so a model that
-    always runs its head still fits the plain call.
-    """
-    kwargs = {"taps": taps} if head else {"taps": taps, "head": False}
-    if model_cfg.kind == "teacher":
-        return model(batch["rgb_input"], batch["depth_input"], **kwargs)
-    if model_cfg.input == "depth":
-        return model(batch["depth_input"], **kwargs)
-    return model(batch["rgb_input"], **kwargs)
-
-
-def tap_features(model: nn.Module, model_cfg, batch: dict, tap: str) -> torch.Tensor:
-    """(B, C, h, w) map of one tap; the forward stops there (no later blocks, no head)."""
-    return run_model(model, model_cfg, batch, (tap,), head=False).features[tap]
 
 
 class SupervisedStage:

@@ -1,4 +1,5 @@
-"""Loaders of a training run and the host→device step that turns batches into model inputs.
+"""Batches of the pose pipeline: the loaders of a run's splits (training, evaluation,
+prediction over a split) and the host→device step that turns their batches into model inputs.
 
 Workers hand over uint8 RGB, its colour parameters and float depth; colour augmentation,
 normalisation and NCHW/channels_last layout happen on the device, where they are nearly
@@ -11,10 +12,10 @@ from functools import partial
 
 import torch
 
+from depthpi.data.device_colour import IDENTITY, colour_augment
+from depthpi.data.features import replay_map
 from depthpi.data.loader import make_loader
 from depthpi.data.pipeline import PipelineConfig, process_sample
-from depthpi.data.features import replay_map
-from depthpi.train.colour import IDENTITY, colour_augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
