@@ -376,6 +376,12 @@ def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
     assert f"afterok:{first['job_id']}" in dependency or "JobState=COMPLETED" in dependency
     states = wait_done(slurm_cluster, [e["job_id"] for s in plan["stages"] for e in s["elements"]], 90)
     assert set(states.values()) == {"COMPLETED"}, states
+    # --dry-run shows exactly the sbatch file that was submitted
+    sweep = load_spec(spec, tmp_path / "sw")
+    for stage, dependency in zip(sweep.stages, (None, f"afterok:{first['job_id']}")):
+        submitted = list((tmp_path / "sw" / "submitit" / stage.name).glob("*/*_submission.sh"))
+        assert submitted, f"no submission file of stage {stage.name}"
+        assert submitted[0].read_text() == submit.sbatch_script(stage, sweep, dependency)
     for name in ("first-0", "first-1", "second"):
         record = json.loads((tmp_path / "sw" / name / "sweep_element.json").read_text())
         assert record["state"] == "done" and record["attempts"] == 1

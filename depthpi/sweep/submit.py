@@ -260,8 +260,17 @@ def submitit_folder(sweep: Sweep, stage: Stage) -> Path:
 
 
 def sbatch_script(stage: Stage, sweep: Sweep, dependency: str | None = None) -> str:
-    """The sbatch file submitit would write for this stage's array (for ``--dry-run``)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    """The sbatch file submitit writes for this stage's array (for ``--dry-run``).
+
+    submitit has no public call for this; its own script builder is used so the preview
+    cannot drift from what is submitted (tests/test_sweep.py compares the two on a real SLURM).
+    """
+    try:
+        from submitit.slurm.slurm import _make_sbatch_string
+    except ImportError as err:
+        raise RuntimeError(f"--dry-run: submitit {submitit.__version__} no longer provides the sbatch "
+                           f"builder depthpi previews with ({err}); submit without --dry-run, or pin "
+                           f"submitit to a version that does") from None
 
     params = slurm_parameters(stage, sweep, dependency)
     params["map_count"] = len(stage.elements) if len(stage.elements) > 1 else None
