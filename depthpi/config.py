@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from depthpi.data.pipeline import PipelineConfig
@@ -203,11 +203,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             layers.append(_load_yaml_chain(Path(path)))
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:  # names the full key itself
+        raise ValueError(f"bad config{_where(path, overrides)}: {err}".replace("\n", "; ")) from None
+    try:
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, ValueError) as err:  # ValueError: a dataclass's __post_init__ check
-        where = f" in {path}" if path else ""
-        where += f" with overrides {list(overrides)}" if overrides else ""
-        raise ValueError(f"bad config{where}: {err}".replace("\n", "; ")) from None
+        section = _failing_section(merged)
+        at = f" at {section}" if section else ""
+        raise ValueError(f"bad config{_where(path, overrides)}{at}: {err}".replace("\n", "; ")) from None
+
+
+def _where(path, overrides) -> str:
+    return (f" in {path}" if path else "") + (f" with overrides {list(overrides)}" if overrides else "")
+
+
+def _failing_section(node: DictConfig, prefix: str = "") -> str:
+    """Dotted key of the innermost section whose check fails (``teacher.model``), '' for the root.
+
+    A dataclass's ``__post_init__`` knows its own class, not where it sits: ModelConfig is
+    both ``model`` and ``teacher.model``.
+    """
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            try:
+                OmegaConf.to_object(child)
+            except (OmegaConfBaseException, ValueError):
+                return _failing_section(child, f"{prefix}{key}.") or f"{prefix}{key}"
+    return ""
 
 
 def to_yaml(cfg: TrainConfig) -> str:

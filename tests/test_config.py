@@ -73,6 +73,14 @@ def test_overrides_win_and_bad_keys_are_named():
         load_config(_path("8.1"), ["data.pipeline.input_size=256"])
 
 
+@pytest.mark.parametrize("key, section", [("model.width", "model"), ("teacher.model.width", "teacher.model"),
+                                          ("data.pipeline.input_size", "data.pipeline")])
+def test_a_failed_check_names_where_the_section_sits(key, section):
+    # ModelConfig is both model and teacher.model: its own check cannot tell which one is wrong.
+    with pytest.raises(ValueError, match=rf"8\.1\.yaml with overrides \['{re.escape(key)}=0'\] at {re.escape(section)}:"):
+        load_config(_path("8.1"), [f"{key}=0"])
+
+
 def test_base_cycle_and_missing_file_are_reported(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
