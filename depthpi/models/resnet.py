@@ -24,6 +24,7 @@ read without forward hooks.
 from __future__ import annotations
 
 import logging
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,13 +45,14 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1, parti
     return cls(cin, cout, k, stride=stride, padding=dilation * (k // 2), dilation=dilation, bias=False)
 
 
-class _Block(nn.Module):
-    """Shared residual logic; subclasses define ``convs`` (conv, bn) pairs."""
+class _Block(nn.Module, metaclass=ABCMeta):
+    """Shared residual logic; subclasses define their (conv, bn) pairs."""
 
     expansion = 1
 
+    @abstractmethod
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        raise NotImplementedError
+        """The block's (conv, BatchNorm) pairs in forward order."""
 
     def forward_pre(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         """Block output before its final ReLU.

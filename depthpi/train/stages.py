@@ -23,14 +23,20 @@ class SupervisedStage:
     def needs_depth(self) -> bool:
         return self.cfg.model.kind == "teacher" or self.cfg.model.input == "depth"
 
-
     def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
+        """Loss terms of one device batch (``to_device`` output: ``joints`` (B, J, 3)
+        root-relative mm, ``valid`` (B, J)).
+
+        Returns ``loss`` (scalar, with graph), ``regression`` (detached) and ``pred``
+        (B, J, 3) mm, detached; the engine logs every term but ``pred``.
+        """
         pred = run_model(self.model, self.cfg.model, batch).joints
         per_sample = regression_loss(pred, batch["joints"], batch["valid"], self.cfg.loss)
         loss = per_sample.mean()
         return {"loss": loss, "regression": loss.detach(), "pred": pred.detach()}
 
     def predict(self, batch: dict, taps: tuple[str, ...] = ()):
+        """The model's PoseOutput (``joints`` (B, J, 3) mm, ``features`` of ``taps``)."""
         return run_model(self.model, self.cfg.model, batch, taps)
 
 
@@ -64,6 +70,11 @@ class StudentStage(SupervisedStage):
         return keypoint_attention(batch["joints2d"], batch["valid"], batch["rgb_input"].shape[-1], out_size)
 
     def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
+        """Eq. 4.23: regression on the labelled samples + α(epoch) · distillation of the tap.
+
+        Unlabelled samples (``labeled`` False) add only distillation. Returns ``loss``,
+        ``regression``, ``distillation``, ``alpha`` and ``pred`` (B, J, 3) mm, detached but ``loss``.
+        """
         out = run_model(self.model, self.cfg.model, batch, (self.tap,))
         teacher_feat = self.teacher_features(batch)
         alpha = alpha_at(epoch, self.cfg.distill)

@@ -26,6 +26,7 @@ import json
 import struct
 import traceback
 import zlib
+from abc import ABC, abstractmethod
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -325,17 +326,20 @@ class Job:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-class Converter:
-    """Base of a source converter (picklable: workers receive a copy).
-
-    Subclasses set ``source`` and implement :meth:`convert_video`, yielding the samples of
-    one video in a deterministic order and recording skips in ``summary``.
-    """
+class Converter(ABC):
+    """Base of a source converter (picklable: workers receive a copy); subclasses set ``source``."""
 
     source = "?"
 
-    def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:
+        """The samples of one video (sequence), in a deterministic order.
+
+        Bad frames are skipped and recorded with ``summary.skip_frame``; a video that cannot be
+        read at all with ``summary.skip_video`` (nothing yielded). Each sample holds the
+        person crop with its adjusted intrinsics (``crop_person``, ``make_sample``), joints in
+        mm in the camera frame.
+        """
 
 
 def _params_hash(params: dict) -> str:

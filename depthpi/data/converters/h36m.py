@@ -65,6 +65,8 @@ def read_pose_file(path: Path) -> np.ndarray:
 
 
 def load_cameras(path: Path) -> dict:
+    """The camera JSON (module docstring), checked → {(subject, camera id): {K (3, 3) px,
+    R (3, 3) world→camera, t (3,) camera centre in world mm, dist (5,) OpenCV order}}."""
     try:
         record = json.loads(Path(path).read_text())
     except OSError:
@@ -147,6 +149,9 @@ def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file:
             subjects: tuple[str, ...] = TEST_SUBJECTS, context: float = 1.4, max_side: int = 320,
             poses_file=None, split_scheme: str | None = None, workers: int = 1
             ) -> tuple[H36MConverter, list[Job], Summary, dict]:
+    """Check the root and camera JSON and list one job per (subject, action, camera) video:
+    everything before the work. Returns the converter, the jobs, the summary so far and
+    the parameters recorded in the manifests."""
     root = Path(root)
     if not root.is_dir():
         raise ConverterError(f"--root {root}: not a directory (expected the Human3.6M root holding S9/, S11/)")

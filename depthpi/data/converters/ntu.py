@@ -327,7 +327,10 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
             missing_list: str | Path | None = None, depth: str = "auto", fit_videos: int = 8,
             workers: int = 1, context: float = 1.4, max_side: int = 320
             ) -> tuple[NTUConverter, list[Job], Summary, dict]:
-    """Check the root, list sequences, split them, fit intrinsics: everything before the work."""
+    """Check the root, list sequences, split them, fit intrinsics: everything before the work.
+
+    Returns the converter, the jobs, the summary so far and the parameters recorded in the manifests.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ConverterError(f"--root {root}: not a directory (expected the NTU RGB+D root holding "

@@ -177,6 +177,10 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
             poses_file: str | Path | None = None, intrinsics_file: str | Path | None = None,
             context: float = 1.4, max_side: int = 320, workers: int = 1
             ) -> tuple[PKUConverter, list[Job], Summary, dict]:
+    """Check the root, list the sequences and split them (training subjects → ``unlabeled``,
+    test subjects → ``test``, labelled) and read the intrinsics NTU's conversion fitted:
+    everything before the work. Returns the converter, the jobs, the summary so far and the
+    parameters recorded in the manifests."""
     root = Path(root)
     scheme = split_scheme or "cross-subject"
     if scheme not in SPLIT_FILES:
