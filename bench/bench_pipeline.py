@@ -32,7 +32,8 @@ from depthpi.data.pipeline import PipelineConfig, _pose_targets, crop_camera, pr
 from depthpi.data.schema import decode_sample, encode_sample  # noqa: E402
 from depthpi.data.shards import ShardWriter  # noqa: E402
 from depthpi.data.synthetic import SyntheticConfig, render_sample  # noqa: E402
-from depthpi.train import colour, targets  # noqa: E402
+from depthpi.data import device_colour as colour  # noqa: E402
+from depthpi.train import targets  # noqa: E402
 
 
 def _rate(fn, items) -> float:
