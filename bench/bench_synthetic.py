@@ -41,8 +41,8 @@ def main() -> None:
     while True:  # cold: until every sensor of the split has been rendered once (cache filled)
         render_sample(args.split, warmup, cfg)
         warmup += 1
-        from depthpi.data.synthetic import _sensor
-        if _sensor.cache_info().currsize >= len(cameras_of(args.split, cfg)) or warmup >= 2000:
+        from depthpi.data.synthetic.scene import sensor_of
+        if sensor_of.cache_info().currsize >= len(cameras_of(args.split, cfg)) or warmup >= 2000:
             break
     cold = time.perf_counter() - start
 
