@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -74,35 +75,12 @@ def run_predict(args) -> dict:
 
     from depthpi.predict import Predictor, predict_frames
 
-    if args.bbox and args.boxes:
-        raise ValueError("--bbox and --boxes: give one of them")
     if args.batch < 1:
         raise ValueError(f"--batch {args.batch}: expected >= 1")
+    camera_for, boxes_for, has_K = frame_geometry(args)
     source = FrameSource(args.input)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_checkpoint(args.ckpt, args.config, device)
-    K = read_intrinsics(args.K) if args.K else None
-    boxes = read_boxes(args.boxes) if args.boxes else None
-    fixed = parse_bbox(args.bbox) if args.bbox else None
-    if K is None:
-        warn(f"no --K: assuming a {args.fov:g} deg horizontal field of view, principal point at the image centre")
-    if fixed is None and boxes is None:
-        warn("no --bbox/--boxes: each whole frame is treated as one person box; "
-              "crop the person (or give boxes) for accurate poses")
-
-    def camera_for(image):
-        height, width = image.shape[:2]
-        if K is not None:
-            return Camera.from_intrinsics(K)
-        return Camera.from_fov(args.fov, width, height)
-
-    def boxes_for(index, frame_id, image):
-        if fixed is not None:
-            return [fixed]
-        if boxes is not None:
-            return boxes.get(frame_id, boxes.get(index, []))
-        height, width = image.shape[:2]
-        return [np.array([-0.5, -0.5, width, height])]  # pixel centres at integers
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,8 +102,38 @@ def run_predict(args) -> dict:
         view.close()
     summary = {"frames": frames, "people": people, "skipped": [{"file": n, "reason": r} for n, r in source.skipped],
                "predictions": str(jsonl), "overlay": str(overlay.path) if overlay else None}
-    _write_meta(out, predictor, source, args, K is not None, summary)
+    _write_meta(out, predictor, source, args, has_K, summary)
     return summary
+
+
+def frame_geometry(args) -> tuple[Callable, Callable, bool]:
+    """How each frame is seen: ``camera_for(image) -> Camera`` (``--K``, else ``--fov``),
+    ``boxes_for(index, frame_id, image) -> [(4,) px boxes]`` (``--bbox``, ``--boxes``, else the
+    whole frame), and whether K was given. Warns about what it has to assume."""
+    if args.bbox and args.boxes:
+        raise ValueError("--bbox and --boxes: give one of them")
+    K = read_intrinsics(args.K) if args.K else None
+    boxes = read_boxes(args.boxes) if args.boxes else None
+    fixed = parse_bbox(args.bbox) if args.bbox else None
+    if K is None:
+        warn(f"no --K: assuming a {args.fov:g} deg horizontal field of view, principal point at the image centre")
+    if fixed is None and boxes is None:
+        warn("no --bbox/--boxes: each whole frame is treated as one person box; "
+             "crop the person (or give boxes) for accurate poses")
+
+    def camera_for(image):
+        height, width = image.shape[:2]
+        return Camera.from_intrinsics(K) if K is not None else Camera.from_fov(args.fov, width, height)
+
+    def boxes_for(index, frame_id, image):
+        if fixed is not None:
+            return [fixed]
+        if boxes is not None:
+            return boxes.get(frame_id, boxes.get(index, []))
+        height, width = image.shape[:2]
+        return [np.array([-0.5, -0.5, width, height])]  # pixel centres at integers
+
+    return camera_for, boxes_for, K is not None
 
 
 def _write_meta(out: Path, predictor, source: FrameSource, args, has_K: bool, summary: dict) -> None:
