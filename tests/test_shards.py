@@ -269,6 +269,21 @@ def test_resume_skips_to_the_saved_data_position(make_split):
     assert [list(b["key"]) for b in resumed] == full[3:]
 
 
+def test_resume_with_another_layout_warns_that_skipped_batches_differ(make_split, caplog):
+    split = make_split(UNEVEN)
+    kw = dict(rank=0, world_size=2, num_workers=2, seed=3, shuffle_buffer=8)
+    state = {**make_loader(split, 3, map_identity, **kw).state_dict(), "epoch": 1, "batches": 2}
+    same = make_loader(split, 3, map_identity, **kw)
+    with caplog.at_level("WARNING"):
+        same.load_state_dict(state)
+    assert not caplog.records
+    requeued_on_fewer_gpus = make_loader(split, 3, map_identity, **{**kw, "world_size": 1})
+    with caplog.at_level("WARNING"):
+        requeued_on_fewer_gpus.load_state_dict(state)
+    assert "different ['world_size']" in caplog.text and str(split) in caplog.text
+    assert requeued_on_fewer_gpus.epoch == 1  # it still resumes, at the saved epoch
+
+
 # --- building -----------------------------------------------------------------------------
 def _build(out, workers=2):
     return build_shards(out, 23, 5, partial(make_indexed_sample, prefix="b", skip_every=7), workers=workers,
