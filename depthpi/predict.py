@@ -36,16 +36,7 @@ from depthpi.data.schema import Sample, SampleMeta
 from depthpi.evaluate import evaluate_split, threshold_for_split, write_report
 from depthpi.models.posenet import build_model, run_model
 from depthpi.skeleton import SKELETONS, Skeleton
-from depthpi.weights import load_weights
-
-
-def find_run_config(ckpt: str | Path) -> Path:
-    """config.yaml of the run a weights file or checkpoint directory belongs to."""
-    ckpt = Path(ckpt).resolve()
-    for parent in [ckpt.parent, *ckpt.parents]:
-        if (parent / "config.yaml").is_file():
-            return parent / "config.yaml"
-    raise FileNotFoundError(f"{ckpt}: no config.yaml in any parent directory; pass --config")
+from depthpi.weights import find_run_config, load_weights
 
 
 def skeleton_for(num_joints: int) -> Skeleton:

@@ -31,3 +31,12 @@ def load_weights(path: str | Path) -> dict:
     state = torch.load(file, map_location="cpu", weights_only=True)
     is_checkpoint = isinstance(state, dict) and "model" in state and "optimizer" in state
     return state["model"] if is_checkpoint else state
+
+
+def find_run_config(ckpt: str | Path) -> Path:
+    """config.yaml of the run a weights file or checkpoint directory belongs to."""
+    ckpt = Path(ckpt).resolve()
+    for parent in [ckpt.parent, *ckpt.parents]:
+        if (parent / "config.yaml").is_file():
+            return parent / "config.yaml"
+    raise FileNotFoundError(f"{ckpt}: no config.yaml in any parent directory; pass --config")

@@ -269,11 +269,13 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
         shards, teacher_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 2, "model.depth_branch_checkpoint": "null"})))
     teacher_before = load_weights(teacher_dir / "export" / "last.pt")
     student_dir = tmp_path / "student"
+    # teacher.model says width 0.25: the weights' run config (width 0.125) wins, and is recorded
     metrics = train(load_config(DEMO / "student.yaml", _overrides(
         shards, student_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3, "model.init": "none",
-                                "teacher.weights": teacher_dir / "export" / "last.pt",
+                                "teacher.weights": teacher_dir / "export" / "last.pt", "teacher.model.width": 0.25,
                                 "distill.attention": True, "run.image_every": 2})))
     assert metrics["count"] > 0
+    assert load_config(student_dir / "config.yaml").teacher.model.width == 0.125
     scalars = tb_scalars(student_dir)
     assert scalars["train/distillation"][0] > 0 and scalars["train/alpha"][0] == pytest.approx(0.1)
     after = load_weights(teacher_dir / "export" / "last.pt")
@@ -282,6 +284,20 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
     # The exported weights are the evaluated ones: image summaries must not move BN statistics.
     again = evaluate_checkpoint(student_dir / "export" / "last.pt", shards / "test", tmp_path / "eval", num_workers=0)
     assert again["mpjpe"] == pytest.approx(metrics["mpjpe"], rel=1e-6)
+
+
+def test_teacher_weights_without_a_run_that_do_not_fit_name_the_architecture(shards, tmp_path):
+    from depthpi.models.posenet import build_model
+    from depthpi.train.engine import build_stage
+    from depthpi.weights import save_weights
+
+    teacher_cfg = load_config(DEMO / "teacher.yaml", ["model.depth_branch_checkpoint=null", "model.init=none"])
+    save_weights(build_model(teacher_cfg.model).state_dict(), tmp_path / "loose" / "teacher.pt")  # no config.yaml
+    cfg = load_config(DEMO / "student.yaml", _overrides(shards, tmp_path / "student", **{
+        "model.init": "none", "teacher.weights": tmp_path / "loose" / "teacher.pt", "teacher.model.width": 0.25}))
+    with pytest.raises(ValueError, match=r"teacher.weights .*teacher.pt: does not fit teacher.model "
+                                         r"\(kind teacher, arch resnet50, width 0.25, depth_bins 16\).*size mismatch"):
+        build_stage(cfg, torch.device("cpu"))
 
 
 def test_sharded_checkpoint_is_not_moved_while_another_rank_still_writes(tmp_path):

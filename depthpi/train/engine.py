@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from depthpi.config import TrainConfig, save_config, to_yaml
+from depthpi.config import TrainConfig, load_config, save_config, to_yaml
 from depthpi.data.batches import (build_eval_loader, build_train_loaders, concat_batches, pipeline_for,
                                 to_device)
 from depthpi.data.loader import ShardLoader, skip_summary
@@ -29,7 +29,7 @@ from depthpi.train.logging import RunLogger, peak_memory_mib
 from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.stages import StudentStage, SupervisedStage
-from depthpi.weights import load_weights, save_weights
+from depthpi.weights import find_run_config, load_weights, save_weights
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -67,13 +67,42 @@ def build_stage(cfg: TrainConfig, device: torch.device):
         return SupervisedStage(model, cfg), model
     teacher = None
     if cfg.teacher.mode == "online":
-        teacher = build_model(cfg.teacher.model)
-        missing, unexpected = teacher.load_state_dict(load_weights(cfg.teacher.weights), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"teacher.weights {cfg.teacher.weights}: does not fit teacher.model "
-                             f"(missing {missing[:5]}…, unexpected {unexpected[:5]}…)")
+        teacher = build_model(replace(cfg.teacher.model, init="none"))
+        try:
+            missing, unexpected = teacher.load_state_dict(load_weights(cfg.teacher.weights), strict=False)
+            problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else None
+        except RuntimeError as err:  # tensor shapes differ
+            problem = " ".join(str(err).split())[:400]
+        if problem:
+            m = cfg.teacher.model
+            raise ValueError(f"teacher.weights {cfg.teacher.weights}: does not fit teacher.model (kind {m.kind}, "
+                             f"arch {m.arch}, width {m.width}, depth_bins {m.depth_bins}): {problem}; set "
+                             f"teacher.model.* to the architecture the teacher was trained with")
         teacher = freeze(teacher).to(device)
     return StudentStage(model, cfg, teacher), model
+
+
+ARCHITECTURE = ("kind", "input", "arch", "width", "depth_bins", "cube_mm", "num_joints", "root_index",
+                "output_stride", "partial_conv")
+
+
+def adopt_teacher_architecture(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A student config whose ``teacher.model`` is the architecture ``teacher.weights`` was
+    trained with, read from that run's config.yaml (as precompute does), and a line saying
+    what changed; unchanged when the weights have no run config or already agree."""
+    if cfg.stage != "student" or cfg.teacher.mode != "online" or not cfg.teacher.weights:
+        return cfg, None
+    try:
+        run_config = find_run_config(cfg.teacher.weights)
+    except FileNotFoundError:
+        return cfg, None
+    trained = load_config(run_config).model
+    changed = {k: getattr(trained, k) for k in ARCHITECTURE if getattr(trained, k) != getattr(cfg.teacher.model, k)}
+    if not changed:
+        return cfg, None
+    model = replace(cfg.teacher.model, **changed)
+    note = f"teacher.model {changed} taken from {run_config}, the run of teacher.weights"
+    return replace(cfg, teacher=replace(cfg.teacher, model=model)), note
 
 
 class RankLedger:
@@ -215,6 +244,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     Returns the final evaluation metrics (``mpjpe``, ``pck``, ``auc``, ...).
     """
     # --- setup -----------------------------------------------------------------
+    cfg, adopted = adopt_teacher_architecture(cfg)
     accelerator = make_accelerator(cfg)
     run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -233,6 +263,8 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     logger = RunLogger(run_dir, enabled=is_main)
     ledger = RankLedger(rank, world)
     trainer = resume(cfg, accelerator, model, optimizer, logger)
+    if adopted:
+        logger.info(adopted)
     logger.info(f"stage {cfg.stage} {cfg.experiment}: {world} process(es) × batch {cfg.data.batch_size} "
                 f"= global batch {world * cfg.data.batch_size}; {steps_per_epoch} steps/epoch; "
                 f"device {accelerator.device}, {accelerator.mixed_precision}")
