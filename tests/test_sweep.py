@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import re
 import time
@@ -143,6 +144,18 @@ def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, 
     second = text[text.index("--- sbatch file of stage second"):]
     assert "--ntasks-per-node=1" in second and "gpus-per-node" not in second and "--array" not in second
     assert "dry run: nothing submitted" in text and not out.exists()
+
+
+def test_sbatch_failure_ends_with_a_message_not_a_traceback(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: fatal: Could not establish a configuration source' >&2\n"
+                                    "exit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    spec = write_spec(tmp_path, {"stages": [{"name": "only", "command": "eval --help"}]})
+    with pytest.raises(SystemExit, match=r"sbatch failed .*configuration source.*sinfo.*--executor local"):
+        sweep_main([str(spec), "--out", str(tmp_path / "sw")])
 
 
 def test_accelerate_config_becomes_launch_environment():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -270,6 +271,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     cfg.validate()
     _expect(cfg.init != "standard" or bool(cfg.imagenet_path), "imagenet_path",
             "a local torchvision state dict when init='standard' (or set init='none')", cfg.imagenet_path)
+    _expect(cfg.init != "standard" or Path(cfg.imagenet_path).is_file(), "imagenet_path",
+            f"torchvision's ImageNet {cfg.arch} state dict at that path (README, Training), or "
+            f"init='none' to train from scratch; no such file", cfg.imagenet_path)
     model = RGBDTeacher(cfg) if cfg.kind == "teacher" else PoseNet(cfg)
     if cfg.init == "standard":
         state = read_state_dict(cfg.imagenet_path)

@@ -96,7 +96,14 @@ def run(args) -> None:
         print("\n(dry run: nothing submitted)")
         return
     if args.executor == "slurm":
-        job_ids = submit.submit_slurm(sweep)
+        from submitit.core.utils import FailedJobError
+
+        try:
+            job_ids = submit.submit_slurm(sweep)
+        except FailedJobError as err:
+            raise SystemExit(f"depthpi sweep: sbatch failed ({' '.join(str(err).split())[:600]}); is a SLURM "
+                             f"controller reachable from here (sinfo)? --executor local runs the sweep on this "
+                             f"machine, --dry-run shows the sbatch files") from None
         print("\n" + "\n".join(f"submitted stage {s}: job {j}" for s, j in job_ids.items()))
         print(f"status: depthpi sweep status {sweep.out_dir}")
         return

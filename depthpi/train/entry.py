@@ -16,7 +16,10 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", required=True, help=f"YAML, e.g. configs/{stage}/*.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 run.out_dir=runs/x")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
     if cfg.stage != stage:
         parser.error(f"{args.config}: stage is {cfg.stage!r}; use launch/train_{cfg.stage}.py")
     from depthpi.train.engine import train  # heavy imports after argument errors
