@@ -267,7 +267,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
         logger.info(adopted)
     logger.info(f"stage {cfg.stage} {cfg.experiment}: {world} process(es) × batch {cfg.data.batch_size} "
                 f"= global batch {world * cfg.data.batch_size}; {steps_per_epoch} steps/epoch; "
-                f"device {accelerator.device}, {accelerator.mixed_precision}")
+                f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
 
     def checkpoint():
         trainer.data = loaders.positions() if trainer.batches_in_epoch else {}
