@@ -12,6 +12,7 @@ overlays are drawn by :mod:`depthpi.draw`.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -159,6 +160,10 @@ def run_export(args):
     from depthpi.predict import Predictor
 
     predictor = Predictor.from_checkpoint(args.ckpt, args.config, args.device or "cpu")
+    if args.size and args.size != predictor.input_size:
+        print(f"[depthpi export] note: --size {args.size}, but the model was trained on {predictor.input_size}"
+              f"×{predictor.input_size} crops; it runs at any size, its accuracy is known only at the trained one",
+              file=sys.stderr)
     report = export_model(predictor, args.format, args.out, args.size, check=not args.no_check)
     print(report.summary())
     return report

@@ -111,11 +111,15 @@ def test_export_cli_prints_check_and_snippet(predictor, tmp_path, capsys):
     func, args = cli(["export", "--ckpt", str(ckpt), "--format", "torchscript", "--size", "129",
                       "--out", str(tmp_path / "m129.pt")])
     func(args)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "max |diff|" in printed and "torch.jit.load" in printed and "129, 129" in printed
+    assert f"--size 129, but the model was trained on {SIZE}" in captured.err
     assert (tmp_path / "m129.pt").is_file()
     # without --format: torch.export, the format PyTorch recommends
     func, args = cli(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "m.pt2"), "--no-check"])
     assert args.format == "pt2"
     func(args)
-    assert "torch.export.load" in capsys.readouterr().out and (tmp_path / "m.pt2").is_file()
+    captured = capsys.readouterr()
+    assert "torch.export.load" in captured.out and (tmp_path / "m.pt2").is_file()
+    assert "trained on" not in captured.err  # the trained size: nothing to note
