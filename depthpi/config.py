@@ -224,8 +224,8 @@ def _failing_section(node: DictConfig, prefix: str = "") -> str:
     both ``model`` and ``teacher.model``.
     """
     for key in node:
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none():
+        child = node[key]
+        if isinstance(child, DictConfig):
             try:
                 OmegaConf.to_object(child)
             except (OmegaConfBaseException, ValueError):

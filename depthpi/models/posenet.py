@@ -37,6 +37,11 @@ INPUTS = ("rgb", "depth")
 INITS = ("standard", "none", "checkpoint")
 
 
+# ModelConfig fields that shape the weights (the others say how they are initialised).
+ARCHITECTURE_FIELDS = ("kind", "input", "arch", "width", "depth_bins", "cube_mm", "num_joints", "root_index",
+                       "output_stride", "partial_conv")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and initialisation of a pose model.
@@ -269,11 +274,10 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         ValueError: a config field has a bad value, or a weights file does not fit.
     """
     cfg.validate()
-    _expect(cfg.init != "standard" or bool(cfg.imagenet_path), "imagenet_path",
-            "a local torchvision state dict when init='standard' (or set init='none')", cfg.imagenet_path)
-    _expect(cfg.init != "standard" or Path(cfg.imagenet_path).is_file(), "imagenet_path",
-            f"torchvision's ImageNet {cfg.arch} state dict at that path (README, Training), or "
-            f"init='none' to train from scratch; no such file", cfg.imagenet_path)
+    _expect(cfg.init != "standard" or bool(cfg.imagenet_path) and Path(cfg.imagenet_path).is_file(),
+            "imagenet_path", f"a local file holding torchvision's ImageNet {cfg.arch} state dict when "
+            f"init='standard' (README, Training), or init='none' to train from scratch; no such file",
+            cfg.imagenet_path)
     model = RGBDTeacher(cfg) if cfg.kind == "teacher" else PoseNet(cfg)
     if cfg.init == "standard":
         state = read_state_dict(cfg.imagenet_path)

@@ -21,7 +21,7 @@ from depthpi.data.loader import ShardLoader, skip_summary
 from depthpi.data.shards import ManifestError
 from depthpi.evaluate import evaluate_split, threshold_for_split
 from depthpi.io import atomic_write_json
-from depthpi.models.posenet import build_model, freeze
+from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze
 from depthpi.precompute import check_feature_shards
 from depthpi.train.checkpoint import (TrainerState, code_version, latest_checkpoint, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
@@ -82,10 +82,6 @@ def build_stage(cfg: TrainConfig, device: torch.device):
     return StudentStage(model, cfg, teacher), model
 
 
-ARCHITECTURE = ("kind", "input", "arch", "width", "depth_bins", "cube_mm", "num_joints", "root_index",
-                "output_stride", "partial_conv")
-
-
 def adopt_teacher_architecture(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     """A student config whose ``teacher.model`` is the architecture ``teacher.weights`` was
     trained with, read from that run's config.yaml (as precompute does), and a line saying
@@ -97,7 +93,8 @@ def adopt_teacher_architecture(cfg: TrainConfig) -> tuple[TrainConfig, str | Non
     except FileNotFoundError:
         return cfg, None
     trained = load_config(run_config).model
-    changed = {k: getattr(trained, k) for k in ARCHITECTURE if getattr(trained, k) != getattr(cfg.teacher.model, k)}
+    changed = {k: getattr(trained, k) for k in ARCHITECTURE_FIELDS
+               if getattr(trained, k) != getattr(cfg.teacher.model, k)}
     if not changed:
         return cfg, None
     model = replace(cfg.teacher.model, **changed)
@@ -226,6 +223,9 @@ class StepMeter:
         if grad_norm is not None:
             self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + torch.as_tensor(grad_norm).float()
         self.count += 1
+
+    def wait_for_batch(self) -> None:
+        """The step's work is done (logging and checkpoints included): waiting starts now."""
         self._ready = time.perf_counter()
 
     def means(self) -> dict[str, float]:
@@ -326,6 +326,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
                 logger.close()
                 raise Preempted(trainer.step)
             last = (batch, terms["pred"])
+            meter.wait_for_batch()
 
         # --- evaluate, checkpoint, export --------------------------------------
         final = epoch + 1 == cfg.optim.epochs
