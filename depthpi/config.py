@@ -81,11 +81,11 @@ class TeacherConfig:
     """The frozen teacher of a student run (§4.2.2).
 
     Attributes:
-        weights: exported weights (``export/last.pt``) or a checkpoint directory.
+        weights: exported weights (a teacher run's ``export/last.pt``).
         model: the teacher's architecture (``kind: teacher`` for RGB-D, ``baseline``
             with ``input: rgb`` for an RGB teacher as in experiment 9.1).
         mode: ``online`` runs the teacher each step; ``precomputed`` reads its stored
-            features from ``features`` (issue 6).
+            features from ``features`` (``depthpi precompute``).
         features: feature-shard directory of ``data.train`` for ``precomputed``
             (written by ``depthpi precompute``).
         unlabeled_features: the same for ``data.unlabeled``.
@@ -99,6 +99,29 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class DeepSpeedConfig:
+    """DeepSpeed through accelerate, configured here and nowhere else.
+
+    Attributes:
+        zero_stage: 0 (DeepSpeed off: DDP), 1 (optimiser states sharded) or 2 (gradients too).
+            Stage 3 (parameters sharded) is not offered: a ResNet fits on any GPU, and
+            evaluating a sharded model would need collectives in every forward.
+        offload_optimizer: ``none`` or ``cpu`` (ZeRO-Offload of the optimiser states).
+    """
+
+    zero_stage: int = 0
+    offload_optimizer: str = "none"
+
+    def __post_init__(self):
+        _check(self.zero_stage in (0, 1, 2), "run.deepspeed.zero_stage", "0 (off), 1 or 2", self.zero_stage)
+        _check(self.offload_optimizer in ("none", "cpu"), "run.deepspeed.offload_optimizer", "none or cpu",
+               self.offload_optimizer)
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Bookkeeping of one run.
 
@@ -106,7 +129,9 @@ class RunConfig:
         out_dir: run directory (checkpoints, TensorBoard logs, exports, config.yaml).
         seed: seeds model init and every augmentation draw.
         precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` (loss
-            scaling), ``fp32``.
+            scaling), ``fp32``. The only precision setting: ``accelerate launch
+            --mixed_precision`` and accelerate config files do not change it.
+        deepspeed: DeepSpeed ZeRO (off by default); the only DeepSpeed setting.
         steps_per_epoch: cap on steps per epoch (0 = the whole split); for demos.
         checkpoint_every: steps between checkpoints (an epoch's end always saves).
         keep_last: checkpoints kept besides the exported best weights.
@@ -116,6 +141,11 @@ class RunConfig:
         channels_last: NHWC activations on GPU (ignored on CPU).
         compile: wrap the model in ``torch.compile``.
         cpu: force CPU even when a GPU is present.
+        log_with: experiment trackers (accelerate's): any of ``tensorboard`` (writes
+            ``out_dir/tensorboard``), ``mlflow`` (``MLFLOW_TRACKING_URI``), ``wandb``; the
+            package must be installed.
+        collective_timeout_s: a collective that does not complete within this many seconds
+            (a rank died or missed it) fails with a message instead of hanging.
     """
 
     out_dir: str = "runs/default"
@@ -130,6 +160,14 @@ class RunConfig:
     channels_last: bool = True
     compile: bool = False
     cpu: bool = False
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    log_with: tuple[str, ...] = ("tensorboard",)
+    collective_timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        unknown = [t for t in self.log_with if t not in TRACKERS]
+        _check(not unknown, "run.log_with", f"a list of {TRACKERS}", list(self.log_with))
+        _check(self.collective_timeout_s > 0, "run.collective_timeout_s", "> 0", self.collective_timeout_s)
 
 
 @dataclass(frozen=True)

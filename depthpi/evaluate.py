@@ -1,67 +1,108 @@
 """Evaluation: MPJPE / PCK / AUC over a split, per joint and per group, with plots.
 
-``evaluate_split`` is the one evaluation loop (the engine calls it each epoch);
-``depthpi eval`` wraps it for a trained model and writes metrics.json, a PCK-vs-threshold
-curve and a per-joint table.
+:func:`evaluate` is the one evaluation loop: the engine calls it each epoch, ``depthpi
+eval`` and the reproduction report through :func:`depthpi.predict.evaluate_checkpoint`.
+Every result carries the mean-pose reference (``mean_pose_mpjpe``,
+``depthpi.data.reference``) beside the model's figures.
+
+Distributed: every rank runs its own share of the split through the *unwrapped* model (no
+DDP forward, so no collective per batch, and ranks may hold different batch counts or
+none); the statistics are summed once at the end, a collective every rank reaches.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from depthpi.data.batches import to_device
+from depthpi.data.batches import Batch
+from depthpi.data.loader import skip_summary
 from depthpi.data.shards import read_manifest
+from depthpi.dist import collective, gather_objects
 from depthpi.io import atomic_path, atomic_write_json, atomic_write_text
 from depthpi.metrics import DEFAULT_THRESHOLDS, PoseMetrics
 from depthpi.skeleton import H36M_17
 
-GROUP_KEYS = ("action", "subject", "camera")
+
+@dataclass
+class Evaluation:
+    """The outcome of one pass over a split.
+
+    Attributes:
+        metrics: the model's statistics (summed over ranks).
+        skipped: the bad samples the pass skipped, over all ranks (``skip_summary``).
+        mean_pose: the same split scored with the training split's mean pose, or None.
+    """
+
+    metrics: PoseMetrics
+    skipped: dict
+    mean_pose: PoseMetrics | None = None
+
+    def summary(self) -> dict:
+        """``PoseMetrics.compute()`` plus ``threshold_mm``, ``skipped`` and ``mean_pose_mpjpe``."""
+        result = self.metrics.compute()
+        result["threshold_mm"] = self.metrics.threshold_mm
+        result["skipped"] = self.skipped
+        result["mean_pose_mpjpe"] = self.mean_pose.compute()["mpjpe"] if self.mean_pose is not None else None
+        return result
 
 
 @torch.no_grad()
-def evaluate_split(predict, loader, device: torch.device, threshold_mm: float, *, channels_last: bool = False,
-                   autocast=contextlib.nullcontext, reduce: bool = True) -> PoseMetrics:
-    """Accumulate metrics of ``predict(batch) -> (B, J, 3) mm`` over every batch of ``loader``.
+def evaluate(predict: Callable[[Batch], torch.Tensor], loader, device: torch.device, threshold_mm: float, *,
+             mean_pose: np.ndarray | None = None, autocast=contextlib.nullcontext) -> Evaluation:
+    """Score ``predict(batch) -> (B, J, 3) mm`` over every batch ``loader`` gives this rank.
 
-    Unlabelled samples and invalid joints are excluded. With ``reduce`` the statistics
-    are summed across ranks (every rank must call it).
+    Args:
+        predict: root-relative predictions, crop camera frame (an eval-mode model's).
+        loader: an evaluation loader (every sample once across ranks).
+        mean_pose: (J, 3) mm, the training split's mean root-relative pose, scored alongside.
+    Unlabelled samples and invalid joints are excluded. A collective at the end: every
+    rank calls this, with or without data.
     """
-    metrics = PoseMetrics(threshold_mm=threshold_mm, joint_names=list(H36M_17.joint_names))
+    metrics = _new_metrics(threshold_mm)
+    reference = _new_metrics(threshold_mm) if mean_pose is not None else None
     loader.set_epoch(0)
-    for batch in loader:
-        batch = to_device(batch, device, channels_last)
+    for raw in loader:
+        batch = Batch.from_collated(raw).to(device)
         with autocast():
             pred = predict(batch).float()
-        valid = batch["valid"] & batch["labeled"][:, None]
-        metrics.update(pred, batch["joints"], valid, groups={k: batch[k] for k in GROUP_KEYS if k in batch})
-    if reduce:
+        valid = batch.valid & batch.labeled[:, None]
+        metrics.update(pred, batch.joints, valid, groups=batch.groups)
+        if reference is not None:
+            constant = torch.as_tensor(mean_pose, dtype=torch.float32).expand_as(batch.joints)
+            reference.update(constant, batch.joints.cpu(), valid.cpu(), groups=batch.groups)
+    with collective("evaluation metrics"):
         metrics.all_reduce()
-    return metrics
+        if reference is not None:
+            reference.all_reduce()
+    skipped = skip_summary([r for rank in gather_objects([loader.pass_stats()], "skip reports") for r in rank])
+    return Evaluation(metrics, skipped, reference)
 
 
-def write_report(metrics: PoseMetrics, out_dir: str | Path, title: str = "", skipped: dict | None = None) -> dict:
-    """metrics.json, pck_curve.png and per_joint.md/.csv in ``out_dir``; returns the summary.
+def _new_metrics(threshold_mm: float) -> PoseMetrics:
+    return PoseMetrics(threshold_mm=threshold_mm, joint_names=list(H36M_17.joint_names))
 
-    ``skipped``: the bad samples the evaluation pass skipped (``depthpi.data.loader.skip_summary``).
-    """
+
+def write_report(evaluation: Evaluation, out_dir: str | Path, title: str = "") -> dict:
+    """metrics.json, pck_curve.png and per_joint.md/.csv in ``out_dir``; returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = metrics.compute()
-    result["threshold_mm"] = metrics.threshold_mm
-    if skipped is not None:
-        result["skipped"] = skipped
+    result = evaluation.summary()
     atomic_write_json(out_dir / "metrics.json", result)
     rows = [(name, v["mpjpe"], v["pck"], v["auc"]) for name, v in result["per_joint"].items()]
     table = ["| joint | MPJPE (mm) | PCK | AUC |", "|---|---|---|---|"]
     table += [f"| {n} | {m:.1f} | {p:.3f} | {a:.3f} |" for n, m, p, a in rows]
     table.append(f"| **all** | {result['mpjpe']:.1f} | {result['pck']:.3f} | {result['auc']:.3f} |")
+    if result["mean_pose_mpjpe"] is not None:
+        table.append(f"| *mean training pose* | {result['mean_pose_mpjpe']:.1f} | | |")
     atomic_write_text(out_dir / "per_joint.md", "\n".join(table) + "\n")
     atomic_write_text(out_dir / "per_joint.csv", "joint,mpjpe_mm,pck,auc\n" +
-                  "".join(f"{n},{m:.3f},{p:.5f},{a:.5f}\n" for n, m, p, a in rows))
-    plot_pck_curve(metrics, out_dir / "pck_curve.png", title)
+                      "".join(f"{n},{m:.3f},{p:.5f},{a:.5f}\n" for n, m, p, a in rows))
+    plot_pck_curve(evaluation.metrics, out_dir / "pck_curve.png", title)
     return result
 
 
@@ -99,4 +140,3 @@ def threshold_for_split(split_dir: str | Path, fallback_dataset: str) -> float:
     """
     source = read_manifest(split_dir).params.get("source")
     return threshold_for(source if source in DEFAULT_THRESHOLDS else fallback_dataset)
-

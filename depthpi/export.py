@@ -1,9 +1,10 @@
 """``depthpi export``: an inference-only model that runs without depthpi installed.
 
-The exported model maps an ImageNet-normalised RGB crop (B, 3, N, N) float32 — the
+The exported model maps an RGB crop (B, 3, N, N) float32 in [0, 1] — the
 crop ``depthpi predict`` builds: camera turned to the box centre, N×N, see
 ``depthpi.predict.make_crop`` — to (B, J, 3) float32 root-relative joints in mm in
-the crop camera's frame (x right, y down, z forward). The batch axis is dynamic, N is
+the crop camera's frame (x right, y down, z forward); ImageNet normalisation is part of
+the model, as in training. The batch axis is dynamic, N is
 fixed at export time. A JSON file beside the export records what the input and output
 are (normalisation, skeleton, joint names, units).
 
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from depthpi.data.batches import IMAGENET_MEAN, IMAGENET_STD
+from depthpi.data.batches import Inputs
 from depthpi.io import atomic_path, atomic_write_json
+from depthpi.models.posenet import IMAGENET_MEAN, IMAGENET_STD
 from depthpi.predict import Predictor
 
 FORMATS = ("pt2", "torchscript", "onnx")
@@ -35,17 +37,17 @@ INPUT_NAME, OUTPUT_NAME = "image", "joints"
 SNIPPETS = {
     "pt2": """import torch
 model = torch.export.load("{path}").module()
-x = torch.randn(1, 3, {size}, {size})  # ImageNet-normalised RGB crop, N = {size}
+x = torch.rand(1, 3, {size}, {size})  # RGB crop in [0, 1], N = {size}
 with torch.no_grad():
     joints = model(x)  # (1, {joints}, 3) root-relative mm, crop camera frame""",
     "torchscript": """import torch
 model = torch.jit.load("{path}").eval()
-x = torch.randn(1, 3, {size}, {size})  # ImageNet-normalised RGB crop, N = {size}
+x = torch.rand(1, 3, {size}, {size})  # RGB crop in [0, 1], N = {size}
 with torch.no_grad():
     joints = model(x)  # (1, {joints}, 3) root-relative mm, crop camera frame""",
     "onnx": """import numpy as np, onnxruntime as ort
 session = ort.InferenceSession("{path}", providers=["CPUExecutionProvider"])
-x = np.random.randn(1, 3, {size}, {size}).astype(np.float32)  # ImageNet-normalised RGB crop
+x = np.random.rand(1, 3, {size}, {size}).astype(np.float32)  # RGB crop in [0, 1]
 joints = session.run(None, {{"{input}": x}})[0]  # (1, {joints}, 3) root-relative mm
 print(joints.shape)""",
 }
@@ -108,7 +110,7 @@ def export_model(predictor: Predictor, fmt: str, out: str | Path, size: int | No
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = JointsOnly(predictor.model).eval()
-    example = torch.randn(2, 3, size, size, device=predictor.device)
+    example = torch.rand(2, 3, size, size, device=predictor.device)
     with torch.no_grad(), atomic_path(out) as tmp:  # keeps the suffix: torch.export.save wants .pt2
         if fmt == "pt2":
             torch.export.save(torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch()), str(tmp))
@@ -158,8 +160,8 @@ def check_export(predictor: Predictor, path: Path, fmt: str, size: int, seed: in
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for batch in (1, 3):
-        x = torch.randn(batch, 3, size, size, generator=generator).to(predictor.device)
-        reference = predictor.predict({"rgb_input": x}).float().cpu().numpy()
+        x = torch.rand(batch, 3, size, size, generator=generator).to(predictor.device)
+        reference = predictor.predict_inputs(Inputs(x)).float().cpu().numpy()
         worst = max(worst, float(np.abs(run(x) - reference).max()))
     return worst
 
@@ -168,7 +170,8 @@ def _write_description(predictor: Predictor, out: Path, fmt: str, size: int) -> 
     skeleton = predictor.skeleton
     record = {
         "format": fmt, "input": {"name": INPUT_NAME, "shape": ["B", 3, size, size], "dtype": "float32",
-                                 "layout": "NCHW RGB", "normalisation": "(x / 255 - mean) / std",
+                                 "layout": "NCHW RGB", "range": [0, 1],
+                                 "normalisation": "inside the model: (x - mean) / std",
                                  "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
         "output": {"name": OUTPUT_NAME, "shape": ["B", skeleton.num_joints, 3], "units": "mm",
                    "frame": "crop camera: x right, y down, z forward; root-relative"},

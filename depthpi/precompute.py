@@ -1,4 +1,4 @@
-"""Teacher features computed once into shards that mirror the source split (issue 6).
+"""Teacher features computed once into shards that mirror the source split.
 
 For every key of every source shard, K views: view 0 is the un-augmented sample, views
 1..K−1 are augmentations drawn from (seed, key, view). Each view's parameters are stored
@@ -10,12 +10,13 @@ round(255 · sigmoid(F)); ``views.json`` {"seed", "views": [ViewParams dicts]}. 
 keys and order equal the source's; a source sample that cannot be decoded gets a member with
 ``views.json`` {"views": [], "skipped": reason} only, which the student skips and counts.
 ``manifest.json`` records the teacher weights' path and sha256, tap, dtype, input size, K,
-seed, where colour augmentation ran, the source manifest's sha256, and the skipped samples.
+seed, the augmentation ranges, the source manifest's sha256, and the skipped samples.
+Colour augmentation runs through ``depthpi.data.colour`` here as in the student's training
+step, so a replayed view gives the student the pixels the teacher saw.
 """
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
-from depthpi.data.batches import to_device
+from depthpi.data.batches import Batch, model_inputs
 from depthpi.data.features import encode_features
 from depthpi.data.loader import DECODE_ERRORS, collate
 from depthpi.data.pipeline import process_sample
@@ -34,7 +35,7 @@ from depthpi.data.schema import SampleError, decode_sample
 from depthpi.data.shards import (Manifest, ShardInfo, TarShard, file_sha256, finished_shard,
                                  json_bytes, read_manifest, sidecar_path, write_manifest)
 from depthpi.io import atomic_write_bytes
-from depthpi.models.posenet import tap_features
+from depthpi.models.posenet import needs_depth, needs_rgb, tap_features
 from depthpi.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -73,27 +74,22 @@ class FeatureWriter:
         self.cfg, self.predictor = cfg, predictor
         self.teacher_cfg = predictor.cfg
         base = self.teacher_cfg.data.pipeline
-        self.pipeline = replace(base, depth=self.teacher_cfg.model.kind == "teacher" or
-                                self.teacher_cfg.model.input == "depth", attention=False).for_device(predictor.device.type)
+        self.pipeline = replace(base, depth=needs_depth(self.teacher_cfg.model))
         self.source = read_manifest(cfg.shards)
         self.params = {
             "kind": "teacher_features", "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),
             "tap": cfg.tap, "relu": "pre" if cfg.tap.endswith("pre_relu") else "post", "dtype": cfg.dtype,
             "views": cfg.views, "seed": cfg.seed, "input_size": base.input_size,
-            # where colour augmentation ran: the OpenCV (workers) and torch (device) paths differ
-            # by 8-bit HSV rounding, so the student must replay the same one to see the same pixels
-            "colour_on": self.pipeline.colour_on,
             "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(base.augment).items()},
             "source": str(cfg.shards), "source_manifest_sha256": file_sha256(Path(cfg.shards) / "manifest.json"),
         }
 
     def feature_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the tap at this input size, from one forward pass of zeros."""
-        n = self.pipeline.input_size
-        batch = {"rgb_input": torch.zeros(1, 3, n, n, device=self.predictor.device),
-                 "depth_input": torch.zeros(1, 1, n, n, device=self.predictor.device)}
+        n, device = self.pipeline.input_size, self.predictor.device
         with torch.no_grad():
-            feat = tap_features(self.predictor.model, self.teacher_cfg.model, batch, self.cfg.tap)
+            feat = tap_features(self.predictor.model, self.teacher_cfg.model, torch.zeros(1, 3, n, n, device=device),
+                                torch.zeros(1, 1, n, n, device=device), self.cfg.tap)
         return tuple(feat.shape[1:])
 
     def bytes_per_sample(self) -> int:
@@ -166,9 +162,10 @@ class FeatureWriter:
             entries.append((members.get("__key__"), params, skip))
         feats = None
         if views:
-            batch = to_device(collate(views), self.predictor.device, channels_last=False)
+            batch = Batch.from_collated(collate(views)).to(self.predictor.device)
+            inputs = model_inputs(batch, rgb=needs_rgb(self.teacher_cfg.model), depth=needs_depth(self.teacher_cfg.model))
             with torch.no_grad():
-                feats = tap_features(self.predictor.model, self.teacher_cfg.model, batch, self.cfg.tap)
+                feats = tap_features(self.predictor.model, self.teacher_cfg.model, inputs.rgb, inputs.depth, self.cfg.tap)
         done, k = 0, self.cfg.views
         for key, params, skip in entries:
             if skip is not None:
@@ -195,40 +192,6 @@ class FeatureWriter:
                             skeleton=self.source.skeleton, params=self.params, skipped=skipped)
         write_manifest(out, manifest)
         return manifest
-
-
-def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, tap: str, input_size: int,
-                         sigmoid_needed: bool, teacher_weights: str | None, colour_on: str = "auto") -> dict:
-    """Fail at start when stored features do not match the run (item 3 of issue 6)."""
-    manifest = read_manifest(features_dir)
-    params = manifest.params
-    where = Path(features_dir) / "manifest.json"
-    if params.get("kind") != "teacher_features":
-        raise ValueError(f"{where}: not a teacher-feature split (params.kind={params.get('kind')!r})")
-    problems = []
-    if params["tap"] != tap:
-        problems.append(f"tap {params['tap']!r} but distill.tap is {tap!r}")
-    if params["input_size"] != input_size:
-        problems.append(f"input size {params['input_size']} but data.pipeline.input_size is {input_size}")
-    source_hash = file_sha256(Path(source_dir) / "manifest.json")
-    if params["source_manifest_sha256"] != source_hash:
-        problems.append(f"built from a different source split (source manifest changed since: {source_dir})")
-    if teacher_weights and Path(teacher_weights).is_file():
-        if file_sha256(teacher_weights) != params["teacher_sha256"]:
-            problems.append(f"computed by another teacher than teacher.weights={teacher_weights}")
-    elif teacher_weights and os.path.normpath(teacher_weights) != os.path.normpath(params["teacher"]):
-        # no file to hash (students may train where the teacher is not): the recorded path must match
-        problems.append(f"computed by teacher {params['teacher']!r}, but teacher.weights is {teacher_weights!r} "
-                        f"(not on this machine, so its hash cannot be compared)")
-    recorded_colour = params.get("colour_on", "workers")  # manifests before the device path: workers
-    if colour_on not in ("auto", recorded_colour):
-        problems.append(f"colour augmentation ran on {recorded_colour!r} at precompute but data.pipeline.colour_on "
-                        f"is {colour_on!r} (set it to auto or {recorded_colour!r} to replay the teacher's pixels)")
-    if params["dtype"] == "uint8" and not sigmoid_needed:
-        problems.append("stored as uint8 sigmoid, but the distillation uses no sigmoid (store fp16)")
-    if problems:
-        raise ValueError(f"{where}: feature shards do not match the config: " + "; ".join(problems))
-    return params
 
 
 def precompute(cfg: PrecomputeConfig, *, rank: int = 0, world_size: int = 1, device: str | None = None,

@@ -18,6 +18,7 @@ back (the skeleton's flip permutation) and negates x. The two predictions are av
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -29,14 +30,16 @@ import torch
 from depthpi.camera import Camera
 from depthpi.config import TrainConfig, load_config
 from depthpi.data.augment import ViewParams
-from depthpi.data.batches import build_eval_loader, to_device
-from depthpi.data.loader import skip_summary
+from depthpi.data.batches import Batch, Inputs, build_eval_loader, model_inputs, with_depth
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
+from depthpi.data.reference import cached_mean_pose
 from depthpi.data.schema import Sample, SampleMeta
-from depthpi.evaluate import evaluate_split, threshold_for_split, write_report
-from depthpi.models.posenet import build_model, run_model
+from depthpi.evaluate import evaluate, threshold_for_split, write_report
+from depthpi.models.posenet import needs_depth, needs_rgb, run_model
 from depthpi.skeleton import SKELETONS, Skeleton
-from depthpi.weights import find_run_config, load_weights
+from depthpi.weights import find_run_config, load_model
+
+log = logging.getLogger(__name__)
 
 
 def skeleton_for(num_joints: int) -> Skeleton:
@@ -68,12 +71,7 @@ class Predictor:
     def __init__(self, cfg: TrainConfig, weights: str | Path, device: str | torch.device = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
-        model = build_model(replace(cfg.model, init="none"))
-        missing, unexpected = model.load_state_dict(load_weights(weights), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights}: weights do not fit model config (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
-        self.model = model.to(self.device).eval()
+        self.model = load_model(cfg.model, weights).to(self.device).eval()
         self.skeleton = skeleton_for(cfg.model.num_joints)
 
     @classmethod
@@ -82,7 +80,7 @@ class Predictor:
 
     @property
     def needs_depth(self) -> bool:
-        return self.cfg.model.kind == "teacher" or self.cfg.model.input == "depth"
+        return needs_depth(self.cfg.model)
 
     @property
     def input_size(self) -> int:
@@ -90,24 +88,31 @@ class Predictor:
 
     def rgb_pipeline(self) -> PipelineConfig:
         """The run's pipeline, RGB only: what evaluation applies to a stored sample."""
-        return replace(self.cfg.data.pipeline, depth=False, attention=False)
+        return replace(self.cfg.data.pipeline, depth=False)
+
+    def inputs(self, batch: Batch) -> Inputs:
+        """The model's inputs of a batch on this predictor's device."""
+        return model_inputs(batch, rgb=needs_rgb(self.cfg.model), depth=self.needs_depth)
 
     @torch.no_grad()
-    def predict(self, batch: dict, flip_tta: bool = False) -> torch.Tensor:
+    def predict(self, batch: Batch, flip_tta: bool = False) -> torch.Tensor:
         """(B, J, 3) mm, root-relative, in the input crop's camera frame.
 
         Args:
-            batch: device batch with the model's inputs (``rgb_input`` and/or
-                ``depth_input``, see ``depthpi.data.batches.to_device``).
+            batch: a batch on this predictor's device.
             flip_tta: also predict on the mirrored crops (one forward of 2B) and average
                 with their un-flipped predictions.
         """
+        return self.predict_inputs(self.inputs(batch), flip_tta)
+
+    @torch.no_grad()
+    def predict_inputs(self, inputs: Inputs, flip_tta: bool = False) -> torch.Tensor:
+        """:meth:`predict` from model inputs (RGB in [0, 1], depth in [0, 1])."""
         if not flip_tta:
-            return run_model(self.model, self.cfg.model, batch).joints
-        inputs = {k: batch[k] for k in ("rgb_input", "depth_input") if k in batch}
-        size = next(iter(inputs.values())).shape[0]
-        both = {k: torch.cat([v, v.flip(-1)]) for k, v in inputs.items()}
-        joints = run_model(self.model, self.cfg.model, both).joints
+            return run_model(self.model, self.cfg.model, inputs.rgb, inputs.depth).joints
+        size = (inputs.rgb if inputs.rgb is not None else inputs.depth).shape[0]
+        both = [None if x is None else torch.cat([x, x.flip(-1)]) for x in (inputs.rgb, inputs.depth)]
+        joints = run_model(self.model, self.cfg.model, *both).joints
         return 0.5 * (joints[:size] + unflip_joints(joints[size:], self.skeleton.flip_permutation))
 
     def predict_crops(self, rgb: np.ndarray, flip_tta: bool = False) -> np.ndarray:
@@ -115,8 +120,9 @@ class Predictor:
         if self.needs_depth:
             raise ValueError("this checkpoint needs depth input (teacher or depth baseline); "
                              "predicting from RGB needs an RGB model (student or RGB baseline)")
-        batch = to_device({"rgb": torch.from_numpy(np.ascontiguousarray(rgb))}, self.device, channels_last=False)
-        return self.predict(batch, flip_tta).float().cpu().numpy().astype(np.float64)
+        images = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        inputs = Inputs(images.permute(0, 3, 1, 2).float() / 255.0)
+        return self.predict_inputs(inputs, flip_tta).float().cpu().numpy().astype(np.float64)
 
 
 def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Path, *, config=None,
@@ -125,18 +131,33 @@ def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Pat
     """``depthpi eval``: metrics.json, pck_curve.png and per-joint tables in ``out_dir``.
 
     PCK/AUC use ``threshold_mm``, by default the one of the data set ``shards`` came from.
+    The mean-pose reference comes from the run's training split (``data.train`` of its
+    config), cached in the run directory; it is left out, with a warning, where that split
+    is not on this machine.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_checkpoint(ckpt, config, device)
     data = replace(predictor.cfg.data, eval_batch_size=batch_size)
-    pipeline = replace(data.pipeline, depth=predictor.needs_depth)
-    loader = build_eval_loader(data, pipeline, str(shards), rank=0, world_size=1, num_workers=num_workers)
-    predict = partial(predictor.predict, flip_tta=flip_tta)
+    loader = build_eval_loader(data, with_depth(data.pipeline, predictor.needs_depth), str(shards), rank=0,
+                               world_size=1, num_workers=num_workers)
     threshold_mm = threshold_mm or threshold_for_split(shards, data.dataset)
-    metrics = evaluate_split(predict, loader, predictor.device, threshold_mm, reduce=False)
+    evaluation = evaluate(partial(predictor.predict, flip_tta=flip_tta), loader, predictor.device, threshold_mm,
+                          mean_pose=_training_mean_pose(predictor.cfg, ckpt))
     tta = " (flip TTA)" if flip_tta else ""
-    return write_report(metrics, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}",
-                        skipped=skip_summary([loader.pass_stats()]))
+    return write_report(evaluation, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}")
+
+
+def _training_mean_pose(cfg: TrainConfig, ckpt: str | Path) -> np.ndarray | None:
+    """The mean pose of the run's training split (cached beside its config.yaml), or None."""
+    train = Path(cfg.data.train)
+    if not (train / "manifest.json").is_file():
+        log.warning("mean-pose reference left out: the run's training split %s is not here", train)
+        return None
+    try:
+        run_dir = find_run_config(ckpt).parent
+    except FileNotFoundError:  # weights given with --config, away from their run
+        run_dir = Path(ckpt).parent
+    return cached_mean_pose(train, run_dir / "mean_pose.json")
 
 
 # --- frames of the user's own camera -------------------------------------------------------

@@ -1,18 +1,19 @@
 """Model weights as plain state dicts: what training exports and inference loads.
 
-``run_dir/export/last.pt`` and ``best.pt`` are written here; a checkpoint directory's
-``state.pt`` (``depthpi.train.checkpoint``) holds the same weights under ``model``, beside
-the optimiser state. Both load with ``torch.load(weights_only=True)``: no code is unpickled.
+``run_dir/export/last.pt`` and ``best.pt`` are written here and read by :func:`load_model`,
+the one place a trained model is rebuilt from its weights (the online teacher of a student,
+``Predictor`` for eval/predict/export, and precompute). Weights load with
+``torch.load(weights_only=True)``: no code is unpickled.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from depthpi.io import atomic_path
-
-CHECKPOINT_STATE = "state.pt"  # inside a checkpoint directory
 
 
 def save_weights(model_state: dict, path: str | Path) -> None:
@@ -22,21 +23,51 @@ def save_weights(model_state: dict, path: str | Path) -> None:
 
 
 def load_weights(path: str | Path) -> dict:
-    """The model state dict of an exported weights file, a checkpoint directory or its ``state.pt``."""
+    """The model state dict of an exported weights file (``export/*.pt``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a state dict of tensors.
+    """
     path = Path(path)
-    file = path / CHECKPOINT_STATE if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no weights (expected an export/*.pt file or a checkpoint directory "
-                                f"holding {CHECKPOINT_STATE}; for DeepSpeed runs use export/*.pt)")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    is_checkpoint = isinstance(state, dict) and "model" in state and "optimizer" in state
-    return state["model"] if is_checkpoint else state
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file (expected a run's export/last.pt or export/best.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise ValueError(f"{path}: not a weights file that loads safely ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors (export/*.pt), got {type(state).__name__}")
+    return state
 
 
-def find_run_config(ckpt: str | Path) -> Path:
-    """config.yaml of the run a weights file or checkpoint directory belongs to."""
-    ckpt = Path(ckpt).resolve()
-    for parent in [ckpt.parent, *ckpt.parents]:
+def load_model(model_cfg, path: str | Path) -> nn.Module:
+    """A model of ``model_cfg`` (built without init files) holding the weights of ``path``.
+
+    Raises:
+        ValueError: the weights do not fit the architecture, naming kind, arch, width and bins.
+    """
+    from depthpi.models.posenet import build_model
+
+    model = build_model(replace(model_cfg, init="none", init_checkpoint=None, depth_branch_checkpoint=None))
+    state = load_weights(path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else None
+    except RuntimeError as err:  # tensor shapes differ
+        problem = " ".join(str(err).split())[:400]
+    if problem:
+        m = model_cfg
+        raise ValueError(f"{path}: does not fit the model (kind {m.kind}, input {m.input}, arch {m.arch}, width "
+                         f"{m.width}, depth_bins {m.depth_bins}): {problem}")
+    return model
+
+
+def find_run_config(weights: str | Path) -> Path:
+    """config.yaml of the run a weights file belongs to (the nearest parent directory holding one)."""
+    weights = Path(weights).resolve()
+    for parent in weights.parents:
         if (parent / "config.yaml").is_file():
             return parent / "config.yaml"
-    raise FileNotFoundError(f"{ckpt}: no config.yaml in any parent directory; pass --config")
+    raise FileNotFoundError(f"{weights}: no config.yaml in any parent directory; pass --config")

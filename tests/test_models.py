@@ -139,8 +139,11 @@ def test_build_model_inits_teacher_and_student(tmp_path):
                            depth_branch_checkpoint=str(depth_path)))
     assert torch.equal(t32.depth.layer2[3].conv3.weight, depth_base.backbone.layer2[3].conv3.weight)
     assert torch.equal(t32.rgb.conv1.weight, state["conv1.weight"])
-    rebuilt = build_model(_cfg(kind="teacher", depth_branch_checkpoint=str(tmp_path / "absent.pt")))
-    assert not torch.equal(rebuilt.depth.conv1.weight, t32.depth.conv1.weight)  # init="none" reads no file
+    # init="none" still loads a configured depth branch, and refuses one that is not there
+    scratch = build_model(_cfg(kind="teacher", depth_branch_checkpoint=str(depth_path)))
+    assert torch.equal(scratch.depth.layer2[3].conv3.weight, depth_base.backbone.layer2[3].conv3.weight)
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        build_model(_cfg(kind="teacher", depth_branch_checkpoint=str(tmp_path / "absent.pt")))
     student = build_model(_cfg(init="checkpoint", init_checkpoint=str(depth_path)))
     torch.testing.assert_close(student.backbone.conv1.weight, depth_base.backbone.conv1.weight.repeat(1, 3, 1, 1) / 3)
     assert torch.equal(student.head.conv.weight, depth_base.head.conv.weight)
@@ -258,7 +261,7 @@ def test_baseline_taps_match_manual_run():
     assert set(out.features) == set(names)
     b = model.backbone
     with torch.no_grad():
-        h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        h = b.maxpool(b.relu(b.bn1(b.conv1(model.normalize(x)))))
         h = b.layer1(h)
         pre4 = _manual_block(b.layer2[0], h)
         h = b.layer2(h)
@@ -395,3 +398,21 @@ def test_partial_conv_teacher_and_depth_baseline_run():
     assert torch.isfinite(baseline(depth).joints).all()
     assert torch.isfinite(teacher(torch.randn(1, 3, 65, 65), depth).joints).all()
     assert isinstance(baseline, PoseNet) and isinstance(teacher, RGBDTeacher)
+
+
+def test_models_normalise_rgb_themselves_and_keep_standard_state_dict_keys():
+    """RGB in [0, 1] goes in; ImageNet normalisation happens inside, invisible to the state dict."""
+    from depthpi.models.posenet import IMAGENET_MEAN, IMAGENET_STD
+
+    rgb_model = build_model(_cfg()).eval()
+    x = torch.rand(2, 3, 33, 33)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(rgb_model.normalize(x), (x - mean) / std)
+    with torch.no_grad():
+        torch.testing.assert_close(rgb_model(x).joints, rgb_model.head(rgb_model.backbone((x - mean) / std)))
+    assert not any("normalize" in k for k in rgb_model.state_dict())
+    assert not any("normalize" in k for k in build_model(_cfg(kind="teacher")).state_dict())
+    depth = torch.rand(2, 1, 33, 33)
+    depth_model = build_model(_cfg(input="depth")).eval()
+    with torch.no_grad():  # depth in [0, 1] is already what the network reads
+        torch.testing.assert_close(depth_model(depth).joints, depth_model.head(depth_model.backbone(depth)))

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from depthpi.camera import Camera
-from depthpi.data.augment import AugmentConfig, ViewParams, colour_augment
+from depthpi.data.augment import AugmentConfig, ViewParams
 from depthpi.data.depth import depth_to_input, fit_intrinsics
-from depthpi.data.pipeline import PipelineConfig, keypoint_attention, process_sample
+from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import Sample, SampleMeta
 from depthpi.skeleton import H36M_17
 
@@ -49,7 +49,7 @@ def _centroid(image):
     return np.array([(u * image).sum(), (v * image).sum()]) / image.sum()
 
 
-CFG = PipelineConfig(input_size=129, depth=True, attention=True)
+CFG = PipelineConfig(input_size=129, depth=True)
 
 
 def test_same_seed_gives_bit_identical_arrays_and_replay_matches():
@@ -58,7 +58,7 @@ def test_same_seed_gives_bit_identical_arrays_and_replay_matches():
     b = process_sample(sample, CFG, seed=3, epoch=1, view_index=2)
     replay = process_sample(sample, CFG, view=ViewParams.from_dict(a["view"]))
     other = process_sample(sample, CFG, seed=3, epoch=2, view_index=2)
-    for name in ("rgb", "depth", "joints", "joints2d", "valid", "attention", "K", "R"):
+    for name in ("rgb", "colour", "depth", "joints", "joints2d", "valid", "K", "R"):
         np.testing.assert_array_equal(a[name], b[name])
         np.testing.assert_array_equal(a[name], replay[name])
     assert a["view"] != other["view"]
@@ -108,25 +108,19 @@ def test_validity_falls_for_joints_outside_the_crop():
 def test_unlabelled_sample_has_no_valid_joints():
     out = process_sample(make_sample(labeled=False), CFG, seed=1)
     assert out["labeled"] is False and not out["valid"].any()
-    assert out["depth"].shape == (129, 129) and out["attention"].shape == (9, 9)
+    assert out["depth"].shape == (129, 129)
 
 
-def test_attention_map_peaks_at_the_joints():
-    joints2d = np.array([[16.0, 16.0], [100.0, 40.0]], np.float32)
-    attention = keypoint_attention(joints2d, np.array([True, False]), 129, 9)
-    assert attention.max() == pytest.approx(1.0)
-    assert np.unravel_index(attention.argmax(), attention.shape) == (1, 1)
-    assert attention[2, 6] < 1e-3  # the invalid joint contributes nothing
-
-
-def test_colour_augment_identity_and_direction():
-    rgb = np.random.default_rng(0).integers(40, 200, (32, 32, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(colour_augment(rgb, ViewParams()), rgb)
-    assert colour_augment(rgb, ViewParams(brightness=0.1)).mean() > rgb.mean() + 20
-    low_contrast = colour_augment(rgb, ViewParams(contrast=0.8))
-    assert low_contrast.std() < rgb.std()
-    grey = np.full((4, 4, 3), 128, np.uint8)
-    np.testing.assert_array_equal(colour_augment(grey, ViewParams(hue=18.0, saturation=1.2)), grey)
+def test_workers_leave_colour_to_the_training_step():
+    """Training views carry their colour parameters and uncoloured pixels; evaluation views neither."""
+    sample = make_sample()
+    coloured = process_sample(sample, CFG, seed=3)
+    plain = process_sample(sample, PipelineConfig(input_size=129, depth=True,
+                                                  augment=AugmentConfig(colour=False)), seed=3)
+    np.testing.assert_array_equal(coloured["rgb"], plain["rgb"])  # same geometry, colour not applied
+    assert coloured["colour"].tolist() == pytest.approx(ViewParams.from_dict(coloured["view"]).colour_vector())
+    assert plain["colour"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert "colour" not in process_sample(sample, CFG, train=False)
 
 
 def test_depth_mapping_and_rectification():
@@ -156,14 +150,3 @@ def test_augmentation_off_gives_identity_view():
     cfg = PipelineConfig(input_size=65, augment=AugmentConfig(geometry=False, colour=False))
     out = process_sample(make_sample(), cfg, seed=5)
     assert out["view"] == ViewParams().to_dict()
-
-
-def test_attention_equals_eq_4_26_built_at_full_resolution_then_resized():
-    import cv2
-
-    joints2d = np.random.default_rng(0).uniform(0, 128, (17, 2)).astype(np.float32)
-    grid = np.arange(129, dtype=np.float32)
-    full = sum(np.outer(np.exp(-(grid - v) ** 2 / 5), np.exp(-(grid - u) ** 2 / 5)) for u, v in joints2d)
-    expected = cv2.resize(full.astype(np.float32), (9, 9), interpolation=cv2.INTER_AREA)
-    np.testing.assert_allclose(keypoint_attention(joints2d, np.ones(17, bool), 129, 9), expected / expected.max(),
-                               atol=1e-6)

@@ -1,10 +1,9 @@
-"""Device-side attention maps equal the workers' NumPy ones (eq. 4.26)."""
+"""Keypoint attention maps (eq. 4.26), built on the training device."""
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from depthpi.data import pipeline
 from depthpi.train.targets import area_matrix, keypoint_attention
 
 
@@ -16,38 +15,36 @@ def test_area_matrix_is_opencv_inter_area(size, out_size):
     np.testing.assert_allclose(area_matrix(size, out_size).sum(1), 1.0)  # a constant stays constant
 
 
-def test_batched_attention_equals_the_pipeline_map_per_sample():
+def _eq_4_26_full_resolution(joints2d: np.ndarray, valid: np.ndarray, size: int, out_size: int) -> np.ndarray:
+    """The map as eq. 4.26 writes it: Σ_j exp(−‖p − p_j‖² / 5) over the N×N input, area-resized, max 1."""
+    grid = np.arange(size, dtype=np.float64)
+    full = sum(np.outer(np.exp(-(grid - v) ** 2 / 5), np.exp(-(grid - u) ** 2 / 5))
+               for (u, v), ok in zip(joints2d, valid) if ok)
+    small = cv2.resize(np.asarray(full, np.float32), (out_size, out_size), interpolation=cv2.INTER_AREA)
+    return small / small.max()
+
+
+def test_batched_map_equals_eq_4_26_built_at_full_resolution_then_resized():
     rng = np.random.default_rng(0)
-    size, out = 257, 17
-    joints = rng.uniform(-20, size + 20, (5, 17, 2)).astype(np.float32)  # some outside the crop
-    valid = rng.random((5, 17)) > 0.3
-    valid[3] = False  # no valid joint: a map of ones, as the pipeline gives
+    size, out = 129, 9
+    joints = rng.uniform(-20, size + 20, (4, 17, 2)).astype(np.float32)  # some outside the crop
+    valid = rng.random((4, 17)) > 0.3
     maps = keypoint_attention(torch.from_numpy(joints), torch.from_numpy(valid), size, out).numpy()
-    for b in range(5):
-        expected = pipeline.keypoint_attention(joints[b], valid[b], size, out)
-        np.testing.assert_allclose(maps[b], expected, atol=2e-5)
-    assert maps[3].min() == 1.0 and all(m.max() == pytest.approx(1.0) for m in maps)
+    for b in range(4):
+        np.testing.assert_allclose(maps[b], _eq_4_26_full_resolution(joints[b], valid[b], size, out), atol=2e-5)
 
 
-def test_student_stage_builds_the_map_the_workers_would_have_built():
-    from conftest import fake_sample
+def test_map_peaks_at_the_joints_and_ignores_invalid_ones():
+    joints2d = torch.tensor([[[16.0, 16.0], [100.0, 40.0]]])
+    attention = keypoint_attention(joints2d, torch.tensor([[True, False]]), 129, 9)[0]
+    assert attention.max().item() == pytest.approx(1.0)
+    assert np.unravel_index(int(attention.argmax()), attention.shape) == (1, 1)
+    assert attention[2, 6] < 1e-3  # the invalid joint contributes nothing
 
-    from depthpi.data.loader import collate
-    from depthpi.data.pipeline import PipelineConfig, process_sample
-    from depthpi.train.stages import StudentStage
 
-    from dataclasses import replace
-
-    def sample(i):  # a camera that puts the joints (±500 mm at 3 m) inside the 48×40 frame
-        s = fake_sample(f"k{i}", seed=i)
-        K = np.array([[100.0, 0, 20], [0, 100.0, 24], [0, 0, 1]])
-        return replace(s, meta=replace(s.meta, rgb_K=K, depth_K=K))
-
-    cfg = PipelineConfig(input_size=65, attention=True)
-    views = [process_sample(sample(i), cfg, seed=1, epoch=0, train=True) for i in range(4)]
-    batch = collate(views)
-    from_workers = batch.pop("attention")
-    batch["rgb_input"] = batch["rgb"].permute(0, 3, 1, 2).float()
-    built = StudentStage.attention(batch, cfg.attention_size)
-    assert built.shape == from_workers.shape == (4, 5, 5) and (from_workers < 0.5).any()  # not maps of ones
-    torch.testing.assert_close(built, from_workers, atol=2e-5, rtol=0)
+def test_sample_without_valid_joints_gets_a_map_of_ones():
+    joints2d = torch.rand(2, 17, 2) * 64
+    valid = torch.zeros(2, 17, dtype=torch.bool)
+    valid[0, 3] = True
+    maps = keypoint_attention(joints2d, valid, 65, 5)
+    assert maps[1].eq(1.0).all() and maps[0].max().item() == pytest.approx(1.0) and maps[0].min() < 1.0

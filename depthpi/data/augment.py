@@ -3,14 +3,14 @@
 A view's augmentation is a small record of numbers (:class:`ViewParams`). It is drawn
 from a generator seeded by (run seed, epoch, sample key, view), so the same view can be
 rebuilt bit for bit — that is what lets a precomputed teacher view be replayed for the
-student (issue 6).
+student. Geometry is applied by the pose pipeline (``depthpi.data.pipeline``) in the loader
+workers; colour by ``depthpi.data.colour`` in the training step.
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 
@@ -51,7 +51,7 @@ class ViewParams:
 
     def colour_vector(self) -> np.ndarray:
         """(4,) float32 brightness, contrast, hue (degrees), saturation, the order
-        ``depthpi.data.device_colour.colour_augment`` takes."""
+        ``depthpi.data.colour.colour_augment`` takes."""
         return np.array([self.brightness, self.contrast, self.hue, self.saturation], np.float32)
 
     @classmethod
@@ -85,26 +85,3 @@ def draw_view(rng: np.random.Generator, cfg: AugmentConfig) -> ViewParams:
 
 def _lerp(bounds: tuple[float, float], u: float) -> float:
     return bounds[0] + (bounds[1] - bounds[0]) * u
-
-
-def colour_augment(rgb: np.ndarray, view: ViewParams) -> np.ndarray:
-    """Brightness, contrast, hue, saturation in that order (eq. 4.14–4.17).
-
-    rgb: (H, W, 3) uint8. Brightness and contrast act on intensities normalised to
-    [0, 1] and are fused into one lookup table (clipped once, after both); hue (degrees)
-    and saturation act in HSV. Returns a new (H, W, 3) uint8 image.
-    """
-    if view.brightness == 0.0 and view.contrast == 1.0 and view.hue == 0.0 and view.saturation == 1.0:
-        return rgb
-    levels = np.arange(256, dtype=np.float32) / 255.0
-    levels = ((levels + view.brightness) - 0.5) * view.contrast + 0.5
-    lut = np.clip(np.rint(levels * 255.0), 0, 255).astype(np.uint8)
-    out = cv2.LUT(rgb, lut)
-    if view.hue == 0.0 and view.saturation == 1.0:
-        return out
-    hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL)  # hue in 0..255 for 0..360 degrees
-    hue_lut = ((np.arange(256) + np.rint(view.hue * 256 / 360)) % 256).astype(np.uint8)
-    sat_lut = np.clip(np.rint(np.arange(256) * view.saturation), 0, 255).astype(np.uint8)
-    identity = np.arange(256, dtype=np.uint8)
-    hsv = cv2.LUT(hsv, np.stack([hue_lut, sat_lut, identity], axis=-1)[None])
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)

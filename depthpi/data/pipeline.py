@@ -1,6 +1,6 @@
 """From a stored sample to training arrays (thesis §4.1.1, §4.1.4, §5.1.2).
 
-Order of the camera edits (DESIGN.md): turn → roll → flip → zoom → crop. The crop
+Order of the camera edits (docs/design.md, "Conventions"): turn → roll → flip → zoom → crop. The crop
 square is fixed by the *un-augmented* turned camera (the smallest square centred on
 the principal point that covers the reprojected box), so roll and zoom change what the
 fixed crop shows, as §4.1.4 describes. Each image is then reprojected once, straight
@@ -8,18 +8,15 @@ from its stored camera to the final one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from depthpi.camera import Camera, reproject_image
-from depthpi.data.augment import AugmentConfig, ViewParams, colour_augment, draw_view, view_rng
+from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
 from depthpi.data.depth import depth_to_input
 from depthpi.data.schema import Sample, SampleError
 from depthpi.skeleton import get_skeleton
-
-COLOUR_PLACES = ("auto", "device", "workers")
 
 
 @dataclass(frozen=True)
@@ -31,43 +28,17 @@ class PipelineConfig:
         augment: augmentation ranges; ``train=False`` at call time disables them.
         depth: produce the depth input (teacher, depth baseline, precompute).
         rectify_depth: eq. 5.4 before eq. 5.3.
-        attention: produce the keypoint attention map (eq. 4.26).
-        attention_stride: input pixels per attention-map cell (16 for layer3/4 taps).
-        colour_on: where colour augmentation runs. ``device``: ``rgb`` stays un-coloured
-            and ``colour`` carries the view's parameters; ``to_device`` applies them to
-            the batch (``depthpi.data.device_colour``), which frees ~0.4 ms of worker time per
-            257×257 sample and is nearly free on a GPU. ``workers``: OpenCV in the data
-            workers (cheaper than torch on a CPU "device"). ``auto``: device on CUDA,
-            else workers (``for_device``).
     """
 
     input_size: int = 257
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     depth: bool = False
     rectify_depth: bool = False
-    attention: bool = False
-    attention_stride: int = 16
-    colour_on: str = "auto"
 
     def __post_init__(self):
         if self.input_size < 17 or (self.input_size - 1) % 16:
             raise ValueError(f"pipeline.input_size: (N - 1) must be divisible by 16 "
                              f"(e.g. 257, 129, 65), got {self.input_size}")
-        if self.colour_on not in COLOUR_PLACES:
-            raise ValueError(f"pipeline.colour_on: expected one of {COLOUR_PLACES}, got {self.colour_on!r}")
-        if (self.input_size - 1) % self.attention_stride:
-            raise ValueError(f"pipeline.attention_stride {self.attention_stride} must divide "
-                             f"input_size - 1 = {self.input_size - 1}")
-
-    def for_device(self, device_type: str) -> PipelineConfig:
-        """This config with ``colour_on: auto`` resolved for a training device type."""
-        if self.colour_on != "auto":
-            return self
-        return replace(self, colour_on="device" if device_type == "cuda" else "workers")
-
-    @property
-    def attention_size(self) -> int:
-        return (self.input_size - 1) // self.attention_stride + 1
 
 
 def crop_camera(rgb_cam: Camera, bbox: np.ndarray, view: ViewParams, size: int) -> Camera:
@@ -93,30 +64,6 @@ def crop_camera(rgb_cam: Camera, bbox: np.ndarray, view: ViewParams, size: int) 
     return camera.with_principal_point((size - 1) / 2, (size - 1) / 2)
 
 
-def keypoint_attention(joints2d: np.ndarray, valid: np.ndarray, size: int, out_size: int) -> np.ndarray:
-    """Eq. 4.26 at input resolution, area-resized to ``out_size`` and normalised to [0, 1].
-
-    Args:
-        joints2d: (J, 2) pixels in the N×N input. valid: (J,) bool.
-    Returns:
-        (out_size, out_size) float32. The Gaussian is separable, so the map is a sum of
-        outer products of 1-D profiles (J·N exponentials instead of N²·J).
-    """
-    points = joints2d[valid]
-    if len(points) == 0:
-        return np.ones((out_size, out_size), np.float32)
-    grid = np.arange(size, dtype=np.float32)
-    gx = np.exp(-((grid[None, :] - points[:, :1]) ** 2) / 5.0)  # (J, N) over u
-    gy = np.exp(-((grid[None, :] - points[:, 1:]) ** 2) / 5.0)  # (J, N) over v
-    # Area resizing is linear and separable, so resizing each 1-D profile and then taking
-    # the outer product equals resizing the N×N sum — without ever building it.
-    gx_small = cv2.resize(gx, (out_size, len(points)), interpolation=cv2.INTER_AREA)
-    gy_small = cv2.resize(gy, (out_size, len(points)), interpolation=cv2.INTER_AREA)
-    small = gy_small.T @ gx_small  # (out_v, out_u)
-    peak = small.max()
-    return (small / peak).astype(np.float32) if peak > 0 else np.ones_like(small, np.float32)
-
-
 def process_sample(sample: Sample, cfg: PipelineConfig, *, seed: int = 0, epoch: int = 0,
                    view_index: int = 0, train: bool = True, view: ViewParams | None = None) -> dict:
     """Build one view of a sample.
@@ -129,37 +76,33 @@ def process_sample(sample: Sample, cfg: PipelineConfig, *, seed: int = 0, epoch:
         view: replay these parameters instead of drawing (precomputed teacher views).
     Returns:
         dict of arrays:
-        ``rgb`` (N, N, 3) uint8, coloured unless ``cfg.colour_on`` is ``device``, in which
-        case ``colour`` (4,) float32 holds the view's colour parameters; ``depth`` (N, N)
-        float32 in [0, 1) when ``cfg.depth``;
+        ``rgb`` (N, N, 3) uint8, geometry applied, colour not; ``colour`` (4,) float32, the
+        view's colour parameters (``depthpi.data.colour``), present unless this is an
+        evaluation view (``train`` False and no ``view``); ``depth`` (N, N) float32 in
+        [0, 1) when ``cfg.depth``;
         ``joints`` (J, 3) float32 mm, new camera frame, root-relative (zeros if
         unlabelled); ``root`` (3,) float32 mm, the root joint in the new camera frame;
         ``joints2d`` (J, 2) float32 px in the input; ``valid`` (J,) bool
         (annotated and inside the input); ``labeled`` bool; ``K`` (3, 3) and ``R`` (3, 3)
-        float32 of the input camera; ``attention`` (h, h) float32 when ``cfg.attention``;
-        ``view`` dict of the parameters used; ``view_index`` int; ``key``, ``subject``,
+        float32 of the input camera; ``view`` dict of the parameters used; ``view_index`` int; ``key``, ``subject``,
         ``camera``, ``action`` str (for per-group metrics).
     Raises:
         SampleError: the sample cannot be used (e.g. depth required but absent).
     """
     meta = sample.meta
+    evaluation = view is None and not train
     if view is None:
         view = draw_view(view_rng(seed, epoch, sample.key, view_index), cfg.augment) if train else ViewParams()
     rgb_cam = Camera(meta.rgb_K, meta.R, meta.t)
     out_cam = crop_camera(rgb_cam, meta.bbox, view, cfg.input_size)
     size = (cfg.input_size, cfg.input_size)
 
-    rgb = reproject_image(sample.rgb, rgb_cam, out_cam, size)
-    if cfg.colour_on == "device":
-        out = {"rgb": rgb, "colour": view.colour_vector()}
-    else:
-        out = {"rgb": colour_augment(rgb, view)}
+    out = {"rgb": reproject_image(sample.rgb, rgb_cam, out_cam, size)}
+    if not evaluation:
+        out["colour"] = view.colour_vector()
     if cfg.depth:
         out["depth"] = _depth_input(sample, out_cam, cfg)
     out.update(_pose_targets(sample, out_cam, view.flip, cfg.input_size))
-    if cfg.attention:
-        out["attention"] = keypoint_attention(out["joints2d"], out["valid"], cfg.input_size,
-                                              cfg.attention_size)
     out.update(K=out_cam.K.astype(np.float32), R=out_cam.R.astype(np.float32),
                view=view.to_dict(), view_index=view_index, key=sample.key,
                subject=meta.subject, camera=meta.camera, action=meta.action)

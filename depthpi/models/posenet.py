@@ -27,12 +27,15 @@ import torch
 from torch import nn
 
 from depthpi.models.head import VolumetricHead
-from depthpi.models.resnet import (ARCHS, ResNet, load_backbone_state, read_state_dict)
+from depthpi.models.resnet import ARCHS, ResNet, load_backbone_state
 from depthpi.models.taps import FUSION, group_taps
+from depthpi.weights import load_weights
 
 log = logging.getLogger(__name__)
 
 KINDS = ("baseline", "teacher")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUTS = ("rgb", "depth")
 INITS = ("standard", "none", "checkpoint")
 
@@ -60,8 +63,8 @@ class ModelConfig:
             (baseline depth or the teacher's depth branch, §4.2.3).
         init: ``standard`` (ImageNet file ``imagenet_path`` for every backbone part),
             ``checkpoint`` (``init_checkpoint``: a baseline of either input, or a whole
-            teacher for a teacher), or ``none`` (random; no file is read, whatever the
-            paths say — how a model is built before loading its own trained weights).
+            teacher for a teacher), or ``none`` (random, He-initialised). ``depth_branch_checkpoint``
+            is loaded whenever it is set, whatever ``init`` says.
             Head and fusion are He-initialised unless a checkpoint provides them.
         imagenet_path: local torchvision ResNet state dict (nothing is downloaded).
         init_checkpoint: our exported weights (Tables 6.1 and 6.8: init from 1.2 / 2.1).
@@ -142,6 +145,23 @@ def _stop_after(taps: tuple[str, ...], head: bool) -> int | None:
     return len(set(taps))
 
 
+class Normalize(nn.Module):
+    """RGB in [0, 1] → ImageNet-normalised, per channel (what the backbone's weights expect).
+
+    The model owns its input normalisation, as timm's models declare theirs: callers pass
+    plain RGB in [0, 1]. The buffers are not part of the state dict.
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] → (B, 3, H, W) normalised, same memory format."""
+        return (rgb - self.mean) / self.std
+
+
 class PoseNet(nn.Module):
     """Baseline: ResNet backbone (layer4 dilated) + volumetric head (§4.1.2).
 
@@ -153,14 +173,15 @@ class PoseNet(nn.Module):
         super().__init__()
         self.arch = cfg.arch
         in_chans = 1 if cfg.input == "depth" else 3
+        self.normalize = nn.Identity() if cfg.input == "depth" else Normalize()
         self.backbone = ResNet(cfg.arch, cfg.width, in_chans, cfg.output_stride, cfg.partial_conv)
         self.head = VolumetricHead(self.backbone.out_channels, cfg.num_joints, cfg.depth_bins, cfg.cube_mm,
                                    cfg.root_index)
 
     def forward(self, x: torch.Tensor, depth: torch.Tensor | None = None, taps=(), head: bool = True) -> PoseOutput:
         """Args:
-            x: (B, 3, N, N) ImageNet-normalised RGB, or (B, 1, N, N) depth in [0, 1]
-                (exp(−metres), 0 = invalid) for a depth baseline.
+            x: (B, 3, N, N) RGB in [0, 1] (normalised here), or (B, 1, N, N) depth in
+                [0, 1] (exp(−metres), 0 = invalid) for a depth baseline.
             depth: must be None (a baseline has one input).
             taps: tap names (``"block13.pre_relu"``, ``"layer3.5.post_relu"``).
             head: False stops after the last requested tap and returns no joints (a
@@ -172,7 +193,7 @@ class PoseNet(nn.Module):
         stop_after = _stop_after(taps, head)
         groups = group_taps(taps, self.arch)
         features: dict[str, torch.Tensor] = {}
-        feat = self.backbone.forward_taps(x, groups.get("", {}), features, stop_after=stop_after)
+        feat = self.backbone.forward_taps(self.normalize(x), groups.get("", {}), features, stop_after=stop_after)
         return PoseOutput(self.head(feat) if head else None, features)
 
 
@@ -202,6 +223,7 @@ class RGBDTeacher(nn.Module):
         super().__init__()
         self.arch = cfg.arch
         branch = dict(arch=cfg.arch, width=cfg.width, output_stride=cfg.output_stride, stages=(0, 1, 2))
+        self.normalize = Normalize()
         self.rgb = ResNet(in_chans=3, **branch)
         self.depth = ResNet(in_chans=1, partial_conv=cfg.partial_conv, **branch)
         self.fusion = Fusion(self.rgb.out_channels)
@@ -211,7 +233,7 @@ class RGBDTeacher(nn.Module):
 
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor | None = None, taps=(), head: bool = True) -> PoseOutput:
         """Args:
-            rgb: (B, 3, N, N) ImageNet-normalised RGB.
+            rgb: (B, 3, N, N) RGB in [0, 1] (normalised here).
             depth: (B, 1, N, N) depth in [0, 1] (exp(−metres), 0 = invalid).
             taps: tap names; branch blocks need ``rgb.``/``depth.``, trunk blocks none, or ``fusion``.
             head: False stops after the last requested tap and returns no joints (the
@@ -227,7 +249,7 @@ class RGBDTeacher(nn.Module):
         def done() -> bool:
             return stop_after is not None and len(features) >= stop_after
 
-        f_rgb = self.rgb.forward_taps(rgb, groups.get("rgb", {}), features)
+        f_rgb = self.rgb.forward_taps(self.normalize(rgb), groups.get("rgb", {}), features)
         if not groups.get("depth") and done():  # an RGB-branch tap needs no depth branch
             return PoseOutput(None, features)
         f_depth = self.depth.forward_taps(depth, groups.get("depth", {}), features)
@@ -280,34 +302,46 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             cfg.imagenet_path)
     model = RGBDTeacher(cfg) if cfg.kind == "teacher" else PoseNet(cfg)
     if cfg.init == "standard":
-        state = read_state_dict(cfg.imagenet_path)
+        state = load_weights(cfg.imagenet_path)
         for part in _backbone_parts(model):
             _load_strict(part, state, cfg.imagenet_path, "")
     elif cfg.init == "checkpoint":
         _init_from_checkpoint(model, cfg.init_checkpoint)
-    if cfg.depth_branch_checkpoint and cfg.init != "none":
-        _load_strict(model.depth, read_state_dict(cfg.depth_branch_checkpoint), cfg.depth_branch_checkpoint,
+    if cfg.depth_branch_checkpoint:  # whatever init says: a configured file is loaded or refused
+        _load_strict(model.depth, load_weights(cfg.depth_branch_checkpoint), cfg.depth_branch_checkpoint,
                      "backbone.")
     return model
 
 
-def run_model(model: nn.Module, model_cfg, batch: dict, taps: tuple[str, ...] = (), head: bool = True):
+def run_model(model: nn.Module, model_cfg, rgb: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+              taps: tuple[str, ...] = (), head: bool = True) -> PoseOutput:
     """Call a pose model with the inputs its config names; returns its PoseOutput.
 
-    ``head=False`` (features only) is passed on only when asked for, so a model that
-    always runs its head still fits the plain call.
+    Args:
+        rgb: (B, 3, N, N) RGB in [0, 1]; depth: (B, 1, N, N) in [0, 1]; each as the model reads it.
+        head: False (features only) is passed on only when asked for, so a model that
+            always runs its head still fits the plain call.
     """
     kwargs = {"taps": taps} if head else {"taps": taps, "head": False}
     if model_cfg.kind == "teacher":
-        return model(batch["rgb_input"], batch["depth_input"], **kwargs)
-    if model_cfg.input == "depth":
-        return model(batch["depth_input"], **kwargs)
-    return model(batch["rgb_input"], **kwargs)
+        return model(rgb, depth, **kwargs)
+    return model(depth if model_cfg.input == "depth" else rgb, **kwargs)
 
 
-def tap_features(model: nn.Module, model_cfg, batch: dict, tap: str) -> torch.Tensor:
+def tap_features(model: nn.Module, model_cfg, rgb: torch.Tensor | None, depth: torch.Tensor | None,
+                 tap: str) -> torch.Tensor:
     """(B, C, h, w) map of one tap; the forward stops there (no later blocks, no head)."""
-    return run_model(model, model_cfg, batch, (tap,), head=False).features[tap]
+    return run_model(model, model_cfg, rgb, depth, (tap,), head=False).features[tap]
+
+
+def needs_depth(model_cfg) -> bool:
+    """Whether a model of this config reads depth (teacher or depth baseline)."""
+    return model_cfg.kind == "teacher" or model_cfg.input == "depth"
+
+
+def needs_rgb(model_cfg) -> bool:
+    """Whether a model of this config reads RGB (teacher or RGB baseline)."""
+    return model_cfg.kind == "teacher" or model_cfg.input == "rgb"
 
 
 def _backbone_parts(model: nn.Module) -> list[ResNet]:
@@ -330,7 +364,7 @@ def _init_from_checkpoint(model: nn.Module, path: str) -> None:
     A baseline's backbone initialises every backbone part (conv1 adapted to each
     part's input) and its head is taken when it fits; a teacher file loads as a whole.
     """
-    state = read_state_dict(path)
+    state = load_weights(path)
     if isinstance(model, RGBDTeacher) and "rgb.conv1.weight" in state:
         model.load_state_dict(state)
         return

@@ -34,6 +34,7 @@ from torch import nn
 
 from depthpi.models.partial_conv import PartialConv2d, apply_conv, masked_max_pool, mask_from_depth
 from depthpi.models.taps import LAYER_DEPTHS
+from depthpi.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -324,27 +325,14 @@ def load_backbone_state(model: ResNet, state: dict[str, torch.Tensor], source: s
     return LoadReport(list(missing), unexpected)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from ``path`` (or its ``"model"`` entry), loaded without code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights file {path}: not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 def load_imagenet(model: ResNet, path: str | Path) -> LoadReport:
     """Load a local torchvision ImageNet state dict (nothing is downloaded).
 
     ``fc.weight``/``fc.bias`` come back in ``unexpected``: the backbone has no classifier.
     """
-    return load_backbone_state(model, read_state_dict(path), str(path))
+    return load_backbone_state(model, load_weights(path), str(path))
 
 
 def load_backbone_checkpoint(model: ResNet, path: str | Path, prefix: str = "backbone.") -> LoadReport:
     """Load the backbone of one of our checkpoints (keys ``prefix + torchvision name``)."""
-    return load_backbone_state(model, read_state_dict(path), str(path), prefix)
+    return load_backbone_state(model, load_weights(path), str(path), prefix)

@@ -1,37 +1,45 @@
-"""Resumable checkpoints: atomic, rotated, loadable without unpickling code.
+"""Resumable checkpoints: accelerate's own format inside an atomic, rotated directory.
 
 Layout of a run directory::
 
     run_dir/config.yaml                  the resolved config of the run
     run_dir/checkpoints/step-00001200/   one checkpoint (a directory)
-        state.pt       model, optimiser, scheduler, scaler, RNG (tensors and plain data)
-        trainer.json   epoch, step, batches consumed in the epoch, best metric, code version
+        model.safetensors, optimizer.bin, random_states_<rank>.pkl, ...
+                       ``accelerator.save_state``: model, optimiser, scaler and every
+                       rank's RNG (DDP); DeepSpeed writes its sharded files here instead
+        trainer.json   epoch, step, data positions, best metric: written last, it marks
+                       the checkpoint complete
     run_dir/export/last.pt, best.pt      plain model state dicts for inference
 
-A checkpoint directory is written under a temporary name and renamed when complete, so
-a kill mid-save leaves the previous checkpoint as the latest. ``state.pt`` loads with
-``torch.load(weights_only=True)``. Under DeepSpeed the model and optimiser are sharded
-across ranks; they are then saved by every rank through ``accelerator.save_state`` into
-``deepspeed/`` inside the same directory (DeepSpeed's own format).
+One format for DDP and DeepSpeed. A checkpoint is written under a temporary name and
+renamed into place once complete; re-saving a step swaps the new directory in before the
+old one is removed, so a kill at any moment leaves a complete latest checkpoint. Before
+accelerate (or DeepSpeed, which unpickles freely) reads a checkpoint, every pickle-based
+file in it is opened with ``torch.load(weights_only=True)``: a crafted file is refused.
+Nothing is registered with ``register_for_checkpointing`` (accelerate loads those with
+``weights_only=False``); the trainer's own state is JSON.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
-import random
 import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
+from depthpi.io import atomic_write_text
 
-from depthpi.weights import CHECKPOINT_STATE
-
-
+log = logging.getLogger(__name__)
+MARKER = "trainer.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+_PICKLED = (".bin", ".pkl", ".pt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that cannot be used (incomplete, damaged or unsafe)."""
 
 
 @dataclass
@@ -47,6 +55,15 @@ class TrainerState:
     best_metric: float = float("inf")
     best_step: int = -1
     code_version: str = ""
+    trackers: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> TrainerState:
+        try:
+            record = json.loads(text)
+            return cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__})
+        except (json.JSONDecodeError, TypeError) as err:
+            raise CheckpointError(f"{where}: unreadable trainer state ({err})") from None
 
 
 def code_version() -> str:
@@ -62,42 +79,28 @@ def code_version() -> str:
     return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
-def rng_state() -> dict:
-    """Global RNG states as tensors and lists (safe for ``weights_only`` loading)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate()),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_to_tuples(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_lists(value):
-    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _to_tuples(value):
-    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (incomplete ones lack trainer.json)."""
+    """Complete checkpoints of a run (their marker exists), oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "trainer.json").is_file()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    _recover_swaps(root)
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=_step_of)
+
+
+def _recover_swaps(root: Path) -> None:
+    """A kill between the two renames of a re-save leaves ``.old-step-N`` without ``step-N``: restore it."""
+    for old in root.glob(".old-step-*"):
+        final = root / old.name[len(".old-"):]
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        elif (old / MARKER).is_file():
+            os.replace(old, final)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -105,47 +108,91 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(run_dir: str | Path, trainer: TrainerState, state: dict | None, keep_last: int,
-                    save_sharded=None, is_main: bool = True, barrier=lambda: None) -> Path:
-    """Write a checkpoint atomically and keep only the ``keep_last`` newest.
-
-    Args:
-        state: picklable-free dict (model/optimiser/... state dicts); written by the main
-            process. None when ``save_sharded`` saves everything (DeepSpeed).
-        save_sharded: optional ``fn(directory)`` every rank calls (collective save).
-        barrier: synchronises ranks (``accelerator.wait_for_everyone``).
-    """
+def save_checkpoint(accelerator, run_dir: str | Path, trainer: TrainerState, keep_last: int) -> Path:
+    """Write a checkpoint atomically (a collective: every rank calls it) and keep the newest ``keep_last``."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{trainer.step:08d}"
     tmp = root / f".tmp-step-{trainer.step:08d}"
-    if is_main:
+    if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    barrier()
-    if save_sharded is not None:
-        save_sharded(str(tmp / "deepspeed"))
-        # Every rank writes its own files (RNG states) after the collective part: the main
-        # process must not move the directory until all of them are done.
-        barrier()
-    if is_main:
-        if state is not None:
-            torch.save(state, tmp / CHECKPOINT_STATE)
-        (tmp / "trainer.json").write_text(json.dumps(asdict(trainer), indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank's files (its RNG state, its ZeRO shard) are written
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / MARKER, json.dumps(asdict(trainer), indent=1), fsync=True)
+        _swap_in(tmp, final)
+        for stale in checkpoint_dirs(run_dir)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(path: str | Path) -> tuple[TrainerState, dict | None]:
-    """Read a checkpoint directory: its trainer state and ``state.pt`` (if present)."""
-    path = Path(path)
-    trainer_file = path / "trainer.json"
-    if not trainer_file.is_file():
-        raise FileNotFoundError(f"{trainer_file}: not a complete checkpoint (trainer.json missing)")
-    trainer = TrainerState(**json.loads(trainer_file.read_text()))
-    state_file = path / CHECKPOINT_STATE
-    state = torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else None
-    return trainer, state
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and removed last."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".old-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_safe(path: Path) -> None:
+    """Refuse a checkpoint holding a pickle-based file that does not load with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: naming the file.
+    """
+    from accelerate.utils import load as safe_load  # torch.load(weights_only=True) + numpy's safe globals
+
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.suffix in _PICKLED:
+            try:
+                safe_load(file, map_location="cpu")
+            except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... of a crafted or broken file
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise CheckpointError(f"{file}: refused, it does not load as plain tensors and data "
+                                      f"(weights_only=True): {first}") from None
+
+
+def load_checkpoint(accelerator, path: Path) -> TrainerState:
+    """Restore model, optimiser, scaler and this rank's RNG from ``path``; returns its trainer state.
+
+    Raises:
+        CheckpointError: the checkpoint is incomplete, unsafe or cannot be loaded.
+    """
+    marker = path / MARKER
+    if not marker.is_file():
+        raise CheckpointError(f"{path}: incomplete checkpoint ({MARKER} missing)")
+    trainer = TrainerState.from_json(marker.read_text(), marker)
+    check_safe(path)
+    try:
+        accelerator.load_state(str(path))
+    except CheckpointError:
+        raise
+    except Exception as err:  # a missing or truncated file: safetensors, torch and DeepSpeed raise many types
+        raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {err})") from err
+    return trainer
+
+
+def resume_latest(accelerator, run_dir: str | Path) -> tuple[TrainerState, Path] | None:
+    """The newest checkpoint that loads, restored into the accelerator's objects; a damaged
+    one is skipped with a warning in favour of the one before. None when there is none.
+
+    Raises:
+        CheckpointError: checkpoints exist but none of them loads.
+    """
+    candidates = checkpoint_dirs(run_dir)
+    failures = []
+    for path in reversed(candidates):
+        try:
+            return load_checkpoint(accelerator, path), path
+        except CheckpointError as err:
+            log.warning("skipping damaged checkpoint: %s", err)
+            failures.append(str(err))
+    if failures:
+        raise CheckpointError(f"{run_dir}: no checkpoint could be loaded: " + " | ".join(failures))
+    return None

@@ -1,7 +1,14 @@
-"""TensorBoard and console output of a run; only the main process writes."""
+"""What a run reports: console lines (``logging``), tracker scalars and images, metrics.json.
+
+Scalars and images go through accelerate's tracker API (``run.log_with``: TensorBoard by
+default, MLflow or Weights & Biases where installed); only the main process writes.
+"""
 from __future__ import annotations
 
+import logging
+import math
 import resource
+import time
 from pathlib import Path
 
 import cv2
@@ -12,26 +19,29 @@ from depthpi.camera import Camera
 from depthpi.draw import GT_COLOUR, PRED_COLOUR, draw_skeleton
 from depthpi.io import atomic_write_json
 
+log = logging.getLogger("depthpi.train")
+TRACKER_RUN = "tensorboard"  # TensorBoard writes to run_dir/tensorboard
 
-def skeleton_panel(batch: dict, pred: torch.Tensor, count: int = 4) -> np.ndarray:
+
+def skeleton_panel(batch, pred: torch.Tensor, count: int = 4) -> np.ndarray:
     """Crops with ground truth (green) and prediction (red) side by side.
 
     Args:
-        batch: ``rgb`` (B, S, S, 3) uint8, ``K`` (B, 3, 3) crop intrinsics px, ``root`` (B, 3)
-            mm, ``joints`` (B, J, 3) root-relative mm, ``valid`` (B, J), ``labeled`` (B,),
-            all in the crop camera's frame.
+        batch: a :class:`depthpi.data.batches.Batch` (rgb (B, S, S, 3) uint8, K (B, 3, 3)
+            crop intrinsics px, root (B, 3) mm, joints (B, J, 3) root-relative mm, valid
+            (B, J), labeled (B,); crop camera frame).
         pred: (B, J, 3) root-relative mm, crop camera frame.
     Returns:
         (S, min(count, B)·S, 3) uint8 RGB; unlabelled crops are left undrawn.
     """
     tiles = []
     for i in range(min(count, len(pred))):
-        image = batch["rgb"][i].cpu().numpy().copy()
-        if bool(batch["labeled"][i]):
-            camera = Camera.from_intrinsics(batch["K"][i].cpu().numpy())
-            root = batch["root"][i].cpu().numpy()
-            truth = camera.camera_to_image(batch["joints"][i].cpu().numpy() + root)
-            draw_skeleton(image, truth, GT_COLOUR, batch["valid"][i].cpu().numpy())
+        image = batch.rgb[i].cpu().numpy().copy()
+        if bool(batch.labeled[i]):
+            camera = Camera.from_intrinsics(batch.K[i].cpu().numpy())
+            root = batch.root[i].cpu().numpy()
+            truth = camera.camera_to_image(batch.joints[i].cpu().numpy() + root)
+            draw_skeleton(image, truth, GT_COLOUR, batch.valid[i].cpu().numpy())
             draw_skeleton(image, camera.camera_to_image(pred[i].float().cpu().numpy() + root), PRED_COLOUR)
         tiles.append(image)
     return np.concatenate(tiles, axis=1)
@@ -55,63 +65,136 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class StepMeter:
+    """One epoch's running loss terms and data-wait time.
+
+    Terms are summed on the device and read back only when logged: no host sync per step.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.wait = 0, 0.0
+        self.start = self._ready = time.perf_counter()
+
+    def batch_ready(self) -> None:
+        self.wait += time.perf_counter() - self._ready
+
+    def step_done(self, terms: dict[str, torch.Tensor], grad_norm) -> None:
+        for name, value in terms.items():
+            if name != "pred":
+                self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+        if grad_norm is not None:
+            self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + torch.as_tensor(grad_norm).float()
+        self.count += 1
+
+    def wait_for_batch(self) -> None:
+        """The step's work is done (logging and checkpoints included): waiting starts now."""
+        self._ready = time.perf_counter()
+
+    def means(self) -> dict[str, float]:
+        return {name: (value / max(self.count, 1)).item() for name, value in self.sums.items()}
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def flat_config(tree: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """A nested config dict as ``a.b.c`` → value, lists as strings (trackers take flat params)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (str, int, float, bool)) else str(value)
+    return flat
+
+
 class RunLogger:
-    """Console lines, TensorBoard scalars/images/text and metrics files for the main process."""
+    """Console lines, tracker scalars and images, and metrics files of a run.
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True):
-        self.enabled = enabled
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+    Args:
+        accelerator: built with ``log_with`` and ``project_dir=run_dir``; trackers are
+            started here (main process only, as accelerate does).
+        config: the run config as a nested dict, stored as the trackers' parameters.
+        tracker_kwargs: per-tracker ``init_kwargs`` (e.g. an MLflow run id to continue).
+    """
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+    def __init__(self, accelerator, config: dict, tracker_kwargs: dict | None = None):
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+        if accelerator.log_with:
+            accelerator.init_trackers(TRACKER_RUN, config=flat_config(config), init_kwargs=tracker_kwargs or {})
 
-    def info(self, message: str) -> None:
-        if self.enabled:
-            print(f"[depthpi] {message}", flush=True)
-
-    def text(self, tag: str, text: str) -> None:
-        if self.writer:
-            self.writer.add_text(tag, f"```\n{text}\n```", 0)
+    def resume_kwargs(self) -> dict:
+        """Per-tracker ``init_kwargs`` that continue this run's tracker runs after a restart
+        (MLflow: the run id), kept in the trainer state."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "mlflow" and getattr(tracker, "active_run", None) is not None:
+                return {"mlflow": {"run_id": tracker.active_run.info.run_id}}
+        return {}
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+        if self.accelerator.log_with:
+            self.accelerator.log(values, step=step)
 
-    def images(self, stage, batch: dict, pred: torch.Tensor, step: int) -> None:
-        if not self.writer:
+    def images(self, panels: dict[str, np.ndarray], step: int) -> None:
+        """HWC uint8 panels to every tracker that takes images (TensorBoard, W&B)."""
+        if not self.is_main:
             return
-        self.writer.add_image("train/skeletons", skeleton_panel(batch, pred), step, dataformats="HWC")
-        if hasattr(stage, "teacher_features"):
-            # eval mode: a train-mode forward, even without grad, would move BatchNorm's
-            # running statistics with these 4 samples and change the weights saved next.
-            was_training = stage.model.training
-            stage.model.eval()
-            with torch.no_grad():
-                small = {k: v[:4] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                student = stage.predict(small, (stage.tap,)).features[stage.tap]
-                teacher = stage.teacher_features(small)
-            stage.model.train(was_training)
-            panel = feature_difference_panel(student, teacher, batch["rgb"].shape[1])
-            self.writer.add_image("train/feature_difference", panel, step, dataformats="HWC")
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                for tag, image in panels.items():
+                    tracker.writer.add_image(tag, image, step, dataformats="HWC")
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({tag: [image] for tag, image in panels.items()}, step=step)
 
-    def epoch_summary(self, epoch: int, epochs: int, train: dict, metrics: dict, seconds: float,
-                      wait: float) -> None:
-        terms = " ".join(f"{k}={v:.4g}" for k, v in train.items() if k != "grad_norm")
-        self.info(f"epoch {epoch + 1}/{epochs} | {terms} | eval mpjpe={metrics['mpjpe']:.1f}mm "
-                  f"pck={metrics['pck']:.3f} auc={metrics['auc']:.3f} | {seconds:.0f}s, "
-                  f"data wait {wait / max(seconds, 1e-9):.0%}")
+    def step(self, meter: StepMeter, step: int, rank: int, lr: float, epoch_float: float, global_batch: int,
+             device: torch.device) -> None:
+        """Mean loss terms since the epoch began, LR, throughput, data-wait share, peak memory.
+
+        Raises:
+            FloatingPointError: the mean loss is not finite (naming step and rank).
+        """
+        elapsed = meter.elapsed
+        scalars = {f"train/{name}": value for name, value in meter.means().items()}
+        if not math.isfinite(scalars["train/loss"]):
+            raise FloatingPointError(f"non-finite loss at step {step} on rank {rank}")
+        scalars.update({"train/lr": lr, "train/samples_per_s": meter.count * global_batch / elapsed,
+                        "train/data_wait_share": meter.wait / elapsed, "train/epoch": epoch_float,
+                        "train/peak_memory_mib": peak_memory_mib(device)})
+        self.scalars(scalars, step)
+
+    def epoch(self, epoch: int, epochs: int, meter: StepMeter, metrics: dict, step: int) -> None:
+        """Eval, extra-test and skipped-sample scalars, and the console summary of one epoch."""
+        keys = [k for k in EVAL_KEYS if metrics.get(k) is not None]
+        self.scalars({f"eval/{k}": metrics[k] for k in keys}, step)
+        for name, m in metrics.get("tests", {}).items():
+            self.scalars({f"eval_{name}/{k}": m[k] for k in keys if m.get(k) is not None}, step)
+            log.info("  test set %s: mpjpe=%.1fmm pck@%g=%.3f auc=%.3f", name, m["mpjpe"], m["threshold_mm"],
+                     m["pck"], m["auc"])
+        self.scalars({f"data/skipped_{part}": report["total"] for part, report in metrics["skipped"].items()}, step)
+        terms = " ".join(f"{k}={v:.4g}" for k, v in meter.means().items() if k != "grad_norm")
+        reference = metrics.get("mean_pose_mpjpe")
+        ref = f" (mean pose {reference:.1f}mm)" if reference is not None else ""
+        log.info("epoch %d/%d | %s | eval mpjpe=%.1fmm%s pck=%.3f auc=%.3f | %.0fs, data wait %.0f%%", epoch + 1,
+                 epochs, terms, metrics["mpjpe"], ref, metrics["pck"], metrics["auc"], meter.elapsed,
+                 100 * meter.wait / max(meter.elapsed, 1e-9))
         for part, report in metrics.get("skipped", {}).items():
             if report["total"]:
                 reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["by_reason"].items()))
                 example = next(iter(report["examples"].values()))
-                self.info(f"  skipped {report['total']} bad {part} samples this epoch ({reasons}); e.g. "
-                          f"{example['key']} in {example['shard']}: {example['message']}")
+                log.warning("  skipped %d bad %s samples this epoch (%s); e.g. %s in %s: %s", report["total"], part,
+                            reasons, example["key"], example["shard"], example["message"])
 
     def write_metrics(self, metrics: dict, path: Path) -> None:
-        atomic_write_json(path, metrics)
+        if self.is_main:
+            atomic_write_json(path, metrics)
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
+        """Finish every tracker (not ``end_training``: that also ends the process group)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+
+
+EVAL_KEYS = ("mpjpe", "pa_mpjpe", "n_mpjpe", "pck", "auc", "mean_pose_mpjpe")

@@ -4,18 +4,20 @@ SLURM signals a job ``signal_delay_s`` before its time limit or when it is preem
 (``--signal=USR2@120``). submitit's handler requeues at once, from inside whatever the
 main thread was doing, so everything since the last periodic checkpoint is lost.
 :class:`StopRequest` takes the signal instead: its handler only sets a flag; the engine
-checks the flag at its log points (agreed over ranks, so every rank stops at the same
-step), saves a checkpoint and raises :class:`Preempted`; the caller then runs the
+checks the flag at its log points through accelerate's trigger (``set_trigger`` on the
+signalled rank, ``check_trigger`` on all: every rank stops at the same step), saves a checkpoint and raises :class:`Preempted`; the caller then runs the
 handler it displaced (submitit's requeue). Should the engine not reach a log point within
 ``grace_s`` (a long evaluation), a watchdog hands the signal to that handler anyway.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 
-import torch
+
+log = logging.getLogger(__name__)
 
 
 class Preempted(Exception):
@@ -54,10 +56,11 @@ class StopRequest:
         if self._passing_on.is_set():  # the watchdog's re-sent signal: handlers run in the main thread only
             self.hand_over(frame)
             return
-        print(f"[depthpi] caught {signal.Signals(signum).name}: checkpointing at the next log point", flush=True)
         if self._event.is_set():
             return
         self._event.set()
+        # Only the flag is touched here: logging from a signal handler can deadlock on the
+        # handler lock it interrupted. The engine says what happened when it sees the flag.
         if self.grace_s is not None:
             timer = threading.Timer(self.grace_s, self._give_up)
             timer.daemon = True
@@ -66,19 +69,16 @@ class StopRequest:
     def _give_up(self) -> None:
         """The engine did not stop in time: re-send the signal, for :meth:`hand_over` in the main thread."""
         if not self._handled.is_set():
-            print(f"[depthpi] no step boundary within {self.grace_s:g} s; requeueing without a new checkpoint",
-                  flush=True)
+            log.warning("no step boundary within %g s of the preemption signal; requeueing without a new "
+                        "checkpoint", self.grace_s)
             self._passing_on.set()
             os.kill(os.getpid(), self.signum)
 
-    def requested(self, device: torch.device) -> bool:
-        """Whether any rank was signalled (a collective when distributed: every rank calls it)."""
-        flag = self._event.is_set()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            tensor = torch.tensor([float(flag)], device=device)
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(tensor.item())
-        return flag
+    def requested(self, accelerator) -> bool:
+        """Whether any rank was signalled (a collective: every rank calls it at the same step)."""
+        if self._event.is_set():
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
 
     def hand_over(self, frame=None) -> None:
         """After the checkpoint: run the displaced handler (submitit: requeue, then exit).

@@ -1,87 +1,137 @@
-"""What each training stage computes from a device batch: predictions and loss terms.
+"""What each training stage computes from a batch on the training device.
 
-The engine knows stages only through this interface (``losses``, ``predict``), so one
-loop serves the baselines (Tables 6.1–6.2), the teacher (6.3) and the students (6.4–6.9).
+The engine knows stages only through this interface (``losses``, ``predict``, ``panels``),
+so one loop serves the baselines (Tables 6.1–6.2), the teacher (6.3) and the students
+(6.4–6.9). What differs between stages is the stage's type and its teacher object, never
+which fields a batch happens to hold.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from depthpi.data.batches import Batch, Inputs, model_inputs
 from depthpi.losses import alpha_at, regression_loss, student_objective
-from depthpi.models.posenet import run_model, tap_features
+from depthpi.models.posenet import needs_depth, needs_rgb, run_model, tap_features
 from depthpi.train.targets import keypoint_attention
 
 
 class SupervisedStage:
-    """Baseline RGB, baseline depth or RGB-D teacher: regression only (eq. 4.12)."""
+    """Baseline RGB, baseline depth or RGB-D teacher: regression only (eq. 4.12).
+
+    Args:
+        model: the trained model (possibly wrapped by DDP / DeepSpeed / compile).
+        cfg: the run's TrainConfig.
+    """
 
     def __init__(self, model: nn.Module, cfg):
         self.model, self.cfg = model, cfg
+        self.channels_last = cfg.run.channels_last
 
     @property
     def needs_depth(self) -> bool:
-        return self.cfg.model.kind == "teacher" or self.cfg.model.input == "depth"
+        """Whether batches must carry depth (the pipeline decodes and warps it)."""
+        return needs_depth(self.cfg.model)
 
-    def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
-        """Loss terms of one device batch (``to_device`` output: ``joints`` (B, J, 3)
-        root-relative mm, ``valid`` (B, J)).
+    def inputs(self, batch: Batch) -> Inputs:
+        """The model's inputs, colour-augmented, on the batch's device."""
+        on_gpu = batch.rgb.device.type == "cuda"
+        return model_inputs(batch, rgb=needs_rgb(self.cfg.model), depth=needs_depth(self.cfg.model),
+                            channels_last=self.channels_last and on_gpu)
+
+    def losses(self, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch (joints (B, J, 3) root-relative mm, valid (B, J)).
 
         Returns ``loss`` (scalar, with graph), ``regression`` (detached) and ``pred``
         (B, J, 3) mm, detached; the engine logs every term but ``pred``.
         """
-        pred = run_model(self.model, self.cfg.model, batch).joints
-        per_sample = regression_loss(pred, batch["joints"], batch["valid"], self.cfg.loss)
-        loss = per_sample.mean()
+        inputs = self.inputs(batch)
+        pred = run_model(self.model, self.cfg.model, inputs.rgb, inputs.depth).joints
+        loss = regression_loss(pred, batch.joints, batch.valid, self.cfg.loss).mean()
         return {"loss": loss, "regression": loss.detach(), "pred": pred.detach()}
 
-    def predict(self, batch: dict, taps: tuple[str, ...] = ()):
-        """The model's PoseOutput (``joints`` (B, J, 3) mm, ``features`` of ``taps``)."""
-        return run_model(self.model, self.cfg.model, batch, taps)
+    def predict(self, batch: Batch, model: nn.Module | None = None) -> torch.Tensor:
+        """(B, J, 3) mm root-relative predictions of ``model`` (default: the trained one)."""
+        inputs = self.inputs(batch)
+        return run_model(model or self.model, self.cfg.model, inputs.rgb, inputs.depth).joints
+
+    def panels(self, batch: Batch, model: nn.Module) -> dict[str, np.ndarray]:
+        """Extra image summaries of this stage (name → HWC uint8); none for supervised stages."""
+        return {}
+
+
+class OnlineTeacher:
+    """A frozen teacher run on each batch (§4.2.2): its tap, computed without autograd."""
+
+    def __init__(self, model: nn.Module, model_cfg, tap: str, channels_last: bool):
+        self.model, self.model_cfg, self.tap, self.channels_last = model, model_cfg, tap, channels_last
+
+    def features(self, batch: Batch, student_inputs: Inputs) -> torch.Tensor:
+        """(B, C, h, w) teacher tap; reuses the student's colour-augmented RGB."""
+        depth = None
+        if needs_depth(self.model_cfg):
+            depth = model_inputs(batch, rgb=False, depth=True, channels_last=self.channels_last).depth
+        with torch.inference_mode():
+            feat = tap_features(self.model, self.model_cfg, student_inputs.rgb, depth, self.tap)
+        # An inference tensor cannot be saved for backward (bce keeps its target): one copy
+        # of the tap, outside inference mode, makes it an ordinary constant.
+        return feat.clone()
+
+
+class StoredTeacher:
+    """Teacher features precomputed into shards (``depthpi precompute``), read with each batch."""
+
+    def features(self, batch: Batch, student_inputs: Inputs) -> torch.Tensor:
+        """(B, C, h, w) the stored tap of the replayed view of each sample."""
+        if batch.teacher_features is None:
+            raise ValueError("teacher.mode=precomputed but the batch holds no stored teacher features")
+        return batch.teacher_features
 
 
 class StudentStage(SupervisedStage):
-    """RGB student matching a frozen teacher's tap (§4.2.2), online or from stored features."""
+    """RGB student matching a frozen teacher's tap (§4.2.2), online or from stored features.
 
-    def __init__(self, model: nn.Module, cfg, teacher: nn.Module | None):
+    Args:
+        teacher: :class:`OnlineTeacher` or :class:`StoredTeacher`.
+    """
+
+    def __init__(self, model: nn.Module, cfg, teacher: OnlineTeacher | StoredTeacher):
         super().__init__(model, cfg)
         self.teacher = teacher
         self.tap = cfg.distill.tap
 
     @property
     def needs_depth(self) -> bool:
-        return self.teacher is not None and self.cfg.teacher.model.kind == "teacher"
+        return isinstance(self.teacher, OnlineTeacher) and needs_depth(self.teacher.model_cfg)
 
-    def teacher_features(self, batch: dict) -> torch.Tensor:
-        """(B, C, h, w) teacher tap: stored (precomputed mode) or computed now, without autograd."""
-        if "teacher_feat" in batch:
-            return batch["teacher_feat"]
-        with torch.inference_mode():
-            feat = tap_features(self.teacher, self.cfg.teacher.model, batch, self.tap)
-        # An inference tensor cannot be saved for backward (bce keeps its target): one copy
-        # of the tap, outside inference mode, makes it an ordinary constant.
-        return feat.clone()
-
-    @staticmethod
-    def attention(batch: dict, out_size: int) -> torch.Tensor:
-        """(B, h, w) eq. 4.26 map: the workers' if they built one, else built here from joints2d."""
-        if "attention" in batch:
-            return batch["attention"]
-        return keypoint_attention(batch["joints2d"], batch["valid"], batch["rgb_input"].shape[-1], out_size)
-
-    def losses(self, batch: dict, epoch: float) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
         """Eq. 4.23: regression on the labelled samples + α(epoch) · distillation of the tap.
 
         Unlabelled samples (``labeled`` False) add only distillation. Returns ``loss``,
         ``regression``, ``distillation``, ``alpha`` and ``pred`` (B, J, 3) mm, detached but ``loss``.
         """
-        out = run_model(self.model, self.cfg.model, batch, (self.tap,))
-        teacher_feat = self.teacher_features(batch)
+        inputs = self.inputs(batch)
+        out = run_model(self.model, self.cfg.model, inputs.rgb, inputs.depth, (self.tap,))
+        student_feat = out.features[self.tap]
+        teacher_feat = self.teacher.features(batch, inputs)
         alpha = alpha_at(epoch, self.cfg.distill)
-        attention = self.attention(batch, out.features[self.tap].shape[-1]) if self.cfg.distill.attention else None
-        terms = student_objective(out.joints, batch["joints"], batch["valid"], batch["labeled"],
-                                  out.features[self.tap], teacher_feat, alpha, self.cfg.loss,
-                                  self.cfg.distill, attention)
+        attention = None
+        if self.cfg.distill.attention:
+            attention = keypoint_attention(batch.joints2d, batch.valid, batch.rgb.shape[1], student_feat.shape[-1])
+        terms = student_objective(out.joints, batch.joints, batch.valid, batch.labeled, student_feat, teacher_feat,
+                                  alpha, self.cfg.loss, self.cfg.distill, attention)
         return {"loss": terms["loss"], "regression": terms["regression"].detach(),
                 "distillation": terms["distillation"].detach(),
                 "alpha": torch.tensor(alpha), "pred": out.joints.detach()}
+
+    def panels(self, batch: Batch, model: nn.Module) -> dict[str, np.ndarray]:
+        """Fig. 6.3: Σ_c |F_teacher − F_student| per location for the first samples."""
+        from depthpi.train.logging import feature_difference_panel
+
+        small = batch.head(4)
+        inputs = self.inputs(small)
+        with torch.no_grad():
+            student = run_model(model, self.cfg.model, inputs.rgb, inputs.depth, (self.tap,)).features[self.tap]
+            teacher = self.teacher.features(small, inputs)
+        return {"train/feature_difference": feature_difference_panel(student, teacher, small.rgb.shape[1])}

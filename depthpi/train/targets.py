@@ -1,8 +1,10 @@
 """Training targets built on the training device from joint coordinates.
 
-The keypoint attention map of eq. 4.26 weights the distillation loss (model 8.3). Built
-here from the batch's ``joints2d`` it costs the data workers nothing (they would spend
-~90 µs per 257×257 sample on it) and equals ``depthpi.data.pipeline.keypoint_attention``.
+The keypoint attention map of eq. 4.26 weights the distillation loss (model 8.3). It is
+built here, in the training step, from the batch's ``joints2d``: it costs the data workers
+nothing (they would spend ~90 µs per 257×257 sample on it). The Gaussian is separable and
+area resizing is linear and separable, so resizing each 1-D profile and summing outer
+products equals building the N×N map and resizing it — without ever building it.
 """
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
-"""Colour augmentation (thesis eq. 4.14–4.17) applied on the training device.
+"""Colour augmentation (thesis eq. 4.14–4.17), the one implementation, in torch.
 
-The workers draw each view's colour parameters (``ViewParams.colour_vector``) and hand
-over the un-coloured uint8 crop; this module applies them to the whole batch where the
-arithmetic is nearly free. It is the float counterpart of
-``depthpi.data.augment.colour_augment`` (the workers' OpenCV path): same order, same
-parameters, without OpenCV's 8-bit HSV quantisation (hue in 1.4° steps), so the two
-agree to a few intensity levels and this one is the more exact.
+Loader workers draw each view's colour parameters (``ViewParams.colour_vector``) and hand
+over the crop without colour changes; the training step (and precompute, and a replayed
+precomputed view) applies them here to a whole batch on the training device. One function
+for every consumer means a stored teacher view and its replay for the student see the
+same pixels by construction.
 """
 from __future__ import annotations
 
@@ -18,20 +17,20 @@ def colour_augment(rgb: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Brightness, contrast, hue, saturation, in that order.
 
     Args:
-        rgb: (B, 3, H, W) float intensities in [0, 255].
-        params: (B, 4) float: brightness (added to [0, 1] intensities), contrast (scale
-            about 0.5), hue (degrees, added), saturation (scale, clipped to [0, 1]).
+        rgb: (B, 3, H, W) float intensities in [0, 1].
+        params: (B, 4) float: brightness (added to [0, 1] intensities, eq. 4.14), contrast
+            (scale about 0.5, eq. 4.15), hue (degrees, added, eq. 4.16), saturation (scale,
+            clipped to [0, 1], eq. 4.17).
     Returns:
-        (B, 3, H, W) float32 in [0, 255].
+        (B, 3, H, W) float32 in [0, 1], in ``rgb``'s memory format.
     """
     p = params.to(device=rgb.device, dtype=torch.float32)[:, :, None, None]
     brightness, contrast, hue, saturation = p.unbind(1)  # each (B, 1, 1)
-    x = (rgb.float() / 255.0 + brightness[:, None] - 0.5) * contrast[:, None] + 0.5
-    x = x.clamp(0.0, 1.0)
+    x = ((rgb.float() + brightness[:, None] - 0.5) * contrast[:, None] + 0.5).clamp(0.0, 1.0)
     h, s, v = _rgb_to_hsv(x)
     h = torch.remainder(h + hue, 360.0)
     s = (s * saturation).clamp(0.0, 1.0)
-    return _hsv_to_rgb(h, s, v) * 255.0
+    return _hsv_to_rgb(h, s, v)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

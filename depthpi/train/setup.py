@@ -1,0 +1,203 @@
+"""Everything a run is built from before its first step: the accelerator, the stage (model,
+teacher), the loaders, and the checks that must fail at start rather than after an epoch.
+
+The run config is the one place for precision (``run.precision``) and DeepSpeed
+(``run.deepspeed``); ``accelerate launch`` decides only the process layout.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from depthpi.config import TrainConfig, load_config
+from depthpi.data.batches import Batch, build_eval_loader, build_train_loaders, with_depth
+from depthpi.data.features import check_feature_shards
+from depthpi.data.loader import ShardLoader
+from depthpi.data.shards import ManifestError
+from depthpi.evaluate import threshold_for_split
+from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze
+from depthpi.train.stages import OnlineTeacher, StoredTeacher, StudentStage, SupervisedStage
+from depthpi.weights import find_run_config, load_model
+
+log = logging.getLogger(__name__)
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_precision(cfg: TrainConfig, on_cpu: bool) -> str:
+    """``run.precision`` with ``auto`` resolved: bf16 on a GPU, fp32 on a CPU."""
+    if cfg.run.precision != "auto":
+        return cfg.run.precision
+    return "fp32" if on_cpu else "bf16"
+
+
+def check_launcher_settings(cfg: TrainConfig, precision: str) -> None:
+    """Refuse or report ``accelerate launch`` settings that the run config owns.
+
+    Raises:
+        ValueError: DeepSpeed asked for by the launcher but not by ``run.deepspeed``.
+    """
+    launcher_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if launcher_ds and not cfg.run.deepspeed.zero_stage:
+        raise ValueError("accelerate launch asked for DeepSpeed (--use_deepspeed or distributed_type: DEEPSPEED), "
+                         "but config key 'run.deepspeed.zero_stage' is 0: depthpi takes DeepSpeed from its run "
+                         "config; set run.deepspeed.zero_stage=1, 2 or 3 and launch without DeepSpeed options")
+    launcher_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launcher_mp not in ("no", PRECISIONS[precision]):
+        log.warning("accelerate launch's mixed precision %r is not used: config key run.precision decides (%s)",
+                    launcher_mp, precision)
+
+
+def deepspeed_plugin(cfg: TrainConfig):
+    """The DeepSpeed plugin of ``run.deepspeed`` (None when ``zero_stage`` is 0)."""
+    ds = cfg.run.deepspeed
+    if not ds.zero_stage:
+        return None
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=1,
+                             gradient_clipping=cfg.optim.grad_clip, offload_optimizer_device=ds.offload_optimizer,
+                             zero3_init_flag=False)
+    # no DataLoader goes through accelerate.prepare, so DeepSpeed cannot infer the batch size
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+    return plugin
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An Accelerator for this machine: DDP or DeepSpeed (from ``run.deepspeed``) on GPUs,
+    gloo on CPU-only machines; trackers of ``run.log_with`` writing under ``run.out_dir``."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    on_cpu = cfg.run.cpu or not torch.cuda.is_available()
+    precision = resolve_precision(cfg, on_cpu)
+    check_launcher_settings(cfg, precision)
+    plugin = deepspeed_plugin(cfg)
+    if on_cpu and plugin is not None:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
+    group = InitProcessGroupKwargs(backend="gloo" if on_cpu else "nccl",
+                                   timeout=timedelta(seconds=cfg.run.collective_timeout_s))
+    # cpu=True would silently drop a DeepSpeed plugin; DeepSpeed on CPU goes through gloo instead.
+    return Accelerator(mixed_precision=PRECISIONS[precision], cpu=on_cpu and plugin is None, deepspeed_plugin=plugin,
+                       kwargs_handlers=[group], log_with=list(cfg.run.log_with) or None,
+                       project_dir=cfg.run.out_dir)
+
+
+def adopt_teacher_architecture(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A student config whose ``teacher.model`` is the architecture ``teacher.weights`` was
+    trained with, read from that run's config.yaml (as precompute does), and a line saying
+    what changed; unchanged when the weights have no run config or already agree."""
+    if cfg.stage != "student" or cfg.teacher.mode != "online" or not cfg.teacher.weights:
+        return cfg, None
+    try:
+        run_config = find_run_config(cfg.teacher.weights)
+    except FileNotFoundError:
+        return cfg, None
+    trained = load_config(run_config).model
+    changed = {k: getattr(trained, k) for k in ARCHITECTURE_FIELDS
+               if getattr(trained, k) != getattr(cfg.teacher.model, k)}
+    if not changed:
+        return cfg, None
+    model = replace(cfg.teacher.model, **changed)
+    note = f"teacher.model {changed} taken from {run_config}, the run of teacher.weights"
+    return replace(cfg, teacher=replace(cfg.teacher, model=model)), note
+
+
+def build_stage(cfg: TrainConfig, device: torch.device) -> tuple[SupervisedStage, nn.Module]:
+    """The stage object and the trainable model (the student's frozen teacher inside the stage)."""
+    model = build_model(cfg.model)
+    if cfg.run.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.stage != "student":
+        return SupervisedStage(model, cfg), model
+    if cfg.teacher.mode == "online":
+        teacher_model = freeze(load_model(cfg.teacher.model, cfg.teacher.weights)).to(device)
+        teacher = OnlineTeacher(teacher_model, cfg.teacher.model, cfg.distill.tap,
+                                cfg.run.channels_last and device.type == "cuda")
+    else:
+        teacher = StoredTeacher()
+    return StudentStage(model, cfg, teacher), model
+
+
+@dataclass
+class Loaders:
+    """The loaders of one run: labelled train, unlabelled train (or None), test, extra tests."""
+
+    labeled: ShardLoader
+    unlabeled: ShardLoader | None
+    test: ShardLoader
+    extra_tests: dict[str, tuple[ShardLoader, float]]
+    steps_per_epoch: int
+
+    def train_loaders(self) -> dict[str, ShardLoader]:
+        return {"train": self.labeled, **({"unlabeled": self.unlabeled} if self.unlabeled is not None else {})}
+
+    def start_epoch(self, epoch: int, positions: dict, batches_done: int) -> None:
+        """Select the epoch; when resuming inside it, each train loader skips what it handed out."""
+        for name, loader in self.train_loaders().items():
+            loader.set_epoch(epoch)
+            if batches_done:
+                loader.load_state_dict(positions.get(name) or {"epoch": epoch, "batches": batches_done})
+
+    def train_batches(self, start: int) -> Iterator[tuple[int, Batch]]:
+        """(index in epoch, labelled batch followed by its unlabelled share) until the epoch's end."""
+        unlabeled = iter(self.unlabeled) if self.unlabeled is not None else None
+        for index, raw in enumerate(self.labeled, start=start):
+            if index >= self.steps_per_epoch:
+                return
+            batch = Batch.from_collated(raw)
+            yield index, batch.cat(Batch.from_collated(next(unlabeled)) if unlabeled is not None else None)
+
+    def positions(self) -> dict[str, dict]:
+        return {name: loader.state_dict() for name, loader in self.train_loaders().items()}
+
+
+def check_precomputed(cfg: TrainConfig) -> tuple[str, str | None]:
+    """Feature shards of the train (and unlabelled) split, checked against the config."""
+    sigmoid = cfg.distill.sigmoid or cfg.distill.term == "bce"
+    pairs = [(cfg.teacher.features, cfg.data.train)]
+    if cfg.data.unlabeled is not None:
+        pairs.append((cfg.teacher.unlabeled_features, cfg.data.unlabeled))
+    for features, source in pairs:
+        check_feature_shards(features, source, tap=cfg.distill.tap, input_size=cfg.data.pipeline.input_size,
+                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights)
+    return cfg.teacher.features, cfg.teacher.unlabeled_features
+
+
+def build_loaders(cfg: TrainConfig, stage: SupervisedStage, rank: int, world: int) -> Loaders:
+    """Every loader of the run, with the stage's pipeline (depth when a model reads it, the
+    stored teacher features of a precomputed student); checks fail here, before training."""
+    pipeline = with_depth(cfg.data.pipeline, stage.needs_depth)
+    features = None
+    if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
+        features = check_precomputed(cfg)
+    labeled, unlabeled = build_train_loaders(cfg.data, pipeline, cfg.run.seed, rank, world, features)
+    steps = len(labeled) if not cfg.run.steps_per_epoch else min(len(labeled), cfg.run.steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"data.train {cfg.data.train}: too few samples for one batch of "
+                         f"{cfg.data.batch_size} on each of {world} ranks")
+    extra = build_extra_tests(cfg, pipeline, rank, world)
+    return Loaders(labeled, unlabeled, build_eval_loader(cfg.data, pipeline, cfg.data.test, rank, world), extra, steps)
+
+
+def build_extra_tests(cfg: TrainConfig, pipeline, rank: int, world: int) -> dict[str, tuple[ShardLoader, float]]:
+    """``data.extra_tests`` as {name: (eval loader, threshold mm)}, checked at start: a test
+    set that is not there fails now, not after 30 epochs."""
+    tests = {}
+    for name, split in (cfg.data.extra_tests or {}).items():
+        if split is None:  # dropped by an override
+            continue
+        try:
+            threshold = threshold_for_split(split, cfg.data.dataset)
+        except ManifestError as err:
+            raise ValueError(f"data.extra_tests.{name}: {err}; convert that data set (README) or drop it "
+                             f"with data.extra_tests.{name}=null") from None
+        tests[name] = (build_eval_loader(cfg.data, pipeline, split, rank, world), threshold)
+    return tests
+
