@@ -6,7 +6,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from depthpi.metrics import DEFAULT_THRESHOLDS, HIST_BIN_MM, PoseMetrics, procrustes_align, scale_align
+from depthpi.metrics import (
+    DEFAULT_THRESHOLDS,
+    HIST_BIN_MM,
+    PoseMetrics,
+    procrustes_align,
+    scale_align,
+)
 
 ACTIONS = ["walk", "sit", "wave"]
 
