@@ -1,17 +1,41 @@
-"""Pose metrics: MPJPE, PCK and AUC (thesis eq. 5.7-5.9), accumulable over batches and ranks.
+"""Pose metrics: MPJPE, PA-MPJPE, N-MPJPE, PCK and AUC, accumulable over batches and ranks.
 
 :class:`PoseMetrics` keeps only sufficient statistics (sums and counts per joint, per
 group value, and a fine error histogram), so the result does not depend on how the test
 set was split into batches or ranks, up to float64 summation order (~1e-12 relative).
 
 Conventions:
-    * errors are Euclidean distances between root-relative joints, in mm, with no
-      alignment (eq. 5.7);
+    * errors are Euclidean distances between root-relative joints, in mm;
+    * ``mpjpe`` has no alignment (thesis eq. 5.7; Human3.6M protocol 1);
+    * ``pa_mpjpe`` aligns each predicted pose to its ground truth by the similarity
+      transform (rotation, uniform scale, translation) that minimises the summed squared
+      joint distances (Human3.6M protocol 2), from the SVD of K = Σ_j x_j y_jᵀ of the
+      centred prediction x and ground truth y. The rotation is proper: when the best
+      orthogonal matrix would be a reflection, the singular vector of the smallest
+      singular value changes sign, and the scale is ``trace(R K) / Σ_j |x_j|²``. This is
+      MMPose's ``keypoint_mpjpe(..., alignment='procrustes')`` (its
+      ``compute_similarity_transform``, after HMR);
+    * ``n_mpjpe`` rescales each predicted pose by the least-squares factor
+      ``s = <pred, gt> / <pred, pred>`` about the root, no rotation or translation
+      (Rhodin et al.'s N-MPJPE; MMPose's ``alignment='scale'``);
     * joints whose ``valid`` flag is False are excluded from every statistic: the
-      denominators count valid joints, not N·J (the thesis has no masks in eq. 5.7-5.8);
+      denominators count valid joints, not N·J (the thesis has no masks in eq. 5.7-5.8).
+      They are also left out of the alignments: MMPose fits its transforms to all joints
+      of a pose and masks only the mean, which needs finite ground truth where ours may
+      be NaN. The two agree whenever every joint of a pose is valid (Human3.6M);
     * PCK@T counts ``e <= T`` (eq. 5.8) and is a fraction in [0, 1];
     * AUC is eq. 5.9 normalised by T to [0, 1] and computed as the exact, grid-free
       integral (1/T)∫₀ᵀ PCK(t) dt = mean(clip(1 - e/T, 0, 1)).
+
+AUC next to MMPose's: MMPose's ``keypoint_3d_auc`` (the MPI-INF-3DHP protocol) averages
+PCK at the 31 thresholds 0, 5, ..., 150 mm with a strict ``e < t`` and reports it ×100.
+An average of 31 equally spaced samples weighs the two end points like inner ones:
+it is ``(30·trapezoid + (PCK(0) + PCK(T)) / 2) / 31``, not the integral, so with PCK(0) = 0
+it differs from ours by about ``(PCK(T)/2 - AUC) / 31`` (grid minus ours). Measured on
+synthetic errors (``bench/auc_vs_grid.py``: Gaussian, outlier and log-normal errors,
+MPJPE 15-200 mm, T = 50 and 150 mm) the grid value is lower by up to 0.011 for accurate
+models (AUC ≈ 0.8) and within ±0.001 once AUC falls to about PCK(T)/2; median |gap|
+0.002. Quote which one a table holds: ours beside the thesis, the grid one beside MMPose.
 """
 
 from __future__ import annotations
@@ -24,20 +48,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DEFAULT_THRESHOLDS", "PoseMetrics"]
+__all__ = ["DEFAULT_THRESHOLDS", "PoseMetrics", "procrustes_align", "scale_align"]
 
 # PCK / AUC thresholds in mm per dataset (§5.2): 50 mm NTU RGB+D / PKU-MMD, 150 mm Human3.6M.
 DEFAULT_THRESHOLDS = {"ntu": 50.0, "pku": 50.0, "h36m": 150.0, "synthetic": 50.0}
 
-# Histogram for PCK curves: 0.5 mm bins (a power of two, so e/w is exact and PCK at any
-# multiple of 0.5 mm is exact) up to 1000 mm, plus one overflow bin.
+# Histogram for PCK curves: one bin for errors of exactly 0 (the root joint of root-relative
+# poses), then 0.5 mm bins (k·w, (k+1)·w] (w a power of two, so e/w is exact and PCK at any
+# multiple of 0.5 mm is exact) up to 1000 mm, then one overflow bin.
 HIST_BIN_MM = 0.5
 HIST_MAX_MM = 1000.0
 _NUM_BINS = int(HIST_MAX_MM / HIST_BIN_MM)
+_HIST_LEN = _NUM_BINS + 2
 
-# Per-group statistics, in this order: sum of errors, joint count, count <= T, sum of AUC terms.
-_GROUP_FIELDS = ("sum_err", "count", "n_le", "sum_auc")
-_JOINT_STATS = ("sum_err", "count", "n_le", "sum_auc", "hist")
+# Per-group statistics, in this order: sum of errors, joint count, count <= T, sum of AUC
+# terms, sum of Procrustes-aligned errors, sum of scale-aligned errors.
+_GROUP_FIELDS = ("sum_err", "count", "n_le", "sum_auc", "sum_err_pa", "sum_err_n")
+_JOINT_STATS = (*_GROUP_FIELDS, "hist")
 
 
 def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -51,8 +78,72 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
 
 
+def _distances(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-joint Euclidean distances ``(B, J)`` of ``(B, J, 3)`` joints, 0 where not ``valid``."""
+    diff = torch.where(valid.unsqueeze(-1), pred - target, 0.0)
+    return torch.linalg.vector_norm(diff, dim=-1)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean ``(B, 1, 3)`` of ``x`` (B, J, 3), zero where ``mask`` (B, J, 1) is False, over the
+    masked joints; zeros for a pose without any."""
+    return x.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)
+
+
+def procrustes_align(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``pred`` moved by the similarity transform that best fits it to ``target`` (PA-MPJPE).
+
+    Per pose, minimises Σ_valid |s·R·p + t - g|² over a proper rotation R (det +1), a
+    scale s and a translation t (Umeyama; MMPose's ``compute_similarity_transform``),
+    for the whole batch at once, in float64.
+
+    Args:
+        pred: ``(B, J, 3)`` predicted joints, mm.
+        target: ``(B, J, 3)`` ground-truth joints, mm, finite where ``valid``.
+        valid: ``(B, J)`` bool; only these joints enter the fit.
+
+    Returns:
+        ``(B, J, 3)`` float64 aligned prediction (every joint moved, the fit from the valid
+        ones). A pose with fewer than two distinct valid predicted joints gets s = 0: it
+        collapses onto the valid ground-truth centroid.
+    """
+    mask = valid.unsqueeze(-1)
+    p = pred.to(torch.float64)
+    p_valid = torch.where(mask, p, 0.0)
+    g = torch.where(mask, target.to(torch.float64), 0.0)
+    mu_p, mu_g = _masked_mean(p_valid, mask), _masked_mean(g, mask)
+    x, y = torch.where(mask, p - mu_p, 0.0), torch.where(mask, g - mu_g, 0.0)
+    cov = x.mT @ y  # (B, 3, 3) = Σ_j x_j y_jᵀ
+    u, sigma, vh = torch.linalg.svd(cov)
+    # R = V·D·Uᵀ maximises trace(R·cov) over rotations; D flips the last axis when U·Vᵀ reflects.
+    d = torch.ones_like(sigma)
+    d[:, -1] = torch.sign(torch.linalg.det(u @ vh))
+    rotation = vh.mT @ (d.unsqueeze(-1) * u.mT)
+    var_x = (x * x).sum((1, 2))
+    scale = torch.where(var_x > 0, (d * sigma).sum(-1) / var_x.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+    return scale[:, None, None] * ((p - mu_p) @ rotation.mT) + mu_g
+
+
+def scale_align(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``pred`` scaled about the origin (the root) by the least-squares factor (N-MPJPE).
+
+    Per pose, s = Σ_valid <p, g> / Σ_valid <p, p> minimises Σ_valid |s·p - g|² (MMPose's
+    ``alignment='scale'``). Shapes and units as :func:`procrustes_align`; s = 0 for a
+    pose whose valid predicted joints are all at the origin. As there, s may be negative
+    (a prediction closer to the truth mirrored through the root), where PA-MPJPE's
+    rotation may not reflect.
+    """
+    mask = valid.unsqueeze(-1)
+    p = pred.to(torch.float64)
+    g = torch.where(mask, target.to(torch.float64), 0.0)
+    pp = torch.where(mask, p * p, 0.0).sum((1, 2))
+    pg = torch.where(mask, p * g, 0.0).sum((1, 2))
+    scale = torch.where(pp > 0, pg / pp.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+    return scale[:, None, None] * p
+
+
 class PoseMetrics:
-    """Accumulator of MPJPE, PCK@T and AUC@T, overall, per joint and per group value.
+    """Accumulator of MPJPE, PA-MPJPE, N-MPJPE, PCK@T and AUC@T, overall, per joint and per group value.
 
     Args:
         threshold_mm: T of PCK and AUC, mm; see :data:`DEFAULT_THRESHOLDS`.
@@ -92,8 +183,10 @@ class PoseMetrics:
         self.count = torch.zeros(j, dtype=torch.int64)
         self.n_le = torch.zeros(j, dtype=torch.int64)
         self.sum_auc = torch.zeros(j, dtype=torch.float64)
-        self.hist = torch.zeros(j, _NUM_BINS + 1, dtype=torch.int64)
-        # {key: {value: [sum_err, count, n_le, sum_auc]}}
+        self.sum_err_pa = torch.zeros(j, dtype=torch.float64)
+        self.sum_err_n = torch.zeros(j, dtype=torch.float64)
+        self.hist = torch.zeros(j, _HIST_LEN, dtype=torch.int64)
+        # {key: {value: [one sum per _GROUP_FIELDS]}}
         self.groups: dict[str, dict[Any, list[float]]] = {k: {} for k in self.group_keys}
         self._reduced = False
 
@@ -124,26 +217,31 @@ class PoseMetrics:
                 f"PoseMetrics.update expects pred/target {expected} and valid {expected[:2]}, got "
                 f"{tuple(pred_t.shape)}, {tuple(target_t.shape)}, {tuple(valid_t.shape)}"
             )
-        diff = torch.where(valid_t.unsqueeze(-1), pred_t - target_t, 0.0)
-        err = torch.linalg.vector_norm(diff, dim=-1)  # (B, J)
+        err = _distances(pred_t, target_t, valid_t)  # (B, J), 0 where invalid
         m = valid_t.to(torch.float64)
         le = (err <= self.threshold_mm) & valid_t
         auc = (1.0 - err / self.threshold_mm).clamp(0.0, 1.0) * m
+        err_pa = _distances(procrustes_align(pred_t, target_t, valid_t), target_t, valid_t)
+        err_n = _distances(scale_align(pred_t, target_t, valid_t), target_t, valid_t)
 
-        self.sum_err += (err * m).sum(0)
+        self.sum_err += err.sum(0)
         self.count += valid_t.sum(0)
         self.n_le += le.sum(0)
         self.sum_auc += auc.sum(0)
+        self.sum_err_pa += err_pa.sum(0)
+        self.sum_err_n += err_n.sum(0)
         self._add_histogram(err, valid_t)
         if groups is not None:
-            per_sample = torch.stack([(err * m).sum(1), m.sum(1), le.sum(1).double(), auc.sum(1)], 1)
+            per_sample = torch.stack([err.sum(1), m.sum(1), le.sum(1).double(), auc.sum(1),
+                                      err_pa.sum(1), err_n.sum(1)], 1)
             self._add_groups(per_sample, groups, b)
 
     def _add_histogram(self, err: torch.Tensor, valid: torch.Tensor) -> None:
-        # Bin k covers (k·w, (k+1)·w] (bin 0 includes 0), so "e <= t" is exact at bin edges.
-        idx = (torch.ceil(err / HIST_BIN_MM).long() - 1).clamp(0, _NUM_BINS)
+        # Bin 0 holds e == 0, bin k >= 1 covers ((k-1)·w, k·w], so "e <= t" is exact at every
+        # multiple of w, 0 included; errors above HIST_MAX_MM land in the last bin.
+        idx = torch.ceil(err / HIST_BIN_MM).long().clamp(0, _HIST_LEN - 1)
         joint = torch.arange(self.num_joints).expand_as(idx)
-        flat = (joint * (_NUM_BINS + 1) + idx)[valid]
+        flat = (joint * _HIST_LEN + idx)[valid]
         self.hist += torch.bincount(flat, minlength=self.hist.numel()).view_as(self.hist)
 
     def _add_groups(self, per_sample: torch.Tensor, groups: Mapping[str, Sequence[Any]], b: int) -> None:
@@ -204,9 +302,13 @@ class PoseMetrics:
         self._reduced = True
 
     # ------------------------------------------------------------------ results
-    def _summary(self, sum_err: float, count: float, n_le: float, sum_auc: float) -> dict[str, float]:
+    @staticmethod
+    def _summary(sum_err: float, count: float, n_le: float, sum_auc: float, sum_err_pa: float,
+                 sum_err_n: float) -> dict[str, float]:
         return {
             "mpjpe": _ratio(sum_err, count),
+            "pa_mpjpe": _ratio(sum_err_pa, count),
+            "n_mpjpe": _ratio(sum_err_n, count),
             "pck": _ratio(n_le, count),
             "auc": _ratio(sum_auc, count),
         }
@@ -215,23 +317,24 @@ class PoseMetrics:
         """Metrics of everything accumulated so far.
 
         Returns:
-            ``mpjpe`` (mm), ``pck`` and ``auc`` (fractions in [0, 1]; NaN when no valid
-            joint was seen), ``count`` (valid joints), ``threshold_mm``,
-            ``per_joint`` ``{name: {mpjpe, pck, auc}}`` and ``per_group``
-            ``{key: {value: {mpjpe, pck, auc, count}}}``.
+            ``mpjpe``, ``pa_mpjpe``, ``n_mpjpe`` (mm), ``pck`` and ``auc`` (fractions in
+            [0, 1]); each NaN when no valid joint was seen; ``count`` (valid joints),
+            ``threshold_mm``, ``per_joint`` ``{name: {mpjpe, pa_mpjpe, n_mpjpe, pck, auc}}``
+            and ``per_group`` ``{key: {value: {mpjpe, pa_mpjpe, n_mpjpe, pck, auc, count}}}``.
+            A per-joint PA-MPJPE is the mean error of that joint after each pose's alignment
+            (fitted to all valid joints of the pose).
         """
-        total = [self.sum_err.sum().item(), self.count.sum().item(),
-                 self.n_le.sum().item(), self.sum_auc.sum().item()]
+        total = [getattr(self, name).sum().item() for name in _GROUP_FIELDS]
         out: dict[str, Any] = self._summary(*total)
-        out["count"] = int(total[1])
+        out["count"] = int(total[_GROUP_FIELDS.index("count")])
         out["threshold_mm"] = self.threshold_mm
         out["per_joint"] = {
-            name: self._summary(self.sum_err[j].item(), self.count[j].item(),
-                                self.n_le[j].item(), self.sum_auc[j].item())
+            name: self._summary(*(getattr(self, field)[j].item() for field in _GROUP_FIELDS))
             for j, name in enumerate(self.joint_names)
         }
         out["per_group"] = {
-            key: {value: {**self._summary(*row), "count": int(row[1])} for value, row in table.items()}
+            key: {value: {**self._summary(*row), "count": int(row[_GROUP_FIELDS.index("count")])}
+                  for value, row in table.items()}
             for key, table in self.groups.items()
         }
         return out
@@ -239,9 +342,11 @@ class PoseMetrics:
     def pck_curve(self, thresholds: Sequence[float] | np.ndarray, joint: int | None = None) -> np.ndarray:
         """PCK at each threshold, from the error histogram, for a PCK-vs-threshold plot.
 
-        Resolution: exact at multiples of ``HIST_BIN_MM`` (0.5 mm), linearly
-        interpolated within a bin otherwise; above ``HIST_MAX_MM`` (1000 mm) errors
-        fall in one overflow bin and are counted as incorrect.
+        PCK(t) counts ``e <= t`` like :meth:`compute`, so PCK(0) is the share of errors of
+        exactly 0 (the root joint of root-relative poses). Resolution: exact at 0 and at
+        every multiple of ``HIST_BIN_MM`` (0.5 mm); between two multiples the count is
+        interpolated linearly, so it lies between the exact values at the two; errors above
+        ``HIST_MAX_MM`` (1000 mm) fall in one overflow bin and are counted as incorrect.
 
         Args:
             thresholds: Thresholds in mm, >= 0.
@@ -255,8 +360,7 @@ class PoseMetrics:
             raise ValueError(f"PoseMetrics.pck_curve thresholds must be >= 0, got min {t.min()}")
         hist = (self.hist.sum(0) if joint is None else self.hist[joint]).double().numpy()
         count = hist.sum()
-        # cdf[k] = number of errors <= k·w, for k = 0 .. _NUM_BINS (bin 0 also holds e == 0).
-        cdf = np.concatenate([[0.0], np.cumsum(hist[:_NUM_BINS])])
+        cdf = np.cumsum(hist[:_NUM_BINS + 1])  # cdf[k] = number of errors <= k·w, k = 0 .. _NUM_BINS
         pos = np.clip(t / HIST_BIN_MM, 0.0, _NUM_BINS)
         correct = np.interp(pos, np.arange(_NUM_BINS + 1), cdf)
         return correct / count if count > 0 else np.full_like(t, np.nan)
@@ -275,6 +379,13 @@ class PoseMetrics:
             raise ValueError(
                 f"PoseMetrics.load_state_dict: state has threshold_mm={state['threshold_mm']} and "
                 f"{state['count'].shape[0]} joints, this accumulator {self.threshold_mm} and {self.num_joints}"
+            )
+        missing = [name for name in _JOINT_STATS if name not in state]
+        if missing or state["hist"].shape != self.hist.shape:
+            raise ValueError(
+                f"PoseMetrics.load_state_dict: state lacks {missing} or has hist of shape "
+                f"{tuple(state['hist'].shape) if 'hist' in state else None}, expected {tuple(self.hist.shape)}: "
+                "it was saved by an older version; evaluate again"
             )
         for name in _JOINT_STATS:
             setattr(self, name, state[name].clone())

@@ -4,7 +4,9 @@ Status combines SLURM's view (``squeue``, then ``sacct`` where accounting is on)
 the run directories (``sweep_element.json``, checkpoints, ``metrics.json``). Collect
 builds the thesis' tables: one row per element (or per group of seeds: mean ± sample
 standard deviation over ``run.seed``), the config keys that differ between elements, and
-the final MPJPE / PCK / AUC, as Markdown, CSV and a bar plot.
+the final MPJPE / PCK / AUC, as Markdown, CSV and a bar plot. PA-MPJPE, N-MPJPE and the
+mean-pose MPJPE (the error of the training split's mean pose, the baseline a model must
+beat) get columns when a run's ``metrics.json`` has them; older runs leave those cells empty.
 """
 from __future__ import annotations
 
@@ -23,7 +25,11 @@ import yaml
 from depthpi.io import atomic_path, atomic_write_text
 from depthpi.sweep.submit import ELEMENT_FILE, PLAN_FILE, read_json
 
-METRICS = (("mpjpe", "MPJPE (mm)", 1), ("pck", "PCK", 3), ("auc", "AUC", 3))
+# (metrics.json key, column header, digits), in table order.
+METRICS = (("mpjpe", "MPJPE (mm)", 1), ("pa_mpjpe", "PA-MPJPE (mm)", 1), ("n_mpjpe", "N-MPJPE (mm)", 1),
+           ("pck", "PCK", 3), ("auc", "AUC", 3), ("mean_pose_mpjpe", "mean-pose MPJPE (mm)", 1))
+# Columns every table has; the others appear when at least one run reports them.
+CORE_METRICS = ("mpjpe", "pck", "auc")
 SEED_KEY = "run.seed"
 _IGNORED_KEYS = {"run.out_dir"}
 
@@ -127,7 +133,8 @@ def element_status(element: dict, slurm: dict[str, str]) -> dict:
     if state == "done":
         metrics = record.get("metrics") or read_json(run_dir / "metrics.json") or {}
         row["state"] = "done"
-        row["detail"] = " ".join(f"{k}={metrics[k]:.{d}f}" for k, _, d in METRICS if k in metrics)
+        row["detail"] = " ".join(f"{k}={metrics[k]:.{d}f}" for k, _, d in METRICS
+                                 if _number(metrics.get(k)) is not None)
     elif state == "failed" or (state == "running" and slurm_state == "EXITED") or \
             slurm_state in ("FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL"):
         row["state"] = "failed"
@@ -218,10 +225,25 @@ def _group_label(names: list[str]) -> str:
     return "/".join(unique) or "all"
 
 
+def _number(value) -> float | None:
+    """A metric value of metrics.json as a float; None when absent, null or not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _metric_stats(runs: list[dict]) -> dict[str, tuple[float, float] | None]:
+    """{metric key: (mean, sample std) over the runs that report it, or None when none does}."""
+    stats = {}
+    for key, _, _ in METRICS:
+        values = [v for v in (_number(r.get(key)) for r in runs) if v is not None]
+        stats[key] = mean_std(values) if values else None
+    return stats
+
+
 def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
     """Table rows of a sweep's training elements: differing config values and metric mean/std.
 
-    Elements that differ only in ``run.seed`` form one row (``n`` = seeds with metrics).
+    Elements that differ only in ``run.seed`` form one row (``n`` = seeds with metrics; a
+    metric's mean is over the seeds whose metrics.json has it, None when none has).
 
     Returns:
         (the differing config keys shown as columns, the rows).
@@ -243,9 +265,7 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
                "threshold_mm": metrics[0].get("threshold_mm") if metrics else None}
         if SEED_KEY in keys:
             row["seeds"] = [configs[i].get(SEED_KEY) for i in members]
-        for key, _, _ in METRICS:
-            values = [float(m[key]) for m in metrics if key in m]
-            row[key] = mean_std(values) if values else None
+        row.update(_metric_stats(metrics))
         row["tests"] = _extra_tests(metrics)
         rows.append(row)
     return shown, rows
@@ -258,10 +278,25 @@ def _extra_tests(metrics: list[dict]) -> dict[str, dict]:
     out = {}
     for name in names:
         runs = [m["tests"][name] for m in metrics if name in m.get("tests", {})]
-        out[name] = {"threshold_mm": runs[0].get("threshold_mm"), "n": len(runs)}
-        for key, _, _ in METRICS:
-            out[name][key] = mean_std([float(r[key]) for r in runs])
+        out[name] = {"threshold_mm": runs[0].get("threshold_mm"), "n": len(runs), **_metric_stats(runs)}
     return out
+
+
+def _pck_header(thresholds: set) -> str:
+    thresholds = {t for t in thresholds if t is not None}
+    return f"PCK@{thresholds.pop():g}mm" if len(thresholds) == 1 else "PCK"
+
+
+def _shown_metrics(stats: list[dict]) -> list[tuple[str, str, int]]:
+    """The METRICS entries a table shows: the core ones, and the others some row reports."""
+    return [(k, h, d) for k, h, d in METRICS
+            if k in CORE_METRICS or any(s.get(k) is not None for s in stats)]
+
+
+def _main_columns(rows: list[dict]) -> list[tuple[str, str, int]]:
+    """(metric key, header, digits) of the main test split's columns."""
+    pck = _pck_header({r["threshold_mm"] for r in rows})
+    return [(k, pck if k == "pck" else h, d) for k, h, d in _shown_metrics(rows)]
 
 
 def _test_columns(rows: list[dict]) -> list[tuple[str, str, str, int]]:
@@ -269,10 +304,9 @@ def _test_columns(rows: list[dict]) -> list[tuple[str, str, str, int]]:
     names = list(OrderedDict.fromkeys(name for r in rows for name in r.get("tests", {})))
     columns = []
     for name in names:
-        thresholds = {r["tests"][name]["threshold_mm"] for r in rows if name in r.get("tests", {})}
-        pck = f"PCK@{thresholds.pop():g}mm" if len(thresholds) == 1 else "PCK"
-        columns += [(name, "mpjpe", f"{name} MPJPE (mm)", 1), (name, "pck", f"{name} {pck}", 3),
-                    (name, "auc", f"{name} AUC", 3)]
+        tests = [r["tests"][name] for r in rows if name in r.get("tests", {})]
+        pck = _pck_header({t["threshold_mm"] for t in tests})
+        columns += [(name, k, f"{name} {pck if k == 'pck' else h}", d) for k, h, d in _shown_metrics(tests)]
     return columns
 
 
@@ -290,14 +324,13 @@ def _plain(value) -> str:
 def to_markdown(keys: list[str], rows: list[dict]) -> str:
     """The Markdown table; metric cells read ``mean ± std`` when seeds were grouped."""
     grouped = any("seeds" in r for r in rows)
-    thresholds = {r["threshold_mm"] for r in rows if r["threshold_mm"] is not None}
-    pck = f"PCK@{thresholds.pop():g}mm" if len(thresholds) == 1 else "PCK"
-    tests = _test_columns(rows)
-    header = ["element", *keys, *(["seeds"] if grouped else []), "MPJPE (mm)", pck, "AUC", *(h for *_, h, _ in tests)]
+    main, tests = _main_columns(rows), _test_columns(rows)
+    header = ["element", *keys, *(["seeds"] if grouped else []), *(h for _, h, _ in main),
+              *(h for *_, h, _ in tests)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["element"], *(_plain(r["config"][k]) for k in keys), *([str(r["n"])] if grouped else [])]
-        cells += [_cell(r[k], d, grouped) for k, _, d in METRICS]
+        cells += [_cell(r.get(k), d, grouped) for k, _, d in main]
         cells += [_cell(r.get("tests", {}).get(name, {}).get(k), d, grouped) for name, k, _, d in tests]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -307,11 +340,11 @@ def to_csv(keys: list[str], rows: list[dict]) -> str:
     """CSV with full-precision ``<metric>_mean`` and ``<metric>_std`` columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    tests = _test_columns(rows)
-    writer.writerow(["element", *keys, "n", *(f"{k}_{s}" for k, _, _ in METRICS for s in ("mean", "std")),
+    main, tests = _main_columns(rows), _test_columns(rows)
+    writer.writerow(["element", *keys, "n", *(f"{k}_{s}" for k, _, _ in main for s in ("mean", "std")),
                      *(f"{name}.{k}_{s}" for name, k, _, _ in tests for s in ("mean", "std"))])
     for r in rows:
-        metrics = [("" if r[k] is None else repr(r[k][j])) for k, _, _ in METRICS for j in (0, 1)]
+        metrics = [("" if r.get(k) is None else repr(r[k][j])) for k, _, _ in main for j in (0, 1)]
         for name, k, _, _ in tests:
             value = r.get("tests", {}).get(name, {}).get(k)
             metrics += ["" if value is None else repr(value[j]) for j in (0, 1)]
@@ -328,7 +361,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     names = [r["element"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(max(8, 1.2 * len(rows) * 3), 3.6))
-    for ax, (key, label, _) in zip(axes, METRICS):
+    for ax, (key, label, _) in zip(axes, [m for m in METRICS if m[0] in CORE_METRICS]):
         means = [r[key][0] if r[key] else float("nan") for r in rows]
         stds = [r[key][1] if r[key] else 0.0 for r in rows]
         ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color="#4c72b0")
