@@ -195,6 +195,24 @@ def test_ntu_every_missing_list_and_poses_file(ntu, tmp_path):
     assert all(s.meta.frame % 2 == 0 for s in read_split(tmp_path / "out" / "train"))
 
 
+def test_ntu_missing_list_as_shipped_keeps_only_sample_names(ntu, tmp_path):
+    """The dataset's list opens with two prose lines; only sample names reach the manifests."""
+    missing = tmp_path / "NTU_RGBD_samples_with_missing_skeletons.txt"
+    missing.write_text('302 of the captured samples in the "NTU RGB+D" dataset have missing or incomplete '
+                       'skeleton data.\nIf you are working on skeleton-based analysis, please ignore these files in '
+                       'your training and testing procedures.\n\nS001C001P001R001A001\nS003C001P007R001A001.skeleton\n')
+    summary = convert("ntu", ntu["root"], tmp_path / "out", every=3, progress=False, missing_list=missing)
+    for split in ("train", "test"):
+        assert read_manifest(tmp_path / "out" / split).params["missing_list"] == ["S001C001P001R001A001",
+                                                                                  "S003C001P007R001A001"]
+    assert summary.videos_skipped["listed in the missing-skeletons file"] == 2
+    assert any("2 sample names (2 other lines ignored)" in note for note in summary.notes)
+    prose_only = tmp_path / "prose.txt"
+    prose_only.write_text("302 of the captured samples have missing skeleton data.\n")
+    with pytest.raises(ConverterError, match="prose.txt: no sample names"):
+        convert("ntu", ntu["root"], tmp_path / "out2", progress=False, missing_list=prose_only)
+
+
 @pytest.mark.parametrize("source, expected", [("ntu", "nturgb+d_skeletons"), ("pku", "RGB_VIDEO"),
                                               ("h36m", "S9/Videos")])
 def test_wrong_root_fails_at_start_naming_the_expected_subdirectory(tmp_path, source, expected):

@@ -147,6 +147,28 @@ def load_poses_file(path: Path, summary: Summary) -> dict[str, dict[int, list[di
     return {video: dict(frames) for video, frames in poses.items()}
 
 
+def read_missing_list(path: Path, summary: Summary) -> set[str]:
+    """The sample names of a missing-skeletons list (e.g. the dataset's
+    ``NTU_RGBD_samples_with_missing_skeletons.txt``).
+
+    The shipped lists open with two prose lines ("302 of the captured samples ...");
+    only lines that are a sample name (``SsssCcccPpppRrrrAaaa``, optionally with a
+    ``.skeleton`` suffix) are kept, and the others are counted in a summary note.
+    """
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines()]
+    except OSError as err:
+        raise ConverterError(f"missing_list {path}: unreadable ({err.strerror or err})") from None
+    names = {line.removesuffix(".skeleton") for line in lines}
+    kept = {name for name in names if NAME_RE.match(name)}
+    ignored = sum(1 for line in lines if line and not NAME_RE.match(line.removesuffix(".skeleton")))
+    if not kept:
+        raise ConverterError(f"missing_list {path}: no sample names (expected one SsssCcccPpppRrrrAaaa per line)")
+    summary.notes.append(f"missing_list {Path(path).name}: {len(kept)} sample names"
+                         + (f" ({ignored} other lines ignored)" if ignored else ""))
+    return kept
+
+
 # --- intrinsics -------------------------------------------------------------------------
 def _pairs_of_file(path: str, max_frames: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(xyz m, depthXY, colorXY) of the tracked joints of up to ``max_frames`` frames."""
@@ -355,13 +377,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
     skeletons = _list_files(root / SKELETON_DIR, ".skeleton")
     if not skeletons:
         raise ConverterError(f"--root {root}: {SKELETON_DIR}/ holds no *.skeleton files")
-    missing = set()
-    if missing_list:
-        try:
-            missing = {line.strip() for line in Path(missing_list).read_text().splitlines()
-                       if line.strip() and not line.startswith("#")}
-        except OSError as err:
-            raise ConverterError(f"missing_list {missing_list}: unreadable ({err})") from None
+    missing = read_missing_list(Path(missing_list), summary) if missing_list else set()
     jobs, by_setup = [], defaultdict(list)
     for name in sorted(skeletons):
         ids = parse_name(name)
