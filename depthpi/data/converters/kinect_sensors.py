@@ -4,8 +4,8 @@ NTU RGB+D's intrinsics are fitted per camera setup (``SsssCccc``, :mod:`.ntu`), 
 setups were filmed by a few physical Kinects whose factory intrinsics differ (principal
 points tens of colour pixels apart). One K pooled over all setups fits none of them, so
 :func:`cluster_sensors` groups the setups by sensor instead: two setups belong to one
-sensor when their fitted colour K's map every pixel of the frame to within
-:data:`SAME_SENSOR_RGB_PX` of each other, their depth K's to within
+sensor when their fitted colour K's map every pixel of the central half of the frame to
+within :data:`SAME_SENSOR_RGB_PX` of each other, their depth K's to within
 :data:`SAME_SENSOR_DEPTH_PX`, and their mirroring agrees (complete linkage: every pair in a
 group satisfies this). Each sensor's K is then fitted on the pooled 2D–3D pairs of its
 setups (eq. 5.1–5.2); its residuals are the RMS over those pairs and the worst setup's RMS.
@@ -37,10 +37,13 @@ STREAMS = (("rgb", RGB_SIZE), ("depth", DEPTH_SIZE))
 
 
 def ray_discrepancy_px(K_a: np.ndarray, K_b: np.ndarray, size: tuple[int, int]) -> float:
-    """Largest distance (px) between where two intrinsics put the same ray, over a frame of
-    ``size`` (width, height): the pixel ``q`` of K_a lands at ``K_b K_a⁻¹ q`` under K_b."""
+    """Largest distance (px) between where two intrinsics put the same ray, over the central
+    half of a frame of ``size`` (width, height): the pixel ``q`` of K_a lands at
+    ``K_b K_a⁻¹ q`` under K_b. The central half is where the skeleton pairs that fix the fits
+    lie, so a principal point shift counts in full and a focal length's noise only half."""
     width, height = size
-    corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
+    lo, hi = np.array([width, height]) / 4.0, np.array([width, height]) * 3.0 / 4.0
+    corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]], [hi[0], hi[1]]], np.float64)
     rays = Camera.from_intrinsics(K_a).image_to_camera(corners)
     moved = Camera.from_intrinsics(K_b).camera_to_image(rays)
     return float(np.linalg.norm(moved - corners, axis=1).max())   # the map is affine: extremes at corners

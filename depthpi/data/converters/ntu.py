@@ -265,7 +265,8 @@ def fitted_intrinsics_record(fits: dict[str, dict], pairs: dict[str, dict], summ
                              f"{pooled['rgb_rms']:.3f} px, depth rms {pooled['depth_rms']:.3f} px")
     return {"sensors": sensors, "pooled_residuals": pooled, "setups": fits,
             "sensor_rule": f"one sensor: colour K within {SAME_SENSOR_RGB_PX:g} px and depth K within "
-                           f"{SAME_SENSOR_DEPTH_PX:g} px of each other over the whole frame, same mirroring",
+                           f"{SAME_SENSOR_DEPTH_PX:g} px of each other over the central half of the frame, "
+                           f"same mirroring",
             "convention": "K of the stored (unmirrored) frames in depthpi's camera frame; mirrored = raw frames "
                           "are mirror images (flipped by the converter); rms in px"}
 
