@@ -44,7 +44,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -136,8 +136,8 @@ def _labels(path: Path | None) -> list[tuple[int, int, int]]:
 
 
 # --- intrinsics: the sensors of an NTU conversion, one per view ----------------------------
-def load_sensors(path: Path) -> tuple[dict[str, dict], dict]:
-    """sensor id → {"rgb_K", "depth_K" (3, 3) arrays, "mirrored", residuals ...}, and the file's record.
+def load_sensors(path: Path) -> dict[str, dict]:
+    """sensor id → {"rgb_K", "depth_K" (3, 3) arrays, "mirrored", residuals ...} of an intrinsics file.
 
     A file with ``sensors`` (an NTU conversion's ``intrinsics.ntu.json``) gives those; one
     with top-level ``rgb_K``/``depth_K`` gives one sensor, ``"file"``.
@@ -164,7 +164,7 @@ def load_sensors(path: Path) -> tuple[dict[str, dict], dict]:
                                  f"{rgb_K.shape} and {depth_K.shape}")
         sensors[str(sensor_id)] = {**entry, "rgb_K": rgb_K, "depth_K": depth_K,
                                    "mirrored": bool(entry.get("mirrored", True))}
-    return sensors, record
+    return sensors
 
 
 def parse_sensor_option(text: str | None, sensors: dict[str, dict]) -> dict[str, str]:
@@ -380,7 +380,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
     if not intrinsics_file:
         raise ConverterError("pku needs intrinsics_file: OUT/intrinsics.ntu.json of an NTU conversion (its sensors), "
                              "or JSON with rgb_K, depth_K")
-    sensors, _ = load_sensors(Path(intrinsics_file))
+    sensors = load_sensors(Path(intrinsics_file))
     every = DEFAULT_EVERY if every is None else int(every)
     if every < 1:
         raise ConverterError(f"every must be >= 1, got {every}")
