@@ -17,7 +17,7 @@ def _shards_build(args) -> None:
 
     if not args.root:
         raise SystemExit(f"depthpi shards build --source {args.source}: --root RAW_DIR is required")
-    own = {"missing_list": args.missing_list, "depth": args.depth}  # NTU's own options, when given
+    own = {"missing_list": args.missing_list, "depth": args.depth, "sensor": args.sensor}  # per-source options
     summary = convert(args.source, args.root, args.out, every=args.every, workers=args.workers,
                       split_scheme=args.split_scheme, poses_file=args.poses_file,
                       intrinsics_file=args.intrinsics_file, videos_per_shard=args.videos_per_shard,
@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--split-scheme", help="ntu: thesis (Table 5.2), xsub, xview, xsub120, xset120; "
                                             "pku: cross-subject, cross-view")
     raw.add_argument("--poses-file", help="JSON Lines of external 17-joint poses and boxes (take precedence)")
-    raw.add_argument("--intrinsics-file", help="JSON with rgb_K and depth_K (pku: required, e.g. NTU's fit)")
+    raw.add_argument("--intrinsics-file", help="ntu: per-setup K instead of fitting; pku (required): NTU's "
+                                               "OUT/intrinsics.ntu.json; h36m: the camera file")
+    raw.add_argument("--sensor", help="pku: NTU sensor id for every view, or per view L=0,M=1,R=1 (default: chosen "
+                                      "per view from the depth frames)")
     raw.add_argument("--missing-list", help="ntu: samples with missing skeletons, one name per line")
     raw.add_argument("--videos-per-shard", type=int)
     raw.add_argument("--depth", choices=["auto", "full", "masked"], help="ntu depth maps to read (default auto)")

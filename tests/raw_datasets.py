@@ -125,7 +125,13 @@ NTU_SETUPS = {  # SsssCccc → (rgb K, depth K) of the *unmirrored* frames, our 
                  np.array([[366.9, 0, 254.3], [0, 366.1, 209.8], [0, 0, 1]])),
     "S003C001": (np.array([[1032.0, 0, 958.8], [0, 1030.5, 533.1], [0, 0, 1]]),
                  np.array([[362.7, 0, 259.6], [0, 362.0, 203.2], [0, 0, 1]])),
+    # the same physical sensors as S001C001 and S003C001, within a fraction of a pixel
+    "S002C001": (np.array([[1040.4, 0, 965.6], [0, 1038.3, 538.4], [0, 0, 1]]),
+                 np.array([[365.3, 0, 257.2], [0, 364.9, 206.3], [0, 0, 1]])),
+    "S004C001": (np.array([[1031.7, 0, 959.1], [0, 1030.2, 533.4], [0, 0, 1]]),
+                 np.array([[362.6, 0, 259.7], [0, 361.9, 203.1], [0, 0, 1]])),
 }
+NTU_SENSORS = (("S001C001", "S002C001"), ("S003C001", "S004C001"))
 NTU_VIDEOS = {  # name → persons; special cases in write_ntu
     "S001C001P001R001A001": 1,
     "S001C002P001R001A001": 2,      # two people
@@ -209,16 +215,19 @@ PKU_VIDEOS = {"0002-L": "train", "0002-M": "train", "0291-L": "test", "0291-R": 
 PKU_MALFORMED = ("0291-R", 2)  # (video, 0-based line) with a malformed skeleton line
 
 
-def write_pku(root: Path, *, frames: int = 6, seed: int = 1, defects: bool = True) -> dict:
-    """PKU-MMD layout: RGB_VIDEO/*.avi, DEPTH/<video>/NNNNNN.png, PKU_Skeleton_Renew/*.txt,
-    Split/cross-subject.txt, plus ``intrinsics.json`` at ``root``'s parent-free path
-    ``root / "kinect_intrinsics.json"``. Returns the truth."""
+def write_pku(root: Path, *, frames: int = 6, seed: int = 1, defects: bool = True, videos: dict | None = None
+              ) -> dict:
+    """PKU-MMD layout: RGB_VIDEO/*.avi, DEPTH/<video>/NNNNNN.png, PKU_Skeleton_Renew/*.txt, the
+    split files (phase-1 names in Split/cross-subject.txt, phase-2 names such as A01N02-L in
+    Split/cross_subject_v2.txt), and ``root / "kinect_intrinsics.json"`` (top-level rgb_K,
+    depth_K). ``videos``: name → "train" | "test" | None (None: in no split file). Returns the truth."""
     root = Path(root)
     for sub in ("RGB_VIDEO", "DEPTH", "PKU_Skeleton_Renew", "Split"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    videos = PKU_VIDEOS if videos is None else videos
     rgb_cam, depth_cam = Camera.from_intrinsics(PKU_RGB_K), Camera.from_intrinsics(PKU_DEPTH_K)
     truth = {"joints": {}}
-    for name in PKU_VIDEOS:
+    for name in videos:
         lines, video, all_joints = [], [], []
         (root / "DEPTH" / name).mkdir(exist_ok=True)
         for f in range(frames):
@@ -237,10 +246,14 @@ def write_pku(root: Path, *, frames: int = 6, seed: int = 1, defects: bool = Tru
         (root / "PKU_Skeleton_Renew" / f"{name}.txt").write_text("\n".join(lines) + "\n")
         _write_video(root / "RGB_VIDEO" / f"{name}.avi", video, "MJPG")
         truth["joints"][name] = np.array(all_joints)
-    train = [n for n, s in PKU_VIDEOS.items() if s == "train"]
-    test = [n for n, s in PKU_VIDEOS.items() if s == "test"]
-    (root / "Split" / "cross-subject.txt").write_text(
-        "Training videos: \n" + ", ".join(train) + "\nValidataion videos: \n" + ", ".join(test) + "\n")
+    for phase, split_name in ((1, "cross-subject.txt"), (2, "cross_subject_v2.txt")):
+        named = {n: s for n, s in videos.items() if (n[0].isdigit()) == (phase == 1) and s}
+        if named:
+            train = [n for n, s in named.items() if s == "train"]
+            test = [n for n, s in named.items() if s == "test"]
+            header = "Validataion videos:" if phase == 1 else "Validation videos:"
+            (root / "Split" / split_name).write_text(
+                "Training videos: \n" + ", ".join(train) + f"\n{header} \n" + ", ".join(test) + "\n")
     (root / "kinect_intrinsics.json").write_text(json.dumps(
         {"rgb_K": PKU_RGB_K.tolist(), "depth_K": PKU_DEPTH_K.tolist(), "mirrored": True}))
     return truth

@@ -1,4 +1,4 @@
-"""Raw-dataset converters (issue #8) on tiny NTU / PKU-MMD / Human3.6M layouts with known truth."""
+"""Raw-dataset converters on tiny NTU / PKU-MMD / Human3.6M layouts with known truth."""
 import json
 import tarfile
 from collections import defaultdict
@@ -14,8 +14,8 @@ from depthpi.data.schema import decode_sample
 from depthpi.data.shards import read_manifest
 from depthpi.skeleton import H36M_17
 
-from raw_datasets import (MARKERS, NTU_DEFECTS, NTU_MISSING_DEPTH_FRAME, NTU_SETUPS, NTU_TRUNCATED, PKU_DEPTH_K,
-                          write_h36m, write_ntu, write_pku)
+from raw_datasets import (MARKERS, NTU_DEFECTS, NTU_MISSING_DEPTH_FRAME, NTU_SENSORS, NTU_SETUPS, NTU_TRUNCATED,
+                          PKU_DEPTH_K, PKU_RGB_K, write_h36m, write_ntu, write_pku)
 
 J = {name: i for i, name in enumerate(H36M_17.joint_names)}
 
@@ -195,6 +195,24 @@ def test_ntu_every_missing_list_and_poses_file(ntu, tmp_path):
     assert all(s.meta.frame % 2 == 0 for s in read_split(tmp_path / "out" / "train"))
 
 
+def test_ntu_missing_list_as_shipped_keeps_only_sample_names(ntu, tmp_path):
+    """The dataset's list opens with two prose lines; only sample names reach the manifests."""
+    missing = tmp_path / "NTU_RGBD_samples_with_missing_skeletons.txt"
+    missing.write_text('302 of the captured samples in the "NTU RGB+D" dataset have missing or incomplete '
+                       'skeleton data.\nIf you are working on skeleton-based analysis, please ignore these files in '
+                       'your training and testing procedures.\n\nS001C001P001R001A001\nS003C001P007R001A001.skeleton\n')
+    summary = convert("ntu", ntu["root"], tmp_path / "out", every=3, progress=False, missing_list=missing)
+    for split in ("train", "test"):
+        assert read_manifest(tmp_path / "out" / split).params["missing_list"] == ["S001C001P001R001A001",
+                                                                                  "S003C001P007R001A001"]
+    assert summary.videos_skipped["listed in the missing-skeletons file"] == 2
+    assert any("2 sample names (2 other lines ignored)" in note for note in summary.notes)
+    prose_only = tmp_path / "prose.txt"
+    prose_only.write_text("302 of the captured samples have missing skeleton data.\n")
+    with pytest.raises(ConverterError, match="prose.txt: no sample names"):
+        convert("ntu", ntu["root"], tmp_path / "out2", progress=False, missing_list=prose_only)
+
+
 @pytest.mark.parametrize("source, expected", [("ntu", "nturgb+d_skeletons"), ("pku", "RGB_VIDEO"),
                                               ("h36m", "S9/Videos")])
 def test_wrong_root_fails_at_start_naming_the_expected_subdirectory(tmp_path, source, expected):
@@ -271,6 +289,131 @@ def test_pku_unlabeled_pairs_and_labelled_test(pku):
 def test_pku_requires_intrinsics(pku, tmp_path):
     with pytest.raises(ConverterError, match="intrinsics_file"):
         convert("pku", pku["root"], tmp_path / "out", progress=False)
+
+
+# --- sensors behind the NTU setups, and the one each PKU view gets -------------------------
+@pytest.fixture(scope="module")
+def ntu_sensors(tmp_path_factory):
+    """Four setups filmed by two sensors (S001C001 ≈ S002C001, S003C001 ≈ S004C001)."""
+    root = tmp_path_factory.mktemp("ntu_sensors_raw")
+    write_ntu(root, frames=3, defects=False, videos={f"{setup}P00{i + 1}R001A001": 1
+                                                     for i, setup in enumerate(s for group in NTU_SENSORS
+                                                                               for s in group)})
+    out = tmp_path_factory.mktemp("ntu_sensors_out")
+    summary = convert("ntu", root, out, every=3, split_scheme="xsub120", progress=False)
+    return {"out": out, "summary": summary, "record": json.loads((out / "intrinsics.ntu.json").read_text())}
+
+
+def test_ntu_setups_are_grouped_by_sensor_with_residuals(ntu_sensors):
+    record = ntu_sensors["record"]
+    sensors = record["sensors"]
+    assert [tuple(s["setups"]) for s in sensors.values()] == list(NTU_SENSORS)
+    for sensor_id, sensor in sensors.items():
+        for setup in sensor["setups"]:
+            assert record["setups"][setup]["sensor"] == sensor_id
+        for stream in ("rgb", "depth"):   # the sensor's K sits between its setups' (truth within 0.5 px)
+            true_K = np.mean([NTU_SETUPS[s][0 if stream == "rgb" else 1] for s in sensor["setups"]], axis=0)
+            np.testing.assert_allclose(sensor[f"{stream}_K"], true_K, atol=0.5)
+            assert sensor[f"{stream}_rms"] < 0.5 and sensor[f"{stream}_worst_setup"]["rms"] < 0.6
+            assert sensor[f"{stream}_worst_setup"]["setup"] in sensor["setups"]
+    # one K over both sensors is what the sensors avoid: several pixels of residual
+    assert record["pooled_residuals"]["rgb_rms"] > 10 * max(s["rgb_rms"] for s in sensors.values())
+    assert record["pooled_residuals"]["rgb_rms"] > 2.0
+    assert "rgb_K" not in record   # no pooled K to be used by mistake
+    notes = " | ".join(ntu_sensors["summary"].notes)
+    assert "sensor 0 [S001C001, S002C001]" in notes and "sensor 1 [S003C001, S004C001]" in notes
+    assert "one K over all 4 setups instead would leave rgb rms" in notes
+
+
+def _sensors_file(tmp_path, *, truth_id="1"):
+    """Two sensors: the PKU fixture's true K and one like the second NTU Kinect (depth cx 6 px, rgb cy 28 px off)."""
+    wrong_rgb, wrong_depth = PKU_RGB_K.copy(), PKU_DEPTH_K.copy()
+    wrong_rgb[1, 2] += 28.0
+    wrong_depth[0, 2] -= 6.0
+    sensors = {truth_id: (PKU_RGB_K, PKU_DEPTH_K), "0" if truth_id == "1" else "1": (wrong_rgb, wrong_depth)}
+    record = {"sensors": {i: {"setups": [f"S00{i}C001"], "rgb_K": r.tolist(), "depth_K": d.tolist(),
+                              "mirrored": True, "rgb_rms": 0.4, "depth_rms": 0.2} for i, (r, d) in sensors.items()}}
+    path = tmp_path / "intrinsics.ntu.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pku_phases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pku_phases_raw")
+    videos = {"0002-L": "train", "0291-M": "test", "A01N01-L": "train", "A01N02-M": "test", "A01N02-R": "test",
+              "A02N05-L": None}
+    truth = write_pku(root, frames=3, defects=False, videos=videos)
+    return {"root": root, "truth": truth, "sensors": _sensors_file(tmp_path_factory.mktemp("sensors"))}
+
+
+def test_pku_phase_2_names_split_files_and_samples(pku_phases, tmp_path):
+    summary = convert("pku", pku_phases["root"], tmp_path / "out", every=1, progress=False,
+                      intrinsics_file=pku_phases["sensors"])
+    unlabeled, test = read_split(tmp_path / "out" / "unlabeled"), read_split(tmp_path / "out" / "test")
+    assert {s.meta.extra["video"] for s in unlabeled} == {"0002-L", "A01N01-L"}
+    assert {s.meta.extra["video"] for s in test} == {"0291-M", "A01N02-M", "A01N02-R"}
+    for sample in unlabeled + test:
+        video = sample.meta.extra["video"]
+        assert sample.meta.extra["phase"] == (2 if video.startswith("A") else 1)
+        assert (sample.meta.subject, sample.meta.camera) == (video[:-2], video[-1])
+    for sample in test:
+        np.testing.assert_allclose(sample.meta.joints, pku_phases["truth"]["joints"][sample.meta.extra["video"]]
+                                   [sample.meta.frame], atol=1e-3)
+    assert summary.named["not in cross-subject.txt or cross_subject_v2.txt"] == ["A02N05-L"]
+    assert read_manifest(tmp_path / "out" / "test").params["phases"] == [1, 2]
+
+
+def test_pku_chooses_the_sensor_that_matches_its_depth_frames(pku_phases, tmp_path):
+    summary = convert("pku", pku_phases["root"], tmp_path / "out", every=1, progress=False,
+                      intrinsics_file=pku_phases["sensors"])
+    views = read_manifest(tmp_path / "out" / "test").params["views"]
+    assert {v: views[v]["sensor"] for v in views} == {"L": "1", "M": "1", "R": "1"}
+    for view in views.values():
+        assert view["chosen_by"] == "depth agreement"
+        assert view["depth_agreement_mm"]["1"] < 0.2 * view["depth_agreement_mm"]["0"]
+    samples = read_split(tmp_path / "out" / "test")
+    assert samples and all(s.meta.extra["sensor"] == "1" for s in samples)
+    _check_depth_crop_matches_raw(pku_phases["root"], samples)
+    notes = " | ".join(summary.notes)
+    assert "view L: sensor 1 chosen from" in notes and "fits its NTU setups with rgb rms 0.400 px" in notes
+
+
+def test_pku_sensor_option_names_the_sensor(pku_phases, tmp_path):
+    convert("pku", pku_phases["root"], tmp_path / "a", every=3, progress=False,
+            intrinsics_file=pku_phases["sensors"], sensor="0")
+    views = read_manifest(tmp_path / "a" / "test").params["views"]
+    assert {v: (views[v]["sensor"], views[v]["chosen_by"]) for v in views} == {
+        v: ("0", "named with the sensor option") for v in "LMR"}
+    convert("pku", pku_phases["root"], tmp_path / "b", every=3, progress=False,
+            intrinsics_file=pku_phases["sensors"], sensor="M=0")
+    views = read_manifest(tmp_path / "b" / "test").params["views"]
+    assert {v: views[v]["sensor"] for v in views} == {"L": "1", "M": "0", "R": "1"}
+    with pytest.raises(ConverterError, match=r"sensor '7'.*sensors in the intrinsics file: 1 \(S001C001\); "
+                                             r"0 \(S000C001\)"):
+        convert("pku", pku_phases["root"], tmp_path / "c", progress=False, intrinsics_file=pku_phases["sensors"],
+                sensor="7")
+    with pytest.raises(ConverterError, match="unknown option.*sensor"):
+        convert("ntu", pku_phases["root"], tmp_path / "d", progress=False, sensor="1")
+
+
+def test_pku_with_an_ntu_conversions_intrinsics_file(ntu_sensors, pku_phases, tmp_path):
+    """End to end: the PKU fixture was filmed with S001C001's K; its NTU sensor is sensor 0."""
+    convert("pku", pku_phases["root"], tmp_path / "out", every=1, progress=False,
+            intrinsics_file=ntu_sensors["out"] / "intrinsics.ntu.json")
+    views = read_manifest(tmp_path / "out" / "test").params["views"]
+    assert {v: views[v]["sensor"] for v in views} == {"L": "0", "M": "0", "R": "0"}
+
+
+def _check_depth_crop_matches_raw(root, samples):
+    """Eq. 4.7: the depth crop shows what the (unmirrored) raw depth frame shows at each joint."""
+    for sample in samples:
+        meta = sample.meta
+        raw = cv2.flip(cv2.imread(str(root / "DEPTH" / meta.extra["video"] / f"{meta.frame:06d}.png"),
+                                  cv2.IMREAD_UNCHANGED), 1)
+        stored = np.round(Camera(meta.depth_K, meta.R, meta.t).project(meta.joints)).astype(int)
+        truth = np.round(Camera.from_intrinsics(PKU_DEPTH_K).camera_to_image(meta.joints)).astype(int)
+        np.testing.assert_array_equal(sample.depth[stored[:, 1], stored[:, 0]], raw[truth[:, 1], truth[:, 0]])
 
 
 @pytest.mark.parametrize("source", SOURCES)

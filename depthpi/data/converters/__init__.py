@@ -1,8 +1,10 @@
-"""Raw-dataset converters: NTU RGB+D, PKU-MMD, Human3.6M → depthpi shards (issue #8).
+"""Raw-dataset converters: NTU RGB+D, PKU-MMD, Human3.6M → depthpi shards.
 
 One entry point, :func:`convert`; each source module documents the raw layout it reads
 (:mod:`.ntu`, :mod:`.pku`, :mod:`.h36m`), :mod:`.kinect` the Kinect v2 joint mapping and
-camera frame, :mod:`.common` crops, the summary and the resumable parallel driver.
+camera frame, :mod:`.kinect_sensors` the Kinects behind NTU's setups and PKU-MMD's choice
+among them, :mod:`.h36m_cameras` the Human3.6M camera files, :mod:`.common` crops, the
+summary and the resumable parallel driver.
 
 Output: ``OUT/<split>/<source>-NNNNNN.tar`` + ``OUT/<split>/manifest.json`` per split
 (``train``/``test`` for NTU; ``unlabeled``/``test`` for PKU-MMD; ``test`` for
@@ -48,12 +50,14 @@ def convert(source: str, root: str | Path, out: str | Path, *, every: int | None
             PKU: cross-subject (default) | cross-view.
         poses_file: NTU/PKU: JSON Lines pseudo-ground truth (takes precedence).
         intrinsics_file: NTU: per-setup or global intrinsics JSON instead of fitting;
-            PKU: required unless a previous NTU conversion's ``intrinsics.ntu.json``
-            is given; H36M: the camera JSON (required).
+            PKU (required): a previous NTU conversion's ``intrinsics.ntu.json`` (its
+            sensors), or JSON with rgb_K and depth_K; H36M: the camera file (any
+            layout of :mod:`.h36m_cameras`; default ROOT/cameras.json).
         videos_per_shard: videos per shard (default per source).
         progress: show a progress bar.
         **options: source-specific: NTU ``missing_list``, ``depth`` (auto|full|masked),
-            ``fit_videos``; all ``context`` (crop side / box side, 1.4), ``max_side`` (320).
+            ``fit_videos``; PKU ``sensor`` (an NTU sensor id, or ``L=0,M=1,R=1``; default
+            chosen per view); all ``context`` (crop side / box side, 1.4), ``max_side`` (320).
     Returns:
         The merged :class:`Summary` (also written to ``OUT/summary.<source>.json``);
         ``str(summary.format())`` is the end-of-run report.

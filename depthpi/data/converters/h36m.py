@@ -6,18 +6,32 @@ Raw layout (``ROOT`` is ``--root``)::
     ROOT/S9/MyPoseFeatures/D3_Positions/<Action>.cdf     variable "Pose": (1, frames, 96),
                                                          32 joints × xyz, world mm
     ROOT/S11/...                                         (same)
-    camera JSON (``intrinsics_file``; default ROOT/cameras.json)
+    camera file (``intrinsics_file``; default: the first of ROOT/cameras.json,
+                 ROOT/camera-parameters.json, ROOT/cameras.h5 that exists)
 
 A pose file that cdflib cannot read may be replaced by ``<Action>.npz`` holding the same
 array under ``Pose`` (documented fallback; tried when the .cdf is absent).
 
-Camera JSON, per subject and camera id (world → camera: ``p_cam = R (p_world − t)``, the
-H36M metadata convention; camera axes x right, y down, z forward)::
+Camera files: the four layouts people have are read as they are shipped, recognised from
+their structure (details, conventions and checks in :mod:`.h36m_cameras`):
+
+- ``camera-parameters.json`` from the GitHub repository karfly/human36m-camera-parameters
+  (``intrinsics`` per camera, ``extrinsics`` per subject with ``p_cam = R p + t``);
+- ``cameras.h5`` from the ``h36m.zip`` that una-dinosauria/3d-pose-baseline's README links
+  (``subject9/camera1/{R, T, f, c, k, p}``; needs h5py), or a JSON dump of it;
+- VideoPose3D's camera tables (facebookresearch/VideoPose3D, ``common/h36m_dataset.py``)
+  written to JSON (``orientation`` quaternion, ``translation`` = camera centre in mm);
+- depthpi's own JSON, per subject and camera id (world → camera ``p_cam = R (p_world − t)``,
+  **t the camera centre**; camera axes x right, y down, z forward)::
 
     {"S9": {"54138969": {"R": [[3×3]], "t": [3] camera centre in world mm,
                          "K": [[3×3]]  or  "f": [fx, fy], "c": [cx, cy],
                          "dist": [k1, k2, p1, p2, k3]  (optional, OpenCV order),
                          "size": [width, height]  (optional)}}}
+
+Every camera is converted to depthpi's convention and checked (rotation, a centre 2–10 m
+from the capture-space origin looking at it, upright, plausible focal length and principal
+point); a file that fails is refused naming the subject/camera and field, before any work.
 
 Labels: the 32 mocap joints reduced to H36M_17 by indices
 [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27] (pelvis, right hip, knee,
@@ -30,7 +44,6 @@ so that the stored ``rgb_K`` is an exact pinhole.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +51,9 @@ from typing import Iterator
 
 import numpy as np
 
-from depthpi.camera import Camera
 from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
                                             crop_person, iter_video_frames, make_sample, safe_key)
+from depthpi.data.converters.h36m_cameras import H36MCamera, load_cameras
 from depthpi.data.schema import Sample, SampleMeta
 
 SOURCE = "h36m"
@@ -64,39 +77,9 @@ def read_pose_file(path: Path) -> np.ndarray:
     return pose[:, H36M_17_FROM_32]
 
 
-def load_cameras(path: Path) -> dict:
-    """The camera JSON (module docstring), checked → {(subject, camera id): {K (3, 3) px,
-    R (3, 3) world→camera, t (3,) camera centre in world mm, dist (5,) OpenCV order}}."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except OSError:
-        raise ConverterError(f"camera JSON {path}: not found (pass intrinsics_file=..., format in {__name__})") from None
-    except json.JSONDecodeError as err:
-        raise ConverterError(f"camera JSON {path}: not valid JSON ({err})") from None
-    cameras = {}
-    for subject, per_camera in record.items():
-        for camera_id, entry in per_camera.items():
-            try:
-                if "K" in entry:
-                    K = np.asarray(entry["K"], np.float64)
-                else:
-                    (fx, fy), (cx, cy) = entry["f"], entry["c"]
-                    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
-                t = entry["t"] if "t" in entry else entry["T"]
-                cam = Camera(K, np.asarray(entry["R"], np.float64), np.asarray(t, np.float64).reshape(3))
-                dist = np.asarray(entry.get("dist", [0.0] * 5), np.float64).ravel()
-            except (KeyError, TypeError, ValueError) as err:
-                raise ConverterError(f"camera JSON {path}: {subject}/{camera_id}: {err}") from None
-            if abs(np.linalg.det(cam.R) - 1) > 1e-3:
-                raise ConverterError(f"camera JSON {path}: {subject}/{camera_id}: R is not a rotation")
-            cameras[(subject, str(camera_id))] = {"K": cam.K.tolist(), "R": cam.R.tolist(), "t": cam.t.tolist(),
-                                                   "dist": dist.tolist()}
-    return cameras
-
-
 @dataclass
 class H36MConverter(Converter):
-    cameras: dict
+    cameras: dict[tuple[str, str], H36MCamera]
     every: int = DEFAULT_EVERY
     context: float = 1.4
     max_side: int = 320
@@ -107,7 +90,7 @@ class H36MConverter(Converter):
         p = job.payload
         calib = self.cameras.get((p["subject"], p["camera"]))
         if calib is None:
-            summary.skip_video("camera not in the camera JSON", job.name)
+            summary.skip_video("camera not in the camera file", job.name)
             return
         pose_path = Path(p["pose"])
         if not pose_path.is_file():
@@ -118,8 +101,7 @@ class H36MConverter(Converter):
         except Exception as err:  # cdflib raises assorted errors on bad files
             summary.skip_video("pose file unreadable", f"{p['subject']}/{pose_path.name} ({type(err).__name__})")
             return
-        cam = Camera(np.asarray(calib["K"]), np.asarray(calib["R"]), np.asarray(calib["t"]))
-        dist = np.asarray(calib["dist"])
+        cam, dist = calib.camera, calib.dist
         wanted = list(range(0, len(world), self.every))
         summary.videos_read += 1
         bad = [f for f in wanted if not np.isfinite(world[f]).all()]
@@ -145,11 +127,16 @@ class H36MConverter(Converter):
             yield sample
 
 
+def _default_camera_file(root: Path) -> Path:
+    names = ("cameras.json", "camera-parameters.json", "cameras.h5")
+    return next((root / n for n in names if (root / n).is_file()), root / names[0])
+
+
 def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file: str | Path | None = None,
             subjects: tuple[str, ...] = TEST_SUBJECTS, context: float = 1.4, max_side: int = 320,
             poses_file=None, split_scheme: str | None = None, workers: int = 1
             ) -> tuple[H36MConverter, list[Job], Summary, dict]:
-    """Check the root and camera JSON and list one job per (subject, action, camera) video:
+    """Check the root and camera file and list one job per (subject, action, camera) video:
     everything before the work. Returns the converter, the jobs, the summary so far and
     the parameters recorded in the manifests."""
     root = Path(root)
@@ -166,9 +153,15 @@ def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file:
     every = DEFAULT_EVERY if every is None else int(every)
     if every < 1:
         raise ConverterError(f"every must be >= 1, got {every}")
-    camera_file = Path(intrinsics_file) if intrinsics_file else root / "cameras.json"
-    cameras = load_cameras(camera_file)
+    camera_file = Path(intrinsics_file) if intrinsics_file else _default_camera_file(root)
+    layout, cameras = load_cameras(camera_file)
+    for subject in subjects:
+        if not any(s == subject for s, _ in cameras):
+            present = sorted({s for s, _ in cameras}, key=lambda s: int(s[1:]) if s[1:].isdigit() else 0)
+            raise ConverterError(f"camera file {camera_file}: no camera for {subject} ({layout} layout; subjects "
+                                 f"present: {', '.join(present)})")
     summary = Summary(SOURCE)
+    summary.notes.append(f"cameras from {camera_file} ({layout} layout, {len(cameras)} cameras, checked)")
     jobs = []
     for subject in subjects:
         for video in sorted((root / subject / "Videos").iterdir()):
@@ -186,5 +179,6 @@ def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file:
                             {"subject": subject, "action": action, "camera": camera, "video": str(video),
                              "pose": str(pose)}))
     params = {"source": SOURCE, "every": every, "subjects": list(subjects), "context": context, "max_side": max_side,
-              "cameras": {f"{s}/{c}": v for (s, c), v in sorted(cameras.items())}}
+              "camera_file_layout": layout,
+              "cameras": {f"{s}/{c}": cam.record() for (s, c), cam in sorted(cameras.items()) if s in subjects}}
     return H36MConverter(cameras, every, context, max_side), jobs, summary, params

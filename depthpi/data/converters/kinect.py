@@ -294,3 +294,21 @@ def fit_kinect_intrinsics(points_m: np.ndarray, pixels: np.ndarray, width: int) 
         raise ValueError(f"fitted focal lengths not positive ({K_fit[0, 0]:.1f}, {K_fit[1, 1]:.1f}): "
                          "the image is vertically flipped or the pairs are inconsistent")
     return {"K": K_fit, "rms": rms, "mirrored": mirrored, "pairs": int(len(points_m))}
+
+
+def kinect_reprojection_rms(K: np.ndarray, points_m: np.ndarray, pixels: np.ndarray, width: int,
+                            mirrored: bool) -> float:
+    """RMS pixel error of ``K`` (as :func:`fit_kinect_intrinsics` returns it) on 2D–3D pairs.
+
+    Args:
+        K: (3, 3) intrinsics of the stored (unmirrored) image, our camera frame.
+        points_m: (M, 3) Kinect camera-space joints, metres.
+        pixels: (M, 2) their positions in the raw (as shipped) image.
+        width: raw image width; ``mirrored``: whether the raw image is a mirror image.
+    """
+    ours = kinect_to_camera(points_m)
+    pix = np.asarray(pixels, np.float64).copy()
+    if mirrored:
+        pix[:, 0] = width - 1 - pix[:, 0]
+    projected = ours[:, :2] / ours[:, 2:3] @ np.asarray(K)[:2, :2].T + np.asarray(K)[:2, 2]
+    return float(np.sqrt(np.mean(np.sum((projected - pix) ** 2, axis=1))))

@@ -32,8 +32,12 @@ projected joints with a margin.
 Camera: colour and depth intrinsics are fitted per camera configuration (SsssCccc) by
 least squares from the skeletons' 2D–3D pairs (eq. 5.1–5.2: depthX/Y resp. colorX/Y
 against x y z), with the RMS residual reported in the summary and written to
-``OUT/intrinsics.ntu.json`` (reusable with ``intrinsics_file``; its top-level ``rgb_K``/
-``depth_K`` are a pooled fit over all setups, which the PKU-MMD converter can use).
+``OUT/intrinsics.ntu.json`` (reusable with ``intrinsics_file``). The setups were filmed by
+a few physical Kinects: the file also groups the setups by sensor (``sensors``: each
+sensor's setups, its K refitted on their pooled pairs, its residuals; each setup's
+``sensor``) and gives the residual one K pooled over all setups would leave
+(``pooled_residuals``), see :mod:`.kinect_sensors`. The PKU-MMD converter picks its
+intrinsics among these sensors.
 Colour and depth cameras are treated as sharing a centre (§5.1.1). Kinect camera space
 is mapped into ours by a rotation (:func:`.kinect.kinect_to_camera`); the fit also
 measures whether the frames are mirrored, and mirrored frames are flipped so that the
@@ -64,6 +68,8 @@ from depthpi.data.converters.common import (Converter, ConverterError, Job, Summ
                                             crop_person, iter_video_frames, make_sample, read_depth_png, safe_key)
 from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, fit_kinect_intrinsics, kinect_to_camera,
                                             kinect_to_h36m17, parse_ntu_skeleton)
+from depthpi.data.converters.kinect_sensors import (SAME_SENSOR_DEPTH_PX, SAME_SENSOR_RGB_PX, cluster_sensors,
+                                                    describe_sensor)
 from depthpi.data.schema import Sample
 from depthpi.io import atomic_write_json
 
@@ -147,6 +153,28 @@ def load_poses_file(path: Path, summary: Summary) -> dict[str, dict[int, list[di
     return {video: dict(frames) for video, frames in poses.items()}
 
 
+def read_missing_list(path: Path, summary: Summary) -> set[str]:
+    """The sample names of a missing-skeletons list (e.g. the dataset's
+    ``NTU_RGBD_samples_with_missing_skeletons.txt``).
+
+    The shipped lists open with two prose lines ("302 of the captured samples ...");
+    only lines that are a sample name (``SsssCcccPpppRrrrAaaa``, optionally with a
+    ``.skeleton`` suffix) are kept, and the others are counted in a summary note.
+    """
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines()]
+    except OSError as err:
+        raise ConverterError(f"missing_list {path}: unreadable ({err.strerror or err})") from None
+    names = {line.removesuffix(".skeleton") for line in lines}
+    kept = {name for name in names if NAME_RE.match(name)}
+    ignored = sum(1 for line in lines if line and not NAME_RE.match(line.removesuffix(".skeleton")))
+    if not kept:
+        raise ConverterError(f"missing_list {path}: no sample names (expected one SsssCcccPpppRrrrAaaa per line)")
+    summary.notes.append(f"missing_list {Path(path).name}: {len(kept)} sample names"
+                         + (f" ({ignored} other lines ignored)" if ignored else ""))
+    return kept
+
+
 # --- intrinsics -------------------------------------------------------------------------
 def _pairs_of_file(path: str, max_frames: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(xyz m, depthXY, colorXY) of the tracked joints of up to ``max_frames`` frames."""
@@ -163,13 +191,18 @@ def _pairs_of_file(path: str, max_frames: int = 60) -> tuple[np.ndarray, np.ndar
     return joints[:, 0:3], joints[:, 3:5], joints[:, 5:7]
 
 
-def _fit_setup(paths: list[str]) -> dict:
+MAX_PAIRS_KEPT = 3000  # per setup and stream, for the sensor fits (kinect_sensors)
+
+
+def _fit_setup(paths: list[str]) -> tuple[dict, dict]:
+    """The setup's fit record and its 2D–3D pairs per stream ({"rgb": (points_m, pixels), ...},
+    thinned to :data:`MAX_PAIRS_KEPT`)."""
     parts = [_pairs_of_file(p) for p in paths]
     xyz = np.concatenate([p[0] for p in parts])
-    result = {"pairs": int(len(xyz))}
+    result, kept = {"pairs": int(len(xyz))}, {}
     if len(xyz) < 20:
         result["error"] = f"only {len(xyz)} tracked 2D-3D pairs in {len(paths)} skeleton files"
-        return result
+        return result, kept
     for stream, pixels, width, lo_hi in (("rgb", np.concatenate([p[2] for p in parts]), RGB_SIZE[0], RGB_SIZE),
                                          ("depth", np.concatenate([p[1] for p in parts]), DEPTH_SIZE[0], DEPTH_SIZE)):
         inside = np.isfinite(pixels).all(1) & (np.abs(pixels) < 4 * max(lo_hi)).all(1)
@@ -177,26 +210,32 @@ def _fit_setup(paths: list[str]) -> dict:
             fit = fit_kinect_intrinsics(xyz[inside], pixels[inside], width)
         except ValueError as err:
             result["error"] = f"{stream} fit failed: {err}"
-            return result
+            return result, {}
         result[f"{stream}_K"] = fit["K"].tolist()
         result[f"{stream}_rms"] = fit["rms"]
         result[f"{stream}_mirrored"] = fit["mirrored"]
+        step = max(1, int(inside.sum()) // MAX_PAIRS_KEPT)
+        kept[stream] = (xyz[inside][::step], pixels[inside][::step])
     if result["rgb_mirrored"] != result["depth_mirrored"]:
         result["error"] = "colour and depth disagree on mirroring"
     result["mirrored"] = result["rgb_mirrored"]
     result["files"] = len(paths)
-    return result
+    return result, kept
 
 
-def fit_setups(skeleton_paths: dict[str, list[Path]], fit_videos: int, workers: int) -> dict[str, dict]:
-    """setup (SsssCccc) → fit record; up to ``fit_videos`` skeleton files per setup."""
+def fit_setups(skeleton_paths: dict[str, list[Path]], fit_videos: int, workers: int
+               ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """setup (SsssCccc) → fit record, and setup → its kept 2D–3D pairs; up to ``fit_videos``
+    skeleton files per setup."""
     chosen = {setup: [str(p) for p in sorted(paths)[:fit_videos]] for setup, paths in sorted(skeleton_paths.items())}
     if workers > 1 and len(chosen) > 1:
         with ProcessPoolExecutor(min(workers, len(chosen)), mp_context=get_context("spawn")) as pool:
             results = list(pool.map(_fit_setup, chosen.values()))
     else:
         results = [_fit_setup(paths) for paths in chosen.values()]
-    return dict(zip(chosen, results))
+    fits = {setup: record for setup, (record, _) in zip(chosen, results)}
+    pairs = {setup: kept for setup, (record, kept) in zip(chosen, results) if "error" not in record}
+    return fits, pairs
 
 
 def load_intrinsics_file(path: Path) -> dict:
@@ -212,15 +251,24 @@ def load_intrinsics_file(path: Path) -> dict:
     return record
 
 
-def _pooled(fits: dict[str, dict]) -> dict:
-    good = [f for f in fits.values() if "error" not in f]
-    if not good:
-        return {}
-    weights = np.array([f["pairs"] for f in good], np.float64)
-    return {"rgb_K": (np.tensordot(weights, [f["rgb_K"] for f in good], 1) / weights.sum()).tolist(),
-            "depth_K": (np.tensordot(weights, [f["depth_K"] for f in good], 1) / weights.sum()).tolist(),
-            "mirrored": bool(np.mean([f["mirrored"] for f in good]) >= 0.5),
-            "note": "pair-weighted mean of the per-setup fits"}
+def fitted_intrinsics_record(fits: dict[str, dict], pairs: dict[str, dict], summary: Summary) -> dict:
+    """The ``intrinsics.ntu.json`` record: per-setup fits, the sensors they group into
+    (:mod:`.kinect_sensors`) with their residuals, and what one pooled K would cost; the
+    same figures as summary notes."""
+    sensors, pooled = cluster_sensors(fits, pairs)
+    for sensor_id, sensor in sensors.items():
+        for setup in sensor["setups"]:
+            fits[setup]["sensor"] = sensor_id
+        summary.notes.append(describe_sensor(sensor_id, sensor))
+    if pooled:
+        summary.notes.append(f"one K over all {pooled['setups']} setups instead would leave rgb rms "
+                             f"{pooled['rgb_rms']:.3f} px, depth rms {pooled['depth_rms']:.3f} px")
+    return {"sensors": sensors, "pooled_residuals": pooled, "setups": fits,
+            "sensor_rule": f"one sensor: colour K within {SAME_SENSOR_RGB_PX:g} px and depth K within "
+                           f"{SAME_SENSOR_DEPTH_PX:g} px of each other over the central half of the frame, "
+                           f"same mirroring",
+            "convention": "K of the stored (unmirrored) frames in depthpi's camera frame; mirrored = raw frames "
+                          "are mirror images (flipped by the converter); rms in px"}
 
 
 # --- the converter ----------------------------------------------------------------------
@@ -355,13 +403,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
     skeletons = _list_files(root / SKELETON_DIR, ".skeleton")
     if not skeletons:
         raise ConverterError(f"--root {root}: {SKELETON_DIR}/ holds no *.skeleton files")
-    missing = set()
-    if missing_list:
-        try:
-            missing = {line.strip() for line in Path(missing_list).read_text().splitlines()
-                       if line.strip() and not line.startswith("#")}
-        except OSError as err:
-            raise ConverterError(f"missing_list {missing_list}: unreadable ({err})") from None
+    missing = read_missing_list(Path(missing_list), summary) if missing_list else set()
     jobs, by_setup = [], defaultdict(list)
     for name in sorted(skeletons):
         ids = parse_name(name)
@@ -396,12 +438,8 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
             intrinsics[setup] = entry if entry else {"error": f"not in {intrinsics_file}"}
         summary.notes.append(f"intrinsics from {intrinsics_file}")
     else:
-        fits = fit_setups({s: by_setup[s] for s in needed}, fit_videos, workers)
+        fits, pairs = fit_setups({s: by_setup[s] for s in needed}, fit_videos, workers)
         intrinsics = fits
-        record = {**_pooled(fits), "setups": fits,
-                  "convention": "K of the stored (unmirrored) frames in depthpi's camera frame; "
-                                "mirrored = raw frames are mirror images (flipped by the converter)"}
-        atomic_write_json(Path(out) / "intrinsics.ntu.json", record)
         for setup, fit in fits.items():
             if "error" in fit:
                 summary.notes.append(f"intrinsics {setup}: FAILED ({fit['error']})")
@@ -409,6 +447,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
                 summary.notes.append(f"intrinsics {setup}: rgb fx {fit['rgb_K'][0][0]:.1f} rms {fit['rgb_rms']:.3f} px, "
                                      f"depth fx {fit['depth_K'][0][0]:.1f} rms {fit['depth_rms']:.3f} px, "
                                      f"{fit['pairs']} pairs, mirrored={fit['mirrored']}")
+        atomic_write_json(Path(out) / "intrinsics.ntu.json", fitted_intrinsics_record(fits, pairs, summary))
     poses = load_poses_file(Path(poses_file), summary) if poses_file else {}
     converter = NTUConverter(intrinsics=intrinsics, every=every, context=context, max_side=max_side,
                              poses={j.name: poses[j.name] for j in jobs if j.name in poses},

@@ -1,7 +1,7 @@
-"""PKU-MMD (phase 1) → depthpi shards: unlabelled RGB-D pairs and a labelled test set (§5.1.3).
+"""PKU-MMD (phases 1 and 2) → depthpi shards: unlabelled RGB-D pairs and a labelled test set (§5.1.3).
 
-Raw layout (``ROOT`` is ``--root``; names as the dataset ships them, ``<video>`` = e.g.
-``0002-L``: sequence number and view L/M/R)::
+Raw layout (``ROOT`` is ``--root``; names as the dataset ships them, ``<video>`` is a
+recording and its view L/M/R: ``0002-L`` in phase 1, ``A01N02-L`` in phase 2)::
 
     ROOT/RGB_VIDEO/<video>.avi                1920×1080
     ROOT/DEPTH/<video>/<n>.png                512×424 uint16 mm, one PNG per frame; files are
@@ -11,23 +11,32 @@ Raw layout (``ROOT`` is ``--root``; names as the dataset ships them, ``<video>``
     ROOT/PKU_Skeleton_Renew/<video>.txt       (or ROOT/Skeleton/) one line per frame: 2 bodies ×
                                               25 joints × x y z (Kinect camera space, m), zeros
                                               for an absent body
-    ROOT/Split/cross-subject.txt              (or ROOT/cross-subject.txt / cross_subject.txt; the
-                                              cross-view file with split_scheme="cross-view"):
-                                              "Training videos:" then comma-separated names,
-                                              "Validataion videos:" (sic) then names
+    ROOT/Split/cross-subject.txt              split files (or directly in ROOT; also spelt
+    ROOT/Split/cross_subject_v2.txt           cross_subject.txt): "Training videos:" then
+                                              comma-separated names, "Validataion videos:" (sic)
+                                              then names; phase 2's are the *_v2.txt files, and
+                                              every split file present is read; the cross-view
+                                              files with split_scheme="cross-view"
     ROOT/Label/<video>.txt                    optional: action_id,start,end,confidence per line
                                               (also Train_Label_PKU_final/); sets ``action``
 
-The official cross-subject split is adopted: training videos become *unlabelled* RGB-D
+Phase-2 files go into the same folders as phase 1's (the names differ, so both phases can
+share a root). The official split is adopted: training videos become *unlabelled* RGB-D
 pairs (split ``unlabeled``, ``labeled: false``, joints null), validation videos a
-labelled test set (split ``test``). Kinect v2 intrinsics come from ``intrinsics_file``
-(required): JSON with ``rgb_K``, ``depth_K`` (3×3, of the unmirrored frames in depthpi's
-camera frame) and ``mirrored`` (raw frames are mirror images; default true) — the
-``intrinsics.ntu.json`` an NTU conversion writes has exactly these top-level keys. The
-PKU skeleton files carry no 2D positions, so intrinsics cannot be fitted here. Camera
-frame, joint mapping, mirroring and the JSON Lines ``poses_file`` are as for NTU
-(:mod:`.ntu`, :mod:`.kinect`); ``subject`` is the sequence number (PKU-MMD names carry
-no performer id), ``camera`` the view.
+labelled test set (split ``test``). ``subject`` is the recording (``0002``, ``A01N02``:
+the names carry no performer id), ``camera`` the view, ``extra.phase`` 1 or 2.
+
+Intrinsics: PKU-MMD's skeleton files carry no 2D positions, so they cannot be fitted
+here. ``intrinsics_file`` (required) is the ``intrinsics.ntu.json`` an NTU conversion
+writes: its ``sensors`` are the physical Kinects found among the NTU setups
+(:mod:`.kinect_sensors`), and each PKU view gets one of them — chosen from PKU's own
+depth frames (the sensor whose depth K puts the skeleton joints onto the body; scores
+and the chosen sensor's fit residuals in the summary), or named with ``sensor``
+(``"1"`` for every view, or per view ``"L=0,M=1,R=1"``; views not named are chosen). A
+file with only top-level ``rgb_K``, ``depth_K`` (3×3, of the unmirrored frames in
+depthpi's camera frame) and ``mirrored`` (raw frames are mirror images; default true) is
+one sensor used for every view. Camera frame, joint mapping, mirroring and the JSON Lines
+``poses_file`` are as for NTU (:mod:`.ntu`, :mod:`.kinect`).
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -43,18 +52,28 @@ import numpy as np
 from depthpi.camera import Camera
 from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
                                             crop_person, iter_video_frames, make_sample, read_depth_png, safe_key)
-from depthpi.data.converters.kinect import DEPTH_SIZE, RGB_SIZE, kinect_to_camera, kinect_to_h36m17, parse_pku_skeleton
+from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, kinect_to_camera, kinect_to_h36m17,
+                                            parse_pku_skeleton)
+from depthpi.data.converters.kinect_sensors import depth_agreement_mm
 from depthpi.data.converters.ntu import load_poses_file
 from depthpi.data.schema import Sample
 
 SOURCE = "pku"
 DEFAULT_EVERY = 5
 DEFAULT_VIDEOS_PER_SHARD = 4   # sequences are long (3–4 minutes)
-NAME_RE = re.compile(r"\b(\d{4}-[LMR])\b")
+NAME_RE = re.compile(r"\b(\d{4}-[LMR]|A\d{2}N\d{2}-[LMR])\b")   # phase 1 | phase 2
+VIEWS = ("L", "M", "R")
 SKELETON_DIRS = ("PKU_Skeleton_Renew", "Skeleton")
 LABEL_DIRS = ("Label", "Train_Label_PKU_final")
-SPLIT_FILES = {"cross-subject": ("cross-subject.txt", "cross_subject.txt"),
-               "cross-view": ("cross-view.txt", "cross_view.txt")}
+SPLIT_FILES = {"cross-subject": ("cross-subject.txt", "cross_subject.txt", "cross-subject_v2.txt",
+                                 "cross_subject_v2.txt"),
+               "cross-view": ("cross-view.txt", "cross_view.txt", "cross-view_v2.txt", "cross_view_v2.txt")}
+PROBE_VIDEOS, PROBE_FRAMES = 3, 8    # per view, for choosing a sensor
+CLOSE_SCORES = 0.9                    # best / second-best depth agreement above this: say the choice is close
+
+
+def phase_of(name: str) -> int:
+    return 1 if name[0].isdigit() else 2
 
 
 def parse_split_file(text: str) -> dict[str, str]:
@@ -72,9 +91,35 @@ def parse_split_file(text: str) -> dict[str, str]:
     return splits
 
 
+def read_splits(root: Path, scheme: str) -> tuple[dict[str, str], list[Path]]:
+    """Every split file of the scheme found under ROOT/Split/ or ROOT (both phases), merged."""
+    paths = [d / n for d in (root / "Split", root) for n in SPLIT_FILES[scheme] if (d / n).is_file()]
+    if not paths:
+        raise ConverterError(f"--root {root}: expected split file Split/{SPLIT_FILES[scheme][0]} (phase 1) or "
+                             f"Split/{SPLIT_FILES[scheme][3]} (phase 2) is missing")
+    splits: dict[str, str] = {}
+    for path in paths:
+        found = parse_split_file(path.read_text(errors="replace"))
+        if not found:
+            raise ConverterError(f"split file {path}: no video names under a 'Training videos:' or 'Validation "
+                                 f"videos:' line (expected names such as 0002-L or A01N02-L)")
+        splits.update(found)
+    return splits, paths
+
+
 def _frame_index(path: Path) -> int | None:
     digits = re.findall(r"\d+", path.stem)
     return int(digits[-1]) if digits else None
+
+
+def depth_files(depth_dir: Path) -> tuple[dict[int, Path], int]:
+    """{index in the file name: PNG} of a depth folder, and the first index (frame 0)."""
+    files = {}
+    for path in depth_dir.iterdir():
+        index = _frame_index(path)
+        if path.suffix.lower() == ".png" and index is not None:
+            files[index] = path
+    return files, min(files, default=0)
 
 
 def _labels(path: Path | None) -> list[tuple[int, int, int]]:
@@ -90,11 +135,123 @@ def _labels(path: Path | None) -> list[tuple[int, int, int]]:
     return rows
 
 
+# --- intrinsics: the sensors of an NTU conversion, one per view ----------------------------
+def load_sensors(path: Path) -> dict[str, dict]:
+    """sensor id → {"rgb_K", "depth_K" (3, 3) arrays, "mirrored", residuals ...} of an intrinsics file.
+
+    A file with ``sensors`` (an NTU conversion's ``intrinsics.ntu.json``) gives those; one
+    with top-level ``rgb_K``/``depth_K`` gives one sensor, ``"file"``.
+    """
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConverterError(f"intrinsics_file {path}: unreadable ({err})") from None
+    if not isinstance(record, dict):
+        raise ConverterError(f"intrinsics_file {path}: expected a JSON object with sensors or rgb_K, depth_K")
+    entries = record.get("sensors") or ({"file": record} if "rgb_K" in record else {})
+    if not entries:
+        raise ConverterError(f"intrinsics_file {path}: expected 'sensors' (OUT/intrinsics.ntu.json of an NTU "
+                             f"conversion) or top-level 3x3 rgb_K and depth_K")
+    sensors = {}
+    for sensor_id, entry in entries.items():
+        try:
+            rgb_K, depth_K = (np.asarray(entry[k], np.float64) for k in ("rgb_K", "depth_K"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConverterError(f"intrinsics_file {path}: sensor {sensor_id}: expected 3x3 rgb_K and depth_K "
+                                 f"({type(err).__name__}: {err})") from None
+        if rgb_K.shape != (3, 3) or depth_K.shape != (3, 3):
+            raise ConverterError(f"intrinsics_file {path}: sensor {sensor_id}: rgb_K and depth_K must be 3x3, got "
+                                 f"{rgb_K.shape} and {depth_K.shape}")
+        sensors[str(sensor_id)] = {**entry, "rgb_K": rgb_K, "depth_K": depth_K,
+                                   "mirrored": bool(entry.get("mirrored", True))}
+    return sensors
+
+
+def parse_sensor_option(text: str | None, sensors: dict[str, dict]) -> dict[str, str]:
+    """``sensor`` option → {view: sensor id} for the views it names (none for auto)."""
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return {}
+    text = str(text).strip()
+    pairs = [part.split("=", 1) for part in text.split(",")] if "=" in text else [[v, text] for v in VIEWS]
+    chosen = {}
+    for pair in pairs:
+        view, sensor_id = (item.strip() for item in pair) if len(pair) == 2 else ("?", "")
+        if view not in VIEWS or sensor_id not in sensors:
+            raise ConverterError(f"sensor {text!r}: expected a sensor id for every view, or VIEW=ID pairs (views "
+                                 f"{', '.join(VIEWS)}); sensors in the intrinsics file: "
+                                 + "; ".join(f"{i} ({', '.join(e.get('setups', [])[:4]) or 'given K'})"
+                                             for i, e in sensors.items()))
+        chosen[view] = sensor_id
+    return chosen
+
+
+def probe_frames(jobs: list[Job], count: int = PROBE_FRAMES) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(raw depth frame, (17, 3) joints mm in our camera frame) of a few frames with a body per video."""
+    frames = []
+    for job in jobs:
+        try:
+            skeleton, _ = parse_pku_skeleton(Path(job.payload["skeleton"]).read_text(errors="replace"))
+            files, first = depth_files(Path(job.payload["depth_dir"]))
+        except OSError:
+            continue
+        with_body = [f for f, bodies in enumerate(skeleton) if bodies]
+        for f in with_body[:: max(1, len(with_body) // count)][:count]:
+            path = files.get(first + f)
+            depth = None if path is None else read_depth_png(path, (DEPTH_SIZE[1], DEPTH_SIZE[0]))[0]
+            if depth is not None:
+                joints = np.concatenate([kinect_to_h36m17(kinect_to_camera(b))[0] for b in skeleton[f]])
+                frames.append((depth, joints))
+    return frames
+
+
+def choose_sensor(view: str, jobs: list[Job], sensors: dict[str, dict]) -> tuple[str, dict[str, float], str]:
+    """The sensor whose depth K agrees best with the view's depth frames: (id, scores mm, note)."""
+    frames = probe_frames([j for j in jobs if j.name.endswith(f"-{view}")][:PROBE_VIDEOS])
+    if not frames:
+        raise ConverterError(f"pku view {view}: no readable depth frame with a skeleton in its first {PROBE_VIDEOS} "
+                             f"videos to choose a sensor from; name one with sensor={view}=<id> (sensors: "
+                             f"{', '.join(sensors)})")
+    scores = {i: depth_agreement_mm(s["depth_K"], s["mirrored"], frames)[0] for i, s in sensors.items()}
+    ranked = sorted(scores, key=scores.get)
+    if not np.isfinite(scores[ranked[0]]):
+        raise ConverterError(f"pku view {view}: no skeleton joint projects onto a valid depth pixel with any sensor; "
+                             f"name one with sensor={view}=<id>")
+    best = ranked[0]
+    close = len(ranked) > 1 and scores[best] > CLOSE_SCORES * scores[ranked[1]]
+    note = (f"view {view}: sensor {best} chosen from {len(frames)} depth frames (mean |depth - joint z| per sensor: "
+            + ", ".join(f"{i} {scores[i]:.1f} mm" for i in ranked) + ")"
+            + (f"; close call, name it with sensor={view}=<id> if you know better" if close else ""))
+    return best, {i: round(v, 2) if np.isfinite(v) else None for i, v in scores.items()}, note
+
+
+def assign_sensors(jobs: list[Job], sensors: dict[str, dict], option: str | None, summary: Summary) -> dict[str, dict]:
+    """view → the intrinsics it is converted with, and how they were chosen (noted in the summary)."""
+    named = parse_sensor_option(option, sensors)
+    views = {}
+    for view in sorted({j.name[-1] for j in jobs}):
+        if view in named:
+            sensor_id, scores, how = named[view], {}, "named with the sensor option"
+            summary.notes.append(f"view {view}: sensor {sensor_id} (named with the sensor option)")
+        elif len(sensors) == 1:
+            sensor_id, scores, how = next(iter(sensors)), {}, "the only sensor in the intrinsics file"
+            summary.notes.append(f"view {view}: sensor {sensor_id} (the only one in the intrinsics file)")
+        else:
+            sensor_id, scores, note = choose_sensor(view, jobs, sensors)
+            how = "depth agreement"
+            summary.notes.append(note)
+        sensor = sensors[sensor_id]
+        views[view] = {"sensor": sensor_id, "chosen_by": how, "depth_agreement_mm": scores,
+                       "rgb_K": sensor["rgb_K"], "depth_K": sensor["depth_K"], "mirrored": sensor["mirrored"]}
+        if "rgb_rms" in sensor:
+            summary.notes.append(f"view {view}: sensor {sensor_id} fits its NTU setups with rgb rms "
+                                 f"{sensor['rgb_rms']:.3f} px, depth rms {sensor['depth_rms']:.3f} px")
+    return views
+
+
+# --- the converter ------------------------------------------------------------------------
 @dataclass
 class PKUConverter(Converter):
-    rgb_K: np.ndarray
-    depth_K: np.ndarray
-    mirrored: bool = True
+    views: dict[str, dict]
     every: int = DEFAULT_EVERY
     context: float = 1.4
     max_side: int = 320
@@ -102,6 +259,27 @@ class PKUConverter(Converter):
     source: str = SOURCE
     poses: dict = field(default_factory=dict)
     use_poses_file: bool = False
+
+    def _people(self, name: str, frames: list, errors: dict, labeled: bool, skeleton_name: str,
+                summary: Summary) -> dict[int, list]:
+        """frame → [(person, joints (17, 3) mm, valid (17,), box or None)] for the frames to convert."""
+        people: dict[int, list] = {}
+        for f in range(0, len(frames), self.every):
+            if f in errors:
+                summary.skip_frame("malformed skeleton line", f"{skeleton_name}: {errors[f]}")
+                continue
+            if self.use_poses_file and labeled:
+                records = self.poses.get(name, {}).get(f, [])
+                if not records:
+                    summary.skip_frame("no record in the poses file", f"{name}:{f}")
+                    continue
+                people[f] = [(r["person"], r["joints"], r["valid"], r["box"]) for r in records]
+                continue
+            if not frames[f]:
+                summary.skip_frame("no valid skeleton in frame", name)
+                continue
+            people[f] = [(i, *kinect_to_h36m17(kinect_to_camera(body)), None) for i, body in enumerate(frames[f])]
+        return people
 
     def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:
         p, name = job.payload, job.name
@@ -118,45 +296,23 @@ class PKUConverter(Converter):
         if not depth_dir.is_dir():
             summary.skip_video("depth folder missing", f"DEPTH/{name}")
             return
-        depth_files = {}
-        for path in depth_dir.iterdir():
-            index = _frame_index(path)
-            if path.suffix.lower() == ".png" and index is not None:
-                depth_files[index] = path
-        first = min(depth_files, default=0)
+        files, first = depth_files(depth_dir)
         summary.videos_read += 1
+        calib = self.views[name[-1]]
+        rgb_K, depth_K, mirrored = calib["rgb_K"], calib["depth_K"], calib["mirrored"]
         labels = _labels(Path(p["labels"]) if p.get("labels") else None)
-        rgb_cam = Camera.from_intrinsics(self.rgb_K)
-        people: dict[int, list] = {}
-        for f in range(0, len(frames), self.every):
-            if f in errors:
-                summary.skip_frame("malformed skeleton line", f"{Path(p['skeleton']).name}: {errors[f]}")
-                continue
-            if self.use_poses_file and labeled:
-                records = self.poses.get(name, {}).get(f, [])
-                if not records:
-                    summary.skip_frame("no record in the poses file", f"{name}:{f}")
-                    continue
-                people[f] = [(r["person"], r["joints"], r["valid"], r["box"]) for r in records]
-                continue
-            if not frames[f]:
-                summary.skip_frame("no valid skeleton in frame", name)
-                continue
-            entries = []
-            for i, body in enumerate(frames[f]):
-                joints, valid = kinect_to_h36m17(kinect_to_camera(body))
-                entries.append((i, joints, valid, None))
-            people[f] = entries
+        rgb_cam = Camera.from_intrinsics(rgb_K)
+        people = self._people(name, frames, errors, labeled, Path(p["skeleton"]).name, summary)
         for f, frame in iter_video_frames(Path(p["rgb"]), sorted(people), summary, Path(p["rgb"]).name):
             if frame.shape[:2] != (RGB_SIZE[1], RGB_SIZE[0]):
                 summary.skip_frame(f"rgb frame of unexpected size {frame.shape[1]}x{frame.shape[0]}", name)
                 continue
-            depth_path = depth_files.get(first + f, depth_dir / f"{first + f:06d}.png")
+            depth_path = files.get(first + f, depth_dir / f"{first + f:06d}.png")
             depth, reason = read_depth_png(depth_path, (DEPTH_SIZE[1], DEPTH_SIZE[0]))
             if depth is None:
                 summary.skip_frame(reason, f"{name}/{depth_path.name}")
                 continue
-            if self.mirrored:
+            if mirrored:
                 frame, depth = cv2.flip(frame, 1), cv2.flip(depth, 1)
             action = next((str(a) for a, s, e in labels if s <= f <= e), "")
             for person, joints, valid, box in people[f]:
@@ -165,26 +321,16 @@ class PKUConverter(Converter):
                 if box is None or not box_visible(box, RGB_SIZE[0], RGB_SIZE[1]):
                     summary.skip_frame("person outside the image", f"{name}:{f}")
                     continue
-                crops = crop_person(frame, self.rgb_K, box, depth, self.depth_K, context=self.context,
-                                    max_side=self.max_side)
-                yield make_sample(safe_key(name, f"{f:06d}", person), crops, dataset=SOURCE, subject=name[:4],
-                                  camera=name[5:], action=action, frame=f,
+                crops = crop_person(frame, rgb_K, box, depth, depth_K, context=self.context, max_side=self.max_side)
+                yield make_sample(safe_key(name, f"{f:06d}", person), crops, dataset=SOURCE, subject=name[:-2],
+                                  camera=name[-1], action=action, frame=f,
                                   joints_cam=joints if labeled else None, joint_valid=valid if labeled else None,
-                                  extra={"video": name, "person": int(person), "mirrored_raw": self.mirrored})
+                                  extra={"video": name, "person": int(person), "mirrored_raw": mirrored,
+                                         "phase": phase_of(name), "sensor": calib["sensor"]})
 
 
-def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: str | None = None,
-            poses_file: str | Path | None = None, intrinsics_file: str | Path | None = None,
-            context: float = 1.4, max_side: int = 320, workers: int = 1
-            ) -> tuple[PKUConverter, list[Job], Summary, dict]:
-    """Check the root, list the sequences and split them (training subjects → ``unlabeled``,
-    test subjects → ``test``, labelled) and read the intrinsics NTU's conversion fitted:
-    everything before the work. Returns the converter, the jobs, the summary so far and the
-    parameters recorded in the manifests."""
-    root = Path(root)
-    scheme = split_scheme or "cross-subject"
-    if scheme not in SPLIT_FILES:
-        raise ConverterError(f"split_scheme {scheme!r}: expected one of {', '.join(SPLIT_FILES)} for pku")
+def _check_root(root: Path) -> Path:
+    """The skeleton folder, after checking the root's layout."""
     if not root.is_dir():
         raise ConverterError(f"--root {root}: not a directory (expected the PKU-MMD root holding RGB_VIDEO/, "
                              f"DEPTH/, PKU_Skeleton_Renew/)")
@@ -195,40 +341,60 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
     if skeleton_dir is None:
         raise ConverterError(f"--root {root}: expected subdirectory {SKELETON_DIRS[0]}/ (or {SKELETON_DIRS[1]}/) "
                              f"with <video>.txt skeleton files is missing")
-    split_path = next((d / n for d in (root / "Split", root) for n in SPLIT_FILES[scheme] if (d / n).is_file()), None)
-    if split_path is None:
-        raise ConverterError(f"--root {root}: expected split file Split/{SPLIT_FILES[scheme][0]} is missing")
-    if not intrinsics_file:
-        raise ConverterError("pku needs intrinsics_file: JSON with rgb_K, depth_K (e.g. OUT/intrinsics.ntu.json "
-                             "from the NTU conversion)")
-    try:
-        calib = json.loads(Path(intrinsics_file).read_text())
-        rgb_K, depth_K = np.asarray(calib["rgb_K"], np.float64), np.asarray(calib["depth_K"], np.float64)
-        assert rgb_K.shape == (3, 3) and depth_K.shape == (3, 3)
-    except (OSError, json.JSONDecodeError, KeyError, AssertionError, ValueError) as err:
-        raise ConverterError(f"intrinsics_file {intrinsics_file}: expected JSON with 3x3 rgb_K and depth_K "
-                             f"({type(err).__name__}: {err})") from None
-    every = DEFAULT_EVERY if every is None else int(every)
-    if every < 1:
-        raise ConverterError(f"every must be >= 1, got {every}")
-    splits = parse_split_file(split_path.read_text(errors="replace"))
-    summary = Summary(SOURCE)
+    return skeleton_dir
+
+
+def list_jobs(root: Path, skeleton_dir: Path, splits: dict[str, str], split_names: str,
+              summary: Summary) -> list[Job]:
     label_dir = next((root / d for d in LABEL_DIRS if (root / d).is_dir()), None)
     jobs = []
     for skeleton in sorted(skeleton_dir.glob("*.txt")):
         name = skeleton.stem
         summary.videos_listed += 1
+        if not NAME_RE.fullmatch(name):
+            summary.skip_video("file name is not NNNN-V (phase 1) or AxxNyy-V (phase 2)", skeleton.name)
+            continue
         if name not in splits:
-            summary.skip_video(f"not in {split_path.name}", name)
+            summary.skip_video(f"not in {split_names}", name)
             continue
         jobs.append(Job(name, splits[name], {"skeleton": str(skeleton), "rgb": str(root / "RGB_VIDEO" / f"{name}.avi"),
                                              "depth_dir": str(root / "DEPTH" / name),
                                              "labels": str(label_dir / f"{name}.txt") if label_dir else None}))
+    return jobs
+
+
+def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: str | None = None,
+            poses_file: str | Path | None = None, intrinsics_file: str | Path | None = None,
+            sensor: str | None = None, context: float = 1.4, max_side: int = 320, workers: int = 1
+            ) -> tuple[PKUConverter, list[Job], Summary, dict]:
+    """Check the root, list the sequences of both phases and split them (training → ``unlabeled``,
+    validation → ``test``, labelled), and give each view a sensor of ``intrinsics_file``:
+    everything before the work. Returns the converter, the jobs, the summary so far and the
+    parameters recorded in the manifests."""
+    root = Path(root)
+    scheme = split_scheme or "cross-subject"
+    if scheme not in SPLIT_FILES:
+        raise ConverterError(f"split_scheme {scheme!r}: expected one of {', '.join(SPLIT_FILES)} for pku")
+    skeleton_dir = _check_root(root)
+    splits, split_paths = read_splits(root, scheme)
+    if not intrinsics_file:
+        raise ConverterError("pku needs intrinsics_file: OUT/intrinsics.ntu.json of an NTU conversion (its sensors), "
+                             "or JSON with rgb_K, depth_K")
+    sensors = load_sensors(Path(intrinsics_file))
+    every = DEFAULT_EVERY if every is None else int(every)
+    if every < 1:
+        raise ConverterError(f"every must be >= 1, got {every}")
+    summary = Summary(SOURCE)
+    jobs = list_jobs(root, skeleton_dir, splits, " or ".join(p.name for p in split_paths), summary)
+    phases = sorted({phase_of(j.name) for j in jobs})
+    summary.notes.append(f"{len(jobs)} videos in the {scheme} split (phase {', '.join(map(str, phases)) or '-'}; "
+                         f"split files {', '.join(p.name for p in split_paths)})")
+    views = assign_sensors(jobs, sensors, sensor, summary)
     poses = load_poses_file(Path(poses_file), summary) if poses_file else {}
-    converter = PKUConverter(rgb_K, depth_K, bool(calib.get("mirrored", True)), every, context, max_side,
-                             poses={j.name: poses[j.name] for j in jobs if j.name in poses},
-                             use_poses_file=bool(poses_file))
-    params = {"source": SOURCE, "every": every, "split_scheme": scheme, "rgb_K": rgb_K.tolist(),
-              "depth_K": depth_K.tolist(), "mirrored": converter.mirrored, "context": context, "max_side": max_side,
-              "poses_file": str(poses_file) if poses_file else None}
+    converter = PKUConverter(views, every, context, max_side, use_poses_file=bool(poses_file),
+                             poses={j.name: poses[j.name] for j in jobs if j.name in poses})
+    params = {"source": SOURCE, "every": every, "split_scheme": scheme, "phases": phases,
+              "views": {v: {k: (x.tolist() if isinstance(x, np.ndarray) else x) for k, x in calib.items()}
+                        for v, calib in views.items()},
+              "context": context, "max_side": max_side, "poses_file": str(poses_file) if poses_file else None}
     return converter, jobs, summary, params
