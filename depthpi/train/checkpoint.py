@@ -16,6 +16,8 @@ renamed into place once complete; re-saving a step swaps the new directory in be
 old one is removed, so a kill at any moment leaves a complete latest checkpoint. Before
 accelerate (or DeepSpeed, which unpickles freely) reads a checkpoint, every pickle-based
 file in it is opened with ``torch.load(weights_only=True)``: a crafted file is refused.
+DeepSpeed's optimiser files hold three DeepSpeed types (its loss scaler, ZeRO stage enum and
+fragment addresses); exactly those are allowed besides tensors and plain data.
 Nothing is registered with ``register_for_checkpointing`` (accelerate loads those with
 ``weights_only=False``); the trainer's own state is JSON.
 """
@@ -29,6 +31,8 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from depthpi.io import atomic_write_text
 
@@ -148,14 +152,25 @@ def check_safe(path: Path) -> None:
     """
     from accelerate.utils import load as safe_load  # torch.load(weights_only=True) + numpy's safe globals
 
-    for file in sorted(path.rglob("*")):
-        if file.is_file() and file.suffix in _PICKLED:
-            try:
+    files = [f for f in sorted(path.rglob("*")) if f.is_file() and f.suffix in _PICKLED]
+    allowed = _deepspeed_types() if any("zero_pp_rank" in f.name for f in files) else []
+    for file in files:
+        try:
+            with torch.serialization.safe_globals(allowed):
                 safe_load(file, map_location="cpu")
-            except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... of a crafted or broken file
-                first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                raise CheckpointError(f"{file}: refused, it does not load as plain tensors and data "
-                                      f"(weights_only=True): {first}") from None
+        except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... of a crafted or broken file
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{file}: refused, it does not load as plain tensors and data "
+                                  f"(weights_only=True): {first}") from None
+
+
+def _deepspeed_types() -> list:
+    """The DeepSpeed classes its ZeRO optimiser files pickle (deepspeed 0.14–0.19)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def load_checkpoint(accelerator, path: Path) -> TrainerState:

@@ -79,13 +79,17 @@ def make_accelerator(cfg: TrainConfig):
     precision = resolve_precision(cfg, on_cpu)
     check_launcher_settings(cfg, precision)
     plugin = deepspeed_plugin(cfg)
-    if on_cpu and plugin is not None:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported
-    group = InitProcessGroupKwargs(backend="gloo" if on_cpu else "nccl",
-                                   timeout=timedelta(seconds=cfg.run.collective_timeout_s))
+    if on_cpu:  # before accelerate imports DeepSpeed: its CPU backend, without its detection warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    handlers = []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # An explicit backend: without one accelerate finds none on a GPU-less machine (and,
+        # under DeepSpeed, reports one process per rank); a timeout: a missed collective fails.
+        handlers.append(InitProcessGroupKwargs(backend="gloo" if on_cpu else "nccl",
+                                               timeout=timedelta(seconds=cfg.run.collective_timeout_s)))
     # cpu=True would silently drop a DeepSpeed plugin; DeepSpeed on CPU goes through gloo instead.
     return Accelerator(mixed_precision=PRECISIONS[precision], cpu=on_cpu and plugin is None, deepspeed_plugin=plugin,
-                       kwargs_handlers=[group], log_with=list(cfg.run.log_with) or None,
+                       kwargs_handlers=handlers, log_with=list(cfg.run.log_with) or None,
                        project_dir=cfg.run.out_dir)
 
 
