@@ -7,6 +7,7 @@ import torch
 from depthpi.draw import (BOX_COLOUR, CENTRE, GT_COLOUR, LEFT, PRED_COLOUR, RIGHT, Pose3DView, draw_skeleton,
                           render_overlay, side_colours)
 from depthpi.skeleton import H36M_17
+from depthpi.data.batches import Batch
 from depthpi.train.logging import skeleton_panel
 
 CHAIN = [(1, 0), (2, 1)]  # three joints: 0 — 1 — 2
@@ -68,10 +69,11 @@ def panel_batch(size=64, f=60.0, root_z=3000.0):
     """Three crops: pelvis at the root on the optical axis, rhip 300 mm to its right."""
     joints = np.zeros((3, 17, 3))
     joints[:, H36M_17.index("rhip")] = [300.0, 0, 0]
-    batch = {"rgb": torch.zeros(3, size, size, 3, dtype=torch.uint8),
-             "K": torch.tensor([[[f, 0, (size - 1) / 2], [0, f, (size - 1) / 2], [0, 0, 1]]] * 3),
-             "root": torch.tensor([[0, 0, root_z]] * 3), "joints": torch.tensor(joints),
-             "valid": torch.ones(3, 17, dtype=torch.bool), "labeled": torch.tensor([True, True, False])}
+    batch = Batch(rgb=torch.zeros(3, size, size, 3, dtype=torch.uint8),
+                  K=torch.tensor([[[f, 0, (size - 1) / 2], [0, f, (size - 1) / 2], [0, 0, 1]]] * 3),
+                  root=torch.tensor([[0, 0, root_z]] * 3), joints=torch.tensor(joints),
+                  joints2d=torch.zeros(3, 17, 2), valid=torch.ones(3, 17, dtype=torch.bool),
+                  labeled=torch.tensor([True, True, False]), keys=["a", "b", "c"], groups={})
     return batch, joints
 
 
@@ -93,8 +95,8 @@ def test_skeleton_panel_skips_bones_behind_the_camera():
     batch, joints = panel_batch()
     pred = torch.tensor(joints)
     pred[:, H36M_17.index("rhip")] = torch.tensor([300.0, 0, -4000.0])  # 1 m behind the camera
-    batch["labeled"][:] = torch.tensor([True, False, False])
-    batch["valid"][:] = False  # no truth drawn: only the prediction
+    batch.labeled[:] = torch.tensor([True, False, False])
+    batch.valid[:] = False  # no truth drawn: only the prediction
     panel = skeleton_panel(batch, pred, count=1)
     assert panel[30:34, 30:34].any()  # the other joints, all at the root, draw a dot
     panel[30:34, 30:34] = 0

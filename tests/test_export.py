@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from depthpi.export import export_model, missing_onnx_packages
+from depthpi.data.batches import Inputs
 from depthpi.predict import Predictor
 from test_predict import cli, make_run
 
@@ -33,9 +34,9 @@ def _run_without_depthpi(code: str, cwd: Path) -> str:
 
 
 def _reference(predictor: Predictor, tmp_path: Path) -> np.ndarray:
-    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     np.save(tmp_path / "x.npy", x.numpy())
-    return predictor.predict({"rgb_input": x}).numpy()
+    return predictor.predict_inputs(Inputs(x)).numpy()
 
 
 def _predict_without_depthpi(load_model: str, cwd: Path) -> np.ndarray:

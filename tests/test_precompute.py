@@ -11,16 +11,17 @@ import webdataset as wds
 
 from conftest import tb_scalars
 from depthpi.config import DataConfig, TrainConfig, load_config, save_config
-from depthpi.data.batches import to_device
+from depthpi.data.batches import Batch, model_inputs
 from depthpi.data.build import build_synthetic, iter_split
 from depthpi.data.features import decode_features, replay_map
+from depthpi.data.loader import collate
 from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError
 from depthpi.data.shards import file_sha256, read_manifest
 from depthpi.models.posenet import ModelConfig, build_model, run_model
 from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
 from depthpi.predict import Predictor
-from depthpi.train.engine import check_precomputed, train
+from depthpi.train.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TAP = "block13.post_relu"
@@ -35,7 +36,7 @@ def setup(tmp_path_factory):
     model_cfg = ModelConfig(kind="teacher", width=0.125, depth_bins=8, init="none")
     cfg = TrainConfig(stage="teacher", model=model_cfg,
                       data=DataConfig(train=str(root / "synth/train"), test=str(root / "synth/test"),
-                                      pipeline=PipelineConfig(input_size=65, colour_on="device")))
+                                      pipeline=PipelineConfig(input_size=65)))
     teacher_dir = root / "teacher"
     save_config(cfg, teacher_dir / "config.yaml")
     model = build_model(model_cfg)
@@ -75,11 +76,14 @@ def test_features_mirror_source_and_replay_bit_identical_inputs(setup, tmp_path)
             student_view = replay_map(sample, epoch, cfg=replace(pipeline, depth=False), seed=5)
             k = student_view["view_index"]
             teacher_view = process_sample(sample, pipeline, view=expected[k], view_index=k)
-            np.testing.assert_array_equal(student_view["rgb"], teacher_view["rgb"])
-            np.testing.assert_array_equal(student_view["colour"], teacher_view["colour"])
-            batch = to_device({n: torch.as_tensor(teacher_view[n])[None] for n in ("rgb", "colour", "depth")}, torch.device("cpu"), False)
+            teacher_view.pop("view"), student_view.pop("teacher_feat")
+            student_in = model_inputs(Batch.from_collated(collate([student_view])))
+            teacher_in = model_inputs(Batch.from_collated(collate([teacher_view])), depth=True)
+            assert torch.equal(student_in.rgb, teacher_in.rgb)  # the pixels the teacher saw, bit for bit
             with torch.no_grad():
-                online = run_model(predictor.model, predictor.cfg.model, batch, (TAP,)).features[TAP][0].numpy()
+                online = run_model(predictor.model, predictor.cfg.model, teacher_in.rgb, teacher_in.depth,
+                                   (TAP,)).features[TAP][0].numpy()
+            student_view = replay_map(sample, epoch, cfg=replace(pipeline, depth=False), seed=5)
             np.testing.assert_allclose(student_view["teacher_feat"], online, rtol=2e-3, atol=2e-3)  # fp16 resolution
 
 
@@ -149,14 +153,6 @@ def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
         run(**{"distill.tap": "block12.post_relu"})
     with pytest.raises(ValueError, match="input size"):
         run(**{"data.pipeline.input_size": 129})
-    # the teacher's config puts colour on the device: a student forced to the OpenCV path
-    # would see pixels up to ~9 levels off; with `auto` it adopts the recorded placement
-    with pytest.raises(ValueError, match="colour augmentation ran on 'device'"):
-        run(**{"data.pipeline.colour_on": "workers"})
-    auto = load_config(ROOT / "configs/demo/student.yaml", _student_overrides(
-        root, tmp_path / "run", **{"teacher.weights": teacher, "teacher.mode": "precomputed",
-                                   "teacher.features": tmp_path / "feat"}))
-    assert auto.data.pipeline.colour_on == "auto" and check_precomputed(auto)[1] == "device"
     other = tmp_path / "other.pt"
     weights = torch.load(teacher, weights_only=True)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, other)

@@ -14,7 +14,7 @@ from torch import nn
 from depthpi.camera import Camera
 from depthpi.config import DataConfig, TrainConfig, save_config
 from depthpi.data.augment import ViewParams
-from depthpi.data.batches import to_device
+from depthpi.data.batches import Inputs
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
 from depthpi.data.schema import Sample, SampleMeta
 from depthpi.inference_cli import add_inference_parsers
@@ -126,8 +126,7 @@ def test_predict_on_frame_matches_eval_pipeline(predictor, make_sample):
     sample = make_sample()
     meta = sample.meta
     evaluated = process_sample(sample, predictor.rgb_pipeline(), train=False)
-    batch = to_device({"rgb": torch.from_numpy(evaluated["rgb"][None])}, predictor.device, channels_last=False)
-    pred_eval = predictor.predict(batch)[0].double().numpy()  # eval crop camera's frame
+    pred_eval = predictor.predict_crops(evaluated["rgb"][None])[0]  # eval crop camera's frame
     eval_cam = crop_camera(Camera(meta.rgb_K, meta.R, meta.t), meta.bbox, ViewParams(), SIZE)
     expected = pred_eval @ (meta.R @ eval_cam.R.T).T  # into the stored camera's frame
 
@@ -221,13 +220,13 @@ def test_flipped_input_is_the_pipeline_flip_view(predictor):
 
 
 def test_flip_tta_is_average_with_unflipped_prediction(predictor):
-    x = torch.randn(3, 3, SIZE, SIZE)
-    plain = predictor.predict({"rgb_input": x})
-    mirrored = predictor.predict({"rgb_input": x.flip(-1)})
+    x = torch.rand(3, 3, SIZE, SIZE)
+    plain = predictor.predict_inputs(Inputs(x))
+    mirrored = predictor.predict_inputs(Inputs(x.flip(-1)))
     expected = 0.5 * (plain + unflip_joints(mirrored, H36M_17.flip_permutation))
-    np.testing.assert_allclose(predictor.predict({"rgb_input": x}, flip_tta=True), expected, atol=1e-3)
+    np.testing.assert_allclose(predictor.predict_inputs(Inputs(x), flip_tta=True), expected, atol=1e-3)
     # symmetry: TTA of the mirrored image == mirror of TTA of the image
-    tta, tta_mirrored = (predictor.predict({"rgb_input": v}, flip_tta=True) for v in (x, x.flip(-1)))
+    tta, tta_mirrored = (predictor.predict_inputs(Inputs(v), flip_tta=True) for v in (x, x.flip(-1)))
     np.testing.assert_allclose(tta_mirrored, unflip_joints(tta, H36M_17.flip_permutation), atol=1e-3)
 
 
@@ -237,7 +236,7 @@ def test_flip_tta_of_a_known_model():
     cfg = TrainConfig(model=ModelConfig(width=0.125, init="none"))
     predictor = object.__new__(Predictor)
     predictor.__dict__.update(cfg=cfg, device=torch.device("cpu"), model=ConstantModel(pose), skeleton=H36M_17)
-    out = predictor.predict({"rgb_input": torch.zeros(2, 3, SIZE, SIZE)}, flip_tta=True)[0].numpy()
+    out = predictor.predict_inputs(Inputs(torch.zeros(2, 3, SIZE, SIZE)), flip_tta=True)[0].numpy()
     lwri, rwri = H36M_17.index("lwri"), H36M_17.index("rwri")
     expected = 0.5 * (pose[lwri] + pose[rwri] * [-1, 1, 1])
     np.testing.assert_allclose(out[lwri], expected, atol=1e-3)
