@@ -9,9 +9,9 @@ on, and what the fill function needs besides. A finished shard has a sidecar
      "shard": ShardInfo fields, or None for a shard with no sample, "report": {...}}
 
 written after the shard is renamed into place, so its presence certifies a complete
-shard. A rerun keeps every shard whose sidecar has the job's digest and whose tar has the
-recorded size, and redoes the rest (a leftover temporary of a killed writer is deleted
-first); with a deterministic fill a redone shard is byte-identical. The fill function
+shard. A rerun deletes the temporaries killed writers left, keeps every shard whose
+sidecar has the job's digest and whose tar has the recorded size, and redoes the rest;
+with a deterministic fill a redone shard is byte-identical. The fill function
 writes members into the open :class:`TarShard` and returns the shard's report (its
 skipped samples, a conversion summary), kept in the sidecar for the manifest.
 """
@@ -99,7 +99,6 @@ def write_shard(job: ShardJob, fill: Fill, keep_empty: bool = False) -> dict:
     ``shard`` is None); with it, it is an empty tar listed like any other.
     """
     sidecar_path(job.path).unlink(missing_ok=True)  # no stale certificate while the shard changes
-    remove_temporaries(job.path)
     shard = TarShard(job.path)
     try:
         report = fill(job, shard)
@@ -133,6 +132,9 @@ def build(jobs: list[ShardJob], fill: Fill, *, workers: int = 1, desc: str = "sh
         keep_empty: write shards that received no sample (see :func:`write_shard`).
         initializer: run once in each worker process.
     """
+    for job in jobs:  # a build is the one writer of its shards: what killed writers left goes
+        remove_temporaries(job.path)
+        remove_temporaries(sidecar_path(job.path))
     records = [finished_record(job) for job in jobs]
     todo = [i for i, record in enumerate(records) if record is None]
     if len(todo) < len(jobs):

@@ -61,7 +61,7 @@ class SplitVerdict:
 
     def lines(self) -> list[str]:
         """One line per bad shard and split-level problem, then the verdict."""
-        samples = sum(len(v.keys) for v in self.shards)
+        samples = sum(len(set(v.keys)) for v in self.shards)
         verdict = (f"{self.split}: OK, {len(self.shards)} shards, {samples} samples match the manifest" if self.ok
                    else f"{self.split}: BAD, {len(self.bad)} of {len(self.shards)} shards differ from the manifest"
                         + (f", {len(self.problems)} split-level problem(s)" if self.problems else ""))
@@ -101,10 +101,12 @@ def verify_shard(location: SplitLocation, info: ShardInfo) -> ShardVerdict:
             problems.append(f"{reader.bytes} bytes, the manifest says {info.bytes}")
         if reader.sha256.hexdigest() != info.sha256:
             problems.append("sha256 differs from the manifest")
-    if len(keys) != info.count:
-        problems.append(f"{len(keys)} samples, the manifest says {info.count}" +
-                        (" (a damaged header reads as the end of the archive)" if len(keys) < info.count else ""))
-    if keys and (keys[0], keys[-1]) != (info.first_key, info.last_key):
+    distinct = len(set(keys))  # what a loader reads: a repeated key is skipped
+    if distinct != info.count:
+        ended = not errors.fatal and distinct < info.count
+        problems.append(f"{distinct} samples, the manifest says {info.count}" +
+                        (" (a damaged header reads as the end of the archive)" if ended else ""))
+    elif keys and (keys[0], keys[-1]) != (info.first_key, info.last_key):
         problems.append(f"first/last key {keys[0]}/{keys[-1]}, the manifest says {info.first_key}/{info.last_key}")
     repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
     if repeated:
@@ -153,7 +155,7 @@ def _repeated_across(verdicts: tuple[ShardVerdict, ...]) -> tuple[str, ...]:
     owners: dict[str, str] = {}
     repeated = []
     for verdict in verdicts:
-        for key in set(verdict.keys):
+        for key in dict.fromkeys(verdict.keys):  # in stored order: the first example is the first found
             if key in owners:
                 repeated.append(f"key {key} in {owners[key]} and {verdict.name}")
             owners.setdefault(key, verdict.name)
