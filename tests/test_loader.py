@@ -402,3 +402,18 @@ def test_rgb_survives_the_round_trip_through_http(make_split, http_root):
     b = make_loader(url, 4, map_identity, rank=0, world_size=1, shuffle=False, drop_last=False)
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x["rgb"].numpy(), y["rgb"].numpy()) and x["key"] == y["key"]
+
+
+def test_deliveries_keep_their_shape_through_pinned_memory(monkeypatch):
+    # On a GPU the DataLoader pins each delivery: the batch must come out pinned, the report as is.
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from depthpi.data.loader import Delivery
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args, **kw: pinned.append(self) or self)
+    report = {"samples_read": 3, "skipped": {"decode:json": 1}, "shortfalls": [{"shard": "a.tar", "last_key": None}]}
+    batch = {"rgb": torch.zeros(2, 3), "key": ["a", "b"]}
+    out = pin_memory(Delivery(batch, report))
+    assert isinstance(out, Delivery) and out.report == report and out.batch["key"] == ["a", "b"]
+    assert len(pinned) == 1 and pin_memory(Delivery(None, report)) == Delivery(None, report)

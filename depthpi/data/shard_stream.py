@@ -168,15 +168,18 @@ def describe(err: BaseException) -> str:
 
 
 class TarErrors:
-    """webdataset error handler of one shard: a duplicate member is skipped and counted;
-    any other error ends the shard and is kept as its reason."""
+    """webdataset error handler of one shard: a member name repeated within a sample is
+    counted (and skipped, the first one kept); any other error ends the shard and is kept
+    as its reason."""
 
     def __init__(self, log: ReadLog | None, shard: str):
-        self.log, self.shard, self.fatal = log, shard, None
+        self.log, self.shard, self.fatal, self.duplicate_members = log, shard, None, 0
 
     def __call__(self, exn: Exception) -> bool:
-        if isinstance(exn, ValueError) and "duplicate file name" in str(exn) and self.log is not None:
-            self.log.skip("tar:duplicate member", None, self.shard, describe(exn))
+        if isinstance(exn, ValueError) and "duplicate file name" in str(exn):
+            self.duplicate_members += 1
+            if self.log is not None:
+                self.log.skip("tar:duplicate member", None, self.shard, describe(exn))
             return True
         self.fatal = self.fatal or describe(exn)
         return False

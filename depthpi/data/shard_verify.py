@@ -111,6 +111,8 @@ def verify_shard(location: SplitLocation, info: ShardInfo) -> ShardVerdict:
     repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
     if repeated:
         problems.append(f"{len(repeated)} key(s) repeated within the shard, e.g. {repeated[0]}")
+    if errors.duplicate_members:
+        problems.append(f"{errors.duplicate_members} member name(s) repeated within a sample")
     return ShardVerdict(info.name, tuple(problems), tuple(keys))
 
 

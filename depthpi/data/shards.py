@@ -30,6 +30,7 @@ from urllib.request import url2pathname
 
 import braceexpand
 import webdataset as wds
+from webdataset.gopen import gopen_schemes
 
 from depthpi.data.schema import Sample, encode_sample
 from depthpi.io import AtomicFile, atomic_write_bytes
@@ -126,11 +127,12 @@ class SplitLocation:
 
     @classmethod
     def parse(cls, split: str | Path) -> SplitLocation:
-        """A local path, a ``file:`` URL, or any other URL; a last part with ``.tar`` is a pattern."""
+        """A local path, a ``file:`` URL, or a URL of a scheme ``gopen`` opens; a last part with
+        ``.tar`` is a brace pattern of shard names."""
         text = str(split)
         match = _SCHEME.match(text)
-        remote = bool(match) and match.group(1) != "file"
-        if match and not remote:
+        remote = bool(match) and match.group(1) in gopen_schemes
+        if match and match.group(1) == "file":
             text = url2pathname(re.sub(r"^file:(//)?", "", text))
         head, _, last = text.rstrip("/").rpartition("/")
         if ".tar" in last and head:
