@@ -174,8 +174,9 @@ class ShardDataset(IterableDataset):
         if got == 0:
             names = [self.sources[s].info.name for s in shard_ids]
             report = reads.report
-            raise RuntimeError(f"{reads.context}: no usable sample in shards {names}; skips so far: "
-                               f"{dict(report.skipped)}, e.g. {report.examples}; shortfalls: {report.shortfalls}")
+            raise RuntimeError(f"{reads.context}: a whole pass over shards {names} gave no usable sample (skips since "
+                               f"the last batch: {dict(report.skipped)}, e.g. {report.examples}; shortfalls: "
+                               f"{report.shortfalls}); check them with `depthpi shards verify`")
 
 
 class ShardLoader:
