@@ -262,8 +262,8 @@ def _mirrored(location: SplitLocation, manifest, companion: str | Path) -> list[
     short = {record["shard"]: record["read"] for record in theirs.skipped.get("shortfalls", [])}
 
     def expected(shard):
-        if shard.name in short:
-            return shard.name, short[shard.name], shard.first_key
+        if shard.name in short:  # read short: as far as it goes
+            return shard.name, short[shard.name], shard.first_key if short[shard.name] else None
         return shard.name, shard.count, shard.first_key, shard.last_key
 
     def found(shard):

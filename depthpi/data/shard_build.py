@@ -225,8 +225,9 @@ def build_shards(out_dir: str | Path, num_samples: int, samples_per_shard: int,
                     desc=desc, progress=progress)
     skipped = [item for record in records for item in record["report"]["skipped"]]
     reasons = Counter(item["reason"].split(":")[0] for item in skipped)
-    manifest = manifest_of(records, params, skeleton, {"count": len(skipped), "by_reason": dict(sorted(reasons.items())),
-                                                       "examples": skipped[:MAX_SKIP_EXAMPLES]})
+    summary = {"count": len(skipped), "by_reason": dict(sorted(reasons.items())),
+               "examples": skipped[:MAX_SKIP_EXAMPLES]}
+    manifest = manifest_of(records, params, skeleton, summary)
     write_manifest(out_dir, manifest)
     if skipped:
         log.warning("%s: %d of %d samples skipped while building (%s); see %s", out_dir, len(skipped), num_samples,

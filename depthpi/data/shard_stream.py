@@ -158,7 +158,8 @@ def split_sources(location: SplitLocation, manifest: Manifest,
                   companions: list[ShardSource] | None = None) -> list[ShardSource]:
     """The :class:`ShardSource` of every shard of ``manifest`` (manifest order)."""
     companions = companions or [None] * len(manifest.shards)
-    return [ShardSource(location.url(s.name), s, location.remote, c) for s, c in zip(manifest.shards, companions, strict=True)]
+    return [ShardSource(location.url(shard.name), shard, location.remote, companion)
+            for shard, companion in zip(manifest.shards, companions, strict=True)]
 
 
 def describe(err: BaseException) -> str:
