@@ -29,7 +29,7 @@ from depthpi.data.batches import map_fn  # noqa: E402
 from depthpi.data.loader import make_loader  # noqa: E402
 from depthpi.data.pipeline import PipelineConfig  # noqa: E402
 from depthpi.data.schema import Sample, SampleMeta  # noqa: E402
-from depthpi.data.shards import build_shards  # noqa: E402
+from depthpi.data.shard_build import build_shards  # noqa: E402
 
 
 def fake_sample(index: int) -> Sample:

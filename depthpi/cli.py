@@ -10,8 +10,12 @@ def _shards_build(args) -> None:
     if args.source == "synthetic":
         from depthpi.data.build import build_synthetic
 
-        build_synthetic(Path(args.out), {"train": args.train, "test": args.test, "unlabeled": args.unlabeled},
-                        samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
+        manifests = build_synthetic(Path(args.out), {"train": args.train, "test": args.test,
+                                                     "unlabeled": args.unlabeled},
+                                    samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
+        for split, manifest in manifests.items():
+            print(f"[depthpi] {Path(args.out) / split}: {manifest.total_count} samples in "
+                  f"{len(manifest.shards)} shards")
         return
     from depthpi.data.converters import convert
 
@@ -27,10 +31,20 @@ def _shards_build(args) -> None:
 
 def _shards_inspect(args) -> None:
     from depthpi.data.build import inspect_split
+    from depthpi.data.shards import SplitLocation
 
-    out = Path(args.out) if args.out else Path(args.dir) / "contact_sheet.png"
-    summary = inspect_split(Path(args.dir), out, count=args.count, input_size=args.size)
-    print(summary)
+    location = SplitLocation.parse(args.dir)
+    default = Path("contact_sheet.png") if location.remote else Path(location.root) / "contact_sheet.png"
+    print(inspect_split(args.dir, Path(args.out) if args.out else default, count=args.count, input_size=args.size))
+
+
+def _shards_verify(args) -> None:
+    from depthpi.data.shard_verify import verify_split
+
+    verdict = verify_split(args.dir, workers=args.workers, progress=True)
+    print("\n".join(verdict.lines()))
+    if not verdict.ok:
+        raise SystemExit(1)
 
 
 def _eval(args) -> None:
@@ -72,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depthpi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    shards = commands.add_parser("shards", help="build or inspect WebDataset shards").add_subparsers(
+    shards = commands.add_parser("shards", help="build, inspect or verify WebDataset shards").add_subparsers(
         dest="shards_command", required=True)
     build = shards.add_parser("build", help="convert a data source into shards (resumable)")
     build.add_argument("--source", default="synthetic", choices=["synthetic", "ntu", "pku", "h36m"])
@@ -98,12 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("--videos-per-shard", type=int)
     raw.add_argument("--depth", choices=["auto", "full", "masked"], help="ntu depth maps to read (default auto)")
     build.set_defaults(func=_shards_build)
-    inspect = shards.add_parser("inspect", help="summary and a contact sheet of a split")
-    inspect.add_argument("dir")
+    inspect = shards.add_parser("inspect", help="summary, bad samples and a contact sheet of a split")
+    inspect.add_argument("dir", help="split directory or URL (http(s)://, pipe:, ...)")
     inspect.add_argument("--count", type=int, default=16)
     inspect.add_argument("--size", type=int, default=257, help="crop size N of the pipeline")
     inspect.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
     inspect.set_defaults(func=_shards_inspect)
+    verify = shards.add_parser("verify", help="every shard's sha256, size and samples against the manifest; "
+                                              "exit status 1 when any differs")
+    verify.add_argument("dir", help="split directory or URL (http(s)://, pipe:, ...)")
+    verify.add_argument("--workers", type=int, default=2, help="processes reading shards")
+    verify.set_defaults(func=_shards_verify)
 
     pre = commands.add_parser("precompute", help="run a frozen teacher once, store its features per view")
     pre.add_argument("--teacher", required=True, help="teacher weights (run/export/last.pt)")

@@ -17,24 +17,23 @@ step, so a replayed view gives the student the pixels the teacher saw.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import webdataset as wds
-from tqdm import tqdm
 
 from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
 from depthpi.data.batches import Batch, model_inputs
 from depthpi.data.features import encode_features
-from depthpi.data.loader import DECODE_ERRORS, collate
+from depthpi.data.loader import collate
 from depthpi.data.pipeline import process_sample
 from depthpi.data.schema import SampleError, decode_sample
-from depthpi.data.shards import (Manifest, ShardInfo, TarShard, file_sha256, finished_shard,
-                                 json_bytes, read_manifest, sidecar_path, write_manifest)
-from depthpi.io import atomic_write_bytes
+from depthpi.data.shard_build import ShardJob, build, finished_record, manifest_of
+from depthpi.data.shard_stream import (DECODE_ERRORS, MAX_RECORDS, ReadLog, ShardSource, TarSamples,
+                                       shortfall_message)
+from depthpi.data.shards import (Manifest, ShardInfo, SplitLocation, TarShard, file_sha256, json_bytes,
+                                 manifest_sha256, read_manifest, write_manifest)
 from depthpi.models.posenet import needs_depth, needs_rgb, tap_features
 from depthpi.predict import Predictor
 
@@ -75,13 +74,13 @@ class FeatureWriter:
         self.teacher_cfg = predictor.cfg
         base = self.teacher_cfg.data.pipeline
         self.pipeline = replace(base, depth=needs_depth(self.teacher_cfg.model))
-        self.source = read_manifest(cfg.shards)
+        self.location, self.source = SplitLocation.parse(cfg.shards), read_manifest(cfg.shards)
         self.params = {
             "kind": "teacher_features", "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),
             "tap": cfg.tap, "relu": "pre" if cfg.tap.endswith("pre_relu") else "post", "dtype": cfg.dtype,
             "views": cfg.views, "seed": cfg.seed, "input_size": base.input_size,
             "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(base.augment).items()},
-            "source": str(cfg.shards), "source_manifest_sha256": file_sha256(Path(cfg.shards) / "manifest.json"),
+            "source": str(cfg.shards), "source_manifest_sha256": manifest_sha256(cfg.shards),
         }
 
     def feature_shape(self) -> tuple[int, int, int]:
@@ -96,70 +95,61 @@ class FeatureWriter:
         c, h, w = self.feature_shape()
         return self.cfg.views * c * h * w * (2 if self.cfg.dtype == "fp16" else 1) + 128 * self.cfg.views
 
+    def _job(self, shard: ShardInfo) -> ShardJob:
+        """Feature shard of one source shard: its bytes depend on the run's params and that shard."""
+        return ShardJob(Path(self.cfg.out) / shard.name, {"precompute": self.params, "source_shard": asdict(shard)},
+                        work=shard)
+
     def run(self, shard_ids: list[int]) -> list[ShardInfo]:
-        """Write the given source shards (finished ones are skipped); returns their infos."""
-        out = Path(self.cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        digest = zlib.crc32(json_bytes(self.params))
-        done = []
-        for index in tqdm(shard_ids, desc=f"precompute {self.cfg.tap}", unit="shard"):
-            shard = self.source.shards[index]
-            record = finished_shard(out, shard.name, str(digest))
-            if record is None:
-                record = self._write_shard(shard, out, str(digest))
-            done.append(ShardInfo(**record["shard"]))
-        return done
+        """Write the given source shards (finished ones are kept); returns their infos."""
+        jobs = [self._job(self.source.shards[index]) for index in shard_ids]
+        records = build(jobs, self._fill, desc=f"precompute {self.cfg.tap}", keep_empty=True)
+        return [ShardInfo(**record["shard"]) for record in records]
 
-    def _write_shard(self, shard: ShardInfo, out: Path, digest: str) -> dict:
-        target, skipped = TarShard(out / shard.name), []
-        try:
-            pending = []
-            for members in wds.DataPipeline(wds.SimpleShardList([str(Path(self.cfg.shards) / shard.name)]),
-                                            wds.tarfile_to_samples()):
-                pending.append(members)
-                if len(pending) * self.cfg.views >= self.cfg.batch_size:
-                    skipped += self._write_batch(pending, target, shard.name)
-                    pending = []
-            if pending:
-                skipped += self._write_batch(pending, target, shard.name)
-        except BaseException:
-            target.abort()
-            raise
-        if target.count != shard.count:
-            raise ValueError(f"{shard.name}: wrote {target.count} keys, the source manifest lists {shard.count}")
-        record = {"digest": digest, "shard": vars(target.finish()), "skipped": skipped}
-        atomic_write_bytes(sidecar_path(out, shard.name), json_bytes(record), fsync=True)
-        return record
+    def _fill(self, job: ShardJob, target: TarShard) -> dict:
+        """Features of every sample of one source shard, in source order. A tar error or a short
+        source shard is skipped, counted and reported like a bad sample (never a traceback):
+        the feature shard then mirrors what could be read."""
+        shard = job.work
+        reads = ReadLog(f"precompute {shard.name}")
+        source = ShardSource(self.location.url(shard.name), shard, self.location.remote)
+        pending = []
+        for members in TarSamples({source.url: source}, reads)([{"url": source.url}]):
+            pending.append(members)
+            if len(pending) * self.cfg.views >= self.cfg.batch_size:
+                self._write_batch(pending, target, shard.name, reads)
+                pending = []
+        if pending:
+            self._write_batch(pending, target, shard.name, reads)
+        report = reads.report
+        return {"by_reason": dict(report.skipped), "examples": reads.records, "shortfalls": report.shortfalls}
 
-    def _views(self, members: dict, shard: str) -> tuple[list | None, list | None, dict | None]:
-        """(view params, processed views, None) of one source sample, or (None, None, skip record)
-        when it is bad, judged as the loader judges: any decode failure, a SampleError in the map."""
+    def _views(self, members: dict, shard: str, reads: ReadLog) -> tuple[list | None, list | None, str | None]:
+        """(view params, processed views, None) of one source sample, or (None, None, why) when
+        it is bad, judged as the loader judges: any decode failure, a SampleError in the map."""
         key = members.get("__key__")
         try:
             sample = decode_sample(members)
         except DECODE_ERRORS as err:
-            field = err.field if isinstance(err, SampleError) else type(err).__name__
-            return None, None, {"reason": f"decode:{field}", "key": key, "shard": shard, "message": str(err)}
+            reason = f"decode:{err.field if isinstance(err, SampleError) else type(err).__name__}"
+            reads.skip(reason, key, shard, str(err))
+            return None, None, f"{reason}: {err}"
         params = view_params(sample.key, self.cfg.views, self.cfg.seed, self.pipeline.augment)
         try:
             return params, [process_sample(sample, self.pipeline, view=p, view_index=v)
                             for v, p in enumerate(params)], None
         except SampleError as err:
-            return None, None, {"reason": f"map:{err.field}", "key": key, "shard": shard, "message": str(err)}
+            reads.skip(f"map:{err.field}", key, shard, str(err))
+            return None, None, f"map:{err.field}: {err}"
 
-    def _write_batch(self, members_list: list[dict], target: TarShard, shard: str) -> list[dict]:
+    def _write_batch(self, members_list: list[dict], target: TarShard, shard: str, reads: ReadLog) -> None:
         """Features of every sample, in source order. A bad source sample gets a member without
-        features, so the shards still mirror the source key for key and the student skips it.
-        Returns the skip records: [{reason, key, shard, message}]."""
-        views, entries, skipped = [], [], []
+        features, so the shards still mirror the source key for key and the student skips it."""
+        views, entries = [], []
         for members in members_list:
-            params, sample_views, skip = self._views(members, shard)
-            if skip is not None:
-                log.warning("%s: source sample %s skipped (%s)", shard, skip["key"], skip["message"])
-                skipped.append(skip)
-            else:
-                views.extend(sample_views)
-            entries.append((members.get("__key__"), params, skip))
+            params, sample_views, why = self._views(members, shard, reads)
+            views.extend(sample_views or [])
+            entries.append((members.get("__key__"), params, why))
         feats = None
         if views:
             batch = Batch.from_collated(collate(views)).to(self.predictor.device)
@@ -167,30 +157,30 @@ class FeatureWriter:
             with torch.no_grad():
                 feats = tap_features(self.predictor.model, self.teacher_cfg.model, inputs.rgb, inputs.depth, self.cfg.tap)
         done, k = 0, self.cfg.views
-        for key, params, skip in entries:
-            if skip is not None:
+        for key, params, why in entries:
+            if why is not None:
                 target.write({"__key__": key, "views.json": json_bytes(
-                    {"seed": self.cfg.seed, "views": [], "skipped": f"{skip['reason']}: {skip['message']}"})})
+                    {"seed": self.cfg.seed, "views": [], "skipped": why})})
                 continue
             target.write({"__key__": key, "feat.npy": encode_features(feats[done * k:(done + 1) * k], self.cfg.dtype),
                           "views.json": json_bytes({"seed": self.cfg.seed, "views": [p.to_dict() for p in params]})})
             done += 1
-        return skipped
 
     def write_manifest_if_complete(self) -> Manifest | None:
         """The manifest, once every source shard has its finished feature shard."""
-        out = Path(self.cfg.out)
-        digest = str(zlib.crc32(json_bytes(self.params)))
-        records = [finished_shard(out, s.name, digest) for s in self.source.shards]
-        if any(r is None for r in records):
+        records = [finished_record(self._job(shard)) for shard in self.source.shards]
+        if any(record is None for record in records):
             return None
-        shards = [ShardInfo(**r["shard"]) for r in records]
-        bad = [s for r in records for s in r.get("skipped", [])]
-        skipped = {"count": len(bad), "by_reason": dict(Counter(s["reason"] for s in bad)),
-                   "examples": bad[:20]}
-        manifest = Manifest(shards=shards, total_count=sum(s.count for s in shards),
-                            skeleton=self.source.skeleton, params=self.params, skipped=skipped)
-        write_manifest(out, manifest)
+        reports = [record["report"] for record in records]
+        by_reason = sum((Counter(r["by_reason"]) for r in reports), Counter())
+        skipped = {"count": sum(by_reason.values()), "by_reason": dict(by_reason),
+                   "examples": [e for r in reports for e in r["examples"]][:MAX_RECORDS],
+                   "shortfalls": [s for r in reports for s in r["shortfalls"]]}
+        manifest = manifest_of(records, self.params, self.source.skeleton, skipped)
+        write_manifest(Path(self.cfg.out), manifest)
+        if skipped["shortfalls"]:
+            log.warning("%s: source shards read short at precompute: %s", self.cfg.out,
+                        "; ".join(shortfall_message(s) for s in skipped["shortfalls"]))
         return manifest
 
 

@@ -51,3 +51,32 @@ def test_json_turns_numpy_scalars_into_numbers(tmp_path):
     assert (tmp_path / "m.json").read_text() == '{"pck": 0.5}\n'
     atomic_write_text(tmp_path / "m.json", "replaced")
     assert (tmp_path / "m.json").read_text() == "replaced"
+
+
+def test_atomic_file_appears_whole_on_commit_and_not_at_all_on_failure(tmp_path):
+    from depthpi.io import AtomicFile
+
+    path = tmp_path / "shard.tar"
+    with AtomicFile(path) as f:
+        f.write(b"first ")
+        assert not path.exists() and f.tmp.suffix == ".tar"  # written beside it, under another name
+        f.write(b"version")
+    assert path.read_bytes() == b"first version"
+    with pytest.raises(OSError), AtomicFile(path) as f:
+        f.write(b"second, cut short")
+        raise OSError("disk full")
+    assert path.read_bytes() == b"first version" and os.listdir(tmp_path) == ["shard.tar"]
+
+
+def test_remove_temporaries_deletes_only_what_writers_of_that_file_left(tmp_path):
+    from depthpi.io import remove_temporaries, temporary_path
+
+    target, other = tmp_path / "shard-000001.tar", tmp_path / "shard-000011.tar"
+    for path in (target, other):
+        path.write_bytes(b"done")
+    left = [target.with_name(".shard-000001.999-1.tmp.tar"), temporary_path(target)]
+    kept = [temporary_path(other), tmp_path / ".shard-000001.tar.done.json"]
+    for path in left + kept:
+        path.write_bytes(b"x")
+    assert sorted(remove_temporaries(target)) == sorted(left)
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [target, other, *kept])

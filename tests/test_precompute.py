@@ -225,3 +225,38 @@ def test_bad_source_sample_is_skipped_at_precompute_and_by_the_student(setup, tm
                                    "teacher.features": tmp_path / "feat", "run.steps_per_epoch": 8})))
     assert metrics["skipped"]["train"]["total"] == 1
     assert metrics["skipped"]["train"]["examples"]["decode:rgb.jpg"]["key"] == bad
+
+
+def test_a_damaged_source_shard_is_reported_by_precompute_and_mirrored_as_read(setup, tmp_path):
+    """Garbage over a tar header (tarfile sees the end of the archive) and a shard cut short:
+    precompute finishes without a traceback, names both shards in its manifest, and the
+    feature shards mirror what could be read, so a student reads the pair in step."""
+    import shard_faults
+
+    from depthpi.data.loader import make_loader, skip_summary
+
+    root, teacher = setup
+    source = tmp_path / "train"
+    shutil.copytree(root / "synth/train", source)
+    shard_faults.garbage_over_header(source, 1, member=3 * 5)  # shard 1 ends after 5 of its 8 samples
+    shard_faults.truncate(source, 2, member=3 * 2 + 1)         # shard 2 cut inside sample 2
+    shard_faults.zero_bytes(source, 3)                          # shard 3 emptied
+    cfg = PrecomputeConfig(teacher=str(teacher), shards=str(source), out=str(tmp_path / "feat"), tap=TAP, views=1,
+                           batch_size=8)
+    manifest = precompute(cfg, device="cpu")
+    short = {s["shard"]: (s["read"], s["expected"]) for s in manifest.skipped["shortfalls"]}
+    assert short == {"shard-000001.tar": (5, 8), "shard-000002.tar": (3, 8), "shard-000003.tar": (0, 8)}
+    assert [s.count for s in manifest.shards] == [8, 5, 3, 0]  # sample 2 of shard 2 holds a placeholder
+    assert manifest.skipped["by_reason"] == {"decode:json": 1}
+    loader = make_loader(source, 4, _key_and_views, rank=0, world_size=1, shuffle=False, drop_last=False,
+                         companion_dir=tmp_path / "feat")
+    batches = list(loader)
+    assert all(all(batch["paired"]) for batch in batches)
+    summary = skip_summary([loader.pass_stats()])
+    assert sum(len(b["key"]) for b in batches) == 8 + 5 + 2  # sample 2 of shard 2 is a decode skip
+    assert set(summary["shortfalls"]) == {"shard-000001.tar", "shard-000002.tar", "shard-000003.tar"}
+    assert summary["by_reason"] == {"decode:json": 1, "shard:missing": 3 + 5 + 8}
+
+
+def _key_and_views(sample, epoch):
+    return {"key": sample.key, "paired": "views.json" in sample.extras}

@@ -1,44 +1,50 @@
-"""Writing and checking a split's WebDataset shards and its ``manifest.json``.
+"""A split's WebDataset shards and its ``manifest.json``: where they are, writing, reading the manifest.
 
-A split directory holds ``{prefix}-{i:06d}.tar`` shards and one ``manifest.json`` that
-lists every shard with its sample count, byte size and sha256 (DESIGN.md "Sample
-schema"). Exact counts let every rank agree on the epoch length before reading a byte.
+A split is a directory, or a URL of one, holding ``{prefix}-{i:06d}.tar`` shards and one
+``manifest.json`` that lists every shard with its sample count, byte size and sha256.
+Exact counts let every rank agree on the epoch length before reading a byte; readers
+compare what they read with them (:mod:`depthpi.data.shard_stream`,
+:mod:`depthpi.data.shard_verify`).
 
-Every file appears atomically (temp name + ``os.replace``), so a killed build leaves
-either a finished shard or a temp file that the next run redoes. Tars are
-byte-reproducible: members carry mtime 0, uid/gid 0 and fixed user/group names
-(webdataset's ``TarWriter`` stamps the wall clock unless ``mtime`` is given).
+Where: a local directory, or any URL webdataset's ``gopen`` opens (``https://``,
+``pipe:CMD`` whose last word is the location, ``gs://``, ...). The manifest is read from
+beside the shards: ``{split}/manifest.json``. A webdataset brace pattern
+(``https://host/train/shard-{000000..000099}.tar``) names the split beside it and
+selects those of its shards.
+
+Writing: every file appears atomically (:mod:`depthpi.io`); tars are byte-reproducible:
+members carry mtime 0, uid/gid 0 and fixed user/group names (webdataset's ``TarWriter``
+stamps the wall clock unless ``mtime`` is given). Resumable parallel building is
+:mod:`depthpi.data.shard_build`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
-import multiprocessing
-import os
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
+from urllib.request import url2pathname
 
+import braceexpand
 import webdataset as wds
-from tqdm import tqdm
+from webdataset.gopen import gopen_schemes
 
-from depthpi.data.schema import Sample, SampleError, encode_sample
-from depthpi.io import atomic_write_bytes
+from depthpi.data.schema import Sample, encode_sample
+from depthpi.io import AtomicFile, atomic_write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-MAX_SKIP_EXAMPLES = 20
 _TAR_OWNER = "depthpi"
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
 
 log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
-    """A split directory whose manifest is missing, unreadable or disagrees with the disk."""
+    """A split whose manifest is missing, unreadable or disagrees with its shards."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class ShardInfo:
     """One shard as listed in the manifest.
 
     Attributes:
-        name: file name inside the split directory.
+        name: file name inside the split.
         count: samples (keys) in the shard.
         bytes: file size in bytes.
         sha256: hex digest of the file.
@@ -86,17 +92,67 @@ class Manifest:
         return [shard.count for shard in self.shards]
 
 
-
 def json_bytes(record: dict) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode()
 
 
+def sha256_of_stream(stream: IO[bytes], block: int = 1 << 20) -> tuple[str, int]:
+    """(hex sha256, bytes) of everything left in ``stream``."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: stream.read(block), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_of_stream(f)[0]
+
+
+# --- where a split is ------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitLocation:
+    """A split's directory or URL, and the shards a brace pattern selected (None: all).
+
+    Attributes:
+        root: local directory, or the split's URL without a trailing slash.
+        remote: whether ``root`` is a URL (opened with webdataset's ``gopen``).
+        selected: shard names of a brace pattern, in its order; None selects every shard.
+    """
+
+    root: str
+    remote: bool
+    selected: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, split: str | Path) -> SplitLocation:
+        """A local path, a ``file:`` URL, or a URL of a scheme ``gopen`` opens; a last part with
+        ``.tar`` is a brace pattern of shard names."""
+        text = str(split)
+        match = _SCHEME.match(text)
+        remote = bool(match) and match.group(1) in gopen_schemes
+        if match and match.group(1) == "file":
+            text = url2pathname(re.sub(r"^file:(//)?", "", text))
+        head, _, last = text.rstrip("/").rpartition("/")
+        if ".tar" in last and head:
+            return cls(head, remote, tuple(braceexpand.braceexpand(last)))
+        return cls(text.rstrip("/") if remote else str(Path(text)), remote)
+
+    def url(self, name: str) -> str:
+        """Where the file ``name`` of the split is (a path when local)."""
+        return f"{self.root}/{name}" if self.remote else str(Path(self.root) / name)
+
+    def open(self, name: str) -> IO[bytes]:
+        """A binary stream of the split's file ``name`` (``gopen``: a subprocess for URLs)."""
+        return wds.gopen(self.url(name), "rb") if self.remote else open(self.url(name), "rb")
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as stream:
+            return stream.read()
+
+    def __str__(self) -> str:
+        return self.root
 
 
 # --- manifest --------------------------------------------------------------------
@@ -107,85 +163,131 @@ def write_manifest(split_dir: str | Path, manifest: Manifest) -> Path:
     return path
 
 
-def read_manifest(split_dir: str | Path, *, check_sha256: bool = False) -> Manifest:
-    """Read and check a split's manifest against the shards on disk.
+def manifest_sha256(split: str | Path) -> str:
+    """sha256 of a split's ``manifest.json`` as stored (local or remote)."""
+    return hashlib.sha256(_manifest_bytes(SplitLocation.parse(split))).hexdigest()
+
+
+def read_manifest(split: str | Path, *, check_sha256: bool = False, check_files: bool = True) -> Manifest:
+    """Read a split's manifest and check it against its shards.
+
+    Local splits: every listed shard must exist with the listed size (and sha256 with
+    ``check_sha256``). Remote splits: sizes are not checked here (that would be a request
+    per shard); readers check counts as they stream, ``depthpi shards verify`` checks all.
 
     Args:
-        split_dir: directory holding ``manifest.json`` and the shards.
+        split: directory or URL of the split (see the module docstring).
         check_sha256: also hash every shard (a full read of the split).
+        check_files: compare the listed shards with the files (False: the manifest only).
+    Returns:
+        The manifest; with a brace pattern, only the selected shards, in its order.
     Raises:
-        ManifestError: naming the file, when the manifest is missing or unparsable, a
-            listed shard is missing, or a shard's size (or sha256) differs.
+        ManifestError: naming the file, when the manifest is missing or unparsable, lists
+            a shard twice, a listed shard is missing, or a shard's size (or sha256) differs.
     """
-    path = Path(split_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found; build the split with `depthpi shards build` "
-                            f"or point the config at a directory that holds {MANIFEST_NAME}")
-    try:
-        record = json.loads(path.read_text())
-        shards = [ShardInfo(**shard) for shard in record.pop("shards")]
-        manifest = Manifest(shards=shards, **record)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ManifestError(f"{path}: unreadable manifest ({type(err).__name__}: {err})") from None
-    if manifest.version != FORMAT_VERSION:
-        raise ManifestError(f"{path}: format version {manifest.version}, expected {FORMAT_VERSION}")
-    if manifest.total_count != sum(manifest.counts):
-        raise ManifestError(f"{path}: total_count {manifest.total_count} != sum of shard counts "
-                            f"{sum(manifest.counts)}")
-    for shard in manifest.shards:
-        _check_shard(Path(split_dir), shard, path, check_sha256)
+    location = SplitLocation.parse(split)
+    where = location.url(MANIFEST_NAME)
+    manifest = _parse_manifest(_manifest_bytes(location), where)
+    if location.selected is not None:
+        manifest = _select(manifest, location.selected, where)
+    for shard in manifest.shards if check_files else ():
+        if not location.remote:
+            _check_size(Path(location.url(shard.name)), shard, where)
+        if check_sha256:
+            _check_sha256(location, shard, where)
     return manifest
 
 
-def _check_shard(split_dir: Path, shard: ShardInfo, manifest_path: Path, check_sha256: bool) -> None:
-    shard_path = split_dir / shard.name
-    if not shard_path.is_file():
-        raise ManifestError(f"{shard_path}: listed in {manifest_path} but missing on disk")
-    size = shard_path.stat().st_size
+def _manifest_bytes(location: SplitLocation) -> bytes:
+    where = location.url(MANIFEST_NAME)
+    try:
+        return location.read(MANIFEST_NAME)
+    except FileNotFoundError:
+        raise ManifestError(f"{where}: manifest not found; build the split with `depthpi shards build` "
+                            f"or point the config at a directory that holds {MANIFEST_NAME}") from None
+    except (OSError, ValueError) as err:  # gopen: exit status of curl & co., unknown scheme
+        raise ManifestError(f"{where}: manifest could not be read ({type(err).__name__}: {err})") from None
+
+
+def _parse_manifest(data: bytes, where: str) -> Manifest:
+    try:
+        record = json.loads(data)
+        shards = [ShardInfo(**shard) for shard in record.pop("shards")]
+        manifest = Manifest(shards=shards, **record)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ManifestError(f"{where}: unreadable manifest ({type(err).__name__}: {err})") from None
+    if manifest.version != FORMAT_VERSION:
+        raise ManifestError(f"{where}: format version {manifest.version}, expected {FORMAT_VERSION}")
+    if manifest.total_count != sum(manifest.counts):
+        raise ManifestError(f"{where}: total_count {manifest.total_count} != sum of shard counts "
+                            f"{sum(manifest.counts)}")
+    names = [shard.name for shard in manifest.shards]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice or any(shard.count < 0 for shard in manifest.shards):
+        raise ManifestError(f"{where}: shards listed twice {twice} or negative counts; rebuild the manifest")
+    return manifest
+
+
+def _select(manifest: Manifest, names: tuple[str, ...], where: str) -> Manifest:
+    listed = {shard.name: shard for shard in manifest.shards}
+    unknown = [name for name in names if name not in listed]
+    if unknown:
+        raise ManifestError(f"{where}: the pattern names shards the manifest does not list, e.g. {unknown[:3]}")
+    shards = [listed[name] for name in dict.fromkeys(names)]
+    return replace(manifest, shards=shards, total_count=sum(s.count for s in shards))
+
+
+def _check_size(path: Path, shard: ShardInfo, where: str) -> None:
+    if not path.is_file():
+        raise ManifestError(f"{path}: listed in {where} but missing on disk")
+    size = path.stat().st_size
     if size != shard.bytes:
-        raise ManifestError(f"{shard_path}: {size} bytes on disk, {manifest_path} says {shard.bytes} "
+        raise ManifestError(f"{path}: {size} bytes on disk, {where} says {shard.bytes} "
                             f"(truncated or rewritten shard; rebuild the split)")
-    if check_sha256 and file_sha256(shard_path) != shard.sha256:
-        raise ManifestError(f"{shard_path}: sha256 differs from {manifest_path}")
+
+
+def _check_sha256(location: SplitLocation, shard: ShardInfo, where: str) -> None:
+    with location.open(shard.name) as stream:
+        digest, _ = sha256_of_stream(stream)
+    if digest != shard.sha256:
+        raise ManifestError(f"{location.url(shard.name)}: sha256 differs from {where}")
 
 
 # --- writing ---------------------------------------------------------------------
 class _HashingFile:
-    """File wrapper that hashes and counts what passes through ``write``."""
+    """Write-through wrapper that hashes and counts what passes to an :class:`AtomicFile`."""
 
-    def __init__(self, path: Path):
-        self.file = open(path, "wb")
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
+    def __init__(self, target: AtomicFile):
+        self.target, self.sha256, self.bytes = target, hashlib.sha256(), 0
 
     def write(self, data) -> int:
         self.sha256.update(data)
         self.bytes += len(data)
-        return self.file.write(data)
+        return self.target.write(data)
 
-    def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+    def flush(self) -> None:
+        self.target.flush()
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     # webdataset splits member names at the first dot: "a.b.rgb.jpg" would become key "a".
-    if not key or "." in key or "/" in key:
-        raise ValueError(f"sample key {key!r}: must be non-empty without '.' or '/'")
+    if not isinstance(key, str) or not key or "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r}: must be a non-empty string without '.' or '/'")
 
 
 class TarShard:
-    """One shard being written to a temp name; ``finish`` renames it into place."""
+    """One shard being written under a temporary name; :meth:`finish` renames it into place."""
 
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
-        self.file = _HashingFile(self.tmp)
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = _HashingFile(AtomicFile(self.path, fsync=True))
         # mtime/owner fixed: the same samples give the same bytes on any machine and day.
         self.tar = wds.TarWriter(self.file, encoder=False, mtime=0, user=_TAR_OWNER, group=_TAR_OWNER)
         self.count, self.first_key, self.last_key = 0, None, None
 
     def write(self, members: dict[str, Any]) -> None:
+        """Append one sample's members (``__key__`` plus ``suffix: bytes``)."""
+        check_key(members["__key__"])
         self.tar.write(members)
         self.count += 1
         self.first_key = self.first_key or members["__key__"]
@@ -197,15 +299,13 @@ class TarShard:
 
     def finish(self) -> ShardInfo:
         self.tar.close()
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        self.file.target.commit()
         return ShardInfo(self.path.name, self.count, self.file.bytes, self.file.sha256.hexdigest(),
                          self.first_key, self.last_key)
 
     def abort(self) -> None:
         self.tar.close()
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.file.target.discard()
 
 
 class ShardWriter:
@@ -255,13 +355,8 @@ class ShardWriter:
 
     def write(self, sample: Sample | dict[str, Any]) -> None:
         """Append one sample (a :class:`Sample`, or members from :func:`encode_sample`)."""
-        if isinstance(sample, Sample):
-            if sample.meta.skeleton != self.skeleton:
-                raise ValueError(f"sample {sample.key!r}: skeleton {sample.meta.skeleton!r}, "
-                                 f"the writer expects {self.skeleton!r}")
-            sample = encode_sample(sample)
+        sample = encode_checked(sample, self.skeleton)
         key = sample["__key__"]
-        _check_key(key)
         if key in self._keys:
             raise ValueError(f"sample key {key!r} written twice to {self.out_dir}")
         self._keys.add(key)
@@ -286,125 +381,11 @@ class ShardWriter:
         return self.manifest
 
 
-# --- parallel, resumable building ---------------------------------------------------
-def sidecar_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.json"
-
-
-def _job_digest(params: dict, start: int, stop: int) -> str:
-    return hashlib.sha256(json_bytes({"params": params, "start": start, "stop": stop})).hexdigest()
-
-
-def finished_shard(out_dir: Path, name: str, digest: str) -> dict | None:
-    """The sidecar of a finished shard built with the same parameters, else None."""
-    try:
-        record = json.loads(sidecar_path(out_dir, name).read_text())
-        size = (out_dir / name).stat().st_size
-        complete = record["digest"] == digest and record["shard"]["bytes"] == size
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return None
-    return record if complete else None
-
-
-def _build_shard(out_dir: Path, name: str, start: int, stop: int, digest: str,
-                 make_sample: Callable[[int], Sample | None], skeleton: str) -> dict:
-    """Write samples [start, stop) into ``out_dir/name``; returns the sidecar record."""
-    shard, skipped = TarShard(out_dir / name), []
-    try:
-        for index in range(start, stop):
-            try:
-                sample = make_sample(index)
-                if sample is None:
-                    skipped.append({"index": index, "key": None, "reason": "make_sample returned None"})
-                    continue
-                if sample.meta.skeleton != skeleton:
-                    raise SampleError(sample.key, "skeleton", f"{sample.meta.skeleton!r}, expected {skeleton!r}")
-                members = encode_sample(sample)
-            except SampleError as err:
-                skipped.append({"index": index, "key": err.key, "reason": f"{err.field}: {err.reason}"})
-                continue
-            _check_key(members["__key__"])
-            shard.write(members)
-    except BaseException:
-        shard.abort()
-        raise
-    record = {"digest": digest, "start": start, "stop": stop, "shard": asdict(shard.finish()),
-              "skipped": skipped}
-    # The sidecar comes after the rename: its presence certifies a complete shard.
-    atomic_write_bytes(sidecar_path(out_dir, name), json_bytes(record), fsync=True)
-    return record
-
-
-def build_shards(out_dir: str | Path, num_samples: int, samples_per_shard: int,
-                 make_sample: Callable[[int], Sample | None], workers: int = 1, params: dict | None = None,
-                 desc: str = "shards", prefix: str = "shard", skeleton: str = "h36m_17") -> Manifest:
-    """Build a split from ``make_sample(index)``: parallel, resumable, byte-deterministic.
-
-    Shard i holds indices ``[i * samples_per_shard, (i + 1) * samples_per_shard)``. A shard
-    whose tar and sidecar (``.{name}.json``) exist with matching size and parameters is
-    kept; anything else (including a leftover temp file) is rebuilt. ``make_sample``
-    returning None or raising :class:`SampleError` skips the index; the manifest records
-    the skips.
-
-    Args:
-        out_dir: split directory.
-        num_samples: indices 0 … num_samples − 1.
-        samples_per_shard: indices per shard.
-        make_sample: picklable (module-level function or ``functools.partial`` of one);
-            it runs in spawned worker processes when ``workers > 1``.
-        workers: processes building shards concurrently.
-        params: creation parameters recorded in the manifest; changing them rebuilds.
-        desc: progress bar label.
-        prefix: shard file name prefix.
-        skeleton: joint-set name every sample must use.
-    Returns:
-        The manifest, also written to ``out_dir/manifest.json``.
-    """
-    if num_samples < 1 or samples_per_shard < 1 or workers < 1:
-        raise ValueError(f"build_shards({out_dir}): num_samples, samples_per_shard and workers must be >= 1, "
-                         f"got {num_samples}, {samples_per_shard}, {workers}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(params or {})
-    digest_params = {**params, "samples_per_shard": samples_per_shard, "skeleton": skeleton}
-    jobs = {}
-    for i in range(math.ceil(num_samples / samples_per_shard)):
-        start, stop = i * samples_per_shard, min((i + 1) * samples_per_shard, num_samples)
-        jobs[f"{prefix}-{i:06d}.tar"] = (start, stop, _job_digest(digest_params, start, stop))
-    records = {name: finished_shard(out_dir, name, job[2]) for name, job in jobs.items()}
-    todo = [name for name, record in records.items() if record is None]
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="shard") as bar:
-        for name, record in _run_jobs(out_dir, {n: jobs[n] for n in todo}, make_sample, skeleton, workers):
-            records[name] = record
-            bar.update()
-            bar.set_postfix(skipped=sum(len(r["skipped"]) for r in records.values() if r))
-    manifest = _assemble_manifest([records[name] for name in jobs], params, skeleton)
-    write_manifest(out_dir, manifest)
-    if manifest.skipped["count"]:
-        log.warning("%s: %d of %d samples skipped while building (%s); see %s", out_dir,
-                    manifest.skipped["count"], num_samples, manifest.skipped["by_reason"], MANIFEST_NAME)
-    return manifest
-
-
-def _run_jobs(out_dir: Path, jobs: dict, make_sample, skeleton: str, workers: int):
-    """Yield (name, sidecar record) as shards finish; in-process when ``workers == 1``."""
-    if workers == 1 or len(jobs) <= 1:
-        for name, (start, stop, digest) in jobs.items():
-            yield name, _build_shard(out_dir, name, start, stop, digest, make_sample, skeleton)
-        return
-    # spawn: no inherited locks or threads from the parent (torch, cv2) in the builders.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        futures = {pool.submit(_build_shard, out_dir, name, start, stop, digest, make_sample, skeleton): name
-                   for name, (start, stop, digest) in jobs.items()}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-
-
-def _assemble_manifest(records: list[dict], params: dict, skeleton: str) -> Manifest:
-    shards = [ShardInfo(**record["shard"]) for record in records]
-    skipped = [item for record in records for item in record["skipped"]]
-    reasons = Counter(item["reason"].split(":")[0] for item in skipped)
-    return Manifest(shards=shards, total_count=sum(s.count for s in shards), skeleton=skeleton, params=params,
-                    skipped={"count": len(skipped), "by_reason": dict(sorted(reasons.items())),
-                             "examples": skipped[:MAX_SKIP_EXAMPLES]})
+def encode_checked(sample: Sample | dict[str, Any], skeleton: str) -> dict[str, Any]:
+    """Tar members of ``sample`` (a :class:`Sample` must use ``skeleton``); members pass through."""
+    if isinstance(sample, Sample):
+        if sample.meta.skeleton != skeleton:
+            raise ValueError(f"sample {sample.key!r}: skeleton {sample.meta.skeleton!r}, the writer expects "
+                             f"{skeleton!r}")
+        return encode_sample(sample)
+    return sample

@@ -13,24 +13,21 @@ Crops (DESIGN.md sample schema, thesis eq. 4.7):
   measured), at native resolution unless that exceeds ``max_side``.
 
 The driver (:func:`run_conversion`) turns a list of :class:`Job` (one per video) into
-shards, ``videos_per_shard`` videos per shard, in parallel over processes. A finished
-shard has a ``.<shard>.done.json`` sidecar (video list, parameter hash, count, sha256,
-the shard's own summary); a rerun keeps every shard whose sidecar matches and converts
-the rest, so an interrupted run resumes and the final summary is still complete.
-Converting the same input twice gives byte-identical shards.
+shards, ``videos_per_shard`` videos per shard, in parallel over processes, through the
+resumable shard builder (:mod:`depthpi.data.shard_build`): a finished shard's sidecar
+keeps its own summary, so an interrupted run resumes and the final summary is still
+complete. Converting the same input twice gives byte-identical shards.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import traceback
 import zlib
 from abc import ABC, abstractmethod
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,7 +36,8 @@ import numpy as np
 
 from depthpi.camera import Camera, reproject_image
 from depthpi.data.schema import Sample, SampleMeta, encode_sample
-from depthpi.data.shards import Manifest, ShardInfo, ShardWriter, write_manifest
+from depthpi.data.shard_build import ShardJob, build, manifest_of
+from depthpi.data.shards import Manifest, TarShard, write_manifest
 from depthpi.io import atomic_write_text
 from depthpi.skeleton import H36M_17
 
@@ -342,10 +340,6 @@ class Converter(ABC):
         """
 
 
-def _params_hash(params: dict) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class ConverterError(ValueError):
     """A wrong root or option: raised before any work starts, naming what was expected."""
 
@@ -359,127 +353,69 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
-def _convert_group(converter: Converter, jobs: list[Job], shard_path: str, params_hash: str) -> dict:
-    """Convert one group of videos into one shard; returns its sidecar record."""
+def _convert_group(job: ShardJob, shard: TarShard, converter: Converter) -> dict:
+    """Fill one shard with the samples of a group of videos; returns its report ``{"summary"}``.
+
+    A video's samples are written only once the whole video converted: one that fails
+    midway contributes nothing (and is named in the summary).
+    """
     summary = Summary(converter.source)
-    members_list: list[dict[str, bytes]] = []
-    for job in jobs:
+    for video in job.work:
         buffered: list[dict[str, bytes]] = []
         frames = set()
         try:
-            for sample in converter.convert_video(job, summary):
+            for sample in converter.convert_video(video, summary):
                 buffered.append(encode_sample(sample))
                 frames.add(sample.meta.frame)
         except BAD_VIDEO_ERRORS as err:  # a bad file never stops the conversion
             last = traceback.format_exception_only(type(err), err)[-1].strip()
-            summary.skip_video(f"conversion error ({last[:120]})", job.name)
+            summary.skip_video(f"conversion error ({last[:120]})", video.name)
             continue
         except Exception as err:  # a converter bug: crash, but say on which video
-            err.add_note(f"while converting {converter.source} video {job.name!r}")
+            err.add_note(f"while converting {converter.source} video {video.name!r}")
             raise
-        members_list.extend(buffered)
+        for members in buffered:
+            shard.write(members)
         summary.frames_written += len(frames)
         summary.samples_written += len(buffered)
-    path = Path(shard_path)
-    record = {"videos": [j.name for j in jobs], "params_hash": params_hash, "count": len(members_list),
-              "summary": summary.to_dict()}
-    if members_list:
-        index = int(path.stem.rsplit("-", 1)[1])
-        writer = ShardWriter(path.parent, max_count=1 << 62, max_bytes=1 << 62, prefix=path.stem.rsplit("-", 1)[0],
-                             start_index=index, write_manifest_on_close=False)
-        with writer:
-            for members in members_list:
-                writer.write(members)
-        (info,) = writer.shards
-        record["shard"] = asdict(info)
-    elif path.exists():
-        path.unlink()
-    atomic_write_text(_sidecar(path), json.dumps(record, indent=1))
-    return record
-
-
-def _sidecar(shard: Path) -> Path:
-    return shard.with_name(f".{shard.name}.done.json")
-
-
-def _done_record(shard: Path, videos: list[str], params_hash: str) -> dict | None:
-    sidecar = _sidecar(shard)
-    try:
-        record = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if record.get("videos") != videos or record.get("params_hash") != params_hash:
-        return None
-    if record.get("count", 0) > 0:
-        if not shard.is_file() or shard.stat().st_size != record["shard"]["bytes"]:
-            return None
-    return record
+    return {"summary": summary.to_dict()}
 
 
 def run_conversion(converter: Converter, jobs: list[Job], out: Path, *, videos_per_shard: int, workers: int,
                    params: dict, summary: Summary, progress: bool = True) -> dict[str, Manifest]:
     """Convert ``jobs`` into ``out/<split>/<source>-NNNNNN.tar`` + ``manifest.json`` per split.
 
-    Resumable: shards whose ``.<shard>.done.json`` sidecar matches (same videos, same parameters)
-    are kept. ``summary`` (which may already hold skips found while listing) receives
-    every shard's counts; each split's manifest (:class:`depthpi.data.shards.Manifest`)
+    Resumable through :func:`depthpi.data.shard_build.build`: a shard is kept when its
+    sidecar has the digest of (``params``, its video names). ``summary`` (which may already
+    hold skips found while listing) receives every shard's counts; each split's manifest
     carries the split's frame skips in ``skipped``. Returns split → manifest.
     """
-    from tqdm import tqdm
-
     out = Path(out)
-    params_hash = _params_hash(params)
-    plan: dict[str, list[tuple[Path, list[Job]]]] = {}
+    plan: dict[str, list[ShardJob]] = {}
     for split in sorted({job.split for job in jobs}):
         split_jobs = sorted((j for j in jobs if j.split == split), key=lambda j: j.name)
+        groups = [split_jobs[i:i + videos_per_shard] for i in range(0, len(split_jobs), videos_per_shard)]
+        plan[split] = [ShardJob(out / split / f"{converter.source}-{i:06d}.tar",
+                                {"conversion": params, "videos": [video.name for video in group]},
+                                work=group, size=len(group)) for i, group in enumerate(groups)]
         (out / split).mkdir(parents=True, exist_ok=True)
-        plan[split] = [(out / split / f"{converter.source}-{i // videos_per_shard:06d}.tar",
-                        split_jobs[i:i + videos_per_shard]) for i in range(0, len(split_jobs), videos_per_shard)]
-    records: dict[Path, dict] = {}
-    todo = []
-    for split, groups in plan.items():
-        for shard, group in groups:
-            record = _done_record(shard, [j.name for j in group], params_hash)
-            if record is not None:
-                records[shard] = record
-            else:
-                todo.append((shard, group))
-    total = sum(len(g) for groups in plan.values() for _, g in groups)
-    kept = total - sum(len(g) for _, g in todo)
-    bar = tqdm(total=total, initial=kept, unit="video", desc=f"{converter.source} → {out}", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        if workers <= 1 or len(todo) <= 1:
-            for shard, group in todo:
-                records[shard] = _convert_group(converter, group, str(shard), params_hash)
-                bar.update(len(group))
-        else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn"),
-                                     initializer=_worker_init) as pool:
-                futures = {pool.submit(_convert_group, converter, group, str(shard), params_hash): (shard, group)
-                           for shard, group in todo}
-                for future in as_completed(futures):
-                    shard, group = futures[future]
-                    records[shard] = future.result()
-                    bar.update(len(group))
-    finally:
-        bar.close()
+    shard_jobs = [job for split_jobs in plan.values() for job in split_jobs]
+    records = build(shard_jobs, partial(_convert_group, converter=converter), workers=workers,
+                    desc=f"{converter.source} → {out}", unit="video", progress=progress, initializer=_worker_init)
+    by_path = {job.path: record for job, record in zip(shard_jobs, records, strict=True)}
     manifests = {}
-    for split, groups in plan.items():
-        infos, split_summary = [], Summary(converter.source)
-        for shard, group in groups:
-            record = records[shard]
-            split_summary.merge(Summary.from_dict(record["summary"]))
-            if record["count"]:
-                infos.append(ShardInfo(**record["shard"]))
+    for split, split_jobs in plan.items():
+        split_records = [by_path[job.path] for job in split_jobs]
+        split_summary = Summary(converter.source)
+        for record in split_records:
+            split_summary.merge(Summary.from_dict(record["report"]["summary"]))
         summary.merge(split_summary)
         skipped = {"count": int(sum(split_summary.frames_skipped.values())),
                    "by_reason": dict(sorted(split_summary.frames_skipped.items())),
                    "examples": [f"{reason}: {name}" for reason, names in sorted(split_summary.named.items())
                                 for name in names][:MAX_NAMED],
                    "videos_skipped": dict(sorted(split_summary.videos_skipped.items()))}
-        manifest = Manifest(shards=infos, total_count=sum(i.count for i in infos), skeleton=H36M_17.name,
-                            params={**params, "split": split}, skipped=skipped)
+        manifest = manifest_of(split_records, {**params, "split": split}, H36M_17.name, skipped)
         write_manifest(out / split, manifest)
         manifests[split] = manifest
     atomic_write_text(out / f"summary.{converter.source}.json", json.dumps(summary.to_dict(), indent=1))

@@ -1,0 +1,357 @@
+"""Reading shards as a stream of samples, with every loss accounted for. No torch.
+
+The stages a sample passes, each a generator over the previous one (webdataset's shape):
+
+    select_shards   the planner's shards of this reader, in its read order
+    TarSamples      tar → samples (webdataset's tar iterator and key grouping); at the end
+                    of each shard, the samples read are compared with the manifest's count
+    decode_samples  members → :class:`Sample`; a bad sample is skipped, counted, remembered
+    map_samples     ``map_fn(sample, epoch)``; a :class:`SampleError` skips the sample
+
+Nothing is lost silently. A tar whose bytes end early, or whose damaged header reads as
+the end of the archive (``tarfile`` then stops without an error), holds fewer samples than
+its manifest entry: a *shortfall*, reported with the shard, the counts and the last key
+read. A stream error (a truncated file, a dropped HTTP connection: ``curl`` exits non-zero)
+ends the shard the same way, with the error as its reason. A key seen twice in a shard is
+skipped the second time. Everything lands in a :class:`ReadLog`: counts by reason with one
+example each (key, shard, message), shortfalls, refill passes; warnings are logged for the
+1st, 10th, 100th... occurrence of a reason, never a flood and never silent.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from depthpi.data.schema import Sample, SampleError, decode_sample
+from depthpi.data.shards import Manifest, ShardInfo, SplitLocation
+from depthpi.io import AtomicFile
+
+log = logging.getLogger(__name__)
+
+MapFn = Callable[[Sample, int], dict]
+# Data-dependent failures of decoding (not bugs of the pipeline): skipped like SampleError.
+DECODE_ERRORS = (SampleError, ValueError, TypeError, KeyError, IndexError, AttributeError, cv2.error)
+MAX_RECORDS = 20  # skip records a ReadLog keeps in full (beyond the one example per reason)
+
+
+# --- accounting ------------------------------------------------------------------------
+class ReadReport:
+    """What a reader met: samples read and used, skips by reason (one example each),
+    shortfalls per shard, refill passes. Mergeable; :meth:`as_dict` is plain JSON."""
+
+    def __init__(self):
+        self.read, self.used = 0, 0
+        self.skipped: Counter = Counter()
+        self.examples: dict[str, dict] = {}
+        self.refills: list[dict] = []
+        self.shortfalls: list[dict] = []
+
+    def merge(self, other: dict) -> None:
+        self.read += other["samples_read"]
+        self.used += other["samples_used"]
+        self.skipped.update(other["skipped"])
+        for reason, example in other["examples"].items():
+            self.examples.setdefault(reason, example)
+        self.refills.extend(other["refills"])
+        self.shortfalls.extend(other["shortfalls"])
+
+    def as_dict(self) -> dict:
+        """``samples_read``, ``samples_used``, ``skipped`` {reason: n}, ``skipped_total``,
+        ``examples`` {reason: {key, shard, message}}, ``refills`` [{epoch, rank, worker,
+        pass, missing}], ``shortfalls`` [{shard, expected, read, missing, last_key, error}]
+        (``missing`` < 0: the shard held more samples than its manifest entry lists)."""
+        return {"samples_read": self.read, "samples_used": self.used, "skipped": dict(self.skipped),
+                "skipped_total": sum(self.skipped.values()), "examples": dict(self.examples),
+                "refills": list(self.refills), "shortfalls": list(self.shortfalls)}
+
+    def __bool__(self) -> bool:
+        return bool(self.read or self.used or self.skipped or self.refills or self.shortfalls)
+
+
+class ReadLog:
+    """A reader's :class:`ReadReport` in the making, with rate-limited warnings.
+
+    Args:
+        context: who reads, for the log lines (e.g. ``rank 0 worker 1 epoch 3``).
+    """
+
+    def __init__(self, context: str):
+        self.context, self.report, self.seen = context, ReadReport(), Counter()
+        self.records: list[dict] = []  # the first MAX_RECORDS skips in full (precompute's manifest)
+
+    def skip(self, reason: str, key: str | None, shard: str | None, message: str) -> None:
+        self.report.skipped[reason] += 1
+        self.report.examples.setdefault(reason, {"key": key, "shard": shard, "message": message})
+        if len(self.records) < MAX_RECORDS:
+            self.records.append({"reason": reason, "key": key, "shard": shard, "message": message})
+        self.seen[reason] += 1
+        n = self.seen[reason]
+        if n == 1 or float(np.log10(n)).is_integer():  # 1st, 10th, 100th, ...
+            log.warning("%s: skipped sample %s of shard %s (%s; occurrence %d of %s)", self.context, key, shard,
+                        message, n, reason)
+
+    def shortfall(self, info: ShardInfo, read: int, last_key: str | None, error: str | None) -> None:
+        record = {"shard": info.name, "expected": info.count, "read": read, "missing": info.count - read,
+                  "last_key": last_key, "error": error}
+        self.report.shortfalls.append(record)
+        log.warning("%s: %s", self.context, shortfall_message(record))
+
+    def take(self) -> dict | None:
+        """The report since the last ``take`` (None if nothing happened); starts a new one."""
+        report, self.report = self.report, ReadReport()
+        return report.as_dict() if report else None
+
+
+def shortfall_message(record: dict) -> str:
+    """One line for a shortfall record: counts, where the tar ended, why."""
+    shard, read, expected = record["shard"], record["read"], record["expected"]
+    if read > expected:
+        return f"shard {shard}: {read} samples read, its manifest entry lists {expected} (stale manifest?)"
+    after = f"after key {record['last_key']}" if record["last_key"] else "before its first sample"
+    why = record["error"] or "the tar ended early (a damaged header reads as the end of the archive)"
+    return f"shard {shard}: {read} of {expected} samples read, {expected - read} missing; stopped {after}: {why}"
+
+
+def skip_summary(reports: Iterable[dict]) -> dict:
+    """Merged reports (of several loaders, passes or ranks) → what a run reports of its losses:
+    ``{"total": n, "by_reason": {reason: n}, "examples": {reason: {key, shard, message}},
+    "shortfalls": {shard: record}}``. Missing samples of short shards count under
+    ``shard:missing`` (each shard once, however many passes found it short)."""
+    merged = ReadReport()
+    for report in reports:
+        merged.merge(report)
+    by_reason, examples = dict(merged.skipped), dict(merged.examples)
+    shortfalls = {}
+    for record in merged.shortfalls:
+        shortfalls.setdefault(record["shard"], record)
+    missing = sum(max(r["missing"], 0) for r in shortfalls.values())
+    if missing:
+        first = next(r for r in shortfalls.values() if r["missing"] > 0)
+        by_reason["shard:missing"] = missing
+        examples["shard:missing"] = {"key": None, "shard": first["shard"], "message": shortfall_message(first)}
+    return {"total": sum(by_reason.values()), "by_reason": by_reason, "examples": examples,
+            "shortfalls": shortfalls}
+
+
+# --- opening and parsing tars --------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardSource:
+    """One shard to read: where it is, its manifest entry, and an optional companion shard
+    (same keys, same order, e.g. precomputed teacher features) read in step with it."""
+
+    url: str
+    info: ShardInfo
+    remote: bool = False
+    companion: ShardSource | None = None
+
+
+def split_sources(location: SplitLocation, manifest: Manifest,
+                  companions: list[ShardSource] | None = None) -> list[ShardSource]:
+    """The :class:`ShardSource` of every shard of ``manifest`` (manifest order)."""
+    companions = companions or [None] * len(manifest.shards)
+    return [ShardSource(location.url(shard.name), shard, location.remote, companion)
+            for shard, companion in zip(manifest.shards, companions, strict=True)]
+
+
+def describe(err: BaseException) -> str:
+    """``Type: first line of the message`` without webdataset's appended stream reprs."""
+    text = str(err.args[0]) if err.args else ""
+    return f"{type(err).__name__}: {text.split(' @ <')[0].splitlines()[0] if text else ''}"[:240]
+
+
+class TarErrors:
+    """webdataset error handler of one shard: a member name repeated within a sample is
+    counted (and skipped, the first one kept); any other error ends the shard and is kept
+    as its reason."""
+
+    def __init__(self, log: ReadLog | None, shard: str):
+        self.log, self.shard, self.fatal, self.duplicate_members = log, shard, None, 0
+
+    def __call__(self, exn: Exception) -> bool:
+        if isinstance(exn, ValueError) and "duplicate file name" in str(exn):
+            self.duplicate_members += 1
+            if self.log is not None:
+                self.log.skip("tar:duplicate member", None, self.shard, describe(exn))
+            return True
+        self.fatal = self.fatal or describe(exn)
+        return False
+
+
+def tar_samples(stream: IO[bytes], url: str, handler: TarErrors) -> Iterator[dict]:
+    """Tar members grouped by key, as every reader and verifier of depthpi groups them."""
+    files = tar_file_iterator(stream, handler=handler)
+    return group_by_keys(({**f, "__url__": url} for f in files), handler=handler)
+
+
+def read_to_end(stream: IO[bytes]) -> None:
+    """Consume the bytes after the archive's end: a failing stream (curl's exit status) fails here."""
+    while stream.read(1 << 20):
+        pass
+
+
+def _close_quietly(stream: IO[bytes] | None) -> None:
+    try:
+        if stream is not None:
+            stream.close()
+    except Exception:  # closing early kills curl & co.; their exit status says nothing then
+        pass
+
+
+def open_shard(source: ShardSource, cache_dir: str | Path | None = None) -> IO[bytes]:
+    """A binary stream of the shard; remote shards through ``cache_dir`` when given."""
+    if not source.remote:
+        return open(source.url, "rb")
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{source.info.sha256[:16]}-{source.info.name}"
+        if not (path.is_file() and path.stat().st_size == source.info.bytes):
+            _download(source, path)
+        if path.is_file():
+            return open(path, "rb")
+    return wds.gopen(source.url, "rb")
+
+
+def _download(source: ShardSource, path: Path) -> None:
+    """Copy a remote shard into the cache; kept only when its sha256 is the manifest's."""
+    target, digest = AtomicFile(path), hashlib.sha256()
+    try:
+        with wds.gopen(source.url, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+                target.write(chunk)
+        if digest.hexdigest() == source.info.sha256:
+            target.commit()
+            return
+        log.warning("%s: downloaded bytes differ from the manifest's sha256; not cached, streamed", source.url)
+    except (OSError, ValueError) as err:
+        log.warning("%s: download into the cache failed (%s); streaming it instead", source.url, describe(err))
+    target.discard()
+
+
+def read_shard(source: ShardSource, log: ReadLog, cache_dir: str | Path | None = None) -> Iterator[dict]:
+    """Samples (tar members by key, plus ``__shard__``: the manifest's name) of one shard.
+
+    Read to its end, the shard's distinct keys are compared with the manifest's count and
+    any difference is logged as a shortfall; a reader that stops early checks nothing.
+    """
+    info, seen, last_key, stream = source.info, set(), None, None
+    errors = TarErrors(log, info.name)
+    try:
+        stream = open_shard(source, cache_dir)
+        for sample in tar_samples(stream, source.url, errors):
+            key = sample["__key__"]
+            if key in seen:
+                log.skip("tar:duplicate key", key, info.name, "a second sample with this key in the shard")
+                continue
+            seen.add(key)
+            last_key, sample["__shard__"] = key, info.name
+            yield sample
+        read_to_end(stream)
+        stream.close()  # a pipe's exit status (curl: a dropped connection) shows here
+    except Exception as err:  # tar and stream errors end the shard: counted below, never raised
+        errors.fatal = errors.fatal or describe(err)
+    finally:
+        _close_quietly(stream)
+    if len(seen) != info.count:
+        log.shortfall(info, len(seen), last_key, errors.fatal)
+    elif errors.fatal:
+        log.skip(f"tar:{errors.fatal.split(':')[0]}", last_key, info.name, errors.fatal)
+
+
+def _paired(source: ShardSource, log: ReadLog, cache_dir) -> Iterator[dict]:
+    """Members of a shard merged with those of its companion (same keys, same order).
+
+    When one side ends early its count check reports it and the pair stops there; keys
+    out of step mean the two were not built together, which no skip can repair.
+    """
+    main, extra = read_shard(source, log, cache_dir), read_shard(source.companion, log, cache_dir)
+    for members in main:
+        features = next(extra, None)
+        if features is None:
+            break
+        if members["__key__"] != features["__key__"]:
+            raise ValueError(f"{source.companion.url}: keys out of step with {source.url} (source "
+                             f"{members['__key__']!r}, features {features['__key__']!r}); rebuild the feature "
+                             f"shards for this source split")
+        yield {**{k: v for k, v in features.items() if not k.startswith("__")}, **members}
+    for _ in main:  # read both to their ends so that both are checked against their manifests
+        pass
+    for _ in extra:
+        pass
+
+
+# --- stages --------------------------------------------------------------------------------
+def shard_list(urls: Sequence[str]):
+    """webdataset's ``SimpleShardList`` of ``urls`` (an empty split has no shards to list)."""
+    return wds.SimpleShardList(list(urls)) if urls else []
+
+
+def select_shards(shards: Iterable[dict], order: Sequence[int]) -> Iterator[dict]:
+    """Split by node and worker: the entries ``order`` picks (indices into ``shards``), in that order."""
+    listed = list(shards)
+    for index in order:
+        yield listed[index]
+
+
+class TarSamples:
+    """Stage: shard entries (``{"url"}``) → samples; see :func:`read_shard`.
+
+    :meth:`drain` reads what is left of the shards without decoding, so that a reader
+    that stops at its quota still checks every shard it was given against the manifest.
+    """
+
+    def __init__(self, sources: Mapping[str, ShardSource], log: ReadLog, cache_dir: str | Path | None = None):
+        self.sources, self.log, self.cache_dir = sources, log, cache_dir
+        self._samples: Iterator[dict] | None = None
+
+    def __call__(self, shards: Iterable[dict]) -> Iterator[dict]:
+        self._samples = self._read(shards)
+        return self._samples
+
+    def _read(self, shards: Iterable[dict]) -> Iterator[dict]:
+        for entry in shards:
+            source = self.sources[entry["url"]]
+            samples = _paired(source, self.log, self.cache_dir) if source.companion else \
+                read_shard(source, self.log, self.cache_dir)
+            for sample in samples:
+                self.log.report.read += 1
+                yield sample
+
+    def drain(self, shards: Iterable[dict] = ()) -> None:
+        """Read on to the end (``shards``: what to read if the stage never started)."""
+        for _ in self._samples if self._samples is not None else self._read(shards):
+            pass
+
+
+def decode_samples(samples: Iterable[dict], log: ReadLog) -> Iterator[tuple[str, Sample]]:
+    """Tar members → (shard name, :class:`Sample`); undecodable samples skipped and counted."""
+    for members in samples:
+        try:
+            yield members.get("__shard__"), decode_sample(members)
+        except DECODE_ERRORS as err:
+            field = err.field if isinstance(err, SampleError) else type(err).__name__
+            log.skip(f"decode:{field}", members.get("__key__"), members.get("__shard__"), str(err))
+
+
+def map_samples(samples: Iterable[tuple[str, Sample]], map_fn: MapFn, epoch: int, log: ReadLog) -> Iterator[dict]:
+    """``map_fn(sample, epoch)``; a :class:`SampleError` skips the sample, any other error is a bug
+    of the pipeline and raises, naming the sample and its shard."""
+    for shard, sample in samples:
+        try:
+            out = map_fn(sample, epoch)
+        except SampleError as err:
+            log.skip(f"map:{err.field}", sample.key, shard, str(err))
+            continue
+        except Exception as err:
+            err.add_note(f"while mapping sample {sample.key!r} of shard {shard}")
+            raise
+        log.report.used += 1
+        yield out
