@@ -124,13 +124,12 @@ def test_every_shipped_sweep_spec_expands():
     assert pts.stages[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
 
 
-# --- sbatch parameters, dry run, accelerate, rendezvous -------------------------------------
+# --- sbatch parameters, dry run, rendezvous -----------------------------------------------
 def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, capsys):
     spec = write_spec(tmp_path, {
         "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": 90,
                       "partition": "gpu", "account": "lab", "qos": "high", "constraint": "a100",
                       "array_parallelism": 2, "signal_delay_s": 120},
-        "accelerate": str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"),
         "stages": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
                    {"name": "second", "config": str(DEMO), "resources": {"nodes": 1, "gpus_per_node": 0}}]})
     out = tmp_path / "sw"
@@ -140,7 +139,7 @@ def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, 
                  "--mem=64GB", "--time=90", "--partition=gpu", "--account=lab", "--qos=high",
                  "--constraint=a100", "--requeue", "--signal=USR2@120", "--dependency=afterok:JOBID_OF_first"):
         assert f"#SBATCH {flag}" in text, flag
-    assert "[3] seed-3:" in text and "ACCELERATE_USE_DEEPSPEED=true" in text
+    assert f"[3] seed-3: {DEMO} " in text and text.count("run.seed=3") == 1
     second = text[text.index("--- sbatch file of stage second"):]
     assert "--ntasks-per-node=1" in second and "gpus-per-node" not in second and "--array" not in second
     assert "dry run: nothing submitted" in text and not out.exists()
@@ -156,39 +155,6 @@ def test_sbatch_failure_ends_with_a_message_not_a_traceback(tmp_path, monkeypatc
     spec = write_spec(tmp_path, {"stages": [{"name": "only", "command": "eval --help"}]})
     with pytest.raises(SystemExit, match=r"sbatch failed .*configuration source.*sinfo.*--executor local"):
         sweep_main([str(spec), "--out", str(tmp_path / "sw")])
-
-
-def test_accelerate_config_becomes_launch_environment():
-    env = submit.accelerate_env(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
-    assert env == {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true",
-                   "ACCELERATE_CONFIG_DS_FIELDS": "zero_stage,gradient_accumulation_steps,offload_optimizer_device,"
-                                                  "offload_param_device,zero3_init_flag,mixed_precision",
-                   "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1",
-                   "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none",
-                   "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
-    assert submit.accelerate_env(ROOT / "configs/accelerate/multi_gpu.yaml") == {"ACCELERATE_MIXED_PRECISION": "bf16"}
-    assert submit.accelerate_env(None) == {}
-
-
-def test_accelerate_names_match_what_accelerate_reads():
-    """The names are those `accelerate launch` sets (utils/launch.py) and its plugins read."""
-    import inspect
-
-    from accelerate.utils import dataclasses as accelerate_dataclasses
-    from accelerate.utils import launch as accelerate_launch
-
-    launch_source = inspect.getsource(accelerate_launch.prepare_deepspeed_cmd_env)
-    read_source = inspect.getsource(accelerate_dataclasses) + inspect.getsource(accelerate_launch)
-    env = submit.accelerate_env(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
-    for name in env:
-        assert f'current_env["{name}"]' in launch_source and f'"{name}"' in read_source, name
-
-
-def test_unsupported_accelerate_type_names_file_and_key(tmp_path):
-    path = tmp_path / "fsdp.yaml"
-    path.write_text("distributed_type: FSDP\n")
-    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: key 'distributed_type'"):
-        submit.accelerate_env(path)
 
 
 def test_rendezvous_from_slurm_environment(monkeypatch):
@@ -213,17 +179,18 @@ def test_rendezvous_from_slurm_environment(monkeypatch):
 
 
 def test_checkpoint_requeues_the_same_run(tmp_path):
+    """The requeued job is the same element: DeepSpeed, like every run setting, travels in its overrides."""
     import cloudpickle
 
-    sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "accelerate":
-                                            str(ROOT / "configs/accelerate/deepspeed_zero1.yaml")}), out=tmp_path)
+    sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.deepspeed.zero_stage": 1}}),
+                      out=tmp_path)
     stage = sweep.stages[0]
     job = submit.make_job(stage, stage.elements[0])
     delayed = job.checkpoint()
     again = pickle.loads(cloudpickle.dumps(delayed))
     assert type(again.function) is submit.TrainJob and again.function is not job
-    assert again.function.element == job.element and again.function.env == job.env
-    assert again.function.env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "1"
+    assert again.function.element == job.element and again.function.stop_grace_s == job.stop_grace_s
+    assert "run.deepspeed.zero_stage=1" in again.function.element.overrides
 
 
 class FakeJobEnv:
@@ -511,47 +478,34 @@ def test_sweep_parser_plugs_into_a_subcommand_parser(tmp_path):
     assert (args.target, args.dir) == ("status", str(tmp_path)) and callable(args.func)
 
 
-def rendezvous_probe(env: dict) -> dict:
+def rendezvous_probe() -> dict:
     """Inside a SLURM task: rendezvous as TrainJob does, then an Accelerator and an all-reduce."""
-    import os
-
     import submitit
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
     found = submit.export_rendezvous(submitit.JobEnvironment())
-    os.environ.update(env)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED") == "true"
-    # As the engine: gloo on CPU; cpu=True would drop DeepSpeed (DESIGN.md).
-    accelerator = Accelerator(cpu=not deepspeed, mixed_precision="no",
-                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    accelerator = Accelerator(cpu=True, mixed_precision="no", kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), "sum").item()
-    stage = accelerator.state.deepspeed_plugin.zero_stage if deepspeed else None
     return {"rank": accelerator.process_index, "world": accelerator.num_processes, "sum": total,
-            "type": accelerator.distributed_type.name, "zero_stage": stage, "addr": found["MASTER_ADDR"]}
+            "type": accelerator.distributed_type.name, "addr": found["MASTER_ADDR"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accelerate_config", [None, "deepspeed_zero2.yaml"])
-def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path, accelerate_config, request):
+def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path):
     import sys
 
     import cloudpickle
     import submitit
 
-    if accelerate_config:
-        request.getfixturevalue("deepspeed_cpu_ops")  # skips without deepspeed/transformers; builds the op once
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
-    env = submit.accelerate_env(ROOT / "configs/accelerate" / accelerate_config if accelerate_config else None)
     executor = submitit.SlurmExecutor(folder=tmp_path / "%j")
     executor.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5)
-    job = executor.submit(rendezvous_probe, env)
+    job = executor.submit(rendezvous_probe)
     results = sorted(job.results(), key=lambda r: r["rank"])
-    expected = ("DEEPSPEED", 2) if accelerate_config else ("MULTI_CPU", None)
     assert [(r["rank"], r["world"], r["sum"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
-    assert {(r["type"], r["zero_stage"], r["addr"]) for r in results} == {(*expected, "localhost")}
+    assert {(r["type"], r["addr"]) for r in results} == {("MULTI_CPU", "localhost")}
 
 
 def test_status_of_a_local_job_whose_process_is_gone(tmp_path):

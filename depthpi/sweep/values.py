@@ -1,0 +1,97 @@
+"""What a spec's values may be, and how they travel to a job without being re-read.
+
+A sweep's names become directories, job names and array file names; its resource values
+become lines of an sbatch file; its command arguments go to ``exec`` one by one; its
+overrides go to OmegaConf's dotlist parser. Each check here guards one of those channels:
+names are plain ``[A-Za-z0-9._-]`` (never ``.`` or ``..``), no value carries a control
+character (a newline would start a line of its own in the sbatch file), and an override
+value is written so that the dotlist parser reads back exactly the text it was given.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
+
+NAME = re.compile(r"[A-Za-z0-9._-]+")
+NAME_MAX_BYTES = 255  # a directory name (NAME_MAX on Linux)
+ARG_MAX_BYTES = 131072  # one exec argument (MAX_ARG_STRLEN on Linux)
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")  # a config key: a.b.c
+VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a {placeholder} name
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be expanded; the message names the file, key and expectation."""
+
+
+def fail(spec: str, key: str, expected: str, got) -> SpecError:
+    """The error for ``key`` of ``spec``: what was expected and what was found."""
+    return SpecError(f"sweep spec {spec}: key {key!r}: expected {expected}, got {got!r}")
+
+
+# Line breaks and other control characters (Cc), invisible format characters such as
+# bidirectional overrides (Cf), and Unicode's own line/paragraph separators.
+_CONTROL_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of ``text`` as ``U+000A``, or None."""
+    for char in text:
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a sweep, stage or element name, or None when it can."""
+    if not NAME.fullmatch(name):
+        return "only letters A-Z a-z, digits, '.', '_' and '-' are allowed"
+    if set(name) == {"."}:
+        return "'.' and '..' name directories that already exist"
+    if len(name.encode()) > NAME_MAX_BYTES:
+        return f"at most {NAME_MAX_BYTES} characters (a directory name)"
+    return None
+
+
+def argument_problem(arg: str) -> str | None:
+    """Why ``arg`` cannot be one command-line argument of a job, or None when it can."""
+    char = control_character(arg)
+    if char:
+        return f"a control character ({char})"
+    if len(arg.encode()) > ARG_MAX_BYTES:
+        return f"longer than {ARG_MAX_BYTES} bytes, the most one argument of a command may hold"
+    return None
+
+
+def _dotlist_reads(text: str):
+    """What OmegaConf's dotlist parser makes of ``key=<text>`` (a sentinel when it fails)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
+    except (OmegaConfBaseException, YAMLError, ValueError):
+        return _UNREADABLE
+
+
+_UNREADABLE = object()
+
+
+def dotlist_value(value) -> str:
+    """``value`` as text that a ``key=<text>`` dotlist override reads back unchanged.
+
+    A string is kept as written when the parser gives it back as is, or reads it as the
+    scalar it spells (``null``, ``true``, ``1e-4``: typed as on the command line);
+    otherwise (``a #b`` would lose ``#b``, ``x: y`` would become a mapping, ``''`` null)
+    it is written as a double-quoted YAML string. Lists and mappings are JSON.
+    """
+    if isinstance(value, str):
+        read = _dotlist_reads(value)
+        scalar = read is None or isinstance(read, (bool, int, float))
+        if read == value or (scalar and value and value == value.strip()):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (bool, list, dict)) or value is None:
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
