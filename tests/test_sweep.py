@@ -110,6 +110,220 @@ def test_spec_errors_name_file_key_and_expectation(tmp_path, spec, key, expected
     assert str(path) in message and f"key {key!r}" in message and expected in message
 
 
+# --- values travel as they are; names and paths stay inside the sweep -----------------------
+AWKWARD = ["a b", "a --out /x", "it's", 'say "hi', "a #b", "x: y", "[1", "{not_a_var", "$(touch /tmp/owned)",
+           "ünïcødé ✓", "-", "x" * 5000]
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_a_var_stays_one_command_argument(tmp_path, value):
+    """A placeholder is filled into one argument: spaces, quotes, options and unicode are never re-split."""
+    spec = write_spec(tmp_path, {"stages": [
+        {"name": "text", "command": "precompute --teacher {t} --out {sweep_dir}/f-{t}"},
+        {"name": "list", "command": ["precompute", "--teacher", "{t}", "--views", 4]}]})
+    text, listed = load_spec(spec, out=tmp_path / "sw", variables={"t": value}).elements
+    assert text.command == ("precompute", "--teacher", value, "--out", f"{tmp_path}/sw/f-{value}")
+    assert listed.command == ("precompute", "--teacher", value, "--views", "4")
+
+
+def test_a_command_reaches_the_job_as_the_same_argument_list(tmp_path, monkeypatch):
+    """CommandJob runs ``python -m depthpi.cli`` with the element's arguments, no shell between."""
+    import submitit
+
+    calls = []
+    monkeypatch.setattr(submitit.helpers, "CommandFunction",
+                        lambda command, **kw: lambda: calls.append(command) or "ok")
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "9", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+                       "SLURM_JOB_NODELIST": "localhost", "SUBMITIT_FOLDER": str(tmp_path / "submitit")}.items():
+        monkeypatch.setenv(key, value)
+    spec = write_spec(tmp_path, {"command": "precompute --teacher {t}"})
+    (element,) = load_spec(spec, out=tmp_path / "sw", variables={"t": "a --out /x; it's"}).elements
+    submit.CommandJob(element)()
+    assert calls[0][-3:] == ["precompute", "--teacher", "a --out /x; it's"]
+
+
+@pytest.mark.parametrize("value", ["a b", "a #b", "x: y", "it's", '"quoted"', "[1", "{a: 1}", "null", "3",
+                                   "  padded ", "ünï"])
+def test_override_values_reach_the_config_unchanged(tmp_path, value):
+    """A string given as a mapping value, a grid value or through a placeholder arrives in the run
+    config as the same string: a '#' starts no comment, ': ' makes no mapping, 'null' is no null."""
+    from depthpi.config import load_config
+
+    specs = {"map": {"overrides": {"experiment": value}}, "grid": {"grid": {"experiment": [value]}},
+             "var": {"overrides": {"experiment": "{v}"}}, "list": {"overrides": ["experiment={v}"]}}
+    for name, spec in specs.items():
+        path = write_spec(tmp_path, {"name": name, "config": str(DEMO), **spec}, f"{name}.yaml")
+        (element,) = load_spec(path, out=tmp_path / name, variables={"v": value}).elements
+        assert load_config(element.config, list(element.overrides)).experiment == value, (name, element.overrides)
+
+
+def test_an_empty_string_stays_a_string(tmp_path):
+    from depthpi.config import load_config
+
+    spec = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": ["", "x"]}})
+    elements = load_spec(spec, out=tmp_path / "sw").elements
+    assert [load_config(e.config, list(e.overrides)).experiment for e in elements] == ["", "x"]
+
+
+def test_a_long_value_reaches_the_config_but_names_no_directory(tmp_path):
+    from depthpi.config import load_config
+
+    value = "x" * 5000
+    path = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"experiment": value, "data.train": "{v}"}})
+    (element,) = load_spec(path, out=tmp_path / "sw", variables={"v": value}).elements
+    cfg = load_config(element.config, list(element.overrides))
+    assert (cfg.experiment, cfg.data.train) == (value, value)
+    grid = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": [value]}}, "grid.yaml")
+    with pytest.raises(SpecError, match=r"key '<top level>.grid': element name 'experiment-x+' .*at most 255"):
+        load_spec(grid, out=tmp_path / "sw")
+
+
+def spec_error(tmp_path, spec: dict, variables=None, out="sw", name: str = "spec.yaml") -> str:
+    """The message of the SpecError that loading ``spec`` raises (it names the spec file)."""
+    path = write_spec(tmp_path, spec, name)
+    with pytest.raises(SpecError) as err:
+        load_spec(path, out=tmp_path / out if out else None, variables=variables)
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a b", "ünï", "", "x" * 256, "a\nb", "$(x)",
+                                  "a\tb", 1.5, None, True])
+def test_sweep_stage_and_element_names_are_plain(tmp_path, name):
+    """Names become directories and job names: [A-Za-z0-9._-], never '.' or '..', at most 255 characters."""
+    messages = {"<top level>.elements[0].name": spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]}),
+                "stages[0].name": spec_error(tmp_path, {"stages": [{"name": name, "config": str(DEMO)}]}),
+                "name": spec_error(tmp_path, {"name": name, "config": str(DEMO)})}
+    for key, message in messages.items():
+        assert f"key {key!r}" in message, message
+        expected = f"{name!r} cannot name a run directory or job" if isinstance(name, str) else "a name as a string"
+        assert expected in message, message
+@pytest.mark.parametrize("name", ["submitit", "sweep.json", "results.md"])
+def test_element_names_of_the_sweep_directory_own_entries_are_refused(tmp_path, name):
+    message = spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]})
+    assert "key '<top level>.elements[0].name'" in message and "keeps a file or folder of that name" in message
+
+
+def test_names_taken_from_files_say_where_they_came_from(tmp_path):
+    odd = tmp_path / "my config.yaml"
+    odd.write_text(DEMO.read_text().replace("base: ", f"base: {DEMO.parent}/"))
+    message = spec_error(tmp_path, {"elements": [{"config": str(odd)}]})
+    assert "key '<top level>.elements[0].config'" in message and "config file 'my config.yaml'" in message \
+        and "give the element a 'name:'" in message
+    path = write_spec(tmp_path, {"config": str(DEMO)}, "my sweep.yaml")
+    with pytest.raises(SpecError, match=r"key 'name': the name taken from the spec file's name .*'my sweep'"):
+        load_spec(path, out=tmp_path / "sw")
+
+
+def test_a_run_directory_that_resolves_outside_the_sweep_is_refused(tmp_path):
+    sweep_dir, outside = tmp_path / "sw", tmp_path / "elsewhere"
+    sweep_dir.mkdir()
+    outside.mkdir()
+    (sweep_dir / "run").symlink_to(outside)
+    message = spec_error(tmp_path, {"elements": [{"name": "run", "config": str(DEMO)}]})
+    assert f"resolves to {outside}" in message and "not a folder of the sweep directory" in message
+
+
+@pytest.mark.parametrize("key", ["partition", "account", "qos", "constraint", "setup"])
+@pytest.mark.parametrize("bad", ["gpu\n#SBATCH --wrap=x", "gpu\r", "a\tb", "x\x00", "x\u2028y", "x\x1b[2J", "x\u202e"])
+def test_control_characters_in_resource_values_are_refused(tmp_path, key, bad):
+    """A newline would put its own line into the sbatch file (here an injected #SBATCH option)."""
+    message = spec_error(tmp_path, {"config": str(DEMO), "resources": {key: bad}})
+    assert f"key 'resources.{key}'" in message and "control characters" in message
+    listed = spec_error(tmp_path, {"stages": [{"name": "s", "config": str(DEMO), "resources": {"setup": ["ok", bad]}}]})
+    assert "key 'stages[0].resources.setup[1]'" in listed
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "64GB", 0])
+def test_memory_must_be_a_positive_finite_number(tmp_path, bad):
+    assert "key 'resources.mem_gb'" in spec_error(tmp_path, {"config": str(DEMO), "resources": {"mem_gb": bad}})
+
+
+def test_sbatch_values_with_spaces_stay_one_value(tmp_path):
+    """Spaces need no refusing: submitit quotes each #SBATCH value, and sbatch reads the quotes."""
+    spec = write_spec(tmp_path, {"command": "eval --help", "resources": {"constraint": "a100 | h100"}})
+    sweep = load_spec(spec, out=tmp_path / "with space")
+    script = submit.sbatch_script(sweep.stages[0], sweep)
+    assert "#SBATCH --constraint='a100 | h100'" in script
+    assert f"#SBATCH --output='{tmp_path}/with space/submitit/main/%j/%j_0_log.out'" in script
+
+
+@pytest.mark.parametrize("variables, key, expected", [
+    ({"sweep_dir": "/x"}, "--var sweep_dir", "other than the built-in"),
+    ({"index": "3"}, "--var index", "other than the built-in"),
+    ({"a b": "x"}, "--var a b", "placeholder name"),
+    ({"": "x"}, "--var ", "placeholder name"),
+    ({"t": ""}, "--var t", "non-empty"),
+    ({"t": "a\nb"}, "--var t", "control characters"),
+    ({"t": "a\rb"}, "--var t", "control characters"),
+])
+def test_bad_vars_are_named(tmp_path, variables, key, expected):
+    message = spec_error(tmp_path, {"command": "precompute --teacher x"}, variables)
+    assert f"key {key!r}" in message and expected in message
+
+
+def test_bad_spec_vars_overrides_and_commands_are_named(tmp_path):
+    assert "key 'vars.t'" in spec_error(tmp_path, {"vars": {"t": "a\nb"}, "command": "eval"})
+    assert "key 'vars.sweep_dir'" in spec_error(tmp_path, {"vars": {"sweep_dir": "/x"}, "command": "eval"})
+    message = spec_error(tmp_path, {"config": str(DEMO), "overrides": {"run.seed=3 run.cpu": 1}})
+    assert "key 'overrides.run.seed=3 run.cpu'" in message and "config key" in message
+    assert "key 'overrides[0]'" in spec_error(tmp_path, {"config": str(DEMO), "overrides": ["a b=1"]})
+    assert "key '<top level>.grid.a=b'" in spec_error(tmp_path, {"config": str(DEMO), "grid": {"a=b": [1]}})
+    assert "key 'overrides.experiment'" in spec_error(tmp_path, {"config": str(DEMO),
+                                                                 "overrides": {"experiment": "a\nb"}})
+    message = spec_error(tmp_path, {"command": "eval --out 'unclosed"})
+    assert "key '<top level>.command'" in message and "No closing quotation" in message
+    message = spec_error(tmp_path, {"command": "eval --x {t}"}, {"t": "y" * 140000})
+    assert "key '<top level>.command'" in message and "131072 bytes" in message
+    assert "key '<top level>.command'" in spec_error(tmp_path, {"command": "depthpi"})
+
+
+def test_a_control_character_in_the_output_path_is_refused(tmp_path):
+    message = spec_error(tmp_path, {"command": "eval"}, out="a\nb")
+    assert "key '--out'" in message and "U+000A" in message
+    assert "key 'out'" in spec_error(tmp_path, {"command": "eval", "out": str(tmp_path / "a\rb")}, out=None)
+
+
+@pytest.mark.parametrize("where", ["top", "stage"])
+def test_an_accelerate_key_is_refused_with_what_replaces_it(tmp_path, where):
+    accelerate = str(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
+    spec = {"accelerate": accelerate, "config": str(DEMO)} if where == "top" else \
+        {"stages": [{"name": "s", "config": str(DEMO), "accelerate": accelerate}]}
+    message = spec_error(tmp_path, spec)
+    assert ("key 'accelerate'" if where == "top" else "key 'stages[0].accelerate'") in message
+    assert "run.deepspeed.zero_stage=2" in message and "run.precision" in message and "SLURM sets" in message
+
+
+def test_train_job_sets_only_the_rendezvous_and_calls_train(tmp_path, monkeypatch):
+    """No ACCELERATE_* variables: precision and DeepSpeed come from the run config alone."""
+    import depthpi.train.engine as engine
+
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "41", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+                       "SLURM_JOB_NODELIST": "node1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "submitit"))
+    rendezvous = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    for key in rendezvous:
+        monkeypatch.setenv(key, "stale")  # so that teardown restores what the job sets
+    seen = {}
+
+    def fake_train(cfg, stop=None):
+        seen.update(cfg=cfg, env=dict(os.environ))
+        return {"mpjpe": 1.0}
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.precision": "fp32", "run.seed": 5}})
+    (element,) = load_spec(spec, out=tmp_path / "sw").elements
+    before = dict(os.environ)
+    assert submit.TrainJob(element)() == {"mpjpe": 1.0}
+    changed = {k for k in set(seen["env"]) | set(before) if seen["env"].get(k) != before.get(k)}
+    assert changed == set(rendezvous)
+    assert (seen["cfg"].run.precision, seen["cfg"].run.seed, seen["cfg"].run.out_dir) == ("fp32", 5, element.run_dir)
+    assert json.loads((Path(element.run_dir) / "sweep_element.json").read_text())["state"] == "done"
+
+
 def test_every_shipped_sweep_spec_expands():
     specs = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
     assert {p.stem for p in specs} >= {f"table6.{i}" for i in range(1, 10)} | {"precompute_then_students"}

@@ -81,17 +81,13 @@ _UNREADABLE = object()
 def dotlist_value(value) -> str:
     """``value`` as text that a ``key=<text>`` dotlist override reads back unchanged.
 
-    A string is kept as written when the parser gives it back as is, or reads it as the
-    scalar it spells (``null``, ``true``, ``1e-4``: typed as on the command line);
-    otherwise (``a #b`` would lose ``#b``, ``x: y`` would become a mapping, ``''`` null)
-    it is written as a double-quoted YAML string. Lists and mappings are JSON.
+    A string is kept as written where the parser gives it back as the same string, and is
+    otherwise written as a double-quoted YAML string: ``a #b`` would lose ``#b``, ``x: y``
+    become a mapping, ``''`` and ``'null'`` null, ``'3'`` an int (a typed config field still
+    converts a string ``'3'`` or ``'1e-4'`` to its type). Lists and mappings are JSON.
     """
     if isinstance(value, str):
-        read = _dotlist_reads(value)
-        scalar = read is None or isinstance(read, (bool, int, float))
-        if read == value or (scalar and value and value == value.strip()):
-            return value
-        return json.dumps(value, ensure_ascii=False)
+        return value if _dotlist_reads(value) == value else json.dumps(value, ensure_ascii=False)
     if isinstance(value, (bool, list, dict)) or value is None:
         return json.dumps(value, ensure_ascii=False)
     return str(value)
