@@ -49,7 +49,7 @@ SwitchType=switch/none
 ReturnToService=2
 JobRequeue=1
 SchedulerType=sched/builtin
-SchedulerParameters=sched_interval=2
+SchedulerParameters=sched_interval=1
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
@@ -71,7 +71,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll ``predicate`` until it returns a truthy value; raise naming ``what`` on time-out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,7 +1,8 @@
-"""Sweeps: spec expansion, sbatch parameters, rendezvous, status/collect on fabricated run
-dirs (no SLURM needed), and — marked slow — real job arrays on a local SLURM cluster
-(tests/slurm_cluster.py): a trivial command array with a dependency, a 2-element training
-array, a preempted job that resumes from its checkpoint, and the local executor."""
+"""Sweeps: spec expansion, what values and names may be, sbatch parameters, rendezvous,
+status/collect on fabricated run dirs (no SLURM needed), and — marked slow — real job arrays
+on a local SLURM cluster (tests/slurm_cluster.py): a command array with a dependency, a
+2-element training array one of whose elements is preempted and resumes from its
+checkpoint, two tasks meeting in one process group, and the local executor."""
 from __future__ import annotations
 
 import json
@@ -549,21 +550,26 @@ def test_validation_catches_a_bad_override_before_submitting(tmp_path):
 
 
 # --- real SLURM (slow) -------------------------------------------------------------------------
+# Kept short: every training job pays a Python + torch start of several seconds, so the
+# runs are a few steps each, the shards tiny, and the polling intervals a fraction of a second.
 def wait_done(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
     """Wait until no job of the arrays is pending/running; final states from scontrol."""
     active = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "")
-    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 1.0)
+    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 0.25)
     return {j: cluster.job_state(j) for j in job_ids}
 
 
 @pytest.mark.slow
 def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
+    """A 2-job command array, then a job afterok on it that gets the sweep directory (its path
+    has a space) as one argument; the dry run's sbatch files are the submitted ones, byte for byte."""
+    sweep_dir = tmp_path / "sw dir"
     spec = write_spec(tmp_path, {
         "resources": {"cpus_per_task": 1, "time": 5, "signal_delay_s": 10},
         "stages": [{"name": "first", "command": "eval --help", "count": 2},
-                   {"name": "second", "command": ["shards", "build", "--help"]}]})
-    sweep_main([str(spec), "--out", str(tmp_path / "sw")])
-    plan = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+                   {"name": "second", "command": ["sweep", "status", "{sweep_dir}"]}]})
+    sweep_main([str(spec), "--out", str(sweep_dir)])
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
     first, second = plan["stages"]
     assert [e["job_id"] for e in first["elements"]] == [f"{first['job_id']}_0", f"{first['job_id']}_1"]
     dependency = slurm_cluster.run("scontrol", "-o", "show", "job", second["job_id"], check=False)
@@ -571,57 +577,34 @@ def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
     states = wait_done(slurm_cluster, [e["job_id"] for s in plan["stages"] for e in s["elements"]], 90)
     assert set(states.values()) == {"COMPLETED"}, states
     # --dry-run shows exactly the sbatch file that was submitted
-    sweep = load_spec(spec, tmp_path / "sw")
+    sweep = load_spec(spec, sweep_dir)
     for stage, dependency in zip(sweep.stages, (None, f"afterok:{first['job_id']}")):
-        submitted = list((tmp_path / "sw" / "submitit" / stage.name).glob("*/*_submission.sh"))
+        submitted = list((sweep_dir / "submitit" / stage.name).glob("*/*_submission.sh"))
         assert submitted, f"no submission file of stage {stage.name}"
         assert submitted[0].read_text() == submit.sbatch_script(stage, sweep, dependency)
+    logs = {}
     for name in ("first-0", "first-1", "second"):
-        record = json.loads((tmp_path / "sw" / name / "sweep_element.json").read_text())
+        record = json.loads((sweep_dir / name / "sweep_element.json").read_text())
         assert record["state"] == "done" and record["attempts"] == 1
-        assert "usage: depthpi" in Path(record["log"]).read_text()
+        logs[name] = Path(record["log"]).read_text()
+    assert "usage: depthpi" in logs["first-0"] and "usage: depthpi" in logs["first-1"]
+    assert re.search(r"first-1\s+done", logs["second"]), logs["second"][-2000:]  # it read the sweep directory
 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
-    """A small synthetic shard set (64 train / 16 test samples, 16 per shard)."""
+    """A small synthetic shard set (16 train / 8 test samples, 8 per shard)."""
     from depthpi.data.build import build_synthetic
 
     out = tmp_path_factory.mktemp("shards")
-    build_synthetic(out, {"train": 64, "test": 16}, samples_per_shard=16, workers=1)
+    build_synthetic(out, {"train": 16, "test": 8}, samples_per_shard=8, workers=1)
     return out
 
 
 def tiny_overrides(shards: Path, **extra) -> dict:
     return {"data.train": str(shards / "train"), "data.test": str(shards / "test"), "data.num_workers": 0,
-            "data.batch_size": 8, "data.eval_batch_size": 16, "data.shuffle_buffer": 16,
-            "optim.epochs": 1, "run.steps_per_epoch": 3, "run.log_every": 1, **extra}
-
-
-@pytest.mark.slow
-def test_slurm_training_array_runs_both_elements(slurm_cluster, tiny_shards, tmp_path):
-    sweep_dir = tmp_path / "sw"
-    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 30},
-                                 "config": str(DEMO), "overrides": tiny_overrides(tiny_shards),
-                                 "grid": {"run.seed": [0, 1]}})
-    sweep_main([str(spec), "--out", str(sweep_dir)])
-    plan = json.loads((sweep_dir / "sweep.json").read_text())
-    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
-    states = wait_done(slurm_cluster, job_ids, 150)
-    logs = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
-    assert set(states.values()) == {"COMPLETED"}, (states, {n: Path(r["error_log"]).read_text()[-2000:]
-                                                            for n, r in logs.items()})
-    for name, record in logs.items():
-        run = sweep_dir / name
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
-        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-        assert "epoch 1/1" in Path(record["log"]).read_text()
-        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
-    rows = {r["name"]: r for r in report.status(sweep_dir)}
-    assert {r["state"] for r in rows.values()} == {"done"}
-    keys, table = report.collect_rows(sweep_dir)
-    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
+            "data.batch_size": 4, "data.eval_batch_size": 8, "data.shuffle_buffer": 8,
+            "optim.epochs": 1, "run.steps_per_epoch": 2, "run.log_every": 1, **extra}
 
 
 def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
@@ -632,38 +615,57 @@ def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
     return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
 
 
+def training_started(run_dir: Path) -> bool:
+    """The engine's first log line is written: the job's preemption handler is in place."""
+    record = run_dir / "sweep_element.json"
+    return record.is_file() and "stage baseline" in Path(json.loads(record.read_text())["log"]).read_text()
+
+
 @pytest.mark.slow
-def test_slurm_preempted_job_is_requeued_and_resumes_from_checkpoint(slurm_cluster, tiny_shards, tmp_path):
-    """The preemption signal makes the engine save at its next log point (not only at the
-    periodic checkpoints, here only the epoch ends), then submitit requeues, and the second
-    attempt resumes from that step to the step count of an uninterrupted run."""
+def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shards, tmp_path):
+    """A 2-element training array; one element gets the preemption signal mid-epoch. The engine
+    saves at its next log point (checkpoint_every is far off; the log points, every 3 steps, are
+    never an epoch end of 4 steps), submitit requeues the same array task, and the second attempt
+    resumes from that step to the step count of its uninterrupted sibling. Both are then
+    reported by status and collect."""
     sweep_dir = tmp_path / "sw"
-    overrides = tiny_overrides(tiny_shards, **{"data.batch_size": 4, "optim.epochs": 6, "run.steps_per_epoch": 8,
+    overrides = tiny_overrides(tiny_shards, **{"optim.epochs": 2, "run.steps_per_epoch": 4, "run.log_every": 3,
                                                "run.checkpoint_every": 1000})
-    spec = write_spec(tmp_path, {"name": "requeue", "resources": {"cpus_per_task": 2, "time": 10,
-                                                                   "signal_delay_s": 30},
-                                 "elements": [{"name": "run", "config": str(DEMO), "overrides": overrides}]})
+    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 60},
+                                 "config": str(DEMO), "overrides": overrides, "grid": {"run.seed": [0, 1]}})
     sweep_main([str(spec), "--out", str(sweep_dir)])
-    job_id = json.loads((sweep_dir / "sweep.json").read_text())["stages"][0]["job_id"]
-    wait_for(lambda: list((sweep_dir / "run" / "checkpoints").glob("step-*")), 120, "the first epoch's checkpoint")
-    # What a preempting scheduler does: the preemption signal, here sent by hand.
-    slurm_cluster.run("scancel", "--signal=USR2", job_id)
-    wait_for(lambda: requeued_attempt_started(slurm_cluster, job_id, sweep_dir / "run"), 120,
-             "the requeued attempt to start", 1.0)
-    states = wait_done(slurm_cluster, [job_id], 150)
-    record = json.loads((sweep_dir / "run" / "sweep_element.json").read_text())
-    log = Path(record["log"]).read_text()
-    assert states[job_id] == "COMPLETED", (states, log[-3000:])
-    assert record["state"] == "done" and record["attempts"] == 2 and record["job_ids"] == [job_id]
-    assert "Caught signal SIGUSR2" in Path(record["error_log"]).read_text()
-    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", log)]
-    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", log)]
-    assert saved and resumed == saved, log[-3000:]
-    assert int(saved[0]) % 8, saved  # a step inside an epoch: saved because of the signal
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
+    preempted = sweep_dir / "seed-0"
+    wait_for(lambda: training_started(preempted), 120, "seed-0 to start training", 0.2)
+    # What a preempting scheduler does: the preemption signal, here sent by hand to one array task.
+    slurm_cluster.run("scancel", "--signal=USR2", job_ids[0])
+    wait_for(lambda: requeued_attempt_started(slurm_cluster, job_ids[0], preempted), 120,
+             "the requeued attempt to start", 0.25)
+    states = wait_done(slurm_cluster, job_ids, 150)
+    records = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
+    logs = {n: Path(r["log"]).read_text() for n, r in records.items()}
+    assert set(states.values()) == {"COMPLETED"}, (states, {n: log[-3000:] for n, log in logs.items()})
+    assert records["seed-0"]["attempts"] == 2 and records["seed-0"]["job_ids"] == [job_ids[0]]
+    assert records["seed-1"]["attempts"] == 1 and records["seed-1"]["job_ids"] == [job_ids[1]]
+    assert "Caught signal SIGUSR2" in Path(records["seed-0"]["error_log"]).read_text()
+    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", logs["seed-0"])]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", logs["seed-0"])]
+    assert saved and resumed == saved and saved[0] % 4, logs["seed-0"][-3000:]  # a step inside an epoch
     from depthpi.train.checkpoint import latest_checkpoint
 
-    final = json.loads((latest_checkpoint(sweep_dir / "run") / "trainer.json").read_text())
-    assert (final["epoch"], final["step"]) == (6, 48)  # = an uninterrupted run's 6 epochs × 8 steps
+    for name, record in records.items():
+        run = sweep_dir / name
+        final = json.loads((latest_checkpoint(run) / "trainer.json").read_text())
+        assert (final["epoch"], final["step"]) == (2, 8), name  # the resumed run ends where its sibling does
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert "epoch 2/2" in logs[name]
+        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
+    assert {r["state"] for r in report.status(sweep_dir)} == {"done"}
+    keys, table = report.collect_rows(sweep_dir)
+    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
 
 
 @pytest.mark.slow

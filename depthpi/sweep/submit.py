@@ -248,7 +248,7 @@ def submit_slurm(sweep: Sweep) -> dict[str, str]:
     return job_ids
 
 
-def run_local(sweep: Sweep, poll_s: float = 1.0) -> dict[str, str]:
+def run_local(sweep: Sweep, poll_s: float = 0.25) -> dict[str, str]:
     """Run the plan on this machine through submitit's LocalExecutor and wait for it.
 
     Stages run in order; within a stage at most ``array_parallelism`` elements run at
