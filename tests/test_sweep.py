@@ -280,10 +280,25 @@ def test_bad_spec_vars_overrides_and_commands_are_named(tmp_path):
     assert "key '<top level>.command'" in spec_error(tmp_path, {"command": "depthpi"})
 
 
-def test_a_control_character_in_the_output_path_is_refused(tmp_path):
-    message = spec_error(tmp_path, {"command": "eval"}, out="a\nb")
-    assert "key '--out'" in message and "U+000A" in message
-    assert "key 'out'" in spec_error(tmp_path, {"command": "eval", "out": str(tmp_path / "a\rb")}, out=None)
+@pytest.mark.parametrize("out, expected", [("a\nb", "U+000A"), ("run%j", "without '%'"), ("100%", "without '%'"),
+                                           ("a\\b", "without '%' or '\\'"), ("x" * 256, "at most 255 bytes")])
+def test_output_paths_that_jobs_would_misread_are_refused(tmp_path, out, expected):
+    """A newline breaks the sbatch file; SLURM and submitit expand %j, %A... in log paths, and a
+    backslash stops SLURM's expansion; a folder name past 255 bytes cannot be created."""
+    assert "key '--out'" in (message := spec_error(tmp_path, {"command": "eval"}, out=out)) and expected in message
+    message = spec_error(tmp_path, {"command": "eval", "out": str(tmp_path / out)}, out=None)
+    assert "key 'out'" in message and expected in message
+
+
+def test_a_run_directory_too_deep_for_its_files_is_refused(tmp_path):
+    deep = "/".join(["d" * 250] * 16)
+    message = spec_error(tmp_path, {"elements": [{"name": "run", "config": str(DEMO)}]}, out=deep)
+    assert "key '<top level>.elements[0].name'" in message and "longer than 3840 bytes" in message
+
+
+def test_a_misspelt_placeholder_is_named(tmp_path):
+    message = spec_error(tmp_path, {"command": "precompute --teacher {tëacher}"}, {"teacher": "t.pt"})
+    assert "key '<top level>.command'" in message and "{tëacher}" in message and "placeholders among" in message
 
 
 @pytest.mark.parametrize("where", ["top", "stage"])

@@ -10,7 +10,7 @@ into elements, each with its name, its full override list (``run.out_dir`` point
     vars: {teacher: runs/3.2/export/last.pt}   # {teacher} in values; {sweep_dir} built in
     resources: {nodes: 1, gpus_per_node: 8, cpus_per_task: 10, mem_gb: 400, time: "24:00:00",
                 partition: gpu, array_parallelism: 4}
-    overrides: {data.num_workers: 8}     # every training element
+    overrides: {data.num_workers: 8, run.deepspeed.zero_stage: 2}   # every training element
     stages:
       - name: baselines
         elements:                        # a list: one element each (× the grid, if any)
@@ -24,6 +24,15 @@ into elements, each with its name, its full override list (``run.out_dir`` point
 
 A spec without ``stages:`` holds one stage at top level (``config``, ``grid``, ...).
 Relative paths in a spec are relative to the working directory, as on the command line.
+Precision and DeepSpeed are run-config keys (``run.precision``, ``run.deepspeed.*``), given
+as overrides like any other; SLURM sets the process layout.
+
+Values are never re-read by a shell: a command is split into arguments once, as written
+(a string like a shell line, or a list), and a placeholder fills a single argument, so a
+value with spaces, quotes or a leading ``--`` stays one argument; an override value is
+written so that OmegaConf reads back the same string. Sweep, stage and element names are
+``[A-Za-z0-9._-]`` (they name directories and jobs), every run directory is a folder of the
+sweep directory, and no resource value may hold a control character (``values.py``).
 """
 from __future__ import annotations
 
@@ -36,22 +45,20 @@ from pathlib import Path
 import yaml
 
 from depthpi.sweep.resources import Resources, parse_resources
-from depthpi.sweep.values import (KEY, VAR, SpecError, argument_problem, control_character, dotlist_value, fail,
-                                  name_problem)
+from depthpi.sweep.values import (NAME_MAX_BYTES, RESERVED_NAMES, VAR, SpecError, argument_problem, check_run_dir,
+                                  checked_key, checked_name, checked_text, dotlist_value, explicit_name, fail)
 
 __all__ = ["Element", "Resources", "SpecError", "Stage", "Sweep", "load_spec"]
 
 _SPEC_KEYS = {"name", "out", "vars", "resources", "overrides", "stages"}
 _STAGE_KEYS = {"name", "kind", "config", "grid", "elements", "overrides", "resources", "after", "command", "count"}
 _ELEMENT_KEYS = {"name", "config", "overrides"}
-_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")  # {name}, but not OmegaConf's ${name}
+_PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {name}, but not OmegaConf's ${name}
 _TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 _BUILT_IN_VARS = ("sweep_dir", "index", "count")
-# Entries of a sweep directory that are not run directories (submitit's files, the plan, collect's tables).
-RESERVED_NAMES = frozenset({"submitit", "sweep.json", "results.md", "results.csv", "results.png"})
-_NO_ACCELERATE = ("no accelerate config: precision and DeepSpeed are keys of the run config, given as overrides "
-                  "(e.g. overrides: {run.precision: bf16, run.deepspeed.zero_stage: 2}, i.e. "
-                  "run.deepspeed.zero_stage=2), and SLURM sets the process layout (resources: nodes, gpus_per_node)")
+_NO_ACCELERATE = ("no accelerate config: precision and DeepSpeed are keys of the run config, set as overrides like "
+                  "any other (e.g. run.precision=bf16, run.deepspeed.zero_stage=2; in a spec: overrides: "
+                  "{run.deepspeed.zero_stage: 2}), and SLURM sets the process layout (resources: nodes, gpus_per_node)")
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -124,47 +131,13 @@ class Sweep:
         return [e for s in self.stages for e in s.elements]
 
 
-def _name(value, spec: str, key: str) -> str:
-    """An explicit ``name:``: a string, or an int (a float would lose digits: 1.10 → '1.1')."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise fail(spec, key, "a name as a string (quote numbers such as \"1.10\")", value)
-    return str(value)
-
-
-def _checked_name(name: str, spec: str, key: str, origin: str, reserved: frozenset = frozenset()) -> str:
-    """``name`` when it can name a directory and a job; else a SpecError naming its origin."""
-    problem = name_problem(name)
-    if problem is None and name in reserved:
-        problem = "the sweep directory keeps a file or folder of that name"
-    if problem:
-        raise SpecError(f"sweep spec {spec}: key {key!r}: {origin} {name!r} cannot name a run directory or job: "
-                        f"{problem}")
-    return name
-
-
-def _check_inside(run_dir: Path, sweep_dir: Path, spec: str, key: str) -> None:
-    """A run directory must resolve to a folder of the sweep directory (a symlink could lead out)."""
-    resolved = run_dir.resolve()
-    if resolved.parent != sweep_dir:
-        raise SpecError(f"sweep spec {spec}: key {key!r}: run directory {run_dir} resolves to {resolved}, which is "
-                        f"not a folder of the sweep directory {sweep_dir}")
-
-
-def _text(value: str, spec: str, key: str) -> str:
-    """A spec string bound for a config value or an argument: no control characters."""
-    char = control_character(value)
-    if char:
-        raise fail(spec, key, f"a value without control characters (found {char})", value)
-    return value
-
-
 def _substitute(text: str, values: dict[str, str], spec: str, key: str) -> str:
     """Replace ``{var}`` placeholders (not OmegaConf ``${…}``) by their values."""
     def replace(match: re.Match) -> str:
         if match.group(1) not in values:
             raise fail(spec, key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
         return values[match.group(1)]
-    return _PLACEHOLDER.sub(replace, _text(text, spec, key))
+    return _PLACEHOLDER.sub(replace, checked_text(text, spec, key))
 
 
 def _filled(value, values: dict[str, str], spec: str, key: str):
@@ -178,13 +151,6 @@ def _filled(value, values: dict[str, str], spec: str, key: str):
     return value
 
 
-def _key(key, spec: str, where: str) -> str:
-    """An override key: dotted identifiers (``optim.lr``), so it cannot carry ``=`` or a second override."""
-    if not isinstance(key, str) or not KEY.fullmatch(key.strip()):
-        raise fail(spec, where, "a config key such as 'optim.lr' (letters, digits, '_', dots)", key)
-    return key.strip()
-
-
 def _overrides(raw, spec: str, key: str, values: dict[str, str]) -> list[tuple[str, str]]:
     """A mapping ``{key: value}`` or a list of ``key=value`` strings → ordered (key, dotlist text) pairs.
 
@@ -194,7 +160,7 @@ def _overrides(raw, spec: str, key: str, values: dict[str, str]) -> list[tuple[s
     if raw is None:
         return []
     if isinstance(raw, dict):
-        return [(_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}")))
+        return [(checked_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}")))
                 for k, v in raw.items()]
     if not (isinstance(raw, list) and all(isinstance(x, str) and "=" in x for x in raw)):
         raise fail(spec, key, "a mapping {a.b: value} or a list of 'a.b=value' strings", raw)
@@ -203,7 +169,7 @@ def _overrides(raw, spec: str, key: str, values: dict[str, str]) -> list[tuple[s
         name, text = entry.split("=", 1)
         at = f"{key}[{i}]"
         filled = _substitute(text, values, spec, at)
-        pairs.append((_key(name, spec, at), dotlist_value(filled) if _PLACEHOLDER.search(text) else filled))
+        pairs.append((checked_key(name, spec, at), dotlist_value(filled) if _PLACEHOLDER.search(text) else filled))
     return pairs
 
 
@@ -218,7 +184,7 @@ def _grid(raw, spec: str, key: str, values: dict[str, str]) -> list[list[tuple[s
         return [[]]
     if not isinstance(raw, dict) or not all(isinstance(v, list) and v for v in raw.values()):
         raise fail(spec, key, "a mapping of override keys to non-empty lists of values", raw)
-    axes = [[(_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}"))) for v in vs]
+    axes = [[(checked_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}"))) for v in vs]
             for k, vs in raw.items()]
     return [list(point) for point in itertools.product(*axes)]
 
@@ -236,12 +202,12 @@ def _row_name(row: dict, named_by_config: bool, config: str, spec: str, key: str
     """The element's own name part and the key it comes from: its ``name:``, else its config
     file's stem, else (a grid-only stage) nothing: the grid values name the elements."""
     if "name" in row:
-        name = _name(row["name"], spec, f"{key}.name")
-        return _checked_name(name, spec, f"{key}.name", "element name", RESERVED_NAMES), f"{key}.name"
+        name = explicit_name(row["name"], spec, f"{key}.name")
+        return checked_name(name, spec, f"{key}.name", "element name", RESERVED_NAMES), f"{key}.name"
     if not named_by_config:
         return "", key
     origin = f"the name taken from config file {Path(config).name!r} (give the element a 'name:'):"
-    return _checked_name(Path(config).stem, spec, config_key, origin, RESERVED_NAMES), config_key
+    return checked_name(Path(config).stem, spec, config_key, origin, RESERVED_NAMES), config_key
 
 
 def _train_elements(raw: dict, stage: str, sweep_dir: Path, common: list[tuple[str, str]],
@@ -268,9 +234,9 @@ def _train_elements(raw: dict, stage: str, sweep_dir: Path, common: list[tuple[s
         for point in points:
             name = "_".join([p for p in [row_name, *(_token(k, v) for k, v in point)] if p]) or stage
             at = f"{where}.grid" if point else name_key
-            name = _checked_name(name, spec, at, "element name", RESERVED_NAMES)
+            name = checked_name(name, spec, at, "element name", RESERVED_NAMES)
             run_dir = sweep_dir / name
-            _check_inside(run_dir, sweep_dir, spec, at)
+            check_run_dir(run_dir, sweep_dir, spec, at)
             pairs = stage_overrides + row_overrides + point + [("run.out_dir", dotlist_value(str(run_dir)))]
             elements.append(Element(name=name, stage=stage, kind="train", run_dir=str(run_dir), config=config,
                                     overrides=tuple(f"{k}={v}" for k, v in pairs),
@@ -315,9 +281,9 @@ def _command_elements(raw: dict, stage: str, sweep_dir: Path, values: dict[str, 
             problem = argument_problem(arg)
             if problem:
                 raise fail(spec, key, f"arguments without {problem}", arg if len(arg) < 200 else arg[:200] + "…")
-        name = _checked_name(f"{stage}-{index}" if count > 1 else stage, spec, f"{where}.name", "element name",
+        name = checked_name(f"{stage}-{index}" if count > 1 else stage, spec, f"{where}.name", "element name",
                              RESERVED_NAMES)
-        _check_inside(sweep_dir / name, sweep_dir, spec, f"{where}.name")
+        check_run_dir(sweep_dir / name, sweep_dir, spec, f"{where}.name")
         elements.append(Element(name=name, stage=stage, kind="command", run_dir=str(sweep_dir / name),
                                 command=args, varied=(("index", str(index)),)))
     return elements
@@ -338,8 +304,8 @@ def _stage(raw, index: int, previous: list[str], defaults: dict, sweep_dir: Path
     unknown = sorted(set(raw) - _STAGE_KEYS - (set() if defaults["staged"] else _SPEC_KEYS), key=str)
     if unknown:
         raise fail(spec, f"{where}.{unknown[0]}", f"one of {sorted(_STAGE_KEYS)}", unknown[0])
-    name = _name(raw.get("name", f"stage{index}"), spec, f"{where}.name") if defaults["staged"] else "main"
-    _checked_name(name, spec, f"{where}.name", "stage name")
+    name = explicit_name(raw.get("name", f"stage{index}"), spec, f"{where}.name") if defaults["staged"] else "main"
+    checked_name(name, spec, f"{where}.name", "stage name")
     if name in previous:
         raise fail(spec, f"{where}.name", f"a name no earlier stage has ({previous})", name)
     kind = raw.get("kind", "command" if "command" in raw else "train")
@@ -359,17 +325,29 @@ def _stage(raw, index: int, previous: list[str], defaults: dict, sweep_dir: Path
 
 def _sweep_name(raw: dict, path: Path, spec: str) -> str:
     if "name" in raw:
-        return _checked_name(_name(raw["name"], spec, "name"), spec, "name", "sweep name")
-    return _checked_name(path.stem, spec, "name", "the name taken from the spec file's name (give the spec a "
+        return checked_name(explicit_name(raw["name"], spec, "name"), spec, "name", "sweep name")
+    return checked_name(path.stem, spec, "name", "the name taken from the spec file's name (give the spec a "
                                                   "'name:'):")
 
 
 def _sweep_dir(out, raw: dict, name: str, spec: str) -> Path:
-    """The sweep's output directory: ``--out``, else the spec's ``out:``, else ``runs/sweeps/<name>``."""
+    """The sweep's output directory: ``--out``, else the spec's ``out:``, else ``runs/sweeps/<name>``.
+
+    Its path goes into every job's log paths, where SLURM and submitit expand ``%j``, ``%A``,
+    ... and a backslash turns SLURM's expansion off: neither ``%`` nor ``\\`` may appear in it.
+    """
     key, value = ("--out", out) if out is not None else ("out", raw.get("out") or f"runs/sweeps/{name}")
     if not isinstance(value, (str, Path)) or not str(value).strip():
         raise fail(spec, key, "a directory path", value)
-    return Path(_text(str(value), spec, key)).expanduser().resolve()
+    text = checked_text(str(value), spec, key)
+    if "%" in text or "\\" in text:
+        raise fail(spec, key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths)",
+                   text)
+    path = Path(text).expanduser().resolve()
+    long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX_BYTES), None)
+    if long_part:
+        raise fail(spec, key, f"a path whose folder names have at most {NAME_MAX_BYTES} bytes", long_part[:80] + "…")
+    return path
 
 
 def _variables(spec_vars, cli_vars: dict | None, sweep_dir: Path, spec: str) -> dict[str, str]:
@@ -385,7 +363,7 @@ def _variables(spec_vars, cli_vars: dict | None, sweep_dir: Path, spec: str) -> 
                                       f"{', '.join(_BUILT_IN_VARS)}", name)
             if isinstance(value, (list, dict)) or value is None or value == "":
                 raise fail(spec, key, "a non-empty text or number", value)
-            values[name] = _text(value if isinstance(value, str) else dotlist_value(value), spec, key)
+            values[name] = checked_text(value if isinstance(value, str) else dotlist_value(value), spec, key)
     return {**values, "sweep_dir": str(sweep_dir)}
 
 
