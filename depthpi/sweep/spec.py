@@ -280,7 +280,9 @@ def _command_elements(raw: dict, stage: str, sweep_dir: Path, values: dict[str, 
         for arg in args:
             problem = argument_problem(arg)
             if problem:
-                raise fail(spec, key, f"arguments without {problem}", arg if len(arg) < 200 else arg[:200] + "…")
+                shown = arg if len(arg) < 200 else arg[:200] + "…"
+                raise SpecError(f"sweep spec {spec}: key {key!r}: argument {shown!r} cannot be passed to a job: "
+                                f"{problem}")
         name = checked_name(f"{stage}-{index}" if count > 1 else stage, spec, f"{where}.name", "element name",
                              RESERVED_NAMES)
         check_run_dir(sweep_dir / name, sweep_dir, spec, f"{where}.name")

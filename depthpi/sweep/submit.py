@@ -29,6 +29,8 @@ from depthpi.sweep.spec import Element, Stage, Sweep
 
 ELEMENT_FILE = "sweep_element.json"
 PLAN_FILE = "sweep.json"
+
+
 def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temp file in the same directory + rename)."""
     atomic_write_text(path, json.dumps(data, indent=1, default=str))

@@ -65,9 +65,9 @@ def argument_problem(arg: str) -> str | None:
     """Why ``arg`` cannot be one command-line argument of a job, or None when it can."""
     char = control_character(arg)
     if char:
-        return f"a control character ({char})"
+        return f"it holds a control character ({char})"
     if len(arg.encode()) > ARG_MAX_BYTES:
-        return f"longer than {ARG_MAX_BYTES} bytes, the most one argument of a command may hold"
+        return f"it is longer than {ARG_MAX_BYTES} bytes, the most one argument of a command may hold"
     return None
 
 
