@@ -144,7 +144,10 @@ class SlurmCluster:
         jobs = self.run("squeue", "-h", "-o", "%A", check=False).split()
         if jobs:
             self.run("scancel", *sorted(set(jobs)), check=False)
-            time.sleep(2)
+            try:
+                wait_for(lambda: not self.run("squeue", "-h", "-o", "%A", check=False).split(), 10, "cancelled jobs")
+            except TimeoutError:
+                pass  # the daemons are stopped below all the same
         for name in ("slurmd", "slurmctld", "munged"):
             process = self.processes.pop(name, None)
             if process is None or process.poll() is not None:
