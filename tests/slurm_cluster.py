@@ -49,7 +49,7 @@ SwitchType=switch/none
 ReturnToService=2
 JobRequeue=1
 SchedulerType=sched/builtin
-SchedulerParameters=sched_interval=2
+SchedulerParameters=sched_interval=1
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
@@ -71,7 +71,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll ``predicate`` until it returns a truthy value; raise naming ``what`` on time-out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -144,7 +144,10 @@ class SlurmCluster:
         jobs = self.run("squeue", "-h", "-o", "%A", check=False).split()
         if jobs:
             self.run("scancel", *sorted(set(jobs)), check=False)
-            time.sleep(2)
+            try:
+                wait_for(lambda: not self.run("squeue", "-h", "-o", "%A", check=False).split(), 10, "cancelled jobs")
+            except TimeoutError:
+                pass  # the daemons are stopped below all the same
         for name in ("slurmd", "slurmctld", "munged"):
             process = self.processes.pop(name, None)
             if process is None or process.poll() is not None:

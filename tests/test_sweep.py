@@ -1,7 +1,8 @@
-"""Sweeps: spec expansion, sbatch parameters, rendezvous, status/collect on fabricated run
-dirs (no SLURM needed), and — marked slow — real job arrays on a local SLURM cluster
-(tests/slurm_cluster.py): a trivial command array with a dependency, a 2-element training
-array, a preempted job that resumes from its checkpoint, and the local executor."""
+"""Sweeps: spec expansion, what values and names may be, sbatch parameters, rendezvous,
+status/collect on fabricated run dirs (no SLURM needed), and — marked slow — real job arrays
+on a local SLURM cluster (tests/slurm_cluster.py): a command array with a dependency, a
+2-element training array one of whose elements is preempted and resumes from its
+checkpoint, two tasks meeting in one process group, and the local executor."""
 from __future__ import annotations
 
 import json
@@ -110,6 +111,235 @@ def test_spec_errors_name_file_key_and_expectation(tmp_path, spec, key, expected
     assert str(path) in message and f"key {key!r}" in message and expected in message
 
 
+# --- values travel as they are; names and paths stay inside the sweep -----------------------
+AWKWARD = ["a b", "a --out /x", "it's", 'say "hi', "a #b", "x: y", "[1", "{not_a_var", "$(touch /tmp/owned)",
+           "ünïcødé ✓", "-", "x" * 5000]
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_a_var_stays_one_command_argument(tmp_path, value):
+    """A placeholder is filled into one argument: spaces, quotes, options and unicode are never re-split."""
+    spec = write_spec(tmp_path, {"stages": [
+        {"name": "text", "command": "precompute --teacher {t} --out {sweep_dir}/f-{t}"},
+        {"name": "list", "command": ["precompute", "--teacher", "{t}", "--views", 4]}]})
+    text, listed = load_spec(spec, out=tmp_path / "sw", variables={"t": value}).elements
+    assert text.command == ("precompute", "--teacher", value, "--out", f"{tmp_path}/sw/f-{value}")
+    assert listed.command == ("precompute", "--teacher", value, "--views", "4")
+
+
+def test_a_command_reaches_the_job_as_the_same_argument_list(tmp_path, monkeypatch):
+    """CommandJob runs ``python -m depthpi.cli`` with the element's arguments, no shell between."""
+    import submitit
+
+    calls = []
+    monkeypatch.setattr(submitit.helpers, "CommandFunction",
+                        lambda command, **kw: lambda: calls.append(command) or "ok")
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "9", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+                       "SLURM_JOB_NODELIST": "localhost", "SUBMITIT_FOLDER": str(tmp_path / "submitit")}.items():
+        monkeypatch.setenv(key, value)
+    spec = write_spec(tmp_path, {"command": "precompute --teacher {t}"})
+    (element,) = load_spec(spec, out=tmp_path / "sw", variables={"t": "a --out /x; it's"}).elements
+    submit.CommandJob(element)()
+    assert calls[0][-3:] == ["precompute", "--teacher", "a --out /x; it's"]
+
+
+@pytest.mark.parametrize("value", ["a b", "a #b", "x: y", "it's", '"quoted"', "[1", "{a: 1}", "null", "3",
+                                   "  padded ", "ünï"])
+def test_override_values_reach_the_config_unchanged(tmp_path, value):
+    """A string given as a mapping value, a grid value or through a placeholder arrives in the run
+    config as the same string: a '#' starts no comment, ': ' makes no mapping, 'null' is no null."""
+    from depthpi.config import load_config
+
+    specs = {"map": {"overrides": {"experiment": value}}, "grid": {"grid": {"experiment": [value]}},
+             "var": {"overrides": {"experiment": "{v}"}}, "list": {"overrides": ["experiment={v}"]}}
+    for name, spec in specs.items():
+        path = write_spec(tmp_path, {"name": name, "config": str(DEMO), **spec}, f"{name}.yaml")
+        (element,) = load_spec(path, out=tmp_path / name, variables={"v": value}).elements
+        assert load_config(element.config, list(element.overrides)).experiment == value, (name, element.overrides)
+
+
+def test_an_empty_string_stays_a_string(tmp_path):
+    from depthpi.config import load_config
+
+    spec = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": ["", "x"]}})
+    elements = load_spec(spec, out=tmp_path / "sw").elements
+    assert [load_config(e.config, list(e.overrides)).experiment for e in elements] == ["", "x"]
+
+
+def test_a_long_value_reaches_the_config_but_names_no_directory(tmp_path):
+    from depthpi.config import load_config
+
+    value = "x" * 5000
+    path = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"experiment": value, "data.train": "{v}"}})
+    (element,) = load_spec(path, out=tmp_path / "sw", variables={"v": value}).elements
+    cfg = load_config(element.config, list(element.overrides))
+    assert (cfg.experiment, cfg.data.train) == (value, value)
+    grid = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": [value]}}, "grid.yaml")
+    with pytest.raises(SpecError, match=r"key '<top level>.grid': element name 'experiment-x+' .*at most 255"):
+        load_spec(grid, out=tmp_path / "sw")
+
+
+def spec_error(tmp_path, spec: dict, variables=None, out="sw", name: str = "spec.yaml") -> str:
+    """The message of the SpecError that loading ``spec`` raises (it names the spec file)."""
+    path = write_spec(tmp_path, spec, name)
+    with pytest.raises(SpecError) as err:
+        load_spec(path, out=tmp_path / out if out else None, variables=variables)
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a b", "ünï", "", "x" * 256, "a\nb", "$(x)",
+                                  "a\tb", 1.5, None, True])
+def test_sweep_stage_and_element_names_are_plain(tmp_path, name):
+    """Names become directories and job names: [A-Za-z0-9._-], never '.' or '..', at most 255 characters."""
+    messages = {"<top level>.elements[0].name": spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]}),
+                "stages[0].name": spec_error(tmp_path, {"stages": [{"name": name, "config": str(DEMO)}]}),
+                "name": spec_error(tmp_path, {"name": name, "config": str(DEMO)})}
+    for key, message in messages.items():
+        assert f"key {key!r}" in message, message
+        expected = f"{name!r} cannot name a run directory or job" if isinstance(name, str) else "a name as a string"
+        assert expected in message, message
+@pytest.mark.parametrize("name", ["submitit", "sweep.json", "results.md"])
+def test_element_names_of_the_sweep_directory_own_entries_are_refused(tmp_path, name):
+    message = spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]})
+    assert "key '<top level>.elements[0].name'" in message and "keeps a file or folder of that name" in message
+
+
+def test_names_taken_from_files_say_where_they_came_from(tmp_path):
+    odd = tmp_path / "my config.yaml"
+    odd.write_text(DEMO.read_text().replace("base: ", f"base: {DEMO.parent}/"))
+    message = spec_error(tmp_path, {"elements": [{"config": str(odd)}]})
+    assert "key '<top level>.elements[0].config'" in message and "config file 'my config.yaml'" in message \
+        and "give the element a 'name:'" in message
+    path = write_spec(tmp_path, {"config": str(DEMO)}, "my sweep.yaml")
+    with pytest.raises(SpecError, match=r"key 'name': the name taken from the spec file's name .*'my sweep'"):
+        load_spec(path, out=tmp_path / "sw")
+
+
+def test_a_run_directory_that_resolves_outside_the_sweep_is_refused(tmp_path):
+    sweep_dir, outside = tmp_path / "sw", tmp_path / "elsewhere"
+    sweep_dir.mkdir()
+    outside.mkdir()
+    (sweep_dir / "run").symlink_to(outside)
+    message = spec_error(tmp_path, {"elements": [{"name": "run", "config": str(DEMO)}]})
+    assert f"resolves to {outside}" in message and "not a folder of the sweep directory" in message
+
+
+@pytest.mark.parametrize("key", ["partition", "account", "qos", "constraint", "setup"])
+@pytest.mark.parametrize("bad", ["gpu\n#SBATCH --wrap=x", "gpu\r", "a\tb", "x\x00", "x\u2028y", "x\x1b[2J", "x\u202e"])
+def test_control_characters_in_resource_values_are_refused(tmp_path, key, bad):
+    """A newline would put its own line into the sbatch file (here an injected #SBATCH option)."""
+    message = spec_error(tmp_path, {"config": str(DEMO), "resources": {key: bad}})
+    assert f"key 'resources.{key}'" in message and "control characters" in message
+    listed = spec_error(tmp_path, {"stages": [{"name": "s", "config": str(DEMO), "resources": {"setup": ["ok", bad]}}]})
+    assert "key 'stages[0].resources.setup[1]'" in listed
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "64GB", 0])
+def test_memory_must_be_a_positive_finite_number(tmp_path, bad):
+    assert "key 'resources.mem_gb'" in spec_error(tmp_path, {"config": str(DEMO), "resources": {"mem_gb": bad}})
+
+
+def test_sbatch_values_with_spaces_stay_one_value(tmp_path):
+    """Spaces need no refusing: submitit quotes each #SBATCH value, and sbatch reads the quotes."""
+    spec = write_spec(tmp_path, {"command": "eval --help", "resources": {"constraint": "a100 | h100"}})
+    sweep = load_spec(spec, out=tmp_path / "with space")
+    script = submit.sbatch_script(sweep.stages[0], sweep)
+    assert "#SBATCH --constraint='a100 | h100'" in script
+    assert f"#SBATCH --output='{tmp_path}/with space/submitit/main/%j/%j_0_log.out'" in script
+
+
+@pytest.mark.parametrize("variables, key, expected", [
+    ({"sweep_dir": "/x"}, "--var sweep_dir", "other than the built-in"),
+    ({"index": "3"}, "--var index", "other than the built-in"),
+    ({"a b": "x"}, "--var a b", "placeholder name"),
+    ({"": "x"}, "--var ", "placeholder name"),
+    ({"t": ""}, "--var t", "non-empty"),
+    ({"t": "a\nb"}, "--var t", "control characters"),
+    ({"t": "a\rb"}, "--var t", "control characters"),
+])
+def test_bad_vars_are_named(tmp_path, variables, key, expected):
+    message = spec_error(tmp_path, {"command": "precompute --teacher x"}, variables)
+    assert f"key {key!r}" in message and expected in message
+
+
+def test_bad_spec_vars_overrides_and_commands_are_named(tmp_path):
+    assert "key 'vars.t'" in spec_error(tmp_path, {"vars": {"t": "a\nb"}, "command": "eval"})
+    assert "key 'vars.sweep_dir'" in spec_error(tmp_path, {"vars": {"sweep_dir": "/x"}, "command": "eval"})
+    message = spec_error(tmp_path, {"config": str(DEMO), "overrides": {"run.seed=3 run.cpu": 1}})
+    assert "key 'overrides.run.seed=3 run.cpu'" in message and "config key" in message
+    assert "key 'overrides[0]'" in spec_error(tmp_path, {"config": str(DEMO), "overrides": ["a b=1"]})
+    assert "key '<top level>.grid.a=b'" in spec_error(tmp_path, {"config": str(DEMO), "grid": {"a=b": [1]}})
+    assert "key 'overrides.experiment'" in spec_error(tmp_path, {"config": str(DEMO),
+                                                                 "overrides": {"experiment": "a\nb"}})
+    message = spec_error(tmp_path, {"command": "eval --out 'unclosed"})
+    assert "key '<top level>.command'" in message and "No closing quotation" in message
+    message = spec_error(tmp_path, {"command": "eval --x {t}"}, {"t": "y" * 140000})
+    assert "key '<top level>.command'" in message and "131072 bytes" in message
+    assert "key '<top level>.command'" in spec_error(tmp_path, {"command": "depthpi"})
+
+
+@pytest.mark.parametrize("out, expected", [("a\nb", "U+000A"), ("run%j", "without '%'"), ("100%", "without '%'"),
+                                           ("a\\b", "without '%' or '\\'"), ("x" * 256, "at most 255 bytes")])
+def test_output_paths_that_jobs_would_misread_are_refused(tmp_path, out, expected):
+    """A newline breaks the sbatch file; SLURM and submitit expand %j, %A... in log paths, and a
+    backslash stops SLURM's expansion; a folder name past 255 bytes cannot be created."""
+    assert "key '--out'" in (message := spec_error(tmp_path, {"command": "eval"}, out=out)) and expected in message
+    message = spec_error(tmp_path, {"command": "eval", "out": str(tmp_path / out)}, out=None)
+    assert "key 'out'" in message and expected in message
+
+
+def test_a_run_directory_too_deep_for_its_files_is_refused(tmp_path):
+    deep = "/".join(["d" * 250] * 16)
+    message = spec_error(tmp_path, {"elements": [{"name": "run", "config": str(DEMO)}]}, out=deep)
+    assert "key '<top level>.elements[0].name'" in message and "longer than 3840 bytes" in message
+
+
+def test_a_misspelt_placeholder_is_named(tmp_path):
+    message = spec_error(tmp_path, {"command": "precompute --teacher {tëacher}"}, {"teacher": "t.pt"})
+    assert "key '<top level>.command'" in message and "{tëacher}" in message and "placeholders among" in message
+
+
+@pytest.mark.parametrize("where", ["top", "stage"])
+def test_an_accelerate_key_is_refused_with_what_replaces_it(tmp_path, where):
+    accelerate = str(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
+    spec = {"accelerate": accelerate, "config": str(DEMO)} if where == "top" else \
+        {"stages": [{"name": "s", "config": str(DEMO), "accelerate": accelerate}]}
+    message = spec_error(tmp_path, spec)
+    assert ("key 'accelerate'" if where == "top" else "key 'stages[0].accelerate'") in message
+    assert "run.deepspeed.zero_stage=2" in message and "run.precision" in message and "SLURM sets" in message
+
+
+def test_train_job_sets_only_the_rendezvous_and_calls_train(tmp_path, monkeypatch):
+    """No ACCELERATE_* variables: precision and DeepSpeed come from the run config alone."""
+    import depthpi.train.engine as engine
+
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "41", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+                       "SLURM_JOB_NODELIST": "node1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "submitit"))
+    rendezvous = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    for key in rendezvous:
+        monkeypatch.setenv(key, "stale")  # so that teardown restores what the job sets
+    seen = {}
+
+    def fake_train(cfg, stop=None):
+        seen.update(cfg=cfg, env=dict(os.environ))
+        return {"mpjpe": 1.0}
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.precision": "fp32", "run.seed": 5}})
+    (element,) = load_spec(spec, out=tmp_path / "sw").elements
+    before = dict(os.environ)
+    assert submit.TrainJob(element)() == {"mpjpe": 1.0}
+    changed = {k for k in set(seen["env"]) | set(before) if seen["env"].get(k) != before.get(k)}
+    assert changed == set(rendezvous)
+    assert (seen["cfg"].run.precision, seen["cfg"].run.seed, seen["cfg"].run.out_dir) == ("fp32", 5, element.run_dir)
+    assert json.loads((Path(element.run_dir) / "sweep_element.json").read_text())["state"] == "done"
+
+
 def test_every_shipped_sweep_spec_expands():
     specs = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
     assert {p.stem for p in specs} >= {f"table6.{i}" for i in range(1, 10)} | {"precompute_then_students"}
@@ -124,13 +354,12 @@ def test_every_shipped_sweep_spec_expands():
     assert pts.stages[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
 
 
-# --- sbatch parameters, dry run, accelerate, rendezvous -------------------------------------
+# --- sbatch parameters, dry run, rendezvous -----------------------------------------------
 def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, capsys):
     spec = write_spec(tmp_path, {
         "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": 90,
                       "partition": "gpu", "account": "lab", "qos": "high", "constraint": "a100",
                       "array_parallelism": 2, "signal_delay_s": 120},
-        "accelerate": str(ROOT / "configs/accelerate/deepspeed_zero2.yaml"),
         "stages": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
                    {"name": "second", "config": str(DEMO), "resources": {"nodes": 1, "gpus_per_node": 0}}]})
     out = tmp_path / "sw"
@@ -140,7 +369,7 @@ def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, 
                  "--mem=64GB", "--time=90", "--partition=gpu", "--account=lab", "--qos=high",
                  "--constraint=a100", "--requeue", "--signal=USR2@120", "--dependency=afterok:JOBID_OF_first"):
         assert f"#SBATCH {flag}" in text, flag
-    assert "[3] seed-3:" in text and "ACCELERATE_USE_DEEPSPEED=true" in text
+    assert f"[3] seed-3: {DEMO} " in text and text.count("run.seed=3") == 1
     second = text[text.index("--- sbatch file of stage second"):]
     assert "--ntasks-per-node=1" in second and "gpus-per-node" not in second and "--array" not in second
     assert "dry run: nothing submitted" in text and not out.exists()
@@ -156,39 +385,6 @@ def test_sbatch_failure_ends_with_a_message_not_a_traceback(tmp_path, monkeypatc
     spec = write_spec(tmp_path, {"stages": [{"name": "only", "command": "eval --help"}]})
     with pytest.raises(SystemExit, match=r"sbatch failed .*configuration source.*sinfo.*--executor local"):
         sweep_main([str(spec), "--out", str(tmp_path / "sw")])
-
-
-def test_accelerate_config_becomes_launch_environment():
-    env = submit.accelerate_env(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
-    assert env == {"ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_USE_DEEPSPEED": "true",
-                   "ACCELERATE_CONFIG_DS_FIELDS": "zero_stage,gradient_accumulation_steps,offload_optimizer_device,"
-                                                  "offload_param_device,zero3_init_flag,mixed_precision",
-                   "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1",
-                   "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none",
-                   "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
-    assert submit.accelerate_env(ROOT / "configs/accelerate/multi_gpu.yaml") == {"ACCELERATE_MIXED_PRECISION": "bf16"}
-    assert submit.accelerate_env(None) == {}
-
-
-def test_accelerate_names_match_what_accelerate_reads():
-    """The names are those `accelerate launch` sets (utils/launch.py) and its plugins read."""
-    import inspect
-
-    from accelerate.utils import dataclasses as accelerate_dataclasses
-    from accelerate.utils import launch as accelerate_launch
-
-    launch_source = inspect.getsource(accelerate_launch.prepare_deepspeed_cmd_env)
-    read_source = inspect.getsource(accelerate_dataclasses) + inspect.getsource(accelerate_launch)
-    env = submit.accelerate_env(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
-    for name in env:
-        assert f'current_env["{name}"]' in launch_source and f'"{name}"' in read_source, name
-
-
-def test_unsupported_accelerate_type_names_file_and_key(tmp_path):
-    path = tmp_path / "fsdp.yaml"
-    path.write_text("distributed_type: FSDP\n")
-    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: key 'distributed_type'"):
-        submit.accelerate_env(path)
 
 
 def test_rendezvous_from_slurm_environment(monkeypatch):
@@ -213,17 +409,18 @@ def test_rendezvous_from_slurm_environment(monkeypatch):
 
 
 def test_checkpoint_requeues_the_same_run(tmp_path):
+    """The requeued job is the same element: DeepSpeed, like every run setting, travels in its overrides."""
     import cloudpickle
 
-    sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "accelerate":
-                                            str(ROOT / "configs/accelerate/deepspeed_zero1.yaml")}), out=tmp_path)
+    sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.deepspeed.zero_stage": 1}}),
+                      out=tmp_path)
     stage = sweep.stages[0]
     job = submit.make_job(stage, stage.elements[0])
     delayed = job.checkpoint()
     again = pickle.loads(cloudpickle.dumps(delayed))
     assert type(again.function) is submit.TrainJob and again.function is not job
-    assert again.function.element == job.element and again.function.env == job.env
-    assert again.function.env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "1"
+    assert again.function.element == job.element and again.function.stop_grace_s == job.stop_grace_s
+    assert "run.deepspeed.zero_stage=1" in again.function.element.overrides
 
 
 class FakeJobEnv:
@@ -368,21 +565,26 @@ def test_validation_catches_a_bad_override_before_submitting(tmp_path):
 
 
 # --- real SLURM (slow) -------------------------------------------------------------------------
+# Kept short: every training job pays a Python + torch start of several seconds, so the
+# runs are a few steps each, the shards tiny, and the polling intervals a fraction of a second.
 def wait_done(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
     """Wait until no job of the arrays is pending/running; final states from scontrol."""
     active = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "")
-    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 1.0)
+    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 0.25)
     return {j: cluster.job_state(j) for j in job_ids}
 
 
 @pytest.mark.slow
 def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
+    """A 2-job command array, then a job afterok on it that gets the sweep directory (its path
+    has a space) as one argument; the dry run's sbatch files are the submitted ones, byte for byte."""
+    sweep_dir = tmp_path / "sw dir"
     spec = write_spec(tmp_path, {
         "resources": {"cpus_per_task": 1, "time": 5, "signal_delay_s": 10},
         "stages": [{"name": "first", "command": "eval --help", "count": 2},
-                   {"name": "second", "command": ["shards", "build", "--help"]}]})
-    sweep_main([str(spec), "--out", str(tmp_path / "sw")])
-    plan = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+                   {"name": "second", "command": ["sweep", "status", "{sweep_dir}"]}]})
+    sweep_main([str(spec), "--out", str(sweep_dir)])
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
     first, second = plan["stages"]
     assert [e["job_id"] for e in first["elements"]] == [f"{first['job_id']}_0", f"{first['job_id']}_1"]
     dependency = slurm_cluster.run("scontrol", "-o", "show", "job", second["job_id"], check=False)
@@ -390,57 +592,34 @@ def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
     states = wait_done(slurm_cluster, [e["job_id"] for s in plan["stages"] for e in s["elements"]], 90)
     assert set(states.values()) == {"COMPLETED"}, states
     # --dry-run shows exactly the sbatch file that was submitted
-    sweep = load_spec(spec, tmp_path / "sw")
+    sweep = load_spec(spec, sweep_dir)
     for stage, dependency in zip(sweep.stages, (None, f"afterok:{first['job_id']}")):
-        submitted = list((tmp_path / "sw" / "submitit" / stage.name).glob("*/*_submission.sh"))
+        submitted = list((sweep_dir / "submitit" / stage.name).glob("*/*_submission.sh"))
         assert submitted, f"no submission file of stage {stage.name}"
         assert submitted[0].read_text() == submit.sbatch_script(stage, sweep, dependency)
+    logs = {}
     for name in ("first-0", "first-1", "second"):
-        record = json.loads((tmp_path / "sw" / name / "sweep_element.json").read_text())
+        record = json.loads((sweep_dir / name / "sweep_element.json").read_text())
         assert record["state"] == "done" and record["attempts"] == 1
-        assert "usage: depthpi" in Path(record["log"]).read_text()
+        logs[name] = Path(record["log"]).read_text()
+    assert "usage: depthpi" in logs["first-0"] and "usage: depthpi" in logs["first-1"]
+    assert re.search(r"first-1\s+done", logs["second"]), logs["second"][-2000:]  # it read the sweep directory
 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
-    """A small synthetic shard set (64 train / 16 test samples, 16 per shard)."""
+    """A small synthetic shard set (16 train / 8 test samples, 8 per shard)."""
     from depthpi.data.build import build_synthetic
 
     out = tmp_path_factory.mktemp("shards")
-    build_synthetic(out, {"train": 64, "test": 16}, samples_per_shard=16, workers=1)
+    build_synthetic(out, {"train": 16, "test": 8}, samples_per_shard=8, workers=1)
     return out
 
 
 def tiny_overrides(shards: Path, **extra) -> dict:
     return {"data.train": str(shards / "train"), "data.test": str(shards / "test"), "data.num_workers": 0,
-            "data.batch_size": 8, "data.eval_batch_size": 16, "data.shuffle_buffer": 16,
-            "optim.epochs": 1, "run.steps_per_epoch": 3, "run.log_every": 1, **extra}
-
-
-@pytest.mark.slow
-def test_slurm_training_array_runs_both_elements(slurm_cluster, tiny_shards, tmp_path):
-    sweep_dir = tmp_path / "sw"
-    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 30},
-                                 "config": str(DEMO), "overrides": tiny_overrides(tiny_shards),
-                                 "grid": {"run.seed": [0, 1]}})
-    sweep_main([str(spec), "--out", str(sweep_dir)])
-    plan = json.loads((sweep_dir / "sweep.json").read_text())
-    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
-    states = wait_done(slurm_cluster, job_ids, 150)
-    logs = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
-    assert set(states.values()) == {"COMPLETED"}, (states, {n: Path(r["error_log"]).read_text()[-2000:]
-                                                            for n, r in logs.items()})
-    for name, record in logs.items():
-        run = sweep_dir / name
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
-        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-        assert "epoch 1/1" in Path(record["log"]).read_text()
-        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
-    rows = {r["name"]: r for r in report.status(sweep_dir)}
-    assert {r["state"] for r in rows.values()} == {"done"}
-    keys, table = report.collect_rows(sweep_dir)
-    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
+            "data.batch_size": 4, "data.eval_batch_size": 8, "data.shuffle_buffer": 8,
+            "optim.epochs": 1, "run.steps_per_epoch": 2, "run.log_every": 1, **extra}
 
 
 def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
@@ -451,38 +630,57 @@ def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
     return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
 
 
+def training_started(run_dir: Path) -> bool:
+    """The engine's first log line is written: the job's preemption handler is in place."""
+    record = run_dir / "sweep_element.json"
+    return record.is_file() and "stage baseline" in Path(json.loads(record.read_text())["log"]).read_text()
+
+
 @pytest.mark.slow
-def test_slurm_preempted_job_is_requeued_and_resumes_from_checkpoint(slurm_cluster, tiny_shards, tmp_path):
-    """The preemption signal makes the engine save at its next log point (not only at the
-    periodic checkpoints, here only the epoch ends), then submitit requeues, and the second
-    attempt resumes from that step to the step count of an uninterrupted run."""
+def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shards, tmp_path):
+    """A 2-element training array; one element gets the preemption signal mid-epoch. The engine
+    saves at its next log point (checkpoint_every is far off; the log points, every 3 steps, are
+    never an epoch end of 4 steps), submitit requeues the same array task, and the second attempt
+    resumes from that step to the step count of its uninterrupted sibling. Both are then
+    reported by status and collect."""
     sweep_dir = tmp_path / "sw"
-    overrides = tiny_overrides(tiny_shards, **{"data.batch_size": 4, "optim.epochs": 6, "run.steps_per_epoch": 8,
+    overrides = tiny_overrides(tiny_shards, **{"optim.epochs": 2, "run.steps_per_epoch": 4, "run.log_every": 3,
                                                "run.checkpoint_every": 1000})
-    spec = write_spec(tmp_path, {"name": "requeue", "resources": {"cpus_per_task": 2, "time": 10,
-                                                                   "signal_delay_s": 30},
-                                 "elements": [{"name": "run", "config": str(DEMO), "overrides": overrides}]})
+    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 60},
+                                 "config": str(DEMO), "overrides": overrides, "grid": {"run.seed": [0, 1]}})
     sweep_main([str(spec), "--out", str(sweep_dir)])
-    job_id = json.loads((sweep_dir / "sweep.json").read_text())["stages"][0]["job_id"]
-    wait_for(lambda: list((sweep_dir / "run" / "checkpoints").glob("step-*")), 120, "the first epoch's checkpoint")
-    # What a preempting scheduler does: the preemption signal, here sent by hand.
-    slurm_cluster.run("scancel", "--signal=USR2", job_id)
-    wait_for(lambda: requeued_attempt_started(slurm_cluster, job_id, sweep_dir / "run"), 120,
-             "the requeued attempt to start", 1.0)
-    states = wait_done(slurm_cluster, [job_id], 150)
-    record = json.loads((sweep_dir / "run" / "sweep_element.json").read_text())
-    log = Path(record["log"]).read_text()
-    assert states[job_id] == "COMPLETED", (states, log[-3000:])
-    assert record["state"] == "done" and record["attempts"] == 2 and record["job_ids"] == [job_id]
-    assert "Caught signal SIGUSR2" in Path(record["error_log"]).read_text()
-    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", log)]
-    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", log)]
-    assert saved and resumed == saved, log[-3000:]
-    assert int(saved[0]) % 8, saved  # a step inside an epoch: saved because of the signal
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
+    preempted = sweep_dir / "seed-0"
+    wait_for(lambda: training_started(preempted), 120, "seed-0 to start training", 0.2)
+    # What a preempting scheduler does: the preemption signal, here sent by hand to one array task.
+    slurm_cluster.run("scancel", "--signal=USR2", job_ids[0])
+    wait_for(lambda: requeued_attempt_started(slurm_cluster, job_ids[0], preempted), 120,
+             "the requeued attempt to start", 0.25)
+    states = wait_done(slurm_cluster, job_ids, 150)
+    records = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
+    logs = {n: Path(r["log"]).read_text() for n, r in records.items()}
+    assert set(states.values()) == {"COMPLETED"}, (states, {n: log[-3000:] for n, log in logs.items()})
+    assert records["seed-0"]["attempts"] == 2 and records["seed-0"]["job_ids"] == [job_ids[0]]
+    assert records["seed-1"]["attempts"] == 1 and records["seed-1"]["job_ids"] == [job_ids[1]]
+    assert "Caught signal SIGUSR2" in Path(records["seed-0"]["error_log"]).read_text()
+    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", logs["seed-0"])]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", logs["seed-0"])]
+    assert saved and resumed == saved and saved[0] % 4, logs["seed-0"][-3000:]  # a step inside an epoch
     from depthpi.train.checkpoint import latest_checkpoint
 
-    final = json.loads((latest_checkpoint(sweep_dir / "run") / "trainer.json").read_text())
-    assert (final["epoch"], final["step"]) == (6, 48)  # = an uninterrupted run's 6 epochs × 8 steps
+    for name, record in records.items():
+        run = sweep_dir / name
+        final = json.loads((latest_checkpoint(run) / "trainer.json").read_text())
+        assert (final["epoch"], final["step"]) == (2, 8), name  # the resumed run ends where its sibling does
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert "epoch 2/2" in logs[name]
+        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
+    assert {r["state"] for r in report.status(sweep_dir)} == {"done"}
+    keys, table = report.collect_rows(sweep_dir)
+    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
 
 
 @pytest.mark.slow
@@ -511,47 +709,34 @@ def test_sweep_parser_plugs_into_a_subcommand_parser(tmp_path):
     assert (args.target, args.dir) == ("status", str(tmp_path)) and callable(args.func)
 
 
-def rendezvous_probe(env: dict) -> dict:
+def rendezvous_probe() -> dict:
     """Inside a SLURM task: rendezvous as TrainJob does, then an Accelerator and an all-reduce."""
-    import os
-
     import submitit
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
     found = submit.export_rendezvous(submitit.JobEnvironment())
-    os.environ.update(env)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED") == "true"
-    # As the engine: gloo on CPU; cpu=True would drop DeepSpeed (DESIGN.md).
-    accelerator = Accelerator(cpu=not deepspeed, mixed_precision="no",
-                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    accelerator = Accelerator(cpu=True, mixed_precision="no", kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), "sum").item()
-    stage = accelerator.state.deepspeed_plugin.zero_stage if deepspeed else None
     return {"rank": accelerator.process_index, "world": accelerator.num_processes, "sum": total,
-            "type": accelerator.distributed_type.name, "zero_stage": stage, "addr": found["MASTER_ADDR"]}
+            "type": accelerator.distributed_type.name, "addr": found["MASTER_ADDR"]}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accelerate_config", [None, "deepspeed_zero2.yaml"])
-def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path, accelerate_config, request):
+def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path):
     import sys
 
     import cloudpickle
     import submitit
 
-    if accelerate_config:
-        request.getfixturevalue("deepspeed_cpu_ops")  # skips without deepspeed/transformers; builds the op once
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
-    env = submit.accelerate_env(ROOT / "configs/accelerate" / accelerate_config if accelerate_config else None)
     executor = submitit.SlurmExecutor(folder=tmp_path / "%j")
     executor.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5)
-    job = executor.submit(rendezvous_probe, env)
+    job = executor.submit(rendezvous_probe)
     results = sorted(job.results(), key=lambda r: r["rank"])
-    expected = ("DEEPSPEED", 2) if accelerate_config else ("MULTI_CPU", None)
     assert [(r["rank"], r["world"], r["sum"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
-    assert {(r["type"], r["zero_stage"], r["addr"]) for r in results} == {(*expected, "localhost")}
+    assert {(r["type"], r["addr"]) for r in results} == {("MULTI_CPU", "localhost")}
 
 
 def test_status_of_a_local_job_whose_process_is_gone(tmp_path):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from depthpi.sweep.spec import Sweep, load_spec
@@ -50,7 +51,7 @@ def validate(sweep: Sweep) -> None:
 
 def describe(sweep: Sweep, executor: str) -> str:
     """The plan: stages, their resources and dependencies, each element's overrides (and sbatch files)."""
-    from depthpi.sweep.submit import accelerate_env, sbatch_script
+    from depthpi.sweep.submit import sbatch_script
 
     lines = [f"sweep {sweep.name} ({sweep.spec_path}) -> {sweep.out_dir}", f"executor: {executor}"]
     for stage in sweep.stages:
@@ -60,12 +61,9 @@ def describe(sweep: Sweep, executor: str) -> str:
                   f"   {res.nodes} node(s) x {res.tasks_per_node} task(s), {res.gpus_per_node} GPU(s)/node, "
                   f"{res.cpus_per_task} CPU(s)/task, time {res.time_min} min, "
                   f"at most {res.array_parallelism} at once"]
-        if stage.accelerate and stage.kind == "train":
-            env = " ".join(f"{k}={v}" for k, v in accelerate_env(stage.accelerate).items())
-            lines.append(f"   accelerate {stage.accelerate}: {env or '(defaults)'}")
         for i, element in enumerate(stage.elements):
-            what = " ".join(element.command) if element.kind == "command" else \
-                f"{element.config} " + " ".join(element.overrides)
+            # quoted as a shell would need them: one printed word per argument
+            what = shlex.join(element.command if element.kind == "command" else [element.config, *element.overrides])
             lines.append(f"   [{i}] {element.name}: {what}")
         if executor == "slurm":
             dependency = "afterok:" + ":".join(f"JOBID_OF_{a}" for a in stage.after) if stage.after else None

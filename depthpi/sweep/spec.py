@@ -10,8 +10,7 @@ into elements, each with its name, its full override list (``run.out_dir`` point
     vars: {teacher: runs/3.2/export/last.pt}   # {teacher} in values; {sweep_dir} built in
     resources: {nodes: 1, gpus_per_node: 8, cpus_per_task: 10, mem_gb: 400, time: "24:00:00",
                 partition: gpu, array_parallelism: 4}
-    accelerate: configs/accelerate/multi_gpu.yaml
-    overrides: {data.num_workers: 8}     # every training element
+    overrides: {data.num_workers: 8, run.deepspeed.zero_stage: 2}   # every training element
     stages:
       - name: baselines
         elements:                        # a list: one element each (× the grid, if any)
@@ -25,58 +24,41 @@ into elements, each with its name, its full override list (``run.out_dir`` point
 
 A spec without ``stages:`` holds one stage at top level (``config``, ``grid``, ...).
 Relative paths in a spec are relative to the working directory, as on the command line.
+Precision and DeepSpeed are run-config keys (``run.precision``, ``run.deepspeed.*``), given
+as overrides like any other; SLURM sets the process layout.
+
+Values are never re-read by a shell: a command is split into arguments once, as written
+(a string like a shell line, or a list), and a placeholder fills a single argument, so a
+value with spaces, quotes or a leading ``--`` stays one argument; an override value is
+written so that OmegaConf reads back the same string. Sweep, stage and element names are
+``[A-Za-z0-9._-]`` (they name directories and jobs), every run directory is a folder of the
+sweep directory, and no resource value may hold a control character (``values.py``).
 """
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import shlex
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-_SPEC_KEYS = {"name", "out", "vars", "resources", "accelerate", "overrides", "stages"}
-_STAGE_KEYS = {"name", "kind", "config", "grid", "elements", "overrides", "resources", "accelerate", "after",
-               "command", "count"}
+from depthpi.sweep.resources import Resources, parse_resources
+from depthpi.sweep.values import (NAME_MAX_BYTES, RESERVED_NAMES, VAR, SpecError, argument_problem, check_run_dir,
+                                  checked_key, checked_name, checked_text, dotlist_value, explicit_name, fail)
+
+__all__ = ["Element", "Resources", "SpecError", "Stage", "Sweep", "load_spec"]
+
+_SPEC_KEYS = {"name", "out", "vars", "resources", "overrides", "stages"}
+_STAGE_KEYS = {"name", "kind", "config", "grid", "elements", "overrides", "resources", "after", "command", "count"}
 _ELEMENT_KEYS = {"name", "config", "overrides"}
 _PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {name}, but not OmegaConf's ${name}
-_NAME_OK = re.compile(r"[^A-Za-z0-9.+-]+")
-
-
-class SpecError(ValueError):
-    """A spec file that cannot be expanded; the message names the file, key and expectation."""
-
-
-def _fail(spec: str, key: str, expected: str, got) -> SpecError:
-    return SpecError(f"sweep spec {spec}: key {key!r}: expected {expected}, got {got!r}")
-
-
-def _parse_time(value, spec: str, key: str) -> int:
-    """Minutes from an int or a SLURM ``--time`` string, read as sbatch reads it.
-
-    ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``; seconds round up to a minute
-    (``"30:00"`` is 30 minutes, ``"1-12"`` 36 hours).
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
-    if not match or isinstance(value, bool):
-        raise _fail(spec, key, "minutes (int) or a SLURM time 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S'", value)
-    days, *parts = match.groups()
-    parts = [int(p) for p in parts if p is not None]
-    if days is not None:  # D-H[:M[:S]]
-        hours, minutes, seconds = (parts + [0, 0])[:3]
-        hours += int(days) * 24
-    elif len(parts) == 3:  # H:M:S
-        hours, minutes, seconds = parts
-    else:  # M[:S]
-        hours, minutes, seconds = 0, parts[0], (parts[1] if len(parts) == 2 else 0)
-    total = hours * 60 + minutes + (1 if seconds else 0)
-    if total <= 0:
-        raise _fail(spec, key, "a positive duration", value)
-    return total
+_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
+_BUILT_IN_VARS = ("sweep_dir", "index", "count")
+_NO_ACCELERATE = ("no accelerate config: precision and DeepSpeed are keys of the run config, set as overrides like "
+                  "any other (e.g. run.precision=bf16, run.deepspeed.zero_stage=2; in a spec: overrides: "
+                  "{run.deepspeed.zero_stage: 2}), and SLURM sets the process layout (resources: nodes, gpus_per_node)")
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -93,75 +75,6 @@ _SpecLoader.add_implicit_resolver(
     re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"))
 
-
-@dataclass(frozen=True)
-class Resources:
-    """What every job of a stage asks SLURM for.
-
-    Attributes:
-        nodes: nodes per job; the engine runs distributed over nodes × GPUs.
-        gpus_per_node: GPUs per node, one task each; 0 = a CPU cluster, one task per node.
-        cpus_per_task: CPU cores per task (data workers + 1).
-        mem_gb: memory per node in GB (None: the partition's default).
-        time_min: wall-clock limit in minutes (``time:`` in the spec accepts ``HH:MM:SS``).
-        partition, account, qos, constraint: passed to sbatch as given.
-        array_parallelism: jobs of the array running at once (``--array=0-N%P``).
-        signal_delay_s: seconds between the preemption/timeout signal and the kill.
-        max_requeue: requeues after time-outs before a job gives up (submitit's
-            ``max_num_timeout``); preemptions do not count.
-        setup: shell lines run before ``srun`` (``module load …``, ``source .venv/bin/activate``).
-    """
-
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 2
-    mem_gb: float | None = None
-    time_min: int = 60
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    array_parallelism: int = 16
-    signal_delay_s: int = 120
-    max_requeue: int = 3
-    setup: tuple[str, ...] = ()
-
-    @property
-    def tasks_per_node(self) -> int:
-        return max(1, self.gpus_per_node)
-
-
-_RESOURCE_KEYS = {f.name for f in fields(Resources)} - {"time_min"} | {"time"}
-
-
-def parse_resources(raw: dict | None, base: Resources, spec: str, where: str) -> Resources:
-    """``base`` updated by a ``resources:`` mapping (``time`` parsed to minutes)."""
-    if raw is None:
-        return base
-    if not isinstance(raw, dict):
-        raise _fail(spec, where, "a mapping of resource names to values", raw)
-    unknown = sorted(set(raw) - _RESOURCE_KEYS)
-    if unknown:
-        raise _fail(spec, f"{where}.{unknown[0]}", f"one of {sorted(_RESOURCE_KEYS)}", unknown[0])
-    values = {f.name: getattr(base, f.name) for f in fields(Resources)}
-    for key, value in raw.items():
-        if key == "time":
-            values["time_min"] = _parse_time(value, spec, f"{where}.time")
-        elif key == "setup":
-            values["setup"] = tuple(str(v) for v in (value if isinstance(value, list) else [value]))
-        elif key in ("nodes", "gpus_per_node", "cpus_per_task", "array_parallelism", "signal_delay_s",
-                     "max_requeue"):
-            minimum = 0 if key in ("gpus_per_node", "signal_delay_s", "max_requeue") else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise _fail(spec, f"{where}.{key}", f"an integer >= {minimum}", value)
-            values[key] = value
-        elif key == "mem_gb":
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise _fail(spec, f"{where}.mem_gb", "a positive number of GB or null", value)
-            values[key] = value
-        else:
-            values[key] = None if value is None else str(value)
-    return Resources(**values)
 
 
 @dataclass(frozen=True)
@@ -201,7 +114,6 @@ class Stage:
     kind: str
     elements: tuple[Element, ...]
     resources: Resources
-    accelerate: str | None = None
     after: tuple[str, ...] = ()
 
 
@@ -219,38 +131,51 @@ class Sweep:
         return [e for s in self.stages for e in s.elements]
 
 
-def format_value(value) -> str:
-    """A YAML value as OmegaConf's dotlist parses it back (``true``, ``null``, ``[1, 2]``)."""
-    if isinstance(value, (bool, list, dict)) or value is None:
-        return json.dumps(value)
-    return str(value)
-
-
 def _substitute(text: str, values: dict[str, str], spec: str, key: str) -> str:
     """Replace ``{var}`` placeholders (not OmegaConf ``${…}``) by their values."""
     def replace(match: re.Match) -> str:
         if match.group(1) not in values:
-            raise _fail(spec, key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
+            raise fail(spec, key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
         return values[match.group(1)]
-    return _PLACEHOLDER.sub(replace, text)
+    return _PLACEHOLDER.sub(replace, checked_text(text, spec, key))
+
+
+def _filled(value, values: dict[str, str], spec: str, key: str):
+    """A YAML value with placeholders filled into every string in it (lists and mappings included)."""
+    if isinstance(value, str):
+        return _substitute(value, values, spec, key)
+    if isinstance(value, list):
+        return [_filled(v, values, spec, key) for v in value]
+    if isinstance(value, dict):
+        return {k: _filled(v, values, spec, key) for k, v in value.items()}
+    return value
 
 
 def _overrides(raw, spec: str, key: str, values: dict[str, str]) -> list[tuple[str, str]]:
-    """A mapping ``{key: value}`` or a list of ``key=value`` strings → ordered (key, value) pairs."""
+    """A mapping ``{key: value}`` or a list of ``key=value`` strings → ordered (key, dotlist text) pairs.
+
+    A mapping's values are YAML values; a list entry's text is taken as typed on a command
+    line, except that where it holds a placeholder the filled-in text is one string.
+    """
     if raw is None:
         return []
     if isinstance(raw, dict):
-        pairs = [(str(k), format_value(v)) for k, v in raw.items()]
-    elif isinstance(raw, list) and all(isinstance(x, str) and "=" in x for x in raw):
-        pairs = [tuple(x.split("=", 1)) for x in raw]
-    else:
-        raise _fail(spec, key, "a mapping {a.b: value} or a list of 'a.b=value' strings", raw)
-    return [(k.strip(), _substitute(v, values, spec, f"{key}.{k}")) for k, v in pairs]
+        return [(checked_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}")))
+                for k, v in raw.items()]
+    if not (isinstance(raw, list) and all(isinstance(x, str) and "=" in x for x in raw)):
+        raise fail(spec, key, "a mapping {a.b: value} or a list of 'a.b=value' strings", raw)
+    pairs = []
+    for i, entry in enumerate(raw):
+        name, text = entry.split("=", 1)
+        at = f"{key}[{i}]"
+        filled = _substitute(text, values, spec, at)
+        pairs.append((checked_key(name, spec, at), dotlist_value(filled) if _PLACEHOLDER.search(text) else filled))
+    return pairs
 
 
 def _token(key: str, value: str) -> str:
     """Name fragment of one grid coordinate: ``run.seed=0`` → ``seed-0``."""
-    return f"{key.rsplit('.', 1)[-1]}-{_NAME_OK.sub('_', value).strip('_')}"
+    return f"{key.rsplit('.', 1)[-1]}-{_TOKEN_UNSAFE.sub('_', value).strip('_')}"
 
 
 def _grid(raw, spec: str, key: str, values: dict[str, str]) -> list[list[tuple[str, str]]]:
@@ -258,19 +183,31 @@ def _grid(raw, spec: str, key: str, values: dict[str, str]) -> list[list[tuple[s
     if raw is None:
         return [[]]
     if not isinstance(raw, dict) or not all(isinstance(v, list) and v for v in raw.values()):
-        raise _fail(spec, key, "a mapping of override keys to non-empty lists of values", raw)
-    axes = [[(str(k), _substitute(format_value(v), values, spec, f"{key}.{k}")) for v in vs]
+        raise fail(spec, key, "a mapping of override keys to non-empty lists of values", raw)
+    axes = [[(checked_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}"))) for v in vs]
             for k, vs in raw.items()]
     return [list(point) for point in itertools.product(*axes)]
 
 
 def _path(value, spec: str, key: str, must_exist: bool = True) -> str:
     if not isinstance(value, str) or not value:
-        raise _fail(spec, key, "a file path", value)
+        raise fail(spec, key, "a file path", value)
     path = Path(value).expanduser().resolve()
     if must_exist and not path.is_file():
-        raise _fail(spec, key, "an existing file", value)
+        raise fail(spec, key, "an existing file", value)
     return str(path)
+
+
+def _row_name(row: dict, named_by_config: bool, config: str, spec: str, key: str, config_key: str) -> tuple[str, str]:
+    """The element's own name part and the key it comes from: its ``name:``, else its config
+    file's stem, else (a grid-only stage) nothing: the grid values name the elements."""
+    if "name" in row:
+        name = explicit_name(row["name"], spec, f"{key}.name")
+        return checked_name(name, spec, f"{key}.name", "element name", RESERVED_NAMES), f"{key}.name"
+    if not named_by_config:
+        return "", key
+    origin = f"the name taken from config file {Path(config).name!r} (give the element a 'name:'):"
+    return checked_name(Path(config).stem, spec, config_key, origin, RESERVED_NAMES), config_key
 
 
 def _train_elements(raw: dict, stage: str, sweep_dir: Path, common: list[tuple[str, str]],
@@ -278,30 +215,54 @@ def _train_elements(raw: dict, stage: str, sweep_dir: Path, common: list[tuple[s
     """Elements × grid points of a training stage, each with its overrides and run dir."""
     rows = raw.get("elements")
     if rows is not None and (not isinstance(rows, list) or not rows):
-        raise _fail(spec, f"{where}.elements", "a non-empty list of {name, config, overrides}", rows)
-    stage_config = raw.get("config")
+        raise fail(spec, f"{where}.elements", "a non-empty list of {name, config, overrides}", rows)
     stage_overrides = common + _overrides(raw.get("overrides"), spec, f"{where}.overrides", values)
     points = _grid(raw.get("grid"), spec, f"{where}.grid", values)
     elements = []
     for i, row in enumerate(rows or [{}]):
-        key = f"{where}.elements[{i}]"
+        key = f"{where}.elements[{i}]" if rows is not None else where
         if not isinstance(row, dict) or set(row) - _ELEMENT_KEYS:
-            raise _fail(spec, key, f"a mapping with keys among {sorted(_ELEMENT_KEYS)}", row)
-        config = row.get("config", stage_config)
+            raise fail(spec, key, f"a mapping with keys among {sorted(_ELEMENT_KEYS)}", row)
+        config = row.get("config", raw.get("config"))
         if config is None:
-            raise _fail(spec, f"{key}.config", "a config file (here or in the stage's 'config')", None)
-        config = _path(config, spec, f"{key}.config" if "config" in row else f"{where}.config")
+            raise fail(spec, f"{key}.config", "a config file (here or in the stage's 'config')", None)
+        config_key = f"{key}.config" if "config" in row else f"{where}.config"
+        config = _path(config, spec, config_key)
         named_by_config = rows is not None or raw.get("grid") is None
-        row_name = str(row["name"]) if "name" in row else (Path(config).stem if named_by_config else "")
+        row_name, name_key = _row_name(row, named_by_config, config, spec, key, config_key)
         row_overrides = _overrides(row.get("overrides"), spec, f"{key}.overrides", values)
         for point in points:
             name = "_".join([p for p in [row_name, *(_token(k, v) for k, v in point)] if p]) or stage
-            run_dir = str(sweep_dir / name)
-            pairs = stage_overrides + row_overrides + point + [("run.out_dir", run_dir)]
-            elements.append(Element(name=name, stage=stage, kind="train", run_dir=run_dir, config=config,
+            at = f"{where}.grid" if point else name_key
+            name = checked_name(name, spec, at, "element name", RESERVED_NAMES)
+            run_dir = sweep_dir / name
+            check_run_dir(run_dir, sweep_dir, spec, at)
+            pairs = stage_overrides + row_overrides + point + [("run.out_dir", dotlist_value(str(run_dir)))]
+            elements.append(Element(name=name, stage=stage, kind="train", run_dir=str(run_dir), config=config,
                                     overrides=tuple(f"{k}={v}" for k, v in pairs),
                                     varied=tuple(row_overrides + point)))
     return elements
+
+
+def _command_template(command, spec: str, key: str) -> list[str]:
+    """A command stage's arguments as written: a list as it is, a string split once like a shell line.
+
+    Placeholders are filled into single arguments afterwards, so what they hold is never split.
+    """
+    if isinstance(command, str):
+        try:
+            args = shlex.split(command)
+        except ValueError as err:  # "No closing quotation", in the spec's own text
+            raise fail(spec, key, f"a command line that splits into arguments ({err})", command) from None
+    elif isinstance(command, list) and all(isinstance(c, (str, int, float)) and not isinstance(c, bool)
+                                           for c in command):
+        args = [str(c) for c in command]
+    else:
+        args = []
+    args = args[1:] if args[:1] == ["depthpi"] else args
+    if not args:
+        raise fail(spec, key, "a depthpi CLI command (a string, or a list of arguments)", command)
+    return args
 
 
 def _command_elements(raw: dict, stage: str, sweep_dir: Path, values: dict[str, str], spec: str,
@@ -309,22 +270,30 @@ def _command_elements(raw: dict, stage: str, sweep_dir: Path, values: dict[str, 
     """One element per index 0..count-1 of a command stage, ``{index}``/``{count}`` filled in."""
     count = raw.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise _fail(spec, f"{where}.count", "a positive integer (array size)", count)
-    command = raw["command"]
-    if isinstance(command, list):
-        command = shlex.join(str(c) for c in command)
-    if not isinstance(command, str) or not command.strip():
-        raise _fail(spec, f"{where}.command", "a depthpi CLI command line (string or list)", command)
-    if command.split()[0] == "depthpi":
-        command = command.split(None, 1)[1] if len(command.split()) > 1 else ""
+        raise fail(spec, f"{where}.count", "a positive integer (array size)", count)
+    key = f"{where}.command"
+    template = _command_template(raw["command"], spec, key)
     elements = []
     for index in range(count):
         local = {**values, "index": str(index), "count": str(count)}
-        args = tuple(shlex.split(_substitute(command, local, spec, f"{where}.command")))
-        name = f"{stage}-{index}" if count > 1 else stage
+        args = tuple(_substitute(arg, local, spec, key) for arg in template)
+        for arg in args:
+            problem = argument_problem(arg)
+            if problem:
+                shown = arg if len(arg) < 200 else arg[:200] + "…"
+                raise SpecError(f"sweep spec {spec}: key {key!r}: argument {shown!r} cannot be passed to a job: "
+                                f"{problem}")
+        name = checked_name(f"{stage}-{index}" if count > 1 else stage, spec, f"{where}.name", "element name",
+                             RESERVED_NAMES)
+        check_run_dir(sweep_dir / name, sweep_dir, spec, f"{where}.name")
         elements.append(Element(name=name, stage=stage, kind="command", run_dir=str(sweep_dir / name),
                                 command=args, varied=(("index", str(index)),)))
     return elements
+
+
+def _refuse_accelerate(raw: dict, spec: str, key: str) -> None:
+    if "accelerate" in raw:
+        raise SpecError(f"sweep spec {spec}: key {key!r}: {_NO_ACCELERATE}; remove the key")
 
 
 def _stage(raw, index: int, previous: list[str], defaults: dict, sweep_dir: Path, values: dict[str, str],
@@ -332,30 +301,72 @@ def _stage(raw, index: int, previous: list[str], defaults: dict, sweep_dir: Path
     """One ``stages:`` entry (or the top level of a single-stage spec) → a Stage."""
     where = f"stages[{index}]" if defaults["staged"] else "<top level>"
     if not isinstance(raw, dict):
-        raise _fail(spec, where, "a mapping", raw)
-    unknown = sorted(set(raw) - _STAGE_KEYS - (set() if defaults["staged"] else _SPEC_KEYS))
+        raise fail(spec, where, "a mapping", raw)
+    _refuse_accelerate(raw, spec, f"{where}.accelerate")
+    unknown = sorted(set(raw) - _STAGE_KEYS - (set() if defaults["staged"] else _SPEC_KEYS), key=str)
     if unknown:
-        raise _fail(spec, f"{where}.{unknown[0]}", f"one of {sorted(_STAGE_KEYS)}", unknown[0])
-    name = str(raw.get("name", f"stage{index}")) if defaults["staged"] else "main"
-    if _NAME_OK.sub("", name) != name or name in previous:
-        raise _fail(spec, f"{where}.name", "a unique name of letters, digits, '.', '+', '-'", name)
+        raise fail(spec, f"{where}.{unknown[0]}", f"one of {sorted(_STAGE_KEYS)}", unknown[0])
+    name = explicit_name(raw.get("name", f"stage{index}"), spec, f"{where}.name") if defaults["staged"] else "main"
+    checked_name(name, spec, f"{where}.name", "stage name")
+    if name in previous:
+        raise fail(spec, f"{where}.name", f"a name no earlier stage has ({previous})", name)
     kind = raw.get("kind", "command" if "command" in raw else "train")
     if kind not in ("train", "command") or (kind == "command") != ("command" in raw):
-        raise _fail(spec, f"{where}.kind", "'train' (config/grid/elements) or 'command' (with 'command:')", kind)
+        raise fail(spec, f"{where}.kind", "'train' (config/grid/elements) or 'command' (with 'command:')", kind)
     after = raw.get("after", previous[-1:])
     after = [after] if isinstance(after, str) else after
     if not isinstance(after, list) or any(a not in previous for a in after):
-        raise _fail(spec, f"{where}.after", f"names of earlier stages among {previous}", after)
+        raise fail(spec, f"{where}.after", f"names of earlier stages among {previous}", after)
     resources = parse_resources(raw.get("resources"), defaults["resources"], spec, f"{where}.resources")
-    accelerate = raw.get("accelerate", defaults["accelerate"])
-    if accelerate is not None:
-        accelerate = _path(accelerate, spec, f"{where}.accelerate")
     if kind == "train":
         elements = _train_elements(raw, name, sweep_dir, defaults["overrides"], values, spec, where)
     else:
         elements = _command_elements(raw, name, sweep_dir, values, spec, where)
-    return Stage(name=name, kind=kind, elements=tuple(elements), resources=resources, accelerate=accelerate,
-                 after=tuple(after))
+    return Stage(name=name, kind=kind, elements=tuple(elements), resources=resources, after=tuple(after))
+
+
+def _sweep_name(raw: dict, path: Path, spec: str) -> str:
+    if "name" in raw:
+        return checked_name(explicit_name(raw["name"], spec, "name"), spec, "name", "sweep name")
+    return checked_name(path.stem, spec, "name", "the name taken from the spec file's name (give the spec a "
+                                                  "'name:'):")
+
+
+def _sweep_dir(out, raw: dict, name: str, spec: str) -> Path:
+    """The sweep's output directory: ``--out``, else the spec's ``out:``, else ``runs/sweeps/<name>``.
+
+    Its path goes into every job's log paths, where SLURM and submitit expand ``%j``, ``%A``,
+    ... and a backslash turns SLURM's expansion off: neither ``%`` nor ``\\`` may appear in it.
+    """
+    key, value = ("--out", out) if out is not None else ("out", raw.get("out") or f"runs/sweeps/{name}")
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise fail(spec, key, "a directory path", value)
+    text = checked_text(str(value), spec, key)
+    if "%" in text or "\\" in text:
+        raise fail(spec, key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths)",
+                   text)
+    path = Path(text).expanduser().resolve()
+    long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX_BYTES), None)
+    if long_part:
+        raise fail(spec, key, f"a path whose folder names have at most {NAME_MAX_BYTES} bytes", long_part[:80] + "…")
+    return path
+
+
+def _variables(spec_vars, cli_vars: dict | None, sweep_dir: Path, spec: str) -> dict[str, str]:
+    """Placeholder values: the spec's ``vars:``, then ``--var`` (which wins), then ``sweep_dir``."""
+    if not isinstance(spec_vars, dict):
+        raise fail(spec, "vars", "a mapping of placeholder names to values", spec_vars)
+    values = {}
+    for source, given in (("vars", spec_vars), ("--var", cli_vars or {})):
+        for name, value in given.items():
+            key = f"vars.{name}" if source == "vars" else f"--var {name}"
+            if not isinstance(name, str) or not VAR.fullmatch(name) or name in _BUILT_IN_VARS:
+                raise fail(spec, key, f"a placeholder name of letters, digits and '_', other than the built-in "
+                                      f"{', '.join(_BUILT_IN_VARS)}", name)
+            if isinstance(value, (list, dict)) or value is None or value == "":
+                raise fail(spec, key, "a non-empty text or number", value)
+            values[name] = checked_text(value if isinstance(value, str) else dotlist_value(value), spec, key)
+    return {**values, "sweep_dir": str(sweep_dir)}
 
 
 def load_spec(path: str | Path, out: str | Path | None = None, variables: dict[str, str] | None = None) -> Sweep:
@@ -374,30 +385,27 @@ def load_spec(path: str | Path, out: str | Path | None = None, variables: dict[s
         raise FileNotFoundError(f"sweep spec not found: {path}")
     raw = yaml.load(Path(path).read_text(), Loader=_SpecLoader)
     if not isinstance(raw, dict):
-        raise _fail(spec, "<top level>", "a mapping", raw)
+        raise fail(spec, "<top level>", "a mapping", raw)
+    _refuse_accelerate(raw, spec, "accelerate")
     staged = "stages" in raw
-    unknown = sorted(set(raw) - _SPEC_KEYS - (set() if staged else _STAGE_KEYS))
+    unknown = sorted(set(raw) - _SPEC_KEYS - (set() if staged else _STAGE_KEYS), key=str)
     if unknown:
-        raise _fail(spec, unknown[0], f"one of {sorted(_SPEC_KEYS | _STAGE_KEYS)}", unknown[0])
-    name = str(raw.get("name", Path(path).stem))
-    sweep_dir = Path(out or raw.get("out") or f"runs/sweeps/{name}").expanduser().resolve()
-    spec_vars = raw.get("vars") or {}
-    if not isinstance(spec_vars, dict):
-        raise _fail(spec, "vars", "a mapping of placeholder names to values", spec_vars)
-    values = {str(k): str(v) for k, v in {**spec_vars, **(variables or {})}.items()}
-    values["sweep_dir"] = str(sweep_dir)
-    defaults = {"staged": staged, "accelerate": raw.get("accelerate"),
+        raise fail(spec, unknown[0], f"one of {sorted(_SPEC_KEYS | _STAGE_KEYS)}", unknown[0])
+    name = _sweep_name(raw, Path(path), spec)
+    sweep_dir = _sweep_dir(out, raw, name, spec)
+    values = _variables(raw.get("vars") or {}, variables, sweep_dir, spec)
+    defaults = {"staged": staged,
                 "resources": parse_resources(raw.get("resources"), Resources(), spec, "resources"),
                 "overrides": _overrides(raw.get("overrides"), spec, "overrides", values)}
     # A single-stage spec: the top-level keys that are not spec-wide form the stage.
     stages_raw = raw["stages"] if staged else [{k: v for k, v in raw.items() if k not in _SPEC_KEYS}]
     if not isinstance(stages_raw, list) or not stages_raw:
-        raise _fail(spec, "stages", "a non-empty list of stages", stages_raw)
+        raise fail(spec, "stages", "a non-empty list of stages", stages_raw)
     stages: list[Stage] = []
     for index, stage_raw in enumerate(stages_raw):
         stages.append(_stage(stage_raw, index, [s.name for s in stages], defaults, sweep_dir, values, spec))
     names = [e.name for s in stages for e in s.elements]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise _fail(spec, "elements/grid", "unique element names (give elements a 'name:')", duplicates)
+        raise fail(spec, "elements/grid", "unique element names (give elements a 'name:')", duplicates)
     return Sweep(name=name, spec_path=str(Path(path).resolve()), out_dir=str(sweep_dir), stages=tuple(stages))

@@ -2,9 +2,10 @@
 
 Inside a job, :class:`TrainJob` sets the ``env://`` rendezvous variables from SLURM's
 environment (submitit's ``TorchDistributedEnvironment``: MASTER_ADDR = first host of
-SLURM_JOB_NODELIST, MASTER_PORT derived from the job id, RANK / WORLD_SIZE / LOCAL_RANK
-from the task ids), translates the stage's accelerate config file into the variables
-``accelerate launch`` would set, and calls ``train(cfg)``, whose Accelerator picks them up.
+SLURM_JOB_NODELIST, MASTER_PORT derived from the job id, RANK / WORLD_SIZE / LOCAL_RANK /
+LOCAL_WORLD_SIZE from the task ids) and calls ``train(cfg)``; that is all it sets. The
+run config alone chooses precision and DeepSpeed (``run.precision``, ``run.deepspeed``),
+as it does for a run started by hand, and SLURM the process layout.
 On preemption or time-out SLURM sends the preemption signal ``signal_delay_s`` early;
 :class:`TrainJob` takes it from submitit, lets the engine save a checkpoint at its next log
 point, then hands it back: submitit calls ``checkpoint()``, which requeues the same job,
@@ -22,18 +23,12 @@ import time
 from pathlib import Path
 
 import submitit
-import yaml
 
 from depthpi.io import atomic_write_text
 from depthpi.sweep.spec import Element, Stage, Sweep
 
 ELEMENT_FILE = "sweep_element.json"
 PLAN_FILE = "sweep.json"
-# accelerate config keys that describe the process layout: SLURM decides that here.
-_LAYOUT_KEYS = {"compute_environment", "num_machines", "num_processes", "machine_rank", "main_process_ip",
-                "main_process_port", "rdzv_backend", "same_network", "main_training_function", "use_cpu",
-                "gpu_ids", "debug", "enable_cpu_affinity", "tpu_env", "tpu_use_cluster", "tpu_use_sudo",
-                "downcast_bf16"}
 
 
 def write_json(path: str | Path, data: dict) -> None:
@@ -44,58 +39,6 @@ def write_json(path: str | Path, data: dict) -> None:
 def read_json(path: str | Path) -> dict | None:
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def accelerate_env(path: str | Path | None) -> dict[str, str]:
-    """The environment ``accelerate launch --config_file PATH`` gives its processes (accelerate 1.15).
-
-    Only what selects the backend and its options is translated (DeepSpeed: ``ACCELERATE_USE_DEEPSPEED``,
-    ``ACCELERATE_DEEPSPEED_*``, ``ACCELERATE_CONFIG_DS_FIELDS``; ``ACCELERATE_MIXED_PRECISION``;
-    dynamo); the process layout comes from SLURM instead.
-
-    Raises:
-        ValueError: for a distributed type that cannot run without ``accelerate launch`` here.
-    """
-    if path is None:
-        return {}
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    dist = str(raw.get("distributed_type", "NO")).upper()
-    if dist not in ("NO", "MULTI_GPU", "MULTI_CPU", "DEEPSPEED"):
-        raise ValueError(f"accelerate config {path}: key 'distributed_type': expected NO, MULTI_GPU, MULTI_CPU "
-                         f"or DEEPSPEED for a SLURM sweep, got {raw.get('distributed_type')!r}")
-    env = {}
-    if raw.get("mixed_precision") is not None:
-        env["ACCELERATE_MIXED_PRECISION"] = str(raw["mixed_precision"]).lower()
-    dynamo = raw.get("dynamo_config") or {}
-    if dynamo.get("dynamo_backend"):
-        env["ACCELERATE_DYNAMO_BACKEND"] = str(dynamo["dynamo_backend"]).upper()
-        for key in ("mode", "use_fullgraph", "use_dynamic", "use_regional_compilation"):
-            if f"dynamo_{key}" in dynamo:
-                env[f"ACCELERATE_DYNAMO_{key.upper()}"] = str(dynamo[f"dynamo_{key}"])
-    if dist == "DEEPSPEED":
-        env.update(_deepspeed_env(raw.get("deepspeed_config") or {}, "mixed_precision" in raw))
-    return env
-
-
-def _deepspeed_env(ds: dict, mixed_precision_in_file: bool) -> dict[str, str]:
-    """``prepare_deepspeed_cmd_env`` of accelerate 1.15, fed from a config file's ``deepspeed_config``."""
-    names = {"zero_stage": "ACCELERATE_DEEPSPEED_ZERO_STAGE",
-             "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
-             "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING",
-             "offload_optimizer_device": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE",
-             "offload_param_device": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
-             "offload_optimizer_nvme_path": "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_NVME_PATH",
-             "offload_param_nvme_path": "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_NVME_PATH",
-             "zero3_init_flag": "ACCELERATE_DEEPSPEED_ZERO3_INIT",
-             "zero3_save_16bit_model": "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL",
-             "deepspeed_config_file": "ACCELERATE_DEEPSPEED_CONFIG_FILE",
-             "deepspeed_moe_layer_cls_names": "ACCELERATE_DEEPSPEED_MOE_LAYER_CLS_NAMES"}
-    fields = list(ds) + (["mixed_precision"] if mixed_precision_in_file else [])
-    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_CONFIG_DS_FIELDS": ",".join(fields).lower()}
-    for key, value in ds.items():
-        if key in names and value is not None:
-            env[names[key]] = str(value).lower() if isinstance(value, (bool, str)) else str(value)
-    return env
 
 
 def _now() -> str:
@@ -157,18 +100,17 @@ class TrainJob:
 
     Args:
         element: the expanded element (config, overrides, run directory).
-        env: accelerate variables from the stage's accelerate config (:func:`accelerate_env`).
+        stop_grace_s: seconds the engine has, after the preemption signal, to reach a step
+            boundary and save before the job is requeued without a new checkpoint.
     """
 
-    def __init__(self, element: Element, env: dict[str, str] | None = None, stop_grace_s: float = 60.0):
+    def __init__(self, element: Element, stop_grace_s: float = 60.0):
         self.element = element
-        self.env = dict(env or {})
         self.stop_grace_s = stop_grace_s
 
     def __call__(self) -> dict:
         job_env = submitit.JobEnvironment()
         rendezvous = export_rendezvous(job_env)
-        os.environ.update(self.env)
         is_main = job_env.global_rank == 0
         if is_main:
             record = record_start(self.element, job_env)
@@ -198,7 +140,7 @@ class TrainJob:
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Requeue the same run; the engine resumes from the run directory's last checkpoint."""
-        return submitit.helpers.DelayedSubmission(type(self)(self.element, self.env, self.stop_grace_s))
+        return submitit.helpers.DelayedSubmission(type(self)(self.element, self.stop_grace_s))
 
 
 class CommandJob:
@@ -232,7 +174,7 @@ def make_job(stage: Stage, element: Element):
     if element.kind == "command":
         return CommandJob(element)
     # half the warning SLURM gives: the rest is for the save, the requeue and the exit
-    return TrainJob(element, accelerate_env(stage.accelerate), stop_grace_s=max(10.0, stage.resources.signal_delay_s / 2))
+    return TrainJob(element, stop_grace_s=max(10.0, stage.resources.signal_delay_s / 2))
 
 
 def slurm_parameters(stage: Stage, sweep: Sweep, dependency: str | None = None) -> dict:
@@ -308,7 +250,7 @@ def submit_slurm(sweep: Sweep) -> dict[str, str]:
     return job_ids
 
 
-def run_local(sweep: Sweep, poll_s: float = 1.0) -> dict[str, str]:
+def run_local(sweep: Sweep, poll_s: float = 0.25) -> dict[str, str]:
     """Run the plan on this machine through submitit's LocalExecutor and wait for it.
 
     Stages run in order; within a stage at most ``array_parallelism`` elements run at
