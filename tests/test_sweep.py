@@ -631,9 +631,9 @@ def requeued_attempt_started(cluster, job_id: str, run_dir: Path) -> bool:
 
 
 def training_started(run_dir: Path) -> bool:
-    """The engine's first log line is written: the job's preemption handler is in place."""
+    """The engine's first log line (stderr) is written: the job's preemption handler is in place."""
     record = run_dir / "sweep_element.json"
-    return record.is_file() and "stage baseline" in Path(json.loads(record.read_text())["log"]).read_text()
+    return record.is_file() and "stage baseline" in Path(json.loads(record.read_text())["error_log"]).read_text()
 
 
 @pytest.mark.slow
@@ -659,7 +659,7 @@ def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shard
              "the requeued attempt to start", 0.25)
     states = wait_done(slurm_cluster, job_ids, 150)
     records = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
-    logs = {n: Path(r["log"]).read_text() for n, r in records.items()}
+    logs = {n: Path(r["log"]).read_text() + Path(r["error_log"]).read_text() for n, r in records.items()}
     assert set(states.values()) == {"COMPLETED"}, (states, {n: log[-3000:] for n, log in logs.items()})
     assert records["seed-0"]["attempts"] == 2 and records["seed-0"]["job_ids"] == [job_ids[0]]
     assert records["seed-1"]["attempts"] == 1 and records["seed-1"]["job_ids"] == [job_ids[1]]
