@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from depthpi.log import configure_logging
+
 
 def _shards_build(args) -> None:
     if args.source == "synthetic":
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     try:
         args.func(args)
     except (FileNotFoundError, ValueError) as err:

@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 
+from depthpi.log import configure_logging
 from depthpi.sweep.spec import Sweep, load_spec
 
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = add_sweep_arguments(argparse.ArgumentParser(prog="sweep.py", description=__doc__,
                                                          formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     try:
         args.func(args)
     except (FileNotFoundError, ValueError) as err:

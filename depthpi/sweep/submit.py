@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import shlex
 import socket
@@ -25,7 +26,10 @@ from pathlib import Path
 import submitit
 
 from depthpi.io import atomic_write_text
+from depthpi.log import configure_logging
 from depthpi.sweep.spec import Element, Stage, Sweep
+
+log = logging.getLogger(__name__)
 
 ELEMENT_FILE = "sweep_element.json"
 PLAN_FILE = "sweep.json"
@@ -111,12 +115,12 @@ class TrainJob:
     def __call__(self) -> dict:
         job_env = submitit.JobEnvironment()
         rendezvous = export_rendezvous(job_env)
+        configure_logging(job_env.global_rank, job_env.num_tasks)
         is_main = job_env.global_rank == 0
         if is_main:
             record = record_start(self.element, job_env)
-            print(f"[depthpi sweep] {self.element.name}: attempt {record['attempts']}, job {job_env.job_id}, "
-                  f"rendezvous {rendezvous['MASTER_ADDR']}:{rendezvous['MASTER_PORT']} "
-                  f"world {rendezvous['WORLD_SIZE']}", flush=True)
+            log.info("%s: attempt %d, job %s, rendezvous %s:%s world %s", self.element.name, record["attempts"],
+                     job_env.job_id, rendezvous["MASTER_ADDR"], rendezvous["MASTER_PORT"], rendezvous["WORLD_SIZE"])
         from depthpi.train.preemption import Preempted, StopRequest  # heavy imports inside the job only
 
         stop = StopRequest(_preemption_signal(), self.stop_grace_s).install()
@@ -283,12 +287,12 @@ def run_local(sweep: Sweep, poll_s: float = 0.25) -> dict[str, str]:
                 element_jobs[element.name] = job.job_id
                 running.append((element, job))
                 _write_plan(sweep, "local", job_ids, element_jobs)
-                print(f"[depthpi sweep] {element.name}: started (local job {job.job_id})", flush=True)
+                log.info("%s: started (local job %s)", element.name, job.job_id)
             time.sleep(poll_s)
             for element, job in [r for r in running if r[1].done()]:
                 running.remove((element, job))
                 states[element.name] = "failed" if job.exception() is not None else "done"
-                print(f"[depthpi sweep] {element.name}: {states[element.name]} (log {job.paths.stdout})", flush=True)
+                log.info("%s: %s (log %s)", element.name, states[element.name], job.paths.stdout)
         if any(states[e.name] != "done" for e in stage.elements):
             failed_stages.add(stage.name)
     return states

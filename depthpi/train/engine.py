@@ -42,7 +42,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     # --- setup -----------------------------------------------------------------
     cfg, adopted = adopt_teacher_architecture(cfg)
     accelerator = make_accelerator(cfg)
-    run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
+    run_dir = Path(cfg.run.out_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
     configure_logging(rank, world)
     torch.manual_seed(cfg.run.seed)

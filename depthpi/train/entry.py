@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from depthpi.config import load_config
+from depthpi.log import configure_logging
 
 
 def main(stage: str, argv: list[str] | None = None) -> dict:
@@ -24,4 +25,5 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         parser.error(f"{args.config}: stage is {cfg.stage!r}; use launch/train_{cfg.stage}.py")
     from depthpi.train.engine import train  # heavy imports after argument errors
 
+    configure_logging()
     return train(cfg)

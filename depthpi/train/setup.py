@@ -10,7 +10,6 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Iterator
 
 import torch
