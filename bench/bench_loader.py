@@ -69,8 +69,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2, 4, 8])
     parser.add_argument("--size", type=int, default=257, help="input size N of the training map")
-    parser.add_argument("--colour-on", default="device", choices=("device", "workers"),
-                        help="where the training map's colour augmentation runs (device: the GPU default)")
     parser.add_argument("--dir", help="reuse/build shards here (default: a temp dir)")
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
@@ -80,9 +78,9 @@ def main() -> None:
         manifest = build_shards(split, args.samples, args.per_shard, partial(fake_sample),
                                 workers=min(8, os.cpu_count() or 1), desc="bench shards")
         size_mb = sum(s.bytes for s in manifest.shards) / 1e6
-        training = map_fn(PipelineConfig(input_size=args.size, depth=True, colour_on=args.colour_on), 0, True)
-        rows = [f"| workers | decode only, samples/s | training map ({args.size}×{args.size} RGB+depth, colour on "
-                f"{args.colour_on}), samples/s | training map per worker | batches/epoch |", "|---|---|---|---|---|"]
+        training = map_fn(PipelineConfig(input_size=args.size, depth=True), 0, True)
+        rows = [f"| workers | decode only, samples/s | training map ({args.size}×{args.size} RGB+depth), "
+                f"samples/s | training map per worker | batches/epoch |", "|---|---|---|---|---|"]
         for workers in args.workers:
             ceiling, batches = measure(split, args.batch, workers, decode_only)
             rate, _ = measure(split, args.batch, workers, training)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from depthpi.data.batches import build_eval_loader, to_device  # noqa: E402
+from depthpi.data.batches import Batch, build_eval_loader  # noqa: E402
 from depthpi.models.posenet import tap_features  # noqa: E402
 from depthpi.predict import Predictor  # noqa: E402
 from depthpi.sweep.report import mean_std  # noqa: E402
@@ -169,9 +169,10 @@ def plot_curves(runs: Path, path: Path) -> None:
     savefig(fig, path)
 
 
-def _features(predictor: Predictor, batch: dict, sigmoid: bool) -> torch.Tensor:
+def _features(predictor: Predictor, batch: Batch, sigmoid: bool) -> torch.Tensor:
+    inputs = predictor.inputs(batch)
     with torch.inference_mode():
-        feat = tap_features(predictor.model, predictor.cfg.model, batch, TAP).float()
+        feat = tap_features(predictor.model, predictor.cfg.model, inputs.rgb, inputs.depth, TAP).float()
     return feat.sigmoid() if sigmoid else feat
 
 
@@ -197,7 +198,7 @@ def feature_differences(seed_dir: Path, shards: str, count: int = 4, batches: in
     for i, batch in enumerate(loader):
         if i == batches:
             break
-        device_batch = to_device(batch, torch.device("cpu"), channels_last=False)
+        device_batch = Batch.from_collated(batch)
         target = _features(teacher, device_batch, sigmoid)
         diffs = {name: (target - _features(p, device_batch, sigmoid)).abs().sum(1) for name, p in others.items()}
         for name, diff in diffs.items():
