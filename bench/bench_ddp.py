@@ -1,4 +1,4 @@
-"""DDP scaling: N single-thread processes (gloo) vs one, same per-rank batch (issue 10).
+"""DDP scaling: N single-thread processes (gloo) vs one, same per-rank batch.
 
 Each rank runs forward + backward + Adam step of the baseline model on its own batch;
 DDP all-reduces the gradients. Efficiency = rate(N) / (N · rate(1)). Goal on CPU with

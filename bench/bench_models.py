@@ -7,7 +7,7 @@ Three workloads, each forward + backward (no optimiser step):
   teacher, tap ``block13.post_relu``, stopping there: no layer4, no head) + RGB student forward/backward with a
   regression term and a sigmoid-L2 distillation term on the same tap.
 - ``student+stored``: the same student step against a stored float16 tap (precomputed
-  teacher, issue 6): the map is copied host→device each step as the loader would hand
+  teacher): the map is copied host→device each step as the loader would hand
   it over; no teacher in memory.
 
 Besides samples/s and peak memory, the table gives the memory per extra sample (from a

@@ -1,6 +1,6 @@
 """Pinhole camera geometry (thesis §4.1.1, §4.1.4): NumPy only, no torch.
 
-Conventions (DESIGN.md): millimetres; ``p_cam = R (p_world - t)``; x right, y down,
+Conventions (docs/design.md): millimetres; ``p_cam = R (p_world - t)``; x right, y down,
 z forward; pixel centres at integer coordinates (OpenCV's convention, so ``cv2`` warps
 agree with :meth:`Camera.project` to sub-pixel precision).
 

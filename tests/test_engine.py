@@ -1,6 +1,6 @@
 """The training engine for real: tiny models on tiny synthetic shards, on CPU.
 
-Covers issue 5: loss decreases on an overfit set, a killed run resumes to the same
+Covers: loss decreases on an overfit set, a killed run resumes to the same
 parameters, TensorBoard tags, a 2-process DDP run and a 2-process DeepSpeed ZeRO-2 run
 through ``accelerate launch`` (gloo), and the student stage with an online teacher.
 """

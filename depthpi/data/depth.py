@@ -1,6 +1,6 @@
 """Depth maps as network input (thesis §5.1.2) and depth intrinsics (§5.1.1).
 
-Eq. 5.3 as DESIGN.md reads it (the printed conditions are swapped): with D in metres,
+Eq. 5.3 as docs/design.md reads it (the printed conditions are swapped): with D in metres,
 valid pixels map to exp(−D) and invalid ones (D < 0.1 m, the sensor's 0 included) to
 0, "infinitely far". Eq. 5.4 (optional rectification) is implemented as its geometry
 needs: a radial distance d becomes the z coordinate z = d / sqrt(1 + x̂² + ŷ²); the

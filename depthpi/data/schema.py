@@ -1,6 +1,6 @@
 """The stored sample: what one shard entry holds, how it is encoded and validated.
 
-One key = three tar members (DESIGN.md "Sample schema"):
+One key = three tar members (docs/design.md, "One sample, from shard to loss"):
 - ``rgb.jpg``: RGB crop around the person, uint8; intrinsics ``rgb_K`` are the crop's.
 - ``depth.png``: uint16 depth in mm, 0 = invalid (absent for RGB-only test sets).
 - ``json``: metadata, see :class:`SampleMeta`.

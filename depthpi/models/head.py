@@ -7,7 +7,7 @@ reshaped to J volumes of (D, h, w), normalised by a softmax over each whole volu
 
 Axes: x runs along the feature width (image right), y along its height (image down),
 z along the D depth bins (away from the camera). Voxel k (1-based) of an axis with n
-cells sits at its centre (k − 0.5)/n — DESIGN.md's reading of eq. 4.9, whose printed
+cells sits at its centre (k − 0.5)/n — the reading in docs/design.md of eq. 4.9, whose printed
 (k − 1)/(n − 1) grid contradicts the "centres of each grid voxel" in the text.
 
 Softmax and soft-argmax run in float32 even under bf16/fp16 autocast: a softmax over

@@ -1,6 +1,6 @@
 """Shared by the raw-dataset converters: crops, boxes, the summary and the shard driver.
 
-Crops (DESIGN.md sample schema, thesis eq. 4.7):
+Crops (docs/design.md, "One sample", thesis eq. 4.7):
 
 - The RGB crop is a square of ``context`` × the person box's long side, centred on the
   box, resized (area interpolation) so its side is at most ``max_side`` pixels; pixels

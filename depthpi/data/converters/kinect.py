@@ -2,7 +2,7 @@
 
 Kinect v2 camera space (Microsoft's documentation): origin at the depth sensor, metres,
 **x grows to the sensor's left, y up, z out along the sensor's view** — a right-handed
-frame. depthpi's camera frame is x right, y down, z forward (DESIGN.md). The map between
+frame. depthpi's camera frame is x right, y down, z forward (docs/design.md). The map between
 them is the 180° rotation about z, ``(x, y, z) → (−x, −y, z)`` (det +1, never a
 reflection), followed by metres → millimetres: :func:`kinect_to_camera`.
 
