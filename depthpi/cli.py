@@ -162,12 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"depthpi {args.command}: {err}") from None
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:  # user errors: one line, status 2
+        parser.exit(2, f"depthpi {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

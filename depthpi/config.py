@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -36,6 +37,10 @@ class DataConfig:
         eval_batch_size: samples per device in evaluation.
         num_workers: loader processes per device.
         shuffle_buffer: samples held for shuffling in each worker.
+        verify_shards: check every shard of every split against its manifest (sha256,
+            sample counts) before training starts (``depthpi shards verify`` does it alone).
+        allow_split_roles: train on a split whose manifest names another role (e.g. a
+            ``test`` split as ``data.train``), or on the test split itself; refused otherwise.
         dataset: training data set name; picks the PCK/AUC threshold (``ntu``/``pku``: 50 mm,
             ``h36m``: 150 mm, ``synthetic``: 50 mm) when the test split's manifest does not
             name its source (converted splits do, and their source wins).
@@ -56,6 +61,17 @@ class DataConfig:
     dataset: str = "synthetic"
     extra_tests: dict[str, str | None] | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    verify_shards: bool = False
+    allow_split_roles: bool = False
+
+    def __post_init__(self):
+        for key in ("train", "test"):
+            _check(bool(getattr(self, key)), f"data.{key}", "a split directory or URL", getattr(self, key))
+        _check(self.batch_size >= 1, "data.batch_size", "an integer >= 1", self.batch_size)
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        _check(self.num_workers >= 0, "data.num_workers", "an integer >= 0 (0: load in the training process)",
+               self.num_workers)
+        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", "an integer >= 1", self.shuffle_buffer)
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,21 @@ class OptimConfig:
     lr_factors: tuple[float, ...] = (0.5, 1.0, 0.2, 0.04, 0.008)
     grad_clip: float = 5.0
     freeze_bn_after_epoch: int | None = None
+
+    def __post_init__(self):
+        _check(self.lr > 0, "optim.lr", "> 0", self.lr)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+               "two numbers in [0, 1)", list(self.betas))
+        _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
+        _check(self.epochs >= 1, "optim.epochs", "an integer >= 1", self.epochs)
+        _check(len(self.lr_factors) == len(self.lr_milestones) + 1, "optim.lr_factors",
+               f"len(optim.lr_milestones) + 1 = {len(self.lr_milestones) + 1} values", list(self.lr_factors))
+        _check(list(self.lr_milestones) == sorted(self.lr_milestones) and all(m >= 0 for m in self.lr_milestones),
+               "optim.lr_milestones", "non-negative and increasing", list(self.lr_milestones))
+        _check(all(f >= 0 for f in self.lr_factors), "optim.lr_factors", "values >= 0", list(self.lr_factors))
+        _check(self.grad_clip >= 0, "optim.grad_clip", ">= 0 (0: no clipping)", self.grad_clip)
+        _check(self.freeze_bn_after_epoch is None or self.freeze_bn_after_epoch >= 0, "optim.freeze_bn_after_epoch",
+               "null or an integer >= 0", self.freeze_bn_after_epoch)
 
 
 @dataclass(frozen=True)
@@ -146,6 +177,9 @@ class RunConfig:
             package must be installed.
         collective_timeout_s: a collective that does not complete within this many seconds
             (a rank died or missed it) fails with a message instead of hanging.
+        allow_config_change: resume a run directory whose config.yaml differs from this
+            config (refused otherwise, naming the keys that differ); the new config is then
+            saved and the old one kept beside it.
     """
 
     out_dir: str = "runs/default"
@@ -163,8 +197,16 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     log_with: tuple[str, ...] = ("tensorboard",)
     collective_timeout_s: float = 1800.0
+    allow_config_change: bool = False
 
     def __post_init__(self):
+        _check(bool(self.out_dir), "run.out_dir", "a directory", self.out_dir)
+        _check(self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
+        _check(self.steps_per_epoch >= 0, "run.steps_per_epoch", "an integer >= 0 (0: the whole split)",
+               self.steps_per_epoch)
+        for key in ("checkpoint_every", "keep_last", "log_every"):
+            _check(getattr(self, key) >= 1, f"run.{key}", "an integer >= 1", getattr(self, key))
+        _check(self.image_every >= 0, "run.image_every", "an integer >= 0 (0: epoch ends only)", self.image_every)
         unknown = [t for t in self.log_with if t not in TRACKERS]
         _check(not unknown, "run.log_with", f"a list of {TRACKERS}", list(self.log_with))
         _check(self.collective_timeout_s > 0, "run.collective_timeout_s", "> 0", self.collective_timeout_s)
@@ -207,6 +249,13 @@ class TrainConfig:
                    "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
             _check(not precomputed or self.data.unlabeled is None or self.teacher.unlabeled_features is not None,
                    "teacher.unlabeled_features", "feature shards of data.unlabeled in precomputed mode", None)
+            for key in ("features", "unlabeled_features"):
+                _check(precomputed or getattr(self.teacher, key) is None, f"teacher.{key}",
+                       "unset unless teacher.mode=precomputed (an online teacher reads no stored features)",
+                       getattr(self.teacher, key))
+        _check(self.model.init == "checkpoint" or self.model.init_checkpoint is None, "model.init_checkpoint",
+               f"unset unless model.init=checkpoint (it is {self.model.init!r}, so the file would never be read)",
+               self.model.init_checkpoint)
         if self.stage == "teacher":
             _check(self.model.kind == "teacher", "model.kind", "'teacher' for stage teacher", self.model.kind)
 
@@ -222,7 +271,12 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
         raise ValueError(f"{path}: 'base:' inheritance forms a cycle through {[str(p) for p in seen]}")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    node = OmegaConf.load(path)
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"{path}: expected a mapping of config keys at the top level, got {type(node).__name__}")
     base = node.pop("base", None)
     if base is None:
         return node

@@ -71,7 +71,7 @@ class DistillationConfig:
         term: ``"huber"`` (pixelwise Huber, δ = 1), ``"l2"`` (squared difference) or
             ``"bce"`` (binary cross entropy).
         attention: Weight the per-pixel difference by the keypoint attention map
-            (eq. 4.26-4.27); the map itself is produced by the data pipeline.
+            (eq. 4.26-4.27); the map is built in the training step (``depthpi.train.targets``).
         alpha_warmup: α at epoch 0. Default 0.1, the thesis' models 4.3 and 8.1.
         alpha_target: α from ``alpha_ramp_epochs`` on. Default 0.2 (same models).
         alpha_ramp_epochs: Epochs of the linear ramp from warm-up to target (§6.1.2).

@@ -145,7 +145,7 @@ def test_preemption_saves_at_the_next_log_point_and_the_run_resumes_to_the_end(s
 def test_compiled_run_matches_eager_and_exports_plain_weights(shards, tmp_path):
     """run.compile: same first-step loss as eager, exported keys without torch.compile's
     wrapper prefix, and the export reproduces the logged evaluation in an eager model."""
-    common = {"optim.epochs": 1, "run.steps_per_epoch": 2, "model.init": "none"}
+    common = {"optim.epochs": 1, "run.steps_per_epoch": 2, "model.init": "none", "model.init_checkpoint": "null"}
     train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "eager", **common)))
     compiled = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(
         shards, tmp_path / "compiled", **common, **{"run.compile": True})))
@@ -278,7 +278,7 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
     student_dir = tmp_path / "student"
     # teacher.model says width 0.25: the weights' run config (width 0.125) wins, and is recorded
     metrics = train(load_config(DEMO / "student.yaml", _overrides(
-        shards, student_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3, "model.init": "none",
+        shards, student_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3, "model.init": "none", "model.init_checkpoint": "null",
                                 "teacher.weights": teacher_dir / "export" / "last.pt", "teacher.model.width": 0.25,
                                 "distill.attention": True, "run.image_every": 2})))
     assert metrics["count"] > 0
@@ -301,7 +301,7 @@ def test_teacher_weights_without_a_run_that_do_not_fit_name_the_architecture(sha
     teacher_cfg = load_config(DEMO / "teacher.yaml", ["model.depth_branch_checkpoint=null", "model.init=none"])
     save_weights(build_model(teacher_cfg.model).state_dict(), tmp_path / "loose" / "teacher.pt")  # no config.yaml
     cfg = load_config(DEMO / "student.yaml", _overrides(shards, tmp_path / "student", **{
-        "model.init": "none", "teacher.weights": tmp_path / "loose" / "teacher.pt", "teacher.model.width": 0.25}))
+        "model.init": "none", "model.init_checkpoint": "null", "teacher.weights": tmp_path / "loose" / "teacher.pt", "teacher.model.width": 0.25}))
     with pytest.raises(ValueError, match=r"teacher.pt: does not fit the model "
                                          r"\(kind teacher, input rgb, arch resnet50, width 0.25, depth_bins 16\).*size mismatch"):
         build_stage(cfg, torch.device("cpu"))

@@ -111,7 +111,7 @@ def test_killed_precompute_rerun_writes_the_same_bytes(setup, tmp_path):
 def _student_overrides(root, out_dir, **extra):
     values = {"data.train": root / "synth/train", "data.test": root / "synth/test", "run.out_dir": out_dir,
               "data.num_workers": 0, "data.batch_size": 4, "data.pipeline.input_size": 65, "optim.epochs": 1,
-              "run.steps_per_epoch": 3, "model.init": "none", "data.pipeline.augment.geometry": False,
+              "run.steps_per_epoch": 3, "model.init": "none", "model.init_checkpoint": "null", "data.pipeline.augment.geometry": False,
               "data.pipeline.augment.colour": False, "teacher.model.depth_bins": 8, "run.log_every": 1}
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -32,6 +32,19 @@ class AugmentConfig:
     hue_degrees: float = 18.0
     saturation: tuple[float, float] = (0.8, 1.25)
 
+    def __post_init__(self):
+        for name in ("roll", "brightness", "hue_degrees"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"config key 'augment.{name}': expected >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.flip_probability <= 1:
+            raise ValueError(f"config key 'augment.flip_probability': expected a value in [0, 1], "
+                             f"got {self.flip_probability!r}")
+        for name in ("zoom", "contrast", "saturation"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"config key 'augment.{name}': expected [low, high] with 0 < low <= high, "
+                                 f"got {[low, high]}")
+
 
 @dataclass(frozen=True)
 class ViewParams:

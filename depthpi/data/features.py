@@ -19,7 +19,7 @@ import torch
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError
-from depthpi.data.shards import file_sha256, read_manifest
+from depthpi.data.shards import file_sha256, manifest_sha256, read_manifest
 
 # uint8 stores p = sigmoid(F); logits come from p clipped inside (0, 1), by less than half a
 # code so that re-encoding gives the stored byte back.
@@ -115,7 +115,7 @@ def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, ta
         problems.append(f"tap {params['tap']!r} but distill.tap is {tap!r}")
     if params["input_size"] != input_size:
         problems.append(f"input size {params['input_size']} but data.pipeline.input_size is {input_size}")
-    source_hash = file_sha256(Path(source_dir) / "manifest.json")
+    source_hash = manifest_sha256(source_dir)
     if params["source_manifest_sha256"] != source_hash:
         problems.append(f"built from a different source split (source manifest changed since: {source_dir})")
     if teacher_weights and Path(teacher_weights).is_file():

@@ -23,7 +23,7 @@ from depthpi.camera import Camera
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import crop_camera
 from depthpi.data.schema import SampleError, SampleMeta
-from depthpi.data.shards import file_sha256, read_manifest
+from depthpi.data.shards import SplitLocation, manifest_sha256, read_manifest
 from depthpi.io import atomic_write_json
 from depthpi.skeleton import get_skeleton
 
@@ -51,7 +51,8 @@ def mean_pose(split_dir: str | Path) -> np.ndarray:
     skeleton = get_skeleton(manifest.skeleton)
     sums, counts = np.zeros((skeleton.num_joints, 3)), np.zeros(skeleton.num_joints)
     skipped = 0
-    urls = [str(Path(split_dir) / s.name) for s in manifest.shards]
+    location = SplitLocation.parse(split_dir)
+    urls = [location.url(s.name) for s in manifest.shards]
     stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue))
     for members in tqdm(stream, total=manifest.total_count, desc=f"mean pose of {split_dir}", unit="sample",
                         leave=False, mininterval=5):
@@ -75,7 +76,7 @@ def mean_pose(split_dir: str | Path) -> np.ndarray:
 
 def cached_mean_pose(split_dir: str | Path, cache: Path) -> np.ndarray:
     """:func:`mean_pose`, stored in ``cache`` (JSON, with the split's manifest digest) and reused."""
-    digest = file_sha256(Path(split_dir) / "manifest.json")
+    digest = manifest_sha256(split_dir)
     if cache.is_file():
         record = json.loads(cache.read_text())
         if record.get("manifest_sha256") == digest:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from depthpi.config import TrainConfig, save_config
+from depthpi.config import TrainConfig
 from depthpi.data.reference import cached_mean_pose
 from depthpi.dist import gather_objects
 from depthpi.evaluate import evaluate, threshold_for_split
@@ -26,7 +26,8 @@ from depthpi.train.ledger import RankLedger
 from depthpi.train.logging import RunLogger, StepMeter, skeleton_panel
 from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.schedules import StepSchedule
-from depthpi.train.setup import Loaders, adopt_teacher_architecture, build_loaders, build_stage, make_accelerator
+from depthpi.train.setup import (Loaders, adopt_teacher_architecture, build_loaders, build_stage, check_config_unchanged,
+                                  check_split_roles, make_accelerator, record_inputs, startup_checks, verify_splits)
 from depthpi.weights import save_weights
 
 log = logging.getLogger("depthpi.train")
@@ -39,25 +40,31 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     log point and :class:`Preempted` is raised (``depthpi.train.preemption``).
     Returns the final evaluation metrics (``mpjpe``, ``pck``, ``auc``, ``mean_pose_mpjpe``, ...).
     """
-    # --- setup -----------------------------------------------------------------
-    cfg, adopted = adopt_teacher_architecture(cfg)
-    accelerator = make_accelerator(cfg)
-    run_dir = Path(cfg.run.out_dir)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    configure_logging(rank, world)
-    torch.manual_seed(cfg.run.seed)
-    stage, model = build_stage(cfg, accelerator.device)
-    loaders = build_loaders(cfg, stage, rank, world)
-    mean_pose = training_mean_pose(cfg, accelerator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                 weight_decay=cfg.optim.weight_decay)
-    if cfg.run.channels_last and accelerator.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    stage.model = torch.compile(model) if cfg.run.compile else model
-    schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
-    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
-    trainer = resume(cfg, accelerator)
+    # --- setup: every check that can fail does so here, before the first step ----
+    with startup_checks():
+        cfg, adopted = adopt_teacher_architecture(cfg)
+        accelerator = make_accelerator(cfg)
+        run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
+        rank, world = accelerator.process_index, accelerator.num_processes
+        configure_logging(rank, world)
+        check_split_roles(cfg)
+        if cfg.data.verify_shards:
+            verify_splits(cfg, rank, world)
+        check_config_unchanged(cfg, is_main)
+        torch.manual_seed(cfg.run.seed)
+        stage, model = build_stage(cfg, accelerator.device)
+        loaders = build_loaders(cfg, stage, rank, world)
+        record_inputs(cfg, is_main)
+        mean_pose = training_mean_pose(cfg, accelerator)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                     weight_decay=cfg.optim.weight_decay)
+        if cfg.run.channels_last and accelerator.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        stage.model = torch.compile(model) if cfg.run.compile else model
+        schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
+        deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
+        trainer = resume(cfg, accelerator)
     logger = RunLogger(accelerator, asdict(cfg), tracker_kwargs=trainer.trackers)
     trainer.trackers = logger.resume_kwargs()
     ledger = RankLedger(rank, world)
@@ -140,13 +147,9 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
 
 def resume(cfg: TrainConfig, accelerator) -> TrainerState:
     """The trainer state of the run's newest loadable checkpoint, with model, optimiser,
-    scaler and every rank's RNG restored from it; a fresh state (and the run's config.yaml
-    written) when there is none."""
-    run_dir = Path(cfg.run.out_dir)
-    found = resume_latest(accelerator, run_dir)
+    scaler and every rank's RNG restored from it; a fresh state when there is none."""
+    found = resume_latest(accelerator, Path(cfg.run.out_dir))
     if found is None:
-        if accelerator.is_main_process:
-            save_config(cfg, run_dir / "config.yaml")
         return TrainerState(code_version=code_version())
     trainer, path = found
     log.info("resumed from %s (epoch %d, step %d)", path, trainer.epoch, trainer.step)

@@ -12,8 +12,9 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     """``--config FILE`` plus ``key=value`` overrides; trains one run of ``stage``."""
     parser = argparse.ArgumentParser(
         prog=f"train_{stage}.py",
-        description=f"Train a depthpi {stage}. Runs as one process, or under `accelerate launch` "
-                    "on many GPUs/nodes (DDP or DeepSpeed, chosen by the accelerate config).")
+        description=f"Train a depthpi {stage}. Runs as one process, or under `accelerate launch` on many "
+                    "GPUs/nodes: DDP, or DeepSpeed with run.deepspeed.zero_stage=1/2. A user error (a bad "
+                    "key, path or file) ends in one line and exit status 2.")
     parser.add_argument("--config", required=True, help=f"YAML, e.g. configs/{stage}/*.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 run.out_dir=runs/x")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -24,6 +25,10 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     if cfg.stage != stage:
         parser.error(f"{args.config}: stage is {cfg.stage!r}; use launch/train_{cfg.stage}.py")
     from depthpi.train.engine import train  # heavy imports after argument errors
+    from depthpi.train.setup import StartupError
 
     configure_logging()
-    return train(cfg)
+    try:
+        return train(cfg)
+    except StartupError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")

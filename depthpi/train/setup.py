@@ -6,20 +6,26 @@ The run config is the one place for precision (``run.precision``) and DeepSpeed
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from depthpi.config import TrainConfig, load_config
+from depthpi.config import TrainConfig, load_config, save_config, to_yaml
 from depthpi.data.batches import Batch, build_eval_loader, build_train_loaders, with_depth
 from depthpi.data.features import check_feature_shards
 from depthpi.data.loader import ShardLoader
-from depthpi.data.shards import ManifestError
+from depthpi.data.shard_verify import require_intact
+from depthpi.data.shards import ManifestError, file_sha256, manifest_sha256, read_manifest
+from depthpi.dist import gather_objects
+from depthpi.io import atomic_write_json
+from depthpi.train.checkpoint import CheckpointError
 from depthpi.evaluate import threshold_for_split
 from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze
 from depthpi.train.stages import OnlineTeacher, StoredTeacher, StudentStage, SupervisedStage
@@ -27,6 +33,23 @@ from depthpi.weights import find_run_config, load_model
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+# Keys a resumed run may change freely: they say how it reports, not what it computes.
+RESUME_FREE_KEYS = ("run.log_every", "run.image_every", "run.keep_last", "run.checkpoint_every",
+                    "run.collective_timeout_s", "run.log_with", "run.allow_config_change", "data.verify_shards")
+
+
+class StartupError(Exception):
+    """A run that cannot start as configured (a bad path, a file that does not fit, a
+    changed config): one line for the user, no traceback."""
+
+
+@contextlib.contextmanager
+def startup_checks():
+    """Turn the user errors a run's setup raises into :class:`StartupError`."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError) as err:
+        raise StartupError(str(err)) from err
 
 
 def resolve_precision(cfg: TrainConfig, on_cpu: bool) -> str:
@@ -204,3 +227,131 @@ def build_extra_tests(cfg: TrainConfig, pipeline, rank: int, world: int) -> dict
         tests[name] = (build_eval_loader(cfg.data, pipeline, split, rank, world), threshold)
     return tests
 
+
+
+# --- checks at start ----------------------------------------------------------------
+def check_split_roles(cfg: TrainConfig) -> None:
+    """Refuse training on a test split: a split whose manifest names another role, or one
+    directory serving two roles (unless ``data.allow_split_roles``).
+
+    Raises:
+        ValueError: naming the keys and the roles.
+    """
+    if cfg.data.allow_split_roles:
+        return
+    splits = {"data.train": cfg.data.train, "data.test": cfg.data.test, "data.unlabeled": cfg.data.unlabeled,
+              **{f"data.extra_tests.{k}": v for k, v in (cfg.data.extra_tests or {}).items()}}
+    splits = {key: value for key, value in splits.items() if value}
+    digests = {key: manifest_sha256(split) for key, split in splits.items()}
+    for key in ("data.train", "data.unlabeled"):
+        if key not in splits:
+            continue
+        role = read_manifest(splits[key], check_files=False).params.get("split")
+        if role in ("test", "val", "validation"):
+            raise ValueError(f"config key {key!r}: {splits[key]} is a {role!r} split (its manifest says so); "
+                             f"training on it would leak it into the model. Point {key} at a training split, or "
+                             f"set data.allow_split_roles=true if this is deliberate")
+        for other, digest in digests.items():
+            if other != key and digest == digests[key] and not {key, other} <= {"data.train", "data.unlabeled"}:
+                raise ValueError(f"config keys {key!r} and {other!r} name the same split ({splits[key]}): "
+                                 f"the model would be scored on what it trained on; set "
+                                 f"data.allow_split_roles=true if this is deliberate")
+
+
+def loaded_inputs(cfg: TrainConfig) -> dict[str, dict]:
+    """Every file and split the run reads, with its sha256 (a split: its manifest's): what the
+    run records in ``inputs.json``."""
+    files = {}
+    model = cfg.model
+    if model.init == "standard":
+        files["model.imagenet_path"] = model.imagenet_path
+    if model.init == "checkpoint":
+        files["model.init_checkpoint"] = model.init_checkpoint
+    if model.depth_branch_checkpoint:
+        files["model.depth_branch_checkpoint"] = model.depth_branch_checkpoint
+    if cfg.stage == "student" and cfg.teacher.weights and Path(cfg.teacher.weights).is_file():
+        files["teacher.weights"] = cfg.teacher.weights
+    record = {key: {"path": str(path), "sha256": file_sha256(path)} for key, path in files.items()}
+    splits = {"data.train": cfg.data.train, "data.test": cfg.data.test, "data.unlabeled": cfg.data.unlabeled,
+              **{f"data.extra_tests.{k}": v for k, v in (cfg.data.extra_tests or {}).items()}}
+    if cfg.stage == "student" and cfg.teacher.mode == "precomputed":
+        splits.update({"teacher.features": cfg.teacher.features, "teacher.unlabeled_features":
+                       cfg.teacher.unlabeled_features})
+    for key, split in splits.items():
+        if split:
+            record[key] = {"path": str(split), "manifest_sha256": manifest_sha256(split)}
+    return record
+
+
+def record_inputs(cfg: TrainConfig, is_main: bool) -> None:
+    """Log what the run reads and write it to ``run_dir/inputs.json`` (main process)."""
+    inputs = loaded_inputs(cfg)
+    for key, entry in inputs.items():
+        digest = entry.get("sha256") or entry.get("manifest_sha256")
+        log.info("input %s: %s (sha256 %s)", key, entry["path"], digest[:16])
+    if is_main:
+        atomic_write_json(Path(cfg.run.out_dir) / "inputs.json", inputs)
+
+
+def verify_splits(cfg: TrainConfig, rank: int, world: int) -> None:
+    """``data.verify_shards``: every rank checks its share of every split's shards (sha256,
+    counts); all ranks learn every verdict, so all fail together.
+
+    Raises:
+        ValueError: naming the bad shards.
+    """
+    splits = [s for s in (cfg.data.train, cfg.data.test, cfg.data.unlabeled, *(cfg.data.extra_tests or {}).values())
+              if s]
+    problems = []
+    for split in splits:
+        try:
+            require_intact(split, workers=1, part=(rank, world))
+        except ManifestError as err:
+            problems.append(str(err))
+    problems = [p for rank_problems in gather_objects(problems, "shard verification") for p in rank_problems]
+    if problems:
+        raise ValueError("data.verify_shards: " + "\n".join(problems))
+
+
+def check_config_unchanged(cfg: TrainConfig, is_main: bool) -> None:
+    """Refuse to resume a run directory whose config.yaml differs from ``cfg`` (keys outside
+    :data:`RESUME_FREE_KEYS`), unless ``run.allow_config_change``; then keep the old config
+    beside the new one. Writes config.yaml for a new run.
+
+    Raises:
+        ValueError: naming every key that differs, old and new value.
+    """
+    path = Path(cfg.run.out_dir) / "config.yaml"
+    if not path.is_file():
+        if is_main:
+            save_config(cfg, path)
+        return
+    saved = load_config(path)
+    changed = {key: (old, new) for key, (old, new) in _differences(asdict(saved), asdict(cfg)).items()
+               if key not in RESUME_FREE_KEYS}
+    if not changed:
+        return
+    lines = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items()))
+    if not cfg.run.allow_config_change:
+        raise ValueError(f"{path}: this run directory was started with another config ({lines}); resume with the "
+                         f"same config, use a new run.out_dir, or set run.allow_config_change=true")
+    log.warning("resuming %s with a changed config: %s", cfg.run.out_dir, lines)
+    if is_main:
+        index = 1 + sum(1 for _ in path.parent.glob("config.previous-*.yaml"))
+        os.replace(path, path.with_name(f"config.previous-{index}.yaml"))
+        save_config(cfg, path)
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    out = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_differences(a, b, f"{prefix}{key}."))
+        elif _plain(a) != _plain(b):
+            out[f"{prefix}{key}"] = (_plain(a), _plain(b))
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
