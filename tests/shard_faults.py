@@ -139,3 +139,14 @@ def wrong_count(split: Path, shard: int, delta: int) -> None:
     manifest["shards"][shard]["count"] += delta
     manifest["total_count"] += delta
     (split / "manifest.json").write_text(json.dumps(manifest))
+
+
+def edit_json(split: Path, shard: int, index: int, change) -> str:
+    """``change(record)`` applied to the sample's metadata JSON (a dict); returns its key."""
+
+    def edit(members: dict) -> None:
+        record = json.loads(members["json"])
+        change(record)
+        members["json"] = json.dumps(record).encode()
+
+    return _edit_sample(split, shard, index, edit)

@@ -69,10 +69,21 @@ class ViewParams:
 
     @classmethod
     def from_dict(cls, record: dict) -> ViewParams:
+        """A view from its stored record; raises ValueError naming an unknown or non-numeric field."""
+        if not isinstance(record, dict):
+            raise ValueError(f"ViewParams: expected a mapping of fields, got {type(record).__name__}")
         unknown = set(record) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"ViewParams: unknown fields {sorted(unknown)}")
-        return cls(**record)
+        values = {}
+        for name, value in record.items():
+            kind = bool if name == "flip" else float
+            if not isinstance(value, (bool, int, float)) or (kind is float and isinstance(value, bool)):
+                raise ValueError(f"ViewParams.{name}: expected a {kind.__name__}, got {value!r}")
+            if kind is float and not np.isfinite(value):
+                raise ValueError(f"ViewParams.{name}: expected a finite number, got {value!r}")
+            values[name] = kind(value)
+        return cls(**values)
 
 
 def view_rng(seed: int, epoch: int, key: str, view: int) -> np.random.Generator:

@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from depthpi.skeleton import SKELETONS
+
 JPEG_QUALITY = 95
 
 
@@ -86,21 +88,46 @@ class SampleMeta:
         return meta
 
     def _coerce(self, key: str) -> None:
-        """Turn JSON lists into arrays of the documented shapes; raise SampleError if off."""
-        self.rgb_K = _array(key, "rgb_K", self.rgb_K, (3, 3))
-        self.depth_K = None if self.depth_K is None else _array(key, "depth_K", self.depth_K, (3, 3))
-        self.R = _array(key, "R", self.R, (3, 3))
-        self.t = _array(key, "t", self.t, (3,))
-        self.bbox = _array(key, "bbox", self.bbox, (4,))
-        self.joint_valid = np.asarray(self.joint_valid, bool)
+        """Turn JSON lists into arrays of the documented shapes and check that the values are
+        usable: finite in float32 (what the pipeline computes in), a known skeleton, intrinsics
+        with positive focal lengths, a rotation, joints in front of and near the camera.
+
+        Raises:
+            SampleError: naming the field and what was expected.
+        """
+        if not isinstance(self.skeleton, str) or self.skeleton not in SKELETONS:
+            raise SampleError(key, "skeleton", f"unknown skeleton {self.skeleton!r} (known: {sorted(SKELETONS)})")
+        joints_count = SKELETONS[self.skeleton].num_joints
+        self.rgb_K = _intrinsics(key, "rgb_K", self.rgb_K)
+        self.depth_K = None if self.depth_K is None else _intrinsics(key, "depth_K", self.depth_K)
+        self.R = _rotation(key, _array(key, "R", self.R, (3, 3)))
+        self.t = _array(key, "t", self.t, (3,), bound=MAX_WORLD_MM)
+        self.bbox = _array(key, "bbox", self.bbox, (4,), bound=MAX_PIXELS)
+        valid = np.asarray(self.joint_valid)
+        if valid.shape != (joints_count,) or valid.dtype.kind not in "bi":
+            raise SampleError(key, "joint_valid", f"expected {joints_count} booleans for skeleton {self.skeleton}, "
+                                                  f"got shape {valid.shape} of {valid.dtype}")
+        self.joint_valid = valid.astype(bool)
         if self.labeled:
             if self.joints is None:
                 raise SampleError(key, "joints", "null but the sample is labeled")
-            self.joints = _array(key, "joints", self.joints, (len(self.joint_valid), 3))
+            self.joints = _array(key, "joints", self.joints, (joints_count, 3), bound=MAX_WORLD_MM)
+            self._check_joints_near_camera(key)
         elif self.joints is not None:
             self.joints = np.asarray(self.joints, np.float64)
         if self.bbox[2] <= 0 or self.bbox[3] <= 0:
             raise SampleError(key, "bbox", f"width and height must be > 0, got {self.bbox.tolist()}")
+
+    def _check_joints_near_camera(self, key: str) -> None:
+        """The root in front of the camera and every valid joint within MAX_CAMERA_DISTANCE_MM of it."""
+        cam = (self.joints - self.t) @ self.R.T
+        root = cam[SKELETONS[self.skeleton].root]
+        if not root[2] > 0:
+            raise SampleError(key, "joints", f"the root joint is not in front of the camera (z = {root[2]:.0f} mm)")
+        far = np.linalg.norm(cam, axis=1)[self.joint_valid]
+        if far.size and far.max() > MAX_CAMERA_DISTANCE_MM:
+            raise SampleError(key, "joints", f"a valid joint is {far.max() / 1000:.1f} m from the camera (expected "
+                                             f"within {MAX_CAMERA_DISTANCE_MM / 1000:.0f} m: wrong units or frame?)")
 
 
 _FIELDS = tuple(SampleMeta.__dataclass_fields__)
@@ -108,16 +135,44 @@ _REQUIRED = ("dataset", "subject", "camera", "action", "frame", "labeled", "rgb_
              "R", "t", "joints", "joint_valid", "bbox")
 
 
-def _array(key: str, name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+MAX_WORLD_MM = 1e6  # coordinates beyond a kilometre are a unit or encoding error
+MAX_PIXELS = 1e5
+MAX_CAMERA_DISTANCE_MM = 20_000.0  # people are seen from a few metres; 20 m leaves room for any rig
+
+
+def _array(key: str, name: str, value, shape: tuple[int, ...], bound: float | None = None) -> np.ndarray:
+    """float64 array of ``shape``, finite also once cast to float32 and, with ``bound``, within ±bound."""
     try:
         array = np.asarray(value, np.float64)
     except (TypeError, ValueError):
         raise SampleError(key, name, f"expected numbers of shape {shape}") from None
     if array.shape != shape:
         raise SampleError(key, name, f"expected shape {shape}, got {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise SampleError(key, name, "contains NaN or infinite values")
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(array.astype(np.float32))
+    if not np.all(finite):
+        raise SampleError(key, name, "contains NaN or infinite values (in float32, the dtype the pipeline uses)")
+    if bound is not None and np.abs(array).max() > bound:
+        raise SampleError(key, name, f"a value of magnitude {np.abs(array).max():.3g} is implausible (expected "
+                                     f"within ±{bound:.0e})")
     return array
+
+
+def _intrinsics(key: str, name: str, value) -> np.ndarray:
+    """A 3×3 pinhole K with positive focal lengths and a last row (0, 0, 1)."""
+    K = _array(key, name, value, (3, 3), bound=MAX_PIXELS)
+    if not (K[0, 0] > 0 and K[1, 1] > 0) or not np.allclose(K[2], [0, 0, 1]) or K[1, 0] != 0:
+        raise SampleError(key, name, f"expected [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
+                                     f"got {K.tolist()}")
+    return K
+
+
+def _rotation(key: str, R: np.ndarray) -> np.ndarray:
+    """R must be a proper rotation (orthonormal, det +1) to within float32 rounding of JSON."""
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-4) or not np.linalg.det(R) > 0:
+        raise SampleError(key, "R", f"expected a rotation (orthonormal, det +1), got det {np.linalg.det(R):.4f} "
+                                    f"and |R Rᵀ − I| up to {np.abs(R @ R.T - np.eye(3)).max():.2g}")
+    return R
 
 
 @dataclass
@@ -166,6 +221,7 @@ def decode_sample(members: dict[str, Any]) -> Sample:
         rgb = _decode_image(_member(members, "rgb.jpg", key), key, "rgb.jpg", _IMREAD_RGB)
         if _IMREAD_RGB == cv2.IMREAD_COLOR:  # OpenCV < 4.10 decodes to BGR only
             rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+        _check_box_meets_image(key, meta.bbox, rgb.shape)
         depth = None
         if "depth.png" in members:
             depth = _decode_image(members["depth.png"], key, "depth.png", cv2.IMREAD_UNCHANGED)
@@ -178,6 +234,13 @@ def decode_sample(members: dict[str, Any]) -> Sample:
         raise SampleError(err.key, err.field, err.reason, shard) from None
     extras = {k: v for k, v in members.items() if k not in _SCHEMA_MEMBERS and not k.startswith("__")}
     return Sample(key=key, rgb=rgb, depth=depth, meta=meta, extras=extras)
+
+
+def _check_box_meets_image(key: str, bbox: np.ndarray, shape: tuple[int, ...]) -> None:
+    x, y, w, h = bbox
+    height, width = shape[:2]
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise SampleError(key, "bbox", f"the box {bbox.tolist()} lies outside the {width}×{height} stored crop")
 
 
 _SCHEMA_MEMBERS = ("rgb.jpg", "depth.png", "json")

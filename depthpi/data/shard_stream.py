@@ -342,16 +342,25 @@ def decode_samples(samples: Iterable[dict], log: ReadLog) -> Iterator[tuple[str,
 
 
 def map_samples(samples: Iterable[tuple[str, Sample]], map_fn: MapFn, epoch: int, log: ReadLog) -> Iterator[dict]:
-    """``map_fn(sample, epoch)``; a :class:`SampleError` skips the sample, any other error is a bug
-    of the pipeline and raises, naming the sample and its shard."""
+    """``map_fn(sample, epoch)``; a sample it fails on is skipped, counted and reported.
+
+    A :class:`SampleError` names the field at fault. Any other exception is counted under its
+    type, and its first occurrence is logged with the traceback: a sample the schema let
+    through but the pipeline cannot use must not end an epoch, and a pipeline bug that fails
+    on every sample still stops the run, because a pass with no usable sample raises.
+    """
     for shard, sample in samples:
         try:
             out = map_fn(sample, epoch)
         except SampleError as err:
             log.skip(f"map:{err.field}", sample.key, shard, str(err))
             continue
-        except Exception as err:
-            err.add_note(f"while mapping sample {sample.key!r} of shard {shard}")
-            raise
+        except Exception as err:  # noqa: BLE001 — per-sample failures are skipped and reported, see above
+            reason = f"map:{type(err).__name__}"
+            if not log.seen[reason]:
+                logging.getLogger(__name__).warning("%s: map function failed on sample %s of shard %s", log.context, sample.key,
+                                   shard, exc_info=True)
+            log.skip(reason, sample.key, shard, f"{type(err).__name__}: {err}")
+            continue
         log.report.used += 1
         yield out

@@ -1,0 +1,327 @@
+"""Faults and bad input, tried as an attacker and a careless user would: nothing hangs,
+nothing is silently wrong, a user error is one line with exit status 2.
+
+Shard-level damage (truncation, garbage over a header, ``depthpi shards verify``) is in
+``test_shard_stream.py`` / ``test_shard_verify.py``; checkpoints in ``test_checkpoint.py``;
+sweep values in ``test_sweep.py``.
+"""
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depthpi.config import load_config
+from depthpi.data.build import build_synthetic, iter_split
+from depthpi.data.features import replay_map
+from depthpi.data.pipeline import PipelineConfig
+from depthpi.data.schema import SampleError, decode_sample, encode_sample
+from depthpi.predict import evaluate_checkpoint
+from depthpi.train.engine import train
+from depthpi.train.entry import main as train_main
+from shard_faults import edit_json, members_of, shard_path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    build_synthetic(root, {"train": 32, "test": 16}, samples_per_shard=8, workers=1)
+    return root
+
+
+def _overrides(root: Path, out: Path, **extra) -> list[str]:
+    values = {"data.train": root / "train", "data.test": root / "test", "run.out_dir": out, "data.num_workers": 0,
+              "data.batch_size": 4, "data.eval_batch_size": 8, "optim.epochs": 1, "run.steps_per_epoch": 2,
+              "run.log_every": 1}
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+# --- one bad sample: a field the schema refuses, whatever the pipeline would have done with it ----
+def _set(path: str, value):
+    def change(record):
+        target = record
+        *parents, last = path.split(".")
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+    return change
+
+
+def _scale(key: str, factor: float):
+    return lambda record: record.update({key: (np.asarray(record[key]) * factor).tolist()})
+
+
+FAULTS = {  # reason → (change to the sample's JSON, field the skip names)
+    "unknown skeleton": (_set("skeleton", "smpl_24"), "skeleton"),
+    "singular camera": (_set("rgb_K.0.0", 0.0), "rgb_K"),
+    "negative focal length": (_set("rgb_K.1.1", -500.0), "rgb_K"),
+    "joint_valid of the wrong shape": (_set("joint_valid", [True] * 5), "joint_valid"),
+    "root at 1e39 mm (infinite in float32)": (_set("joints.0.0", 1e39), "joints"),
+    "root at 1e30 mm (finite, implausible)": (_set("joints.0.0", 1e30), "joints"),
+    "joints in metres, not mm": (_scale("joints", 1000.0), "joints"),
+    "R not a rotation": (_scale("R", 2.0), "R"),
+    "box outside the image": (_set("bbox.0", 1e4), "bbox"),
+    "NaN in t": (_set("t.1", float("nan")), "t"),
+    "joints as a string": (_set("joints", "many"), "joints"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_bad_field_is_refused_by_name_when_decoding(synth, tmp_path, fault):
+    change, field = FAULTS[fault]
+    split = tmp_path / "train"
+    shutil.copytree(synth / "train", split)
+    key = edit_json(split, 0, 2, change)
+    members = next(m for m in members_of(shard_path(split, 0)) if m["__key__"] == key)
+    with pytest.raises(SampleError) as err:
+        decode_sample(members)
+    assert err.value.field == field and err.value.key == key
+
+
+def test_bad_samples_are_skipped_and_counted_in_training_and_evaluation(synth, tmp_path):
+    """Several faults planted in the training and the test split: the run and `depthpi eval`
+    finish, and every one is reported under its reason, with its key."""
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    planted = {}
+    for index, fault in enumerate(("unknown skeleton", "singular camera", "root at 1e39 mm (infinite in float32)")):
+        change, field = FAULTS[fault]
+        planted[f"decode:{field}"] = edit_json(data / "train", index, 1, change)
+        edit_json(data / "test", 0, index, change)
+    metrics = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(
+        data, tmp_path / "run", **{"run.steps_per_epoch": 0, "data.batch_size": 8})))
+    train_skips = metrics["skipped"]["train"]
+    assert train_skips["total"] == 3 and set(train_skips["by_reason"]) == set(planted)
+    assert {reason: example["key"] for reason, example in train_skips["examples"].items()} == planted
+    assert metrics["skipped"]["eval"]["total"] == 3 and metrics["count"] == 13 * 17
+    assert np.isfinite(metrics["mpjpe"]) and metrics["mpjpe"] < 5000
+    report = evaluate_checkpoint(tmp_path / "run" / "export" / "last.pt", data / "test", tmp_path / "eval",
+                                 num_workers=0)
+    assert report["skipped"]["total"] == 3 and report["count"] == 13 * 17
+    assert report["mpjpe"] == pytest.approx(metrics["mpjpe"], rel=1e-6)
+
+
+def test_a_map_failure_the_schema_missed_is_skipped_and_reported_not_fatal(synth, tmp_path, caplog):
+    """A sample the pipeline cannot process for a reason nobody foresaw: skipped under the
+    exception's type, its traceback logged once; the epoch goes on."""
+    from depthpi.data.loader import make_loader
+
+    bad = next(iter_split(synth / "test")).key
+
+    def fragile(sample, epoch):
+        if sample.key == bad:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return {"key": sample.key}
+
+    loader = make_loader(synth / "test", 4, fragile, num_workers=0, shuffle=False, drop_last=False)
+    keys = [k for batch in loader for k in batch["key"]]
+    assert len(keys) == 15 and bad not in keys
+    stats = loader.pass_stats()
+    assert stats["skipped"] == {"map:LinAlgError": 1} and stats["examples"]["map:LinAlgError"]["key"] == bad
+    assert "Traceback" in caplog.text and "Singular matrix" in caplog.text
+
+
+@pytest.mark.parametrize("extras, field", [
+    ({"views.json": b"{not json", "feat.npy": b""}, "views.json"),
+    ({"views.json": json.dumps({"views": "all"}).encode(), "feat.npy": b""}, "views.json"),
+    ({"views.json": json.dumps({"views": [{}]}).encode(), "feat.npy": b"\x93NUMPY garbage"}, "feat.npy"),
+    ({"views.json": json.dumps({"views": [{"roll": "left"}]}).encode(), "feat.npy": b""}, "views.json"),
+    ({"views.json": json.dumps({"views": [{}, {}]}).encode()}, "feat.npy"),
+])
+def test_a_corrupt_stored_feature_member_is_a_sample_error(synth, extras, field):
+    import io
+
+    sample = next(iter_split(synth / "train"))
+    if extras.get("feat.npy") == b"" and field == "views.json":
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((1, 4, 5, 5), np.float16))
+        extras = {**extras, "feat.npy": buffer.getvalue()}
+    sample.extras = extras
+    with pytest.raises(SampleError) as err:
+        replay_map(sample, 0, cfg=PipelineConfig(input_size=65), seed=0)
+    assert err.value.field == field
+
+
+def test_stored_features_of_the_wrong_view_count_are_refused(synth):
+    import io
+
+    sample = next(iter_split(synth / "train"))
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((3, 4, 5, 5), np.float16))  # 3 maps for 2 views
+    sample.extras = {"views.json": json.dumps({"views": [{}, {}]}).encode(), "feat.npy": buffer.getvalue()}
+    with pytest.raises(SampleError, match=r"expected \(2, C, h, w\)"):
+        replay_map(sample, 0, cfg=PipelineConfig(input_size=65), seed=0)
+
+
+# --- files a config names: loaded or refused at start, recorded ------------------------------
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_hostile_depth_branch_file_is_refused_at_start_even_under_init_none(synth, tmp_path, capsys):
+    hostile = tmp_path / "depth.pt"
+    marker = tmp_path / "code-ran"
+    hostile.write_bytes(pickle.dumps({"backbone.conv1.weight": _Payload(marker)}))
+    argv = ["--config", str(DEMO / "teacher.yaml"), *_overrides(synth, tmp_path / "run"),
+            f"model.depth_branch_checkpoint={hostile}"]
+    with pytest.raises(SystemExit) as exit_status:
+        train_main("teacher", argv)
+    assert exit_status.value.code == 2 and not marker.exists()
+    err = capsys.readouterr().err
+    assert "depth.pt: not a weights file that loads safely" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_what_a_run_loaded_is_recorded_with_its_sha256(synth, tmp_path):
+    from depthpi.data.shards import file_sha256, manifest_sha256
+
+    depth_run = tmp_path / "depth"
+    train(load_config(DEMO / "baseline_depth.yaml", _overrides(synth, depth_run)))
+    teacher_run = tmp_path / "teacher"
+    weights = depth_run / "export" / "last.pt"
+    train(load_config(DEMO / "teacher.yaml", _overrides(synth, teacher_run, **{
+        "model.depth_branch_checkpoint": weights})))
+    inputs = json.loads((teacher_run / "inputs.json").read_text())
+    assert inputs["model.depth_branch_checkpoint"] == {"path": str(weights), "sha256": file_sha256(weights)}
+    assert inputs["data.train"]["manifest_sha256"] == manifest_sha256(synth / "train")
+    # and the teacher's depth branch does start from it (the thesis' model 3.2) under init none
+    from depthpi.models.posenet import build_model
+
+    config = load_config(teacher_run / "config.yaml")
+    assert config.model.init == "none"
+    depth = torch.load(weights, weights_only=True)
+    assert torch.equal(build_model(config.model).depth.layer2[0].conv1.weight, depth["backbone.layer2.0.conv1.weight"])
+
+
+# --- user errors: one line, exit status 2 ----------------------------------------------------
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.batch_size=-4"], "data.batch_size"),
+    (["data.num_workers=-1"], "data.num_workers"),
+    (["run.checkpoint_every=0"], "run.checkpoint_every"),
+    (["run.log_every=0"], "run.log_every"),
+    (["optim.epochs=0"], "optim.epochs"),
+    (["run.steps_per_epoch=-3"], "run.steps_per_epoch"),
+    (["data.train=/nowhere/train"], "/nowhere/train/manifest.json"),
+    (["optim.lrr=1"], "optim.lrr"),
+])
+def test_a_user_error_is_one_line_and_exit_status_2(synth, tmp_path, capsys, overrides, expected):
+    argv = ["--config", str(DEMO / "baseline_rgb.yaml"), *_overrides(synth, tmp_path / "run"), *overrides]
+    with pytest.raises(SystemExit) as exit_status:
+        train_main("baseline", argv)
+    err = capsys.readouterr().err
+    assert exit_status.value.code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_an_empty_split_directory_and_bad_yaml_are_user_errors(synth, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("base: configs/demo/common.yaml\nmodel: {kind: baseline\n")
+    for argv, expected in (
+            (["--config", str(DEMO / "baseline_rgb.yaml"), *_overrides(synth, tmp_path / "r1"),
+              f"data.test={tmp_path / 'empty'}"], "empty/manifest.json"),
+            (["--config", str(bad_yaml)], "bad.yaml: not valid YAML")):
+        with pytest.raises(SystemExit) as exit_status:
+            train_main("baseline", argv)
+        err = capsys.readouterr().err
+        assert exit_status.value.code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_the_process_exit_status_of_a_user_error_is_2(synth, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "train_baseline.py"), "--config",
+                             str(DEMO / "baseline_rgb.yaml"), *_overrides(synth, tmp_path / "run"),
+                             "data.num_workers=-1"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("train_baseline.py: error:")
+
+
+# --- split roles and config drift -------------------------------------------------------------
+def test_a_test_split_as_training_data_is_refused_unless_allowed(synth, tmp_path):
+    as_train = _overrides(synth, tmp_path / "run", **{"data.train": synth / "test"})
+    with pytest.raises(Exception, match=r"data.train.*'test' split") as err:
+        train(load_config(DEMO / "baseline_rgb.yaml", as_train))
+    assert "data.allow_split_roles=true" in str(err.value)
+    same = _overrides(synth, tmp_path / "run2", **{"data.test": synth / "train"})
+    with pytest.raises(Exception, match="name the same split"):
+        train(load_config(DEMO / "baseline_rgb.yaml", same))
+    metrics = train(load_config(DEMO / "baseline_rgb.yaml", same + ["data.allow_split_roles=true"]))
+    assert metrics["count"] > 0
+
+
+def test_resuming_with_another_config_is_refused_naming_the_keys(synth, tmp_path):
+    run = tmp_path / "run"
+    train(load_config(DEMO / "baseline_rgb.yaml", _overrides(synth, run)))
+    changed = _overrides(synth, run, **{"optim.lr": 0.5, "optim.epochs": 2})
+    with pytest.raises(Exception, match=r"optim.epochs: 1 -> 2; optim.lr: 0.002 -> 0.5") as err:
+        train(load_config(DEMO / "baseline_rgb.yaml", changed))
+    assert "run.allow_config_change=true" in str(err.value)
+    assert load_config(run / "config.yaml").optim.lr == 0.002  # the record is untouched
+    # bookkeeping keys may change freely; an allowed change is recorded
+    train(load_config(DEMO / "baseline_rgb.yaml", _overrides(synth, run, **{"run.log_every": 7})))
+    train(load_config(DEMO / "baseline_rgb.yaml", changed + ["run.allow_config_change=true"]))
+    assert load_config(run / "config.yaml").optim.lr == 0.5
+    assert load_config(run / "config.previous-1.yaml").optim.lr == 0.002
+    assert json.loads((run / "metrics.json").read_text())["count"] > 0
+
+
+def test_verify_at_start_refuses_a_shard_that_differs_from_its_manifest(synth, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    path = shard_path(data / "train", 1)
+    raw = bytearray(path.read_bytes())
+    raw[-2000] ^= 0xFF  # one flipped bit deep in the shard: same size, so only a hash sees it
+    path.write_bytes(bytes(raw))
+    with pytest.raises(Exception, match=r"data.verify_shards: .*shards differ") as err:
+        train(load_config(DEMO / "baseline_rgb.yaml", _overrides(data, tmp_path / "run", **{
+            "data.verify_shards": True})))
+    assert path.name in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- ranks: no collective may depend on a rank having data ------------------------------------
+def _gather_on_one_rank(rank: int, port: int, out: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from depthpi.dist import gather_objects
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=3))
+    if rank == 0:  # busy elsewhere for longer than the timeout: it never joins the collective
+        time.sleep(8)
+        return
+    try:
+        gather_objects({"skips": 0}, "skip reports")
+    except RuntimeError as err:
+        Path(out).write_text(str(err))
+
+
+@pytest.mark.timeout(120)
+def test_a_collective_a_rank_misses_fails_by_name_instead_of_hanging(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "error.txt"
+    mp.start_processes(_gather_on_one_rank, args=(port, str(out)), nprocs=2, start_method="spawn", join=True)
+    message = out.read_text()
+    assert message.startswith("rank 1 of 2: collective 'skip reports' failed or timed out")
