@@ -39,6 +39,8 @@ class DataConfig:
         shuffle_buffer: samples held for shuffling in each worker.
         verify_shards: check every shard of every split against its manifest (sha256,
             sample counts) before training starts (``depthpi shards verify`` does it alone).
+        cache_dir: where shards of splits given as URLs are kept once downloaded (each copy
+            checked against the manifest's sha256); None streams them on every pass.
         allow_split_roles: train on a split whose manifest names another role (e.g. a
             ``test`` split as ``data.train``), or on the test split itself; refused otherwise.
         dataset: training data set name; picks the PCK/AUC threshold (``ntu``/``pku``: 50 mm,
@@ -63,6 +65,7 @@ class DataConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     verify_shards: bool = False
     allow_split_roles: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self):
         for key in ("train", "test"):

@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny fake samples and split directories of real tar shards."""
+"""Shared fixtures: tiny fake samples, split directories of real tar shards, an HTTP server for them."""
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import shutil
 import subprocess
 import sys
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -110,3 +115,37 @@ def tb_scalars(run_dir: Path) -> dict[str, list[float]]:
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+class _ShardHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory; files named in ``server.drop`` lose their connection halfway."""
+
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        self.server.requests[name] += 1
+        if name not in self.server.drop:
+            return super().do_GET()
+        data = (self.server.root / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])  # then the connection closes: curl exits 18
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """``(url, server)``: an HTTP server on 127.0.0.1 over ``tmp_path/www``, stopped after the test."""
+    if shutil.which("curl") is None:  # webdataset's gopen reads http(s) URLs through curl
+        pytest.skip("curl is not installed")
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_ShardHandler, directory=str(root)))
+    server.root, server.drop, server.requests = root, set(), Counter()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", server
+    server.shutdown()
+    server.server_close()

@@ -7,6 +7,7 @@ through ``accelerate launch`` (gloo), and the student stage with an online teach
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from conftest import tb_scalars
 from depthpi.config import load_config
 from depthpi.data.build import build_synthetic
+from depthpi.data.shards import read_manifest
 from depthpi.predict import evaluate_checkpoint
 from depthpi.train.checkpoint import checkpoint_dirs
 from depthpi.train.engine import train
@@ -228,12 +230,18 @@ def _assert_same_weights(a: Path, b: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_ddp_two_ranks_stay_in_sync_and_a_killed_run_resumes_bit_exactly(shards, tmp_path):
+    """Two gloo ranks; the test split is one shard, so rank 1 evaluates nothing (it must not
+    wait for rank 0 in a collective rank 0 never enters: a hang fails the run's own timeout)."""
+    build_synthetic(tmp_path / "one", {"test": 8}, samples_per_shard=8, workers=1)
     common = _overrides(shards, tmp_path / "whole", **{"optim.epochs": 2, "run.steps_per_epoch": 3,
-                                                        "run.checkpoint_every": 2})
+                                                        "run.checkpoint_every": 2, "data.test": tmp_path / "one" / "test",
+                                                        "run.collective_timeout_s": 120})
     result = _launch_two("baseline", DEMO / "baseline_rgb.yaml", common)
     assert "2 process(es)" in result.stderr
     _assert_two_ranks_disjoint_and_in_sync(tmp_path / "whole")
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["count"] == 8 * 17  # rank 0's shard only
     latest = checkpoint_dirs(tmp_path / "whole")[-1]
     assert {p.name for p in latest.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
 
@@ -305,3 +313,39 @@ def test_teacher_weights_without_a_run_that_do_not_fit_name_the_architecture(sha
     with pytest.raises(ValueError, match=r"teacher.pt: does not fit the model "
                                          r"\(kind teacher, input rgb, arch resnet50, width 0.25, depth_bins 16\).*size mismatch"):
         build_stage(cfg, torch.device("cpu"))
+
+
+def test_trackers_tensorboard_and_mlflow_receive_the_run_and_a_resume_continues_it(shards, tmp_path, monkeypatch):
+    """``run.log_with: [tensorboard, mlflow]`` through accelerate's tracker API; MLflow's local
+    file store read back with its own client, and a resumed run logs into the same MLflow run."""
+    mlflow = pytest.importorskip("mlflow")
+    store = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
+    run_dir = tmp_path / "run"
+    first = _overrides(shards, run_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 2,
+                                           "run.log_with": "[tensorboard,mlflow]"})
+    train(load_config(DEMO / "baseline_rgb.yaml", first))
+    train(load_config(DEMO / "baseline_rgb.yaml", first + ["optim.epochs=2", "run.allow_config_change=true"]))
+    client = mlflow.tracking.MlflowClient(store)
+    [experiment] = [e for e in client.search_experiments() if e.name == "depthpi"]
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.params["optim.lr"] == "0.002" and run.data.tags["experiment"] == "demo-1.2"
+    history = client.get_metric_history(run.info.run_id, "eval/mpjpe")
+    assert [m.step for m in history] == [2, 4]  # both epochs, in one MLflow run
+    assert [m.value for m in history] == pytest.approx(tb_scalars(run_dir)["eval/mpjpe"])
+    assert "eval/mean_pose_mpjpe" in run.data.metrics and "train/loss" in run.data.metrics
+
+
+def test_training_reads_its_splits_from_a_url(shards, tmp_path, http_root):
+    """data.train / data.test as http URLs: the same run as from disk, the mean pose read remotely."""
+    base, server = http_root
+    for split in ("train", "test"):
+        shutil.copytree(shards / split, server.root / split)
+    common = {"optim.epochs": 1, "run.steps_per_epoch": 3}
+    local = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "local", **common)))
+    remote = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, tmp_path / "remote", **{
+        **common, "data.train": f"{base}/train", "data.test": f"{base}/test"})))
+    assert remote["count"] == local["count"] and remote["mpjpe"] == pytest.approx(local["mpjpe"], rel=1e-6)
+    assert remote["mean_pose_mpjpe"] == pytest.approx(local["mean_pose_mpjpe"], rel=1e-9)
+    assert server.requests["manifest.json"] > 0 and server.requests[read_manifest(shards / "train").shards[0].name]

@@ -59,7 +59,6 @@ class TrainerState:
     best_metric: float = float("inf")
     best_step: int = -1
     code_version: str = ""
-    trackers: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, text: str, where: Path) -> TrainerState:

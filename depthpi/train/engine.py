@@ -65,8 +65,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
         schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
         deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
         trainer = resume(cfg, accelerator)
-    logger = RunLogger(accelerator, asdict(cfg), tracker_kwargs=trainer.trackers)
-    trainer.trackers = logger.resume_kwargs()
+    logger = RunLogger(accelerator, asdict(cfg), run_dir, resumed=trainer.step > 0)
     ledger = RankLedger(rank, world)
     if adopted:
         log.info(adopted)

@@ -2,9 +2,13 @@
 
 Scalars and images go through accelerate's tracker API (``run.log_with``: TensorBoard by
 default, MLflow or Weights & Biases where installed); only the main process writes.
+TensorBoard writes to ``run_dir/tensorboard``; MLflow to ``MLFLOW_TRACKING_URI`` (experiment
+``depthpi`` unless ``MLFLOW_EXPERIMENT_NAME`` says otherwise), W&B to project ``depthpi``; a
+resumed run continues the same MLflow / W&B run (their ids are kept in ``run_dir/trackers.json``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import resource
@@ -20,7 +24,28 @@ from depthpi.draw import GT_COLOUR, PRED_COLOUR, draw_skeleton
 from depthpi.io import atomic_write_json
 
 log = logging.getLogger("depthpi.train")
-TRACKER_RUN = "tensorboard"  # TensorBoard writes to run_dir/tensorboard
+PROJECT = "depthpi"
+TRACKER_IDS = "trackers.json"
+
+
+def make_trackers(log_with: tuple[str, ...], run_dir: Path, experiment: str, stage: str) -> list:
+    """accelerate tracker objects for ``run.log_with``, continuing this run's earlier tracker runs."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    ids_file = run_dir / TRACKER_IDS
+    ids = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
+    name = f"{experiment or stage} ({run_dir.name})"
+    trackers = []
+    for kind in log_with:
+        if kind == "tensorboard":
+            trackers.append(TensorBoardTracker("tensorboard", run_dir))
+        elif kind == "mlflow":
+            trackers.append(MLflowTracker(PROJECT, run_id=ids.get("mlflow"), run_name=name,
+                                          tags={"experiment": experiment, "stage": stage}))
+        elif kind == "wandb":
+            trackers.append(WandBTracker(PROJECT, name=name, id=ids.get("wandb"), resume="allow",
+                                         dir=str(run_dir)))
+    return trackers
 
 
 def skeleton_panel(batch, pred: torch.Tensor, count: int = 4) -> np.ndarray:
@@ -114,25 +139,32 @@ class RunLogger:
     """Console lines, tracker scalars and images, and metrics files of a run.
 
     Args:
-        accelerator: built with ``log_with`` and ``project_dir=run_dir``; trackers are
-            started here (main process only, as accelerate does).
-        config: the run config as a nested dict, stored as the trackers' parameters.
-        tracker_kwargs: per-tracker ``init_kwargs`` (e.g. an MLflow run id to continue).
+        accelerator: built with ``log_with=make_trackers(...)``; trackers are started here
+            (main process only, as accelerate does) and their run ids kept for a resume.
+        config: the run config as a nested dict, stored as the trackers' parameters when the
+            run starts (a resumed run continues its tracker runs, whose parameters stay; a
+            config change is recorded in the run directory, ``config.previous-*.yaml``).
+        run_dir: the run directory.
+        resumed: whether the run resumes from a checkpoint.
     """
 
-    def __init__(self, accelerator, config: dict, tracker_kwargs: dict | None = None):
+    def __init__(self, accelerator, config: dict, run_dir: Path, resumed: bool = False):
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         if accelerator.log_with:
-            accelerator.init_trackers(TRACKER_RUN, config=flat_config(config), init_kwargs=tracker_kwargs or {})
+            accelerator.init_trackers(PROJECT, config=None if resumed else flat_config(config))
+        if self.is_main and self.run_ids():
+            atomic_write_json(run_dir / TRACKER_IDS, self.run_ids())
 
-    def resume_kwargs(self) -> dict:
-        """Per-tracker ``init_kwargs`` that continue this run's tracker runs after a restart
-        (MLflow: the run id), kept in the trainer state."""
+    def run_ids(self) -> dict[str, str]:
+        """The MLflow / W&B run ids of this run (what a restart continues)."""
+        ids = {}
         for tracker in self.accelerator.trackers:
             if tracker.name == "mlflow" and getattr(tracker, "active_run", None) is not None:
-                return {"mlflow": {"run_id": tracker.active_run.info.run_id}}
-        return {}
+                ids["mlflow"] = tracker.active_run.info.run_id
+            elif tracker.name == "wandb" and getattr(tracker, "run", None) is not None:
+                ids["wandb"] = tracker.run.id
+        return ids
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.accelerator.log_with:

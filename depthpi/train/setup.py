@@ -26,6 +26,7 @@ from depthpi.data.shards import ManifestError, file_sha256, manifest_sha256, rea
 from depthpi.dist import gather_objects
 from depthpi.io import atomic_write_json
 from depthpi.train.checkpoint import CheckpointError
+from depthpi.train.logging import make_trackers
 from depthpi.evaluate import threshold_for_split
 from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze
 from depthpi.train.stages import OnlineTeacher, StoredTeacher, StudentStage, SupervisedStage
@@ -110,9 +111,9 @@ def make_accelerator(cfg: TrainConfig):
         handlers.append(InitProcessGroupKwargs(backend="gloo" if on_cpu else "nccl",
                                                timeout=timedelta(seconds=cfg.run.collective_timeout_s)))
     # cpu=True would silently drop a DeepSpeed plugin; DeepSpeed on CPU goes through gloo instead.
+    trackers = make_trackers(cfg.run.log_with, Path(cfg.run.out_dir), cfg.experiment, cfg.stage)
     return Accelerator(mixed_precision=PRECISIONS[precision], cpu=on_cpu and plugin is None, deepspeed_plugin=plugin,
-                       kwargs_handlers=handlers, log_with=list(cfg.run.log_with) or None,
-                       project_dir=cfg.run.out_dir)
+                       kwargs_handlers=handlers, log_with=trackers or None, project_dir=cfg.run.out_dir)
 
 
 def adopt_teacher_architecture(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
