@@ -55,8 +55,11 @@ def _eval(args) -> None:
     result = evaluate_checkpoint(args.ckpt, args.shards, args.out, config=args.config,
                                  batch_size=args.batch, num_workers=args.workers, flip_tta=args.flip_tta,
                                  threshold_mm=args.threshold)
-    print(f"MPJPE {result['mpjpe']:.1f} mm | PCK@{result['threshold_mm']:g} {result['pck']:.3f} | "
-          f"AUC {result['auc']:.3f} | {result['count']} joints -> {args.out}")
+    reference = result["mean_pose_mpjpe"]
+    print(f"MPJPE {result['mpjpe']:.1f} mm (mean training pose: "
+          f"{'n/a' if reference is None else f'{reference:.1f} mm'}) | PA-MPJPE {result['pa_mpjpe']:.1f} mm | "
+          f"PCK@{result['threshold_mm']:g} {result['pck']:.3f} | AUC {result['auc']:.3f} | {result['count']} joints "
+          f"-> {args.out}")
     skipped = result["skipped"]
     if skipped["total"]:
         print(f"skipped {skipped['total']} bad samples: {skipped['by_reason']} (examples in metrics.json)")

@@ -93,15 +93,16 @@ def write_report(evaluation: Evaluation, out_dir: str | Path, title: str = "") -
     out_dir.mkdir(parents=True, exist_ok=True)
     result = evaluation.summary()
     atomic_write_json(out_dir / "metrics.json", result)
-    rows = [(name, v["mpjpe"], v["pck"], v["auc"]) for name, v in result["per_joint"].items()]
-    table = ["| joint | MPJPE (mm) | PCK | AUC |", "|---|---|---|---|"]
-    table += [f"| {n} | {m:.1f} | {p:.3f} | {a:.3f} |" for n, m, p, a in rows]
-    table.append(f"| **all** | {result['mpjpe']:.1f} | {result['pck']:.3f} | {result['auc']:.3f} |")
+    rows = [(name, v["mpjpe"], v["pa_mpjpe"], v["pck"], v["auc"]) for name, v in result["per_joint"].items()]
+    table = [f"| joint | MPJPE (mm) | PA-MPJPE (mm) | PCK@{result['threshold_mm']:g}mm | AUC |", "|---|---|---|---|---|"]
+    table += [f"| {n} | {m:.1f} | {pa:.1f} | {p:.3f} | {a:.3f} |" for n, m, pa, p, a in rows]
+    table.append(f"| **all** | {result['mpjpe']:.1f} | {result['pa_mpjpe']:.1f} | {result['pck']:.3f} | "
+                 f"{result['auc']:.3f} |")
     if result["mean_pose_mpjpe"] is not None:
-        table.append(f"| *mean training pose* | {result['mean_pose_mpjpe']:.1f} | | |")
+        table.append(f"| *mean training pose (reference)* | {result['mean_pose_mpjpe']:.1f} | | | |")
     atomic_write_text(out_dir / "per_joint.md", "\n".join(table) + "\n")
-    atomic_write_text(out_dir / "per_joint.csv", "joint,mpjpe_mm,pck,auc\n" +
-                      "".join(f"{n},{m:.3f},{p:.5f},{a:.5f}\n" for n, m, p, a in rows))
+    atomic_write_text(out_dir / "per_joint.csv", "joint,mpjpe_mm,pa_mpjpe_mm,pck,auc\n" +
+                      "".join(f"{n},{m:.3f},{pa:.3f},{p:.5f},{a:.5f}\n" for n, m, pa, p, a in rows))
     plot_pck_curve(evaluation.metrics, out_dir / "pck_curve.png", title)
     return result
 
