@@ -3,6 +3,14 @@
 #   bash launch/test.sh [pytest args]
 export DEPTHPI_EXTRAS="${DEPTHPI_EXTRAS:-dev,deepspeed,export}"
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+# DeepSpeed JIT-compiles its CPU communication op on first use (~1.5 min of one core on a
+# fresh machine): start it now, beside the SLURM install and the first tests; the DeepSpeed
+# test waits for the marker (tests/conftest.py, deepspeed_cpu_ops).
+if python -c "import deepspeed, transformers" >/dev/null 2>&1; then
+  export DEPTHPI_SHM_OP_BUILT="$(mktemp -u /tmp/depthpi-shm-op.XXXXXX)"
+  (DS_ACCELERATOR=cpu python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
+     >/tmp/depthpi-shm-op-build.log 2>&1; touch "$DEPTHPI_SHM_OP_BUILT") &
+fi
 # A single-node SLURM (slurmctld, slurmd, munge) for the sweep tests; skipped where apt is unavailable.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_slurm.sh"
-exec python -m pytest tests "$@"
+python -m pytest tests "$@"

@@ -1,18 +1,40 @@
 """The benchmark scripts are not run by the suite (figures need a quiet machine); this
 catches the breakage a refactor leaves in them: every script must import and parse its
-arguments."""
-import subprocess
+arguments. One interpreter runs them all (``runpy``, ``--help``), one after the other."""
+import contextlib
+import io
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "benchlib.py")
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py") if p.name != "benchlib.py"))
-def test_benchmark_script_imports_and_shows_its_options(script):
-    result = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "usage:" in result.stdout
+def _help_of(script: str) -> str:
+    """What ``python bench/<script> --help`` prints, run in this interpreter."""
+    out = io.StringIO()
+    argv, path = sys.argv, list(sys.path)
+    sys.argv, sys.path[:0] = [str(BENCH / script), "--help"], [str(BENCH)]
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_status:
+            runpy.run_path(str(BENCH / script), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    assert exit_status.value.code in (0, None), f"{script} --help exited {exit_status.value.code}"
+    return out.getvalue()
+
+
+def test_every_benchmark_script_imports_and_shows_its_options():
+    assert len(SCRIPTS) >= 10
+    failures = {}
+    for script in SCRIPTS:
+        try:
+            text = _help_of(script)
+            if "usage:" not in text:
+                failures[script] = f"no usage text: {text[:200]!r}"
+        except BaseException as err:  # noqa: BLE001 — report every broken script, not only the first
+            failures[script] = f"{type(err).__name__}: {err}"
+    assert not failures, failures

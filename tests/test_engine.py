@@ -273,7 +273,8 @@ def test_deepspeed_zero2_from_the_run_config_trains_two_ranks_and_resumes(shards
     # one checkpoint format: the same directory layout as DDP, DeepSpeed's files inside
     latest = checkpoint_dirs(run_dir)[-1]
     assert (latest / "trainer.json").is_file() and (latest / "random_states_1.pkl").is_file()
-    resumed = _launch_two("baseline", DEMO / "baseline_rgb.yaml", overrides + ["optim.epochs=2"])
+    resumed = _launch_two("baseline", DEMO / "baseline_rgb.yaml",
+                          overrides + ["optim.epochs=2", "run.allow_config_change=true"])
     assert "resumed from" in resumed.stderr
     assert json.loads((checkpoint_dirs(run_dir)[-1] / "trainer.json").read_text())["epoch"] == 2
 

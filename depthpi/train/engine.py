@@ -27,7 +27,8 @@ from depthpi.train.logging import RunLogger, StepMeter, skeleton_panel
 from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.setup import (Loaders, adopt_teacher_architecture, build_loaders, build_stage, check_config_unchanged,
-                                  check_split_roles, make_accelerator, record_inputs, startup_checks, verify_splits)
+                                  check_split_roles, make_accelerator, record_inputs, save_run_config, startup_checks,
+                                  verify_splits)
 from depthpi.weights import save_weights
 
 log = logging.getLogger("depthpi.train")
@@ -50,7 +51,7 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
         check_split_roles(cfg)
         if cfg.data.verify_shards:
             verify_splits(cfg, rank, world)
-        check_config_unchanged(cfg, is_main)
+        new_config = check_config_unchanged(cfg)
         torch.manual_seed(cfg.run.seed)
         stage, model = build_stage(cfg, accelerator.device)
         loaders = build_loaders(cfg, stage, rank, world)
@@ -65,6 +66,9 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
         schedule = StepSchedule(tuple(cfg.optim.lr_milestones), tuple(cfg.optim.lr_factors)).scaled(cfg.optim.epochs)
         deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
         trainer = resume(cfg, accelerator)
+        if new_config and is_main:  # only a run that passed every check records its config
+            save_run_config(cfg)
+        accelerator.wait_for_everyone()
     logger = RunLogger(accelerator, asdict(cfg), run_dir, resumed=trainer.step > 0)
     ledger = RankLedger(rank, world)
     if adopted:

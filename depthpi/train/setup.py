@@ -39,7 +39,7 @@ RESUME_FREE_KEYS = ("run.log_every", "run.image_every", "run.keep_last", "run.ch
                     "run.collective_timeout_s", "run.log_with", "run.allow_config_change", "data.verify_shards")
 
 
-class StartupError(Exception):
+class StartupError(ValueError):
     """A run that cannot start as configured (a bad path, a file that does not fit, a
     changed config): one line for the user, no traceback."""
 
@@ -243,7 +243,7 @@ def check_split_roles(cfg: TrainConfig) -> None:
     splits = {"data.train": cfg.data.train, "data.test": cfg.data.test, "data.unlabeled": cfg.data.unlabeled,
               **{f"data.extra_tests.{k}": v for k, v in (cfg.data.extra_tests or {}).items()}}
     splits = {key: value for key, value in splits.items() if value}
-    digests = {key: manifest_sha256(split) for key, split in splits.items()}
+    digests = {key: _manifest_digest(key, split) for key, split in splits.items()}
     for key in ("data.train", "data.unlabeled"):
         if key not in splits:
             continue
@@ -257,6 +257,15 @@ def check_split_roles(cfg: TrainConfig) -> None:
                 raise ValueError(f"config keys {key!r} and {other!r} name the same split ({splits[key]}): "
                                  f"the model would be scored on what it trained on; set "
                                  f"data.allow_split_roles=true if this is deliberate")
+
+
+def _manifest_digest(key: str, split: str) -> str:
+    """sha256 of a split's manifest; a missing one is an error naming the config key."""
+    try:
+        return manifest_sha256(split)
+    except ManifestError as err:
+        drop = f"; convert that data set (README) or drop it with {key}=null" if key.startswith("data.extra") else ""
+        raise ValueError(f"{key}: {err}{drop}") from None
 
 
 def loaded_inputs(cfg: TrainConfig) -> dict[str, dict]:
@@ -314,33 +323,38 @@ def verify_splits(cfg: TrainConfig, rank: int, world: int) -> None:
         raise ValueError("data.verify_shards: " + "\n".join(problems))
 
 
-def check_config_unchanged(cfg: TrainConfig, is_main: bool) -> None:
+def check_config_unchanged(cfg: TrainConfig) -> bool:
     """Refuse to resume a run directory whose config.yaml differs from ``cfg`` (keys outside
-    :data:`RESUME_FREE_KEYS`), unless ``run.allow_config_change``; then keep the old config
-    beside the new one. Writes config.yaml for a new run.
+    :data:`RESUME_FREE_KEYS`), unless ``run.allow_config_change``.
 
+    Returns:
+        Whether ``cfg`` must be written as the run's config.yaml (a new run, or an allowed change).
     Raises:
         ValueError: naming every key that differs, old and new value.
     """
     path = Path(cfg.run.out_dir) / "config.yaml"
     if not path.is_file():
-        if is_main:
-            save_config(cfg, path)
-        return
+        return True
     saved = load_config(path)
     changed = {key: (old, new) for key, (old, new) in _differences(asdict(saved), asdict(cfg)).items()
                if key not in RESUME_FREE_KEYS}
     if not changed:
-        return
+        return False
     lines = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items()))
     if not cfg.run.allow_config_change:
         raise ValueError(f"{path}: this run directory was started with another config ({lines}); resume with the "
                          f"same config, use a new run.out_dir, or set run.allow_config_change=true")
     log.warning("resuming %s with a changed config: %s", cfg.run.out_dir, lines)
-    if is_main:
+    return True
+
+
+def save_run_config(cfg: TrainConfig) -> None:
+    """Write ``run_dir/config.yaml``; an earlier one is kept as ``config.previous-<n>.yaml``."""
+    path = Path(cfg.run.out_dir) / "config.yaml"
+    if path.is_file():
         index = 1 + sum(1 for _ in path.parent.glob("config.previous-*.yaml"))
         os.replace(path, path.with_name(f"config.previous-{index}.yaml"))
-        save_config(cfg, path)
+    save_config(cfg, path)
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
