@@ -158,3 +158,30 @@ def http_root(tmp_path):
     yield f"http://127.0.0.1:{server.server_address[1]}", server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """The synthetic set every module shares, rendered once per test run: ``train`` (32 samples,
+    4 shards of 8) and ``test`` (16 samples, 2 shards). Read it; never write into it (copy the
+    split first, or take a :func:`subset_split`)."""
+    from depthpi.data.build import build_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    build_synthetic(root, {"train": 32, "test": 16}, samples_per_shard=8, workers=1)
+    return root
+
+
+def subset_split(source: Path, target: Path, shards: list[int]) -> Path:
+    """A split of some of ``source``'s shards (links to the same files, its own manifest)."""
+    from depthpi.data.shards import read_manifest
+
+    manifest = read_manifest(source)
+    chosen = [manifest.shards[i] for i in shards]
+    target.mkdir(parents=True)
+    for shard in chosen:
+        (target / shard.name).symlink_to(source / shard.name)
+    subset = Manifest(shards=chosen, total_count=sum(s.count for s in chosen), skeleton=manifest.skeleton,
+                      params={**manifest.params, "subset_of": str(source)})
+    write_manifest(target, subset)
+    return target

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tb_scalars
+from conftest import subset_split, tb_scalars
 from depthpi.config import load_config
-from depthpi.data.build import build_synthetic
 from depthpi.data.shards import read_manifest
 from depthpi.predict import evaluate_checkpoint
 from depthpi.train.checkpoint import checkpoint_dirs
@@ -30,11 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    build_synthetic(out, {"train": 64, "test": 16}, samples_per_shard=8, workers=1)
-    return out
+@pytest.fixture
+def shards(synth_root):
+    return synth_root
 
 
 def _overrides(shards, out_dir, **extra):
@@ -87,10 +84,8 @@ def _corrupt_one_jpeg(split: Path, shard: int = 0) -> str:
     return members[0]["__key__"]
 
 
-def test_bad_samples_are_skipped_and_reported_per_epoch_in_log_tensorboard_and_metrics(tmp_path, caplog):
-    import shutil
-
-    build_synthetic(tmp_path / "s", {"train": 16, "test": 8}, samples_per_shard=8, workers=1)
+def test_bad_samples_are_skipped_and_reported_per_epoch_in_log_tensorboard_and_metrics(synth_root, tmp_path, caplog):
+    shutil.copytree(synth_root, tmp_path / "s")
     bad_train, bad_test = _corrupt_one_jpeg(tmp_path / "s" / "train"), _corrupt_one_jpeg(tmp_path / "s" / "test")
     cfg = load_config(DEMO / "baseline_rgb.yaml", _overrides(
         tmp_path / "s", tmp_path / "run", **{"optim.epochs": 1, "data.batch_size": 4}))
@@ -99,14 +94,14 @@ def test_bad_samples_are_skipped_and_reported_per_epoch_in_log_tensorboard_and_m
     assert skipped["train"]["total"] == 1 and skipped["eval"]["total"] == 1
     assert skipped["train"]["examples"]["decode:rgb.jpg"]["key"] == bad_train
     assert skipped["eval"]["examples"]["decode:rgb.jpg"]["key"] == bad_test
-    assert metrics["count"] == 7 * 17  # 7 of 8 test samples scored, every joint valid
+    assert metrics["count"] == 15 * 17  # 15 of 16 test samples scored, every joint valid
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped"] == skipped
     scalars = tb_scalars(tmp_path / "run")
     assert scalars["data/skipped_train"] == [1.0] and scalars["data/skipped_eval"] == [1.0]
     assert f"skipped 1 bad eval samples this epoch (decode:rgb.jpg 1); e.g. {bad_test}" in caplog.text
     report = evaluate_checkpoint(tmp_path / "run" / "export" / "last.pt", tmp_path / "s" / "test", tmp_path / "ev",
                                  batch_size=4, num_workers=0)
-    assert report["skipped"]["total"] == 1 and report["count"] == 7 * 17
+    assert report["skipped"]["total"] == 1 and report["count"] == 15 * 17
     shutil.rmtree(tmp_path / "s")
 
 
@@ -234,10 +229,10 @@ def _assert_same_weights(a: Path, b: Path):
 def test_ddp_two_ranks_stay_in_sync_and_a_killed_run_resumes_bit_exactly(shards, tmp_path):
     """Two gloo ranks; the test split is one shard, so rank 1 evaluates nothing (it must not
     wait for rank 0 in a collective rank 0 never enters: a hang fails the run's own timeout)."""
-    build_synthetic(tmp_path / "one", {"test": 8}, samples_per_shard=8, workers=1)
+    subset_split(shards / "test", tmp_path / "one" / "test", [0])
     common = _overrides(shards, tmp_path / "whole", **{"optim.epochs": 2, "run.steps_per_epoch": 3,
                                                         "run.checkpoint_every": 2, "data.test": tmp_path / "one" / "test",
-                                                        "run.collective_timeout_s": 120})
+                                                        "run.collective_timeout_s": 120, "data.batch_size": 4})
     result = _launch_two("baseline", DEMO / "baseline_rgb.yaml", common)
     assert "2 process(es)" in result.stderr
     _assert_two_ranks_disjoint_and_in_sync(tmp_path / "whole")

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from depthpi.config import load_config
-from depthpi.data.build import build_synthetic, iter_split
+from depthpi.data.build import iter_split
 from depthpi.data.features import replay_map
 from depthpi.data.pipeline import PipelineConfig
-from depthpi.data.schema import SampleError, decode_sample, encode_sample
+from depthpi.data.schema import SampleError, decode_sample
 from depthpi.predict import evaluate_checkpoint
 from depthpi.train.engine import train
 from depthpi.train.entry import main as train_main
@@ -32,11 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    build_synthetic(root, {"train": 32, "test": 16}, samples_per_shard=8, workers=1)
-    return root
+@pytest.fixture
+def synth(synth_root):
+    return synth_root
 
 
 def _overrides(root: Path, out: Path, **extra) -> list[str]:

@@ -15,11 +15,12 @@ import torch
 
 from depthpi.config import load_config
 from depthpi.data.batches import Batch, Inputs, build_eval_loader, build_train_loaders, with_depth
-from depthpi.data.build import build_synthetic
 from depthpi.data.reference import mean_pose
 from depthpi.evaluate import evaluate
 from depthpi.train.setup import build_stage
 from depthpi.weights import save_weights
+
+from conftest import subset_split
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 TINY = {"model.arch": "resnet18", "model.width": 0.125, "model.depth_bins": 8, "data.pipeline.input_size": 33,
@@ -30,11 +31,9 @@ EPOCHS, LR = 60, 2e-3  # 180 steps of 8
 
 
 @pytest.fixture(scope="module")
-def few(tmp_path_factory):
+def few(tmp_path_factory, synth_root):
     """24 training samples in 3 shards."""
-    root = tmp_path_factory.mktemp("few")
-    build_synthetic(root, {"train": 24}, samples_per_shard=8, workers=1)
-    return root / "train"
+    return subset_split(synth_root / "train", tmp_path_factory.mktemp("few") / "train", [0, 1, 2])
 
 
 def overfit(config: str, split: Path, tmp_path: Path, epochs: int = EPOCHS, lr: float = LR, blind: bool = False,

@@ -12,7 +12,7 @@ import webdataset as wds
 from conftest import tb_scalars
 from depthpi.config import DataConfig, TrainConfig, load_config, save_config
 from depthpi.data.batches import Batch, model_inputs
-from depthpi.data.build import build_synthetic, iter_split
+from depthpi.data.build import iter_split
 from depthpi.data.features import decode_features, replay_map
 from depthpi.data.loader import collate
 from depthpi.data.pipeline import PipelineConfig, process_sample
@@ -28,10 +28,10 @@ TAP = "block13.post_relu"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synth_root):
     """Synthetic shards (65×65 pipeline) and a randomly initialised tiny teacher 'run'."""
     root = tmp_path_factory.mktemp("pre")
-    build_synthetic(root / "synth", {"train": 32, "test": 8}, samples_per_shard=8, workers=1)
+    (root / "synth").symlink_to(synth_root)
     torch.manual_seed(0)
     model_cfg = ModelConfig(kind="teacher", width=0.125, depth_bins=8, init="none")
     cfg = TrainConfig(stage="teacher", model=model_cfg,

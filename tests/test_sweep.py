@@ -606,14 +606,10 @@ def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
     assert re.search(r"first-1\s+done", logs["second"]), logs["second"][-2000:]  # it read the sweep directory
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory):
-    """A small synthetic shard set (16 train / 8 test samples, 8 per shard)."""
-    from depthpi.data.build import build_synthetic
-
-    out = tmp_path_factory.mktemp("shards")
-    build_synthetic(out, {"train": 16, "test": 8}, samples_per_shard=8, workers=1)
-    return out
+@pytest.fixture
+def tiny_shards(synth_root):
+    """The suite's shared synthetic set (32 train / 16 test samples, 8 per shard)."""
+    return synth_root
 
 
 def tiny_overrides(shards: Path, **extra) -> dict:
