@@ -125,7 +125,8 @@ def test_preemption_saves_at_the_next_log_point_and_the_run_resumes_to_the_end(s
     from depthpi.train.preemption import Preempted, StopRequest
 
     cfg = load_config(DEMO / "baseline_rgb.yaml", _overrides(
-        shards, tmp_path / "run", **{"run.log_every": 3, "run.checkpoint_every": 100, "run.steps_per_epoch": 8}))
+        shards, tmp_path / "run", **{"run.log_every": 3, "run.checkpoint_every": 100, "run.steps_per_epoch": 8,
+                                     "data.batch_size": 4}))
     stop = StopRequest(grace_s=None)
     stop._event.set()  # as if the signal came during step 1
     with pytest.raises(Preempted) as stopped:

@@ -84,10 +84,6 @@ class Batch:
         non_blocking = torch.device(device).type == "cuda"
         return self._map(lambda t: t.to(device, non_blocking=non_blocking), lambda v: v)
 
-    def pin_memory(self) -> Batch:
-        """Called by DataLoader's ``pin_memory=True``."""
-        return self._map(lambda t: t.pin_memory(), lambda v: v)
-
     def head(self, count: int) -> Batch:
         """The first ``count`` samples."""
         return self._map(lambda t: t[:count], lambda v: v[:count])
