@@ -70,7 +70,7 @@ def check_launcher_settings(cfg: TrainConfig, precision: str) -> None:
     if launcher_ds and not cfg.run.deepspeed.zero_stage:
         raise ValueError("accelerate launch asked for DeepSpeed (--use_deepspeed or distributed_type: DEEPSPEED), "
                          "but config key 'run.deepspeed.zero_stage' is 0: depthpi takes DeepSpeed from its run "
-                         "config; set run.deepspeed.zero_stage=1, 2 or 3 and launch without DeepSpeed options")
+                         "config; set run.deepspeed.zero_stage=1 or 2 and launch without DeepSpeed options")
     launcher_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if launcher_mp not in ("no", PRECISIONS[precision]):
         log.warning("accelerate launch's mixed precision %r is not used: config key run.precision decides (%s)",
