@@ -79,23 +79,62 @@ def cell(values: list[float], digits: int) -> str:
 
 
 def table(metrics: dict[str, dict[int, dict]], rows: list[tuple[str, str]] = MODELS) -> str:
+    """One row per model: MPJPE mean ± std over seeds, per seed, its ratio to the mean-pose
+    reference (the training split's mean pose scored on the test split), PCK and AUC."""
     threshold = next(iter(next(iter(metrics.values())).values())).get("threshold_mm", 150)
-    lines = [f"| model | what | seeds | MPJPE (mm) | per seed | PCK@{threshold:g}mm | AUC |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| model | what | seeds | MPJPE (mm) | per seed | × mean pose | PCK@{threshold:g}mm | AUC |",
+             "|---|---|---|---|---|---|---|---|"]
     for model, what in rows:
         runs = metrics.get(model)
         if not runs:
-            lines.append(f"| {model} | {what} | 0 | — | — | — | — |")
+            lines.append(f"| {model} | {what} | 0 | — | — | — | — | — |")
             continue
         seeds = sorted(runs)
         mpjpe = [runs[s]["mpjpe"] for s in seeds]
+        ratios = [runs[s]["mpjpe"] / runs[s]["mean_pose_mpjpe"] for s in seeds if runs[s].get("mean_pose_mpjpe")]
+        ratio = f"{np.mean(ratios):.2f}" if ratios else "—"
         lines.append(f"| {model} | {what} | {len(seeds)} | {cell(mpjpe, 1)} | "
-                     f"{', '.join(f'{v:.1f}' for v in mpjpe)} | {cell([runs[s]['pck'] for s in seeds], 3)} | "
+                     f"{', '.join(f'{v:.1f}' for v in mpjpe)} | {ratio} | {cell([runs[s]['pck'] for s in seeds], 3)} | "
                      f"{cell([runs[s]['auc'] for s in seeds], 3)} |")
     return "\n".join(lines) + "\n"
 
 
-# two-sided 95 % critical values of Student's t by degrees of freedom (n − 1 seeds)
-T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+def mean_pose_line(metrics: dict[str, dict[int, dict]]) -> str:
+    """The reference every model is judged against, from the evaluations that report it."""
+    values = [m["mean_pose_mpjpe"] for runs in metrics.values() for m in runs.values() if m.get("mean_pose_mpjpe")]
+    if not values:
+        return "The evaluations recorded no mean-pose reference."
+    return (f"The mean training pose, predicted for every test image, scores **{np.mean(values):.1f} mm** "
+            f"(the mean-pose reference; the × mean pose column divides each model's MPJPE by it).")
+
+
+# Student's t by degrees of freedom (n − 1 seeds): two-sided 95 % critical values, and the
+# one-sided 80 % quantiles that a power of 0.8 adds; beyond the tables, the normal's.
+T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
+        15: 2.13, 20: 2.09, 30: 2.04}
+T_80 = {1: 1.376, 2: 1.061, 3: 0.978, 4: 0.941, 5: 0.920, 6: 0.906, 7: 0.896, 8: 0.889, 9: 0.883, 10: 0.879,
+        12: 0.873, 15: 0.866, 20: 0.860, 30: 0.854}
+
+
+def _t(table: dict[int, float], df: int, limit: float) -> float:
+    """The tabulated quantile for ``df``, the next larger df's when it is not listed (conservative)."""
+    larger = [k for k in table if k >= df]
+    return table[min(larger)] if larger else limit
+
+
+def detectable_effect(std: float, seeds: int) -> float:
+    """Smallest true paired difference (mm) a two-sided 95 % paired t-test over ``seeds`` finds
+    with 80 % power, for a seed-to-seed standard deviation ``std`` of the differences."""
+    df = seeds - 1
+    return (_t(T_95, df, 1.96) + _t(T_80, df, 0.842)) * std / seeds ** 0.5
+
+
+def seeds_needed(std: float, effect: float, most: int = 1000) -> int | None:
+    """Seeds a paired test needs to find ``effect`` mm with 80 % power at 95 % (None: over ``most``)."""
+    for seeds in range(2, most + 1):
+        if detectable_effect(std, seeds) <= effect:
+            return seeds
+    return None
 
 
 def paired(metrics: dict[str, dict[int, dict]], model: str, control: str) -> tuple[float, float, int] | None:
@@ -120,7 +159,7 @@ def verdict(result: tuple[float, float, int] | None) -> str:
             else f"within seed noise (95 % interval ±{bound:.1f} mm)")
 
 
-PAIRS = [("3.2", "1.2"), ("2.1", "1.2"), ("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("8.3", "1.4"),
+PAIRS = [("3.2", "1.2"), ("3.2", "2.1"), ("2.1", "1.2"), ("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("8.3", "1.4"),
          ("8.2", "1.4"), ("9.1", "1.4"), ("8.1-precomputed", "8.1"), ("9.1", "8.1")]
 
 
@@ -131,6 +170,27 @@ def paired_table(metrics: dict[str, dict[int, dict]], pairs: list[tuple[str, str
         if result:
             lines.append(f"| {model} − {control} | {result[0]:+.1f} ± {result[1]:.1f} | {result[2]} | {verdict(result)} |")
     return "\n".join(lines) + "\n"
+
+
+STUDENT_PAIRS = [("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("9.1", "1.4")]
+
+
+def power_table(metrics: dict[str, dict[int, dict]], relative_effect: float = 0.03) -> str:
+    """From the measured seed-to-seed spread of each student-vs-control difference: the smallest
+    effect these seeds can find, and how many seeds the thesis' effect size needs."""
+    lines = [f"| comparison | seeds | std of the paired difference (mm) | smallest effect these seeds find "
+             f"(80 % power, 95 %) | {relative_effect:.0%} of the control's MPJPE | seeds that needs |",
+             "|---|---|---|---|---|---|"]
+    for model, control in STUDENT_PAIRS:
+        result = paired(metrics, model, control)
+        if result is None or result[2] < 2:
+            continue
+        _, std, n = result
+        effect = relative_effect * float(np.mean([m["mpjpe"] for m in metrics[control].values()]))
+        needed = seeds_needed(std, effect)
+        lines.append(f"| {model} − {control} | {n} | {std:.1f} | {detectable_effect(std, n):.1f} mm | {effect:.1f} mm | "
+                     f"{needed if needed is not None else 'over 1000'} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def savefig(fig, path: Path) -> None:
@@ -264,6 +324,9 @@ def settings(runs: Path, shards: str) -> str:
 
 def render(parts: dict, setup: str, minutes: int | None, kept: str) -> str:
     took = f" in {minutes} min" if minutes is not None else ""
+    power = (f"How many seeds the question needs: from the measured spread of each paired difference, "
+             f"the smallest student-vs-control effect these seeds can detect, and the seeds needed for the "
+             f"thesis' effect size (about 3 % of MPJPE):\n\n{parts['power']}\n") if parts.get("power") else ""
     ablations = (f"## Why: distillation weight and tap (ablations, each continued from 1.2 like 8.1)\n\n"
                  f"{parts['ablations']}\n") if parts.get("ablations") else ""
     features = parts.get("features")
@@ -276,11 +339,13 @@ Produced by `bash bench/reproduce.sh`{took} (figures by `bench/reproduce_report.
 
 ## Test split (unseen subjects and cameras), Table 6.8 style
 
+{parts.get("reference", "")}
+
 {parts["table"]}
 Seed-paired differences (every continued model of a seed starts from that seed's 1.2):
 
 {parts["paired"]}
-{ablations}## Training curves
+{power}{ablations}## Training curves
 
 Test MPJPE after each epoch, mean over seeds, band from the best to the worst seed.
 
@@ -310,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     if not metrics:
         sys.exit(f"{runs}: no seed*/<model>/eval/metrics.json found; run bench/reproduce.sh first")
     plot_curves(runs, figures / "curves.png")
-    parts = {"table": table(metrics), "paired": paired_table(metrics)}
+    parts = {"table": table(metrics), "paired": paired_table(metrics), "power": power_table(metrics),
+             "reference": mean_pose_line(metrics)}
     if any(name in metrics for name, _ in ABLATIONS):
         parts["ablations"] = table(metrics, ABLATIONS) + "\n" + paired_table(
             metrics, [(name, control) for name, _ in ABLATIONS for control in ("1.4", "8.1-precomputed")])

@@ -40,3 +40,24 @@ def test_regenerating_keeps_the_hand_written_findings():
     kept = first.split(report.MARK, 1)[1].lstrip("\n")
     second = report.render({"table": "T2\n", "paired": "P2\n"}, "setup", 61, kept)
     assert second.endswith("## Findings\n\nthe student wins\n") and "T2" in second and "T\n" not in second
+
+
+def test_power_of_a_paired_test_over_seeds():
+    # the textbook case: 5 seeds, std 2 mm → (2.78 + 0.941) · 2 / √5 = 3.33 mm
+    assert report.detectable_effect(2.0, 5) == pytest.approx(3.328, abs=1e-3)
+    assert report.seeds_needed(2.0, 3.33) == 5 and report.seeds_needed(2.0, 3.32) == 6
+    assert report.seeds_needed(2.0, 1.0) > 30 and report.seeds_needed(50.0, 0.01, most=100) is None
+
+
+def test_the_table_divides_by_the_mean_pose_and_the_power_table_uses_the_paired_spread(tmp_path):
+    _write_runs(tmp_path, {"1.4": [200.0, 240.0, 280.0], "8.1": [190.0, 228.0, 269.0]})
+    for seed in range(3):
+        for model in ("1.4", "8.1"):
+            path = tmp_path / f"seed{seed}" / model / "eval" / "metrics.json"
+            record = json.loads(path.read_text())
+            path.write_text(json.dumps({**record, "mean_pose_mpjpe": 400.0}))
+    metrics = report.load_metrics(tmp_path)
+    row = next(line for line in report.table(metrics).splitlines() if line.startswith("| 1.4 |"))
+    assert "| 0.60 |" in row and "400.0 mm" in report.mean_pose_line(metrics)
+    power = report.power_table(metrics)
+    assert "| 8.1 − 1.4 | 3 | 1.0 |" in power and "7.2 mm" in power  # 3 % of 240 mm
