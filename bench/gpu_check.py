@@ -100,8 +100,8 @@ def tiny_scale(cores: int) -> Scale:
     """Toy scale on a CPU: every step runs, in about a minute and a half on 2 cores."""
     return Scale(
         width=0.0625, size=33, max_batch=4, model_steps=2, compile_backend="eager",
-        engine_batch=4, engine_steps=3, workers=0, train_samples=24, test_samples=8, per_shard=4,
-        precision="fp32", precompute_batch=8, ds_batch=4, ds_steps=2, resume_batch=4, resume_steps=5, resume_checkpoint_every=2,
+        engine_batch=4, engine_steps=3, workers=0, train_samples=12, test_samples=4, per_shard=2,
+        precision="fp32", precompute_batch=8, ds_batch=4, ds_steps=2, resume_batch=2, resume_steps=5, resume_checkpoint_every=2,
         resume_workers=0, accelerate_config="cpu_2proc.yaml", jobs=min(2, cores), budget_s=900,
         budgets={"env": 60, "shards": 120, "models": 180, "engine": 300, "precompute": 120, "zero1": 180,
                  "zero2": 180, "resume": 300, "compile": 180})
@@ -158,11 +158,15 @@ info = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": to
         "platform": platform.platform()}
 if torch.cuda.is_available():
     info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    info["capability"] = list(torch.cuda.get_device_capability(0))
-    info["memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
-    info["bf16"] = torch.cuda.is_bf16_supported()
-    info["cudnn"] = torch.backends.cudnn.version()
-    info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+    probes = {"capability": lambda: list(torch.cuda.get_device_capability(0)),
+              "memory_gib": lambda: torch.cuda.get_device_properties(0).total_memory / 2**30,
+              "bf16": torch.cuda.is_bf16_supported, "cudnn": torch.backends.cudnn.version,
+              "nccl": lambda: str(torch.cuda.nccl.version())}
+    for key, probe in probes.items():
+        try:
+            info[key] = probe()
+        except Exception as err:
+            info[key] = f"{type(err).__name__}: {err}"
 for name in ("accelerate", "deepspeed", "webdataset", "omegaconf", "tensorboard", "numpy", "cv2", "triton"):
     try:
         info[name] = getattr(importlib.import_module(name), "__version__", "present")
@@ -513,9 +517,9 @@ def report_markdown(doc: dict) -> str:
              f"(setup included).", "", "## Steps", "",
              "| step | what | status | seconds | budget s | note |", "|---|---|---|---:|---:|---|"]
     for step in STEPS:
-        rec = r.get(step.name, {"status": "not run", "seconds": 0, "budget_s": "", "note": ""})
-        lines.append(f"| {step.name} | {step.title} | {rec['status']} | {rec['seconds']:.0f} | {rec['budget_s']} | "
-                     f"{str(rec.get('note', '')).replace('|', '/')[:300]} |")
+        rec = r.get(step.name) or {}
+        lines.append(f"| {step.name} | {step.title} | {rec.get('status', 'not run')} | {rec.get('seconds', 0):.0f} | "
+                     f"{rec.get('budget_s', '')} | {str(rec.get('note', '')).replace('|', '/')[:300]} |")
     lines += _goal_table(doc["goals"]) + _model_table(r) + _engine_tables(r) + _precompute_table(r)
     lines += _zero_table(r) + _resume_table(r) + _tails(r)
     return "\n".join(lines) + "\n"

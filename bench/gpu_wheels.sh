@@ -11,7 +11,8 @@ PY="${PYTHON:-python3}"
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
     omegaconf==2.4.0 webdataset==1.0.2 braceexpand==0.1.7 \
-    hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+    hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+    typing-extensions==4.16.0
 # DeepSpeed is published as source only: its wheel is pure Python (its kernels compile at
 # first use, on the machine that uses them), built here against this Python's torch.
 "$PY" -m pip wheel --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
