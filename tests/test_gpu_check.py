@@ -59,6 +59,8 @@ def test_the_json_holds_every_figure_the_tables_show(tiny_run):
     for stage, figures in engine.items():
         assert f"| {stage} | {figures['samples_per_s']:,.1f} |" in markdown
         assert f"{figures['data_wait_share']:.1%}" in markdown and f"{figures['mpjpe']:,.1f}" in markdown
+        assert f"| {figures['steady_samples_per_s']:,.1f} | {figures['steady_data_wait_share']:.1%} |" in markdown
+        assert 0 <= figures["steady_data_wait_share"] <= 1 and figures["steady_samples_per_s"] > 0
         assert figures["mean_pose_mpjpe"] > 0 and len(figures["train_loss"]) == 2
     precompute = steps["precompute"]["data"]
     assert precompute["samples"] == 4 and f"{precompute['samples_per_s']:,.1f}" in markdown
@@ -70,7 +72,7 @@ def test_the_json_holds_every_figure_the_tables_show(tiny_run):
             assert steps[name]["data"]["zero_stage"] == int(name[-1])
     for goal in doc["goals"]:
         assert f"| {goal['goal']} | {goal['where']} | {gpu_check._fmt(goal['value'], goal['unit'])} |" in markdown
-    assert {g["where"] for g in doc["goals"]} >= {"model step, eager", "model step, compiled", "engine"}
+    assert {g["where"] for g in doc["goals"]} >= {"model step, eager", "model step, compiled", "engine (steady)"}
 
 
 def gpu_check_workloads():
@@ -90,11 +92,12 @@ def _context(tmp_path, budget: int) -> gpu_check.Context:
 
 def test_a_failing_step_is_reported_with_its_log_tail(tmp_path):
     ctx = _context(tmp_path, 60)
-    step = gpu_check.Step("probe", "fails", lambda c: [sys.executable, "-c",
-                                                        "print('first'); print('the cause'); raise SystemExit(3)"])
+    step = gpu_check.Step("probe", "fails", lambda c: [sys.executable, "-c", "print('first'); "
+                                                        "raise ValueError('the cause')"])
     record = gpu_check.run_step(step, ctx, {})
-    assert record["status"] == "failed" and record["returncode"] == 3 and record["note"] == "exit status 3"
-    assert record["tail"][-1] == "the cause"
+    assert record["status"] == "failed" and record["returncode"] == 1
+    assert record["note"] == "exit status 1; first error: ValueError: the cause"
+    assert record["tail"][-1] == "ValueError: the cause" and "first" in record["tail"]
     ctx.results["probe"] = record
     markdown = gpu_check.report_markdown({"date": "d", "tiny": True, "command": "c", "budget_s": 1, "elapsed_s": 1,
                                           "environment": {}, "steps": ctx.results, "goals": []})
