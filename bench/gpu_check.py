@@ -34,16 +34,16 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 ACCELERATE = ROOT / "configs" / "accelerate"
 TAIL_LINES = 15
 FIRST_ERROR = re.compile(r"^(?:\[rank\d+\]: )?((?:\w+\.)*\w*(?:Error|Exception): .*)$", re.MULTILINE)
-RESERVE_S = 10  # kept back from the budget for the report
+RESERVE_S = 15  # kept back from the budget: stopping a step that ran out of time, then the report
 
 
 @dataclass(frozen=True)
@@ -427,7 +427,7 @@ def _run_logged(cmd: list[str], log_path: Path, timeout: float, env: dict) -> tu
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
