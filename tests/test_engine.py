@@ -260,10 +260,11 @@ def test_ddp_two_ranks_stay_in_sync_and_a_killed_run_resumes_bit_exactly(shards,
 @pytest.mark.slow
 def test_deepspeed_zero2_from_the_run_config_trains_two_ranks_and_resumes(shards, tmp_path, deepspeed_cpu_ops):
     run_dir = tmp_path / "zero2"
-    overrides = _overrides(shards, run_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3,
-                                               "run.deepspeed.zero_stage": 2})
+    # bf16 as on a GPU: DeepSpeed's torch_autocast keeps fp32 weights under an autocast forward
+    overrides = _overrides(shards, run_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3, "data.batch_size": 4,
+                                               "run.deepspeed.zero_stage": 2, "run.precision": "bf16"})
     result = _launch_two("baseline", DEMO / "baseline_rgb.yaml", overrides)
-    assert "DeepSpeed ZeRO-2" in result.stderr
+    assert "precision bf16, DeepSpeed ZeRO-2" in result.stderr
     _assert_two_ranks_disjoint_and_in_sync(run_dir)
     assert (run_dir / "export" / "last.pt").is_file()
     # one checkpoint format: the same directory layout as DDP, DeepSpeed's files inside

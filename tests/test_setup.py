@@ -42,6 +42,11 @@ def test_the_deepspeed_plugin_is_built_from_the_run_config(tmp_path):
     config = plugin.deepspeed_config
     assert plugin.zero_stage == 2 and config["train_micro_batch_size_per_gpu"] == 12
     assert plugin.gradient_clipping == 3.0 and config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "torch_autocast" not in config  # fp32
+    bf16 = deepspeed_plugin(_cfg(tmp_path, "run.deepspeed.zero_stage=1"), "bf16").deepspeed_config
+    assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and not bf16.get("bf16", {}).get("enabled")
+    with pytest.raises(ValueError, match="fp16 with run.deepspeed.zero_stage"):
+        deepspeed_plugin(_cfg(tmp_path, "run.deepspeed.zero_stage=1"), "fp16")
     with pytest.raises(ValueError, match="run.deepspeed.zero_stage"):
         _cfg(tmp_path, "run.deepspeed.zero_stage=3")
 

@@ -27,7 +27,8 @@ from depthpi.train.logging import RunLogger, StepMeter, skeleton_panel
 from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.setup import (Loaders, adopt_teacher_architecture, build_loaders, build_stage, check_config_unchanged,
-                                  check_split_roles, make_accelerator, record_inputs, save_run_config, startup_checks,
+                                  check_split_roles, make_accelerator, record_inputs, resolve_precision, save_run_config,
+                                  startup_checks,
                                   verify_splits)
 from depthpi.weights import save_weights
 
@@ -74,8 +75,9 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     if adopted:
         log.info(adopted)
     log.info("stage %s %s: %d process(es) × batch %d = global batch %d; %d steps/epoch; device %s, "
-             "mixed precision %s%s", cfg.stage, cfg.experiment, world, cfg.data.batch_size,
-             world * cfg.data.batch_size, loaders.steps_per_epoch, accelerator.device, accelerator.mixed_precision,
+             "precision %s%s", cfg.stage, cfg.experiment, world, cfg.data.batch_size,
+             world * cfg.data.batch_size, loaders.steps_per_epoch, accelerator.device,
+             resolve_precision(cfg, accelerator.device.type != "cuda"),
              f", DeepSpeed ZeRO-{cfg.run.deepspeed.zero_stage}" if deepspeed else "")
 
     def checkpoint():

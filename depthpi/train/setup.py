@@ -77,11 +77,21 @@ def check_launcher_settings(cfg: TrainConfig, precision: str) -> None:
                     launcher_mp, precision)
 
 
-def deepspeed_plugin(cfg: TrainConfig):
-    """The DeepSpeed plugin of ``run.deepspeed`` (None when ``zero_stage`` is 0)."""
+def deepspeed_plugin(cfg: TrainConfig, precision: str = "fp32"):
+    """The DeepSpeed plugin of ``run.deepspeed`` (None when ``zero_stage`` is 0).
+
+    Mixed precision runs through DeepSpeed's ``torch_autocast``: the weights stay fp32 and the
+    forward runs under autocast, as with DDP. (DeepSpeed's own ``bf16`` mode casts the weights
+    to bf16 while accelerate switches its autocast off, so fp32 inputs would meet bf16 weights.)
+
+    Raises:
+        ValueError: fp16 under DeepSpeed (autocast in fp16 needs a loss scaler ZeRO does not give it).
+    """
     ds = cfg.run.deepspeed
     if not ds.zero_stage:
         return None
+    if precision == "fp16":
+        raise ValueError("run.precision=fp16 with run.deepspeed.zero_stage > 0: use bf16 (or fp32) under DeepSpeed")
     from accelerate.utils import DeepSpeedPlugin
 
     plugin = DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=1,
@@ -89,6 +99,8 @@ def deepspeed_plugin(cfg: TrainConfig):
                              zero3_init_flag=False)
     # no DataLoader goes through accelerate.prepare, so DeepSpeed cannot infer the batch size
     plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+    if precision == "bf16":
+        plugin.deepspeed_config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     return plugin
 
 
@@ -101,7 +113,7 @@ def make_accelerator(cfg: TrainConfig):
     on_cpu = cfg.run.cpu or not torch.cuda.is_available()
     precision = resolve_precision(cfg, on_cpu)
     check_launcher_settings(cfg, precision)
-    plugin = deepspeed_plugin(cfg)
+    plugin = deepspeed_plugin(cfg, precision)
     if on_cpu:  # before accelerate imports DeepSpeed: its CPU backend, without its detection warning
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     handlers = []
@@ -112,7 +124,10 @@ def make_accelerator(cfg: TrainConfig):
                                                timeout=timedelta(seconds=cfg.run.collective_timeout_s)))
     # cpu=True would silently drop a DeepSpeed plugin; DeepSpeed on CPU goes through gloo instead.
     trackers = make_trackers(cfg.run.log_with, Path(cfg.run.out_dir), cfg.experiment, cfg.stage)
-    return Accelerator(mixed_precision=PRECISIONS[precision], cpu=on_cpu and plugin is None, deepspeed_plugin=plugin,
+    # Under DeepSpeed the plugin carries the precision (torch_autocast); accelerate's own would
+    # switch DeepSpeed to bf16 weights.
+    mixed = "no" if plugin is not None else PRECISIONS[precision]
+    return Accelerator(mixed_precision=mixed, cpu=on_cpu and plugin is None, deepspeed_plugin=plugin,
                        kwargs_handlers=handlers, log_with=trackers or None, project_dir=cfg.run.out_dir)
 
 
