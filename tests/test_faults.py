@@ -300,14 +300,14 @@ def _gather_on_one_rank(rank: int, port: int, out: str) -> None:
     from depthpi.dist import gather_objects
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=3))
+                            timeout=timedelta(seconds=2))
     if rank == 1:
         try:
             gather_objects({"skips": 0}, "skip reports")
         except RuntimeError as err:
             Path(out).write_text(str(err))
     else:  # busy elsewhere for longer than the timeout: it never joins the collective
-        time.sleep(8)
+        time.sleep(4)
     os._exit(0)  # a timed-out gloo group cannot be torn down cleanly (it aborts): leave at once
 
 
