@@ -103,18 +103,22 @@ def deepspeed_cpu_ops():
     empty extension cache at once made the first ZeRO run on a fresh machine flaky.
     ``launch/test.sh`` starts that build in the background before pytest (it takes ~1.5 min
     of one core on a fresh machine) and names a file it touches when done
-    (``DEPTHPI_SHM_OP_BUILT``): wait for it, so that only one compiler ever runs.
+    (``DEPTHPI_SHM_OP_BUILT``): wait for it; and a file lock keeps the test workers (pytest-xdist)
+    from compiling side by side, so that only one compiler ever runs.
     """
     pytest.importorskip("deepspeed")
     pytest.importorskip("transformers")
+    from filelock import FileLock  # a dependency of torch
+
     marker = os.environ.get("DEPTHPI_SHM_OP_BUILT")
     if marker:
         deadline = time.monotonic() + 900
         while not Path(marker).exists() and time.monotonic() < deadline:
             time.sleep(1)
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
-                   env=env, check=True, capture_output=True, timeout=600)
+    with FileLock(Path(os.environ.get("TMPDIR", "/tmp")) / "depthpi-shm-op.lock"):  # one builder per machine
+        subprocess.run([sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],
+                       env=env, check=True, capture_output=True, timeout=600)
 
 
 def tb_scalars(run_dir: Path) -> dict[str, list[float]]:
