@@ -13,4 +13,11 @@ if python -c "import deepspeed, transformers" >/dev/null 2>&1; then
 fi
 # A single-node SLURM (slurmctld, slurmd, munge) for the sweep tests; skipped where apt is unavailable.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_slurm.sh"
-python -m pytest tests "$@"
+# Two test workers (pytest-xdist, a file per worker at a time): most tests keep one core busy
+# and many wait on subprocesses, SLURM or a socket; DEPTHPI_TEST_WORKERS=0 runs them in one process.
+WORKERS="${DEPTHPI_TEST_WORKERS:-2}"
+if [ "$WORKERS" -gt 0 ]; then
+  python -m pytest -n "$WORKERS" --dist loadfile tests "$@"
+else
+  python -m pytest tests "$@"
+fi
