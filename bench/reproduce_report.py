@@ -30,7 +30,7 @@ MODELS = [
     ("2.1", "depth baseline"),
     ("3.2", "RGB-D teacher, depth branch from 2.1"),
     ("1.4", "RGB baseline continued from 1.2 (the students' control)"),
-    ("8.1", "student of 3.2, block 13 after ReLU, sigmoid, α 0.1→0.2"),
+    ("8.1", "student of 3.2, end of layer3 (ResNet-50's block 13) after ReLU, sigmoid, α 0.1→0.2"),
     ("8.1-precomputed", "8.1 reading stored teacher features (4 views)"),
     ("8.3", "student, attention map, before ReLU, α 0.25→0.5"),
     ("8.2", "8.1 + unlabelled RGB-D pairs (⅓ of each batch)"),
@@ -43,7 +43,6 @@ ABLATIONS = [
     ("abl-alpha100-block10", "8.1 (online) with α ×100 on block 10 (layer3, the third block after the fusion) instead of 13"),
 ]
 FROM_SCRATCH = {"1.2", "2.1", "3.2"}
-TAP = "block13.post_relu"
 
 
 def seed_dirs(runs: Path) -> list[Path]:
@@ -229,10 +228,10 @@ def plot_curves(runs: Path, path: Path) -> None:
     savefig(fig, path)
 
 
-def _features(predictor: Predictor, batch: Batch, sigmoid: bool) -> torch.Tensor:
+def _features(predictor: Predictor, batch: Batch, sigmoid: bool, tap: str) -> torch.Tensor:
     inputs = predictor.inputs(batch)
     with torch.inference_mode():
-        feat = tap_features(predictor.model, predictor.cfg.model, inputs.rgb, inputs.depth, TAP).float()
+        feat = tap_features(predictor.model, predictor.cfg.model, inputs.rgb, inputs.depth, tap).float()
     return feat.sigmoid() if sigmoid else feat
 
 
@@ -250,7 +249,7 @@ def feature_differences(seed_dir: Path, shards: str, count: int = 4, batches: in
     others = {name: Predictor.from_checkpoint(seed_dir / model / "export" / "last.pt")
               for name, model in (("1.4", "1.4"), ("8.1", "8.1"), ("8.1 α×100", "abl-alpha100"))
               if (seed_dir / model / "export" / "last.pt").is_file()}
-    sigmoid = others["8.1"].cfg.distill.sigmoid
+    sigmoid, tap = others["8.1"].cfg.distill.sigmoid, others["8.1"].cfg.distill.tap
     pipeline = replace(teacher.rgb_pipeline(), depth=True)
     loader = build_eval_loader(teacher.cfg.data, pipeline, shards, rank=0, world_size=1, num_workers=0)
     sums = {name: 0.0 for name in others}
@@ -259,8 +258,8 @@ def feature_differences(seed_dir: Path, shards: str, count: int = 4, batches: in
         if i == batches:
             break
         device_batch = Batch.from_collated(batch)
-        target = _features(teacher, device_batch, sigmoid)
-        diffs = {name: (target - _features(p, device_batch, sigmoid)).abs().sum(1) for name, p in others.items()}
+        target = _features(teacher, device_batch, sigmoid, tap)
+        diffs = {name: (target - _features(p, device_batch, sigmoid, tap)).abs().sum(1) for name, p in others.items()}
         for name, diff in diffs.items():
             sums[name] += float(diff.sum())
         locations += diffs[next(iter(diffs))].numel()
@@ -313,7 +312,8 @@ def settings(runs: Path, shards: str) -> str:
         if manifest.is_file():
             counts[split] = sum(s["count"] for s in json.loads(manifest.read_text())["shards"])
     model, data = first["model"], first["data"]
-    return (f"ResNet-50 at width {model['width']:g} ({model['depth_bins']} depth bins), {data['pipeline']['input_size']}×"
+    arch = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}.get(model["arch"], model["arch"])
+    return (f"{arch} at width {model['width']:g} ({model['depth_bins']} depth bins), {data['pipeline']['input_size']}×"
             f"{data['pipeline']['input_size']} crops, batch {data['batch_size']}, Adam at {first['optim']['lr']:g}, "
             f"from scratch; {first['optim']['epochs']} epochs for 1.2, 2.1 and 3.2, then "
             f"{later['optim']['epochs']} more for 1.4 and every student. Synthetic benchmark: "
@@ -330,7 +330,7 @@ def render(parts: dict, setup: str, minutes: int | None, kept: str) -> str:
     ablations = (f"## Why: distillation weight and tap (ablations, each continued from 1.2 like 8.1)\n\n"
                  f"{parts['ablations']}\n") if parts.get("ablations") else ""
     features = parts.get("features")
-    feature_line = ("Mean Σ_c |F_3.2 − F| per block-13 location over the first 4 test batches (seed 0): "
+    feature_line = ("Mean Σ_c |F_3.2 − F| per location of the distilled tap over the first 4 test batches (seed 0): "
                     + ", ".join(f"{k} **{v:.2f}**" for k, v in features.items()) + ".\n\n"
                     "![feature differences](results/feature_difference.png)\n") if features else ""
     return f"""# The thesis' core study on the synthetic RGB-D set
@@ -353,7 +353,7 @@ Test MPJPE after each epoch, mean over seeds, band from the best to the worst se
 
 ## Feature differences (Fig. 6.3)
 
-Per block-13 location, the summed absolute difference between the teacher's features and
+Per location of the distilled tap (the end of layer3), the summed absolute difference between the teacher's features and
 those of the RGB baseline 1.4, of the student 8.1 and of the α ×100 student (ablation), in
 the space 8.1's loss compares them; one colour scale per row.
 
