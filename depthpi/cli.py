@@ -12,13 +12,9 @@ def _shards_build(args) -> None:
     if args.source == "synthetic":
         from depthpi.data.build import build_synthetic
 
-        manifests = build_synthetic(Path(args.out), {"train": args.train, "test": args.test,
-                                                     "unlabeled": args.unlabeled},
-                                    samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
-        for split, manifest in manifests.items():
-            print(f"[depthpi] {Path(args.out) / split}: {manifest.total_count} samples in "
-                  f"{len(manifest.shards)} shards")
-        return
+        build_synthetic(Path(args.out), {"train": args.train, "test": args.test, "unlabeled": args.unlabeled},
+                        samples_per_shard=args.per_shard, workers=args.workers, seed=args.seed)
+        return  # each split's summary is logged as it is finished
     from depthpi.data.converters import convert
 
     if not args.root:
