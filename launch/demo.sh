@@ -6,12 +6,12 @@
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 set -euo pipefail
 SHARDS=shards/synth
-EPOCHS="${DEMO_EPOCHS:-8}"
+EPOCHS="${DEMO_EPOCHS:-6}"
 WORKERS="$(python -c 'import os; print(max(1, min(4, os.cpu_count() or 1)))')"
 START=$(date +%s)
 
 echo "== 1/6 synthetic shards -> $SHARDS"
-depthpi shards build --source synthetic --out "$SHARDS" --train "${DEMO_TRAIN:-2400}" \
+depthpi shards build --source synthetic --out "$SHARDS" --train "${DEMO_TRAIN:-6000}" \
   --test "${DEMO_TEST:-480}" --unlabeled "${DEMO_UNLABELED:-0}" --per-shard 100 --workers "$WORKERS"
 depthpi shards inspect "$SHARDS/train" --count 8 --size 129 --out runs/demo/contact_sheet.png
 
