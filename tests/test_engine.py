@@ -282,13 +282,13 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
         shards, teacher_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 2, "model.depth_branch_checkpoint": "null"})))
     teacher_before = load_weights(teacher_dir / "export" / "last.pt")
     student_dir = tmp_path / "student"
-    # teacher.model says width 0.25: the weights' run config (width 0.125) wins, and is recorded
+    # teacher.model says width 0.5: the weights' run config (width 0.25) wins, and is recorded
     metrics = train(load_config(DEMO / "student.yaml", _overrides(
         shards, student_dir, **{"optim.epochs": 1, "run.steps_per_epoch": 3, "model.init": "none", "model.init_checkpoint": "null",
-                                "teacher.weights": teacher_dir / "export" / "last.pt", "teacher.model.width": 0.25,
+                                "teacher.weights": teacher_dir / "export" / "last.pt", "teacher.model.width": 0.5,
                                 "distill.attention": True, "run.image_every": 2})))
     assert metrics["count"] > 0
-    assert load_config(student_dir / "config.yaml").teacher.model.width == 0.125
+    assert load_config(student_dir / "config.yaml").teacher.model.width == 0.25
     scalars = tb_scalars(student_dir)
     assert scalars["train/distillation"][0] > 0 and scalars["train/alpha"][0] == pytest.approx(0.1)
     after = load_weights(teacher_dir / "export" / "last.pt")
@@ -307,9 +307,9 @@ def test_teacher_weights_without_a_run_that_do_not_fit_name_the_architecture(sha
     teacher_cfg = load_config(DEMO / "teacher.yaml", ["model.depth_branch_checkpoint=null", "model.init=none"])
     save_weights(build_model(teacher_cfg.model).state_dict(), tmp_path / "loose" / "teacher.pt")  # no config.yaml
     cfg = load_config(DEMO / "student.yaml", _overrides(shards, tmp_path / "student", **{
-        "model.init": "none", "model.init_checkpoint": "null", "teacher.weights": tmp_path / "loose" / "teacher.pt", "teacher.model.width": 0.25}))
+        "model.init": "none", "model.init_checkpoint": "null", "teacher.weights": tmp_path / "loose" / "teacher.pt", "teacher.model.width": 0.5}))
     with pytest.raises(ValueError, match=r"teacher.pt: does not fit the model "
-                                         r"\(kind teacher, input rgb, arch resnet50, width 0.25, depth_bins 16\).*size mismatch"):
+                                         r"\(kind teacher, input rgb, arch resnet18, width 0.5, depth_bins 16\).*size mismatch"):
         build_stage(cfg, torch.device("cpu"))
 
 
@@ -328,7 +328,7 @@ def test_trackers_tensorboard_and_mlflow_receive_the_run_and_a_resume_continues_
     client = mlflow.tracking.MlflowClient(store)
     [experiment] = [e for e in client.search_experiments() if e.name == "depthpi"]
     [run] = client.search_runs([experiment.experiment_id])
-    assert run.data.params["optim.lr"] == "0.002" and run.data.tags["experiment"] == "demo-1.2"
+    assert run.data.params["optim.lr"] == "0.001" and run.data.tags["experiment"] == "demo-1.2"
     history = client.get_metric_history(run.info.run_id, "eval/mpjpe")
     assert [m.step for m in history] == [2, 4]  # both epochs, in one MLflow run
     assert [m.value for m in history] == pytest.approx(tb_scalars(run_dir)["eval/mpjpe"])

@@ -24,7 +24,7 @@ from depthpi.predict import Predictor
 from depthpi.train.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TAP = "block13.post_relu"
+TAP = "layer3.1.post_relu"  # the end of layer3 of the demo's ResNet-18
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def setup(tmp_path_factory, synth_root):
     root = tmp_path_factory.mktemp("pre")
     (root / "synth").symlink_to(synth_root)
     torch.manual_seed(0)
-    model_cfg = ModelConfig(kind="teacher", width=0.125, depth_bins=8, init="none")
+    model_cfg = ModelConfig(kind="teacher", arch="resnet18", width=0.25, depth_bins=8, init="none")
     cfg = TrainConfig(stage="teacher", model=model_cfg,
                       data=DataConfig(train=str(root / "synth/train"), test=str(root / "synth/test"),
                                       pipeline=PipelineConfig(input_size=65)))
@@ -150,7 +150,7 @@ def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
         return train(cfg)
 
     with pytest.raises(ValueError, match="tap"):
-        run(**{"distill.tap": "block12.post_relu"})
+        run(**{"distill.tap": "layer3.0.post_relu"})
     with pytest.raises(ValueError, match="input size"):
         run(**{"data.pipeline.input_size": 129})
     other = tmp_path / "other.pt"
@@ -193,8 +193,8 @@ def test_estimate_reports_bytes_before_writing(setup, tmp_path):
     cfg = PrecomputeConfig(teacher=str(teacher), shards=str(root / "synth/train"), out=str(tmp_path / "est"),
                            tap=TAP, views=4, dtype="fp16")
     text = estimate(cfg)
-    # width 1/8: block 13 has 128 channels at 5×5 for 65×65 inputs → 4 views × 128·25 × 2 bytes
-    assert "128×5×5" in text and "32 samples" in text
+    # ResNet-18 at width 1/4 (the demo student's): the end of layer3 has 64 channels at 5×5 for 65×65 inputs
+    assert "64×5×5" in text and "32 samples" in text
     assert not (tmp_path / "est").exists()
 
 
