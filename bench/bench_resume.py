@@ -34,7 +34,7 @@ BACKEND_LINE = re.compile(r"deterministic_train: process group backend (\w+), wo
 
 def launch_cmd(args, run_dir: Path) -> list[str]:
     overrides = [f"data.train={Path(args.shards) / 'train'}", f"data.test={Path(args.shards) / 'test'}",
-                 f"run.out_dir={run_dir}", f"model.width={args.width}", "model.init=none",
+                 f"run.out_dir={run_dir}", f"model.arch={args.arch}", f"model.width={args.width}", "model.init=none",
                  f"data.pipeline.input_size={args.size}", f"data.batch_size={args.batch}",
                  f"data.eval_batch_size={args.batch}", f"data.num_workers={args.workers}",
                  f"optim.epochs={args.epochs}", f"run.steps_per_epoch={args.steps}",
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=max(1, torch.cuda.device_count()))
     parser.add_argument("--accelerate-config", default=str(
         ROOT / "configs" / "accelerate" / ("multi_gpu.yaml" if cuda else "cpu_2proc.yaml")))
+    parser.add_argument("--arch", default="resnet50", help="model.arch")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--size", type=int, default=65)
     parser.add_argument("--batch", type=int, default=8)

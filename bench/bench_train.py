@@ -34,7 +34,6 @@ from benchlib import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"
-TAP = "block13.post_relu"
 # stage → (launch script, demo config)
 # In this order (the students need the teacher; the depth baseline matters least).
 STAGES = {
@@ -98,12 +97,19 @@ def build_shards(root: Path, args) -> None:
                     "--workers", str(os.cpu_count() or 1)], check=True, capture_output=True)
 
 
+def tap(arch: str) -> str:
+    """The thesis' tap (the last layer3 block, after ReLU) named for ``arch``."""
+    from depthpi.models.taps import LAYER_DEPTHS
+
+    return f"layer3.{LAYER_DEPTHS[arch][2] - 1}.post_relu"
+
+
 def precompute(teacher: Path, shards: Path, out: Path, args, logs: Path | None) -> None:
     """Teacher features of the train split, in ``--precompute-parts`` processes at once (as
     SLURM array tasks would split it): the views are built on the CPU of each process."""
     parts = max(1, args.precompute_parts)
     cmd = [sys.executable, "-m", "depthpi.cli", "precompute", "--teacher", str(teacher), "--shards",
-           str(shards / "train"), "--out", str(out), "--tap", TAP, "--views", str(args.views)]
+           str(shards / "train"), "--out", str(out), "--tap", tap(args.arch), "--views", str(args.views)]
     processes = [subprocess.Popen([*cmd, "--shard-index", str(i), "--num-shards", str(parts)], text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(parts)]
     outputs = [p.communicate()[0] for p in processes]
@@ -118,11 +124,13 @@ def train_all(shards: Path, work: Path, args, logs: Path | None, done) -> dict[s
     common = [f"data.train={shards / 'train'}", f"data.test={shards / 'test'}", f"optim.epochs={args.epochs}",
               f"run.steps_per_epoch={args.steps}", f"data.batch_size={args.batch}",
               f"data.eval_batch_size={args.batch}", f"data.num_workers={args.workers}",
-              f"data.pipeline.input_size={args.size}", f"model.width={args.width}", "model.init=none",
+              f"data.pipeline.input_size={args.size}", f"model.arch={args.arch}", f"model.width={args.width}",
+              "model.init=none",
               f"run.precision={args.precision}", f"run.channels_last={args.channels_last}",
               f"run.log_every={max(1, args.steps // 4)}", f"run.checkpoint_every={10 ** 9}", *([f"optim.lr={args.lr}"] if args.lr else [])]
     teacher = work / "teacher" / "export" / "last.pt"
-    student = ["model.init_checkpoint=null", f"teacher.model.width={args.width}", f"teacher.weights={teacher}"]
+    student = ["model.init_checkpoint=null", f"teacher.model.arch={args.arch}", f"teacher.model.width={args.width}",
+               f"teacher.weights={teacher}", f"distill.tap={tap(args.arch)}"]
     extra = {"teacher RGB-D": ["model.depth_branch_checkpoint=null"], "student, online teacher": student,
              "student, precomputed features": [*student, "teacher.mode=precomputed",
                                                f"teacher.features={work / 'features'}"]}
@@ -140,7 +148,7 @@ def train_all(shards: Path, work: Path, args, logs: Path | None, done) -> dict[s
 
 def table(results: dict[str, dict], args) -> str:
     baseline_rate = results.get("baseline RGB", {}).get("samples_per_s")
-    rows = [f"| stage ({args.size}×{args.size}, width {args.width}, batch {args.batch}, {args.workers} workers, "
+    rows = [f"| stage ({args.arch}, {args.size}×{args.size}, width {args.width}, batch {args.batch}, {args.workers} workers, "
             f"{args.precision}{', channels_last' if args.channels_last else ''}) | samples/s | step time vs "
             "baseline | data wait share | steady samples/s | steady data wait | peak memory (MiB) |",
             "|---|---:|---:|---:|---:|---:|---:|"]
@@ -157,6 +165,7 @@ def table(results: dict[str, dict], args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=129)
+    parser.add_argument("--arch", default="resnet50", help="model.arch of every stage")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch (the last epoch is measured)")

@@ -290,7 +290,7 @@ def zero_command(stage: int):
         return _launch(ctx, 1) + [
             str(ROOT / "launch" / "train_baseline.py"), "--config", str(ROOT / "configs" / "demo" / "baseline_rgb.yaml"),
             f"data.train={shards / 'train'}", f"data.test={shards / 'test'}", f"run.out_dir={ctx.work / f'zero{stage}'}",
-            f"model.width={s.width}", "model.init=none", f"data.pipeline.input_size={s.size}",
+            "model.arch=resnet50", f"model.width={s.width}", "model.init=none", f"data.pipeline.input_size={s.size}",
             f"data.batch_size={s.ds_batch}", f"data.eval_batch_size={s.ds_batch}", f"data.num_workers={s.resume_workers}",
             "optim.epochs=1", f"run.steps_per_epoch={s.ds_steps}", "run.log_every=1", "run.precision=auto",
             f"run.deepspeed.zero_stage={stage}"]
