@@ -17,7 +17,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_slurm.sh"
 # and many wait on subprocesses, SLURM or a socket; DEPTHPI_TEST_WORKERS=0 runs them in one process.
 WORKERS="${DEPTHPI_TEST_WORKERS:-2}"
 if [ "$WORKERS" -gt 0 ]; then
-  python -m pytest -n "$WORKERS" --dist loadfile tests "$@"
+  python -m pytest -n "$WORKERS" --dist loadfile --durations=15 tests "$@"
 else
-  python -m pytest tests "$@"
+  python -m pytest --durations=15 tests "$@"
 fi
