@@ -36,11 +36,11 @@ MODELS = [
     ("8.2", "8.1 + unlabelled RGB-D pairs (⅓ of each batch)"),
     ("9.1", "8.1 with the RGB baseline 1.4 as teacher"),
 ]
-# Why the student does or does not beat 1.4 (bench/reproduce.sh, ABLATIONS=1): as 8.1.
+# Why the student does or does not beat 1.4 (bench/reproduce.sh, phase 2): as 8.1.
 ABLATIONS = [
     ("abl-alpha10", "8.1-precomputed with α ×10 (1 → 2)"),
     ("abl-alpha100", "8.1-precomputed with α ×100 (10 → 20)"),
-    ("abl-alpha100-block10", "8.1 (online) with α ×100 on block 10 (layer3, the third block after the fusion) instead of 13"),
+    ("abl-alpha100-layer3.0", "8.1 (online) with α ×100 on layer3.0, the first layer3 block, instead of the end of layer3"),
 ]
 FROM_SCRATCH = {"1.2", "2.1", "3.2"}
 
