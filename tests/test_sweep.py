@@ -618,15 +618,17 @@ def tiny_overrides(shards: Path, **extra) -> dict:
             "optim.epochs": 1, "run.steps_per_epoch": 2, "run.log_every": 1, **extra}
 
 
-def requeued_attempt_started(cluster, job_id: str, run_dir: Path, seen: list | None = None) -> bool:
+def requeued_attempt_started(cluster, job_id: str, run_dir: Path, watch: dict) -> bool:
     """True once a second attempt started. SLURM holds a requeued job for 120 s (BeginTime);
-    the test releases it at once, as an administrator would with ``scontrol update``.
-    ``seen`` collects the job's last scheduler line, for the message should it never start."""
+    the test releases it early, as an administrator would with ``scontrol update``, but once
+    and 2 s ahead: slurmd refuses to launch a job whose credential is from the same second as
+    the kill that revoked its previous one ("Job N already killed, do not launch batch job").
+    ``watch["seen"]`` keeps the job's last scheduler line, for the message should it never start."""
     job = cluster.run("scontrol", "-o", "show", "job", job_id, check=False)
-    if seen is not None:
-        seen[:] = [job.strip()]
-    if "Reason=BeginTime" in job or "BeginTime=" in job and "JobState=PENDING" in job:
-        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+    watch["seen"] = job.strip()
+    if "JobState=PENDING" in job and "Reason=BeginTime" in job and not watch.get("released"):
+        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+2", check=False)
+        watch["released"] = True
     return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
 
 
@@ -655,12 +657,12 @@ def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shard
     wait_for(lambda: training_started(preempted), 120, "seed-0 to start training", 0.2)
     # What a preempting scheduler does: the preemption signal, here sent by hand to one array task.
     slurm_cluster.run("scancel", "--signal=USR2", job_ids[0])
-    seen: list = []
+    watch: dict = {}
     try:
-        wait_for(lambda: requeued_attempt_started(slurm_cluster, job_ids[0], preempted, seen), 120,
+        wait_for(lambda: requeued_attempt_started(slurm_cluster, job_ids[0], preempted, watch), 120,
                  "the requeued attempt to start", 0.25)
     except TimeoutError as err:
-        raise TimeoutError(f"{err}; the scheduler's last word on job {job_ids[0]}: {seen}") from None
+        raise TimeoutError(f"{err}; the scheduler's last word on job {job_ids[0]}: {watch.get('seen')}") from None
     states = wait_done(slurm_cluster, job_ids, 150)
     records = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
     logs = {n: Path(r["log"]).read_text() + Path(r["error_log"]).read_text() for n, r in records.items()}
