@@ -627,7 +627,7 @@ def requeued_attempt_started(cluster, job_id: str, run_dir: Path, watch: dict) -
     job = cluster.run("scontrol", "-o", "show", "job", job_id, check=False)
     watch["seen"] = job.strip()
     if "JobState=PENDING" in job and "Reason=BeginTime" in job and not watch.get("released"):
-        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+2", check=False)
+        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+2")
         watch["released"] = True
     return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
 
