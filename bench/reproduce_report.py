@@ -159,8 +159,7 @@ def verdict(result: tuple[float, float, int] | None) -> str:
 
 
 PAIRS = [("3.2", "1.2"), ("3.2", "2.1"), ("2.1", "1.2"), ("8.1", "1.4"), ("8.1-precomputed", "1.4"), ("8.3", "1.4"),
-         ("8.2", "1.4"), ("9.1", "1.4"), ("8.1-precomputed", "8.1"), ("9.1", "8.1"), ("8.2", "8.1"),
-         ("abl-alpha10", "1.4"), ("abl-alpha100", "1.4"), ("abl-alpha100-layer3.0", "1.4")]
+         ("8.2", "1.4"), ("9.1", "1.4"), ("8.1-precomputed", "8.1"), ("9.1", "8.1"), ("8.2", "8.1")]
 
 
 def paired_table(metrics: dict[str, dict[int, dict]], pairs: list[tuple[str, str]] = PAIRS) -> str:
