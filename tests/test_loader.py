@@ -90,29 +90,6 @@ def test_batches_hold_only_the_map_fields_and_reach_persistent_workers_epochs(ma
     assert batch["labeled"].dtype.is_floating_point is False and isinstance(batch["key"], list)
 
 
-def map_thread_counts(sample, epoch: int) -> dict:
-    import cv2
-
-    return {"key": sample.key, "threads": np.array([cv2.getNumThreads(), torch.get_num_threads()])}
-
-
-def test_workers_decode_on_one_thread_each(make_split):
-    """OpenCV's and torch's thread counts inside the workers are 1 whatever the parent's (here 4)."""
-    import cv2
-
-    split = make_split([2, 2])
-    parent = cv2.getNumThreads()
-    cv2.setNumThreads(4)
-    try:
-        loader = make_loader(split, 2, map_thread_counts, rank=0, world_size=1, num_workers=2)
-        in_workers = torch.cat([batch["threads"] for batch in loader]).tolist()
-        in_process = next(iter(make_loader(split, 2, map_thread_counts, rank=0, world_size=1)))["threads"].tolist()
-    finally:
-        cv2.setNumThreads(parent)
-    assert in_workers == [[1, 1]] * 4
-    assert in_process[0][0] == 4  # no workers: the loader leaves the training process alone
-
-
 def test_infinite_stream_never_runs_out(make_split):
     split = make_split([5, 4, 6], name="unlabeled")
     loader = make_loader(split, 2, map_identity, rank=0, world_size=1, num_workers=2, infinite=True,

@@ -348,19 +348,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         extra = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
                      multiprocessing_context=multiprocessing_context)
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_delivered, num_workers=num_workers,
-                        pin_memory=pin_memory, worker_init_fn=_one_thread_per_worker if num_workers else None, **extra)
+                        pin_memory=pin_memory, **extra)
     return ShardLoader(dataset, loader, str(location))
-
-
-def _one_thread_per_worker(worker_id: int) -> None:
-    """OpenCV in a loader worker uses one thread, as torch does there already.
-
-    Its default is a thread per core in every worker: with a worker per core, decode and
-    warp would oversubscribe the machine (the training step's threads included).
-    """
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 def _check_readers(location: SplitLocation, shards: int, world_size: int, num_workers: int, training: bool) -> None:
