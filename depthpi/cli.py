@@ -45,6 +45,15 @@ def _shards_verify(args) -> None:
         raise SystemExit(1)
 
 
+def _shards_subset(args) -> None:
+    from depthpi.data.shard_subset import parse_range, take_shards
+    from depthpi.data.shards import read_manifest
+
+    start, stop = parse_range(args.shards, len(read_manifest(args.src, check_files=False).shards))
+    subset = take_shards(args.src, args.out, start, stop, role=args.role)
+    print(f"{args.out}: {subset.total_count} samples in {len(subset.shards)} shards ({args.shards} of {args.src})")
+
+
 def _eval(args) -> None:
     from depthpi.predict import evaluate_checkpoint
 
@@ -124,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("dir", help="split directory or URL (http(s)://, pipe:, ...)")
     verify.add_argument("--workers", type=int, default=2, help="processes reading shards")
     verify.set_defaults(func=_shards_verify)
+    subset = shards.add_parser("subset", help="a split of a range of another split's shards (hard links), e.g. "
+                                              "a small labelled part and the rest as unlabelled pairs")
+    subset.add_argument("src", help="local split directory")
+    subset.add_argument("--out", required=True, help="new split directory")
+    subset.add_argument("--shards", required=True, help="START:STOP shard indices in stored order, e.g. 0:12 or 12:")
+    subset.add_argument("--role", help="the new split's role in its manifest (e.g. unlabeled); default: the source's")
+    subset.set_defaults(func=_shards_subset)
 
     pre = commands.add_parser("precompute", help="run a frozen teacher once, store its features per view")
     pre.add_argument("--teacher", required=True, help="teacher weights (run/export/last.pt)")

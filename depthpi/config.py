@@ -252,6 +252,12 @@ class TrainConfig:
                    "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
             _check(not precomputed or self.data.unlabeled is None or self.teacher.unlabeled_features is not None,
                    "teacher.unlabeled_features", "feature shards of data.unlabeled in precomputed mode", None)
+            _check(self.distill.pose_weight == 0 or not precomputed, "distill.pose_weight",
+                   "0 when teacher.mode=precomputed (output distillation needs the online teacher's pose)",
+                   self.distill.pose_weight)
+            _check(self.distill.pose_weight == 0 or self.data.unlabeled is not None, "distill.pose_weight",
+                   "0 without data.unlabeled (output distillation acts on unlabelled pairs only)",
+                   self.distill.pose_weight)
             for key in ("features", "unlabeled_features"):
                 _check(precomputed or getattr(self.teacher, key) is None, f"teacher.{key}",
                        "unset unless teacher.mode=precomputed (an online teacher reads no stored features)",

@@ -3,7 +3,9 @@
 Implements thesis eq. 4.12-4.13 (regression), eq. 4.22-4.27 (distillation, with the
 optional keypoint attention map) and the student objective of §4.2.2 (eq. 4.23), in
 which labelled samples get regression + α·distillation and unlabelled RGB-D pairs
-distillation only.
+distillation only. One term is ours, not the thesis': output distillation (β times the
+regression loss against the teacher's predicted pose on unlabelled pairs), off unless
+``pose_weight`` is set; it is the positive control of the low-label study.
 
 Every loss returns one value per sample, shape ``(B,)``, so that the caller decides how
 samples are combined; :func:`student_objective` states the combination it uses.
@@ -75,6 +77,10 @@ class DistillationConfig:
         alpha_warmup: α at epoch 0. Default 0.1, the thesis' models 4.3 and 8.1.
         alpha_target: α from ``alpha_ramp_epochs`` on. Default 0.2 (same models).
         alpha_ramp_epochs: Epochs of the linear ramp from warm-up to target (§6.1.2).
+        pose_weight: β, weight of output distillation (not a thesis term; 0 = off): on
+            unlabelled samples, the regression loss of eq. 4.12-4.13 between the student's
+            pose and the frozen teacher's predicted pose of the same view. Constant (no ramp);
+            needs an online teacher.
     """
 
     tap: str = "block13.post_relu"
@@ -84,13 +90,14 @@ class DistillationConfig:
     alpha_warmup: float = 0.1
     alpha_target: float = 0.2
     alpha_ramp_epochs: int = 10
+    pose_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.term not in DISTILLATION_TERMS:
             raise ValueError(
                 f"DistillationConfig.term must be one of {DISTILLATION_TERMS}, got {self.term!r}"
             )
-        for name in ("alpha_warmup", "alpha_target"):
+        for name in ("alpha_warmup", "alpha_target", "pose_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"DistillationConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.alpha_ramp_epochs < 0:
@@ -232,14 +239,16 @@ def student_objective(
     reg_cfg: RegressionLossConfig,
     dist_cfg: DistillationConfig,
     attention: torch.Tensor | None = None,
+    teacher_pose: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Student loss over a mixed batch of labelled and unlabelled samples (eq. 4.23, §4.2.2).
 
     Per-sample total: labelled ``L_reg + α·L_dist``; unlabelled ``α·L_dist`` (no
-    regression; their targets are never read, so NaN or zeros there are harmless).
-    α weights the distillation term of unlabelled samples too: α sets the relevance
-    of distillation against regression, and leaving it off the unlabelled part would
-    make that balance depend on the batch mix and defeat the warm-up ramp.
+    regression; their targets are never read, so NaN or zeros there are harmless), plus
+    ``β·L_reg(pred, teacher_pose)`` when ``dist_cfg.pose_weight`` β > 0 (output
+    distillation, ours). α weights the distillation term of unlabelled samples too: α sets
+    the relevance of distillation against regression, and leaving it off the unlabelled
+    part would make that balance depend on the batch mix and defeat the warm-up ramp.
 
     The objective is one mean over the batch of the per-sample totals, so every sample
     weighs the same whether or not it is labelled.
@@ -253,13 +262,17 @@ def student_objective(
         t_feat: ``(B, C, h, w)`` teacher features at the tap (detached here).
         alpha: Distillation weight, e.g. from :func:`alpha_at`.
         reg_cfg: Regression loss settings.
-        dist_cfg: Distillation loss settings.
+        dist_cfg: Distillation loss settings (``pose_weight``: β).
         attention: Optional ``(B, h, w)`` keypoint attention map in [0, 1].
+        teacher_pose: ``(B, J, 3)`` mm, the teacher's root-relative prediction of each
+            view; required when β > 0, read on unlabelled samples only.
 
     Returns:
         ``loss``: scalar objective to backpropagate. ``regression``: mean regression
         loss over the labelled samples (0 if none). ``distillation``: mean unweighted
-        distillation loss over all samples. The last two are detached, for logging.
+        distillation loss over all samples. With β > 0, ``pose_distillation``: mean
+        unweighted output-distillation loss over the unlabelled samples. All but ``loss``
+        are detached, for logging.
     """
     labeled = labeled.bool()
     if labeled.shape != pred.shape[:1]:
@@ -268,9 +281,14 @@ def student_objective(
     reg = regression_loss(pred, target, valid.bool() & labeled.unsqueeze(1), reg_cfg)
     dist = distillation_loss(s_feat, t_feat, dist_cfg, attention)
     total = torch.where(labeled, reg, 0.0) + alpha * dist
-    n_labeled = labeled.sum().clamp(min=1)
-    return {
-        "loss": total.mean(),
-        "regression": (torch.where(labeled, reg, 0.0).sum() / n_labeled).detach(),
-        "distillation": dist.mean().detach(),
-    }
+    terms = {"regression": (torch.where(labeled, reg, 0.0).sum() / labeled.sum().clamp(min=1)).detach(),
+             "distillation": dist.mean().detach()}
+    if dist_cfg.pose_weight > 0:
+        if teacher_pose is None:
+            raise ValueError("DistillationConfig.pose_weight > 0 but no teacher pose was passed")
+        unlabeled = ~labeled
+        every_joint = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
+        pose = regression_loss(pred, teacher_pose.detach(), every_joint, reg_cfg)
+        total = total + dist_cfg.pose_weight * torch.where(unlabeled, pose, 0.0)
+        terms["pose_distillation"] = (torch.where(unlabeled, pose, 0.0).sum() / unlabeled.sum().clamp(min=1)).detach()
+    return {"loss": total.mean(), **terms}

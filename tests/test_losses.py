@@ -205,3 +205,27 @@ def test_student_objective_all_unlabelled():
     dist = distillation_loss(s, t, DistillationConfig())
     assert out["loss"].item() == pytest.approx(0.5 * dist.mean().item())
     assert not math.isnan(out["loss"].item())
+
+
+def test_output_distillation_pulls_unlabelled_predictions_to_the_teachers_pose_only():
+    """β·L_reg(pred, teacher pose) on unlabelled samples; labelled samples keep their own targets."""
+    reg_cfg, dist_cfg = RegressionLossConfig(), DistillationConfig(pose_weight=2.0)
+    pred = _pose(b=4).requires_grad_()
+    target, teacher_pose = _pose(b=4, seed=5), _pose(b=4, seed=7)
+    valid, labeled = torch.ones(4, 5, dtype=torch.bool), torch.tensor([True, True, False, False])
+    s, t = _feats(b=4)
+    out = student_objective(pred, target, valid, labeled, s, t, 0.3, reg_cfg, dist_cfg, teacher_pose=teacher_pose)
+    plain = student_objective(pred, target, valid, labeled, s, t, 0.3, reg_cfg, DistillationConfig())
+    pose = regression_loss(pred[2:], teacher_pose[2:], valid[2:], reg_cfg)
+    torch.testing.assert_close(out["loss"], plain["loss"] + 2.0 * pose.sum() / 4)
+    torch.testing.assert_close(out["pose_distillation"], pose.mean().detach())
+    out["loss"].backward()
+    teacher_grad = pred.grad.clone()
+    pred.grad = None
+    plain["loss"].backward()
+    assert torch.equal(teacher_grad[:2], pred.grad[:2])  # labelled rows: unchanged
+    assert not torch.equal(teacher_grad[2:], pred.grad[2:])
+    with pytest.raises(ValueError, match="teacher pose"):
+        student_objective(pred, target, valid, labeled, s, t, 0.3, reg_cfg, dist_cfg)
+    with pytest.raises(ValueError, match="pose_weight"):
+        DistillationConfig(pose_weight=-1.0)

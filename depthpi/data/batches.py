@@ -88,6 +88,13 @@ class Batch:
         """The first ``count`` samples."""
         return self._map(lambda t: t[:count], lambda v: v[:count])
 
+    def as_unlabeled(self) -> Batch:
+        """The same views with their labels withheld (``labeled`` and ``valid`` False, joints
+        zero): what every sample of a run's unlabelled split is, whatever its shard stores, so
+        that part of a labelled split can serve as unlabelled RGB-D pairs (low-label runs)."""
+        return replace(self, labeled=torch.zeros_like(self.labeled), valid=torch.zeros_like(self.valid),
+                       joints=torch.zeros_like(self.joints))
+
     def cat(self, other: Batch | None) -> Batch:
         """This batch followed by ``other`` (labelled then unlabelled samples of one step)."""
         if other is None:

@@ -194,7 +194,8 @@ class Loaders:
             if index >= self.steps_per_epoch:
                 return
             batch = Batch.from_collated(raw)
-            yield index, batch.cat(Batch.from_collated(next(unlabeled)) if unlabeled is not None else None)
+            pairs = Batch.from_collated(next(unlabeled)).as_unlabeled() if unlabeled is not None else None
+            yield index, batch.cat(pairs)
 
     def positions(self) -> dict[str, dict]:
         return {name: loader.state_dict() for name, loader in self.train_loaders().items()}

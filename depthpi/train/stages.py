@@ -62,21 +62,27 @@ class SupervisedStage:
 
 
 class OnlineTeacher:
-    """A frozen teacher run on each batch (§4.2.2): its tap, computed without autograd."""
+    """A frozen teacher run on each batch (§4.2.2): its tap (and, for output distillation,
+    its predicted pose), computed without autograd."""
 
     def __init__(self, model: nn.Module, model_cfg, tap: str, channels_last: bool):
         self.model, self.model_cfg, self.tap, self.channels_last = model, model_cfg, tap, channels_last
 
     def features(self, batch: Batch, student_inputs: Inputs) -> torch.Tensor:
         """(B, C, h, w) teacher tap; reuses the student's colour-augmented RGB."""
+        return self.outputs(batch, student_inputs, pose=False)[0]
+
+    def outputs(self, batch: Batch, student_inputs: Inputs, pose: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """((B, C, h, w) tap, (B, J, 3) mm root-relative pose or None): the forward stops at
+        the tap unless the pose is asked for."""
         depth = None
         if needs_depth(self.model_cfg):
             depth = model_inputs(batch, rgb=False, depth=True, channels_last=self.channels_last).depth
         with torch.inference_mode():
-            feat = tap_features(self.model, self.model_cfg, student_inputs.rgb, depth, self.tap)
+            out = run_model(self.model, self.model_cfg, student_inputs.rgb, depth, (self.tap,), head=pose)
         # An inference tensor cannot be saved for backward (bce keeps its target): one copy
-        # of the tap, outside inference mode, makes it an ordinary constant.
-        return feat.clone()
+        # of each output, outside inference mode, makes it an ordinary constant.
+        return out.features[self.tap].clone(), out.joints.clone() if pose else None
 
 
 class StoredTeacher:
@@ -84,9 +90,15 @@ class StoredTeacher:
 
     def features(self, batch: Batch, student_inputs: Inputs) -> torch.Tensor:
         """(B, C, h, w) the stored tap of the replayed view of each sample."""
+        return self.outputs(batch, student_inputs, pose=False)[0]
+
+    def outputs(self, batch: Batch, student_inputs: Inputs, pose: bool) -> tuple[torch.Tensor, None]:
         if batch.teacher_features is None:
             raise ValueError("teacher.mode=precomputed but the batch holds no stored teacher features")
-        return batch.teacher_features
+        if pose:
+            raise ValueError("distill.pose_weight > 0 needs the teacher's pose: an online teacher "
+                             "(stored features hold no pose)")
+        return batch.teacher_features, None
 
 
 class StudentStage(SupervisedStage):
@@ -108,22 +120,21 @@ class StudentStage(SupervisedStage):
     def losses(self, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
         """Eq. 4.23: regression on the labelled samples + α(epoch) · distillation of the tap.
 
-        Unlabelled samples (``labeled`` False) add only distillation. Returns ``loss``,
-        ``regression``, ``distillation``, ``alpha`` and ``pred`` (B, J, 3) mm, detached but ``loss``.
+        Unlabelled samples (``labeled`` False) add only distillation (and, with
+        ``distill.pose_weight``, output distillation). Returns ``loss``, ``regression``,
+        ``distillation`` (``pose_distillation``), ``alpha`` and ``pred`` (B, J, 3) mm, detached but ``loss``.
         """
         inputs = self.inputs(batch)
         out = run_model(self.model, self.cfg.model, inputs.rgb, inputs.depth, (self.tap,))
         student_feat = out.features[self.tap]
-        teacher_feat = self.teacher.features(batch, inputs)
+        teacher_feat, teacher_pose = self.teacher.outputs(batch, inputs, pose=self.cfg.distill.pose_weight > 0)
         alpha = alpha_at(epoch, self.cfg.distill)
         attention = None
         if self.cfg.distill.attention:
             attention = keypoint_attention(batch.joints2d, batch.valid, batch.rgb.shape[1], student_feat.shape[-1])
         terms = student_objective(out.joints, batch.joints, batch.valid, batch.labeled, student_feat, teacher_feat,
-                                  alpha, self.cfg.loss, self.cfg.distill, attention)
-        return {"loss": terms["loss"], "regression": terms["regression"].detach(),
-                "distillation": terms["distillation"].detach(),
-                "alpha": torch.tensor(alpha), "pred": out.joints.detach()}
+                                  alpha, self.cfg.loss, self.cfg.distill, attention, teacher_pose)
+        return {**terms, "alpha": torch.tensor(alpha), "pred": out.joints.detach()}
 
     def panels(self, batch: Batch, model: nn.Module) -> dict[str, np.ndarray]:
         """Fig. 6.3: Σ_c |F_teacher − F_student| per location for the first samples."""
