@@ -42,7 +42,17 @@ ABLATIONS = [
     ("abl-alpha100", "8.1-precomputed with α ×100 (10 → 20)"),
     ("abl-alpha100-layer3.0", "8.1 (online) with α ×100 on layer3.0, the first layer3 block, instead of the end of layer3"),
 ]
-FROM_SCRATCH = {"1.2", "2.1", "3.2"}
+# The low-label positive control (ours, not thesis rows): 1/8 of the labels, the rest as pairs.
+LOW_LABEL = [
+    ("low-1.2", "RGB from scratch on the labelled 1/8 (1,200 samples)"),
+    ("low-1.4", "low-1.2 continued on the 1/8 (the low-label students' control)"),
+    ("low-8.2", "feature distillation of 3.2 (8.2's mechanism): the 1/8 + the other 7/8 as unlabelled pairs"),
+    ("low-8.2-precomputed", "low-8.2 reading stored teacher features (4 views) of both parts"),
+    ("low-pose", "output distillation: 3.2's predicted 3D pose as the pairs' target (β 1, α 0)"),
+]
+LOW_PAIRS = [("low-8.2", "low-1.4"), ("low-8.2-precomputed", "low-1.4"), ("low-pose", "low-1.4"),
+             ("low-8.2-precomputed", "low-8.2"), ("low-pose", "low-8.2"), ("low-1.4", "1.4")]
+FROM_SCRATCH = {"1.2", "2.1", "3.2", "low-1.2"}
 
 
 def seed_dirs(runs: Path) -> list[Path]:
@@ -53,7 +63,7 @@ def load_metrics(runs: Path) -> dict[str, dict[int, dict]]:
     """{model: {seed: metrics.json}} for every evaluated model."""
     table: dict[str, dict[int, dict]] = {}
     for seed_dir in seed_dirs(runs):
-        for model, _ in MODELS + ABLATIONS:
+        for model, _ in MODELS + ABLATIONS + LOW_LABEL:
             path = seed_dir / model / "eval" / "metrics.json"
             if path.is_file():
                 table.setdefault(model, {})[int(seed_dir.name[4:])] = json.loads(path.read_text())
@@ -98,13 +108,32 @@ def table(metrics: dict[str, dict[int, dict]], rows: list[tuple[str, str]] = MOD
     return "\n".join(lines) + "\n"
 
 
-def mean_pose_line(metrics: dict[str, dict[int, dict]]) -> str:
-    """The reference every model is judged against, from the evaluations that report it."""
-    values = [m["mean_pose_mpjpe"] for runs in metrics.values() for m in runs.values() if m.get("mean_pose_mpjpe")]
+def mean_pose_line(metrics: dict[str, dict[int, dict]], rows: list[tuple[str, str]] = MODELS,
+                   training: str = "training") -> str:
+    """The reference the models of ``rows`` are judged against, from their evaluations."""
+    values = [m["mean_pose_mpjpe"] for model, _ in rows for m in metrics.get(model, {}).values()
+              if m.get("mean_pose_mpjpe")]
     if not values:
         return "The evaluations recorded no mean-pose reference."
-    return (f"The mean training pose, predicted for every test image, scores **{np.mean(values):.1f} mm** "
+    return (f"The mean {training} pose, predicted for every test image, scores **{np.mean(values):.1f} mm** "
             f"(the mean-pose reference; the × mean pose column divides each model's MPJPE by it).")
+
+
+def phase_minutes(runs: Path) -> str:
+    """Time of each phase from ``timings.tsv`` (bench/reproduce.sh: phase, seed, model, seconds)."""
+    path = runs / "timings.tsv"
+    if not path.is_file():
+        return ""
+    phases: dict[str, dict[str, list[float]]] = {}
+    for line in path.read_text().splitlines():
+        phase, _, model, seconds = line.split("\t")
+        phases.setdefault(phase, {}).setdefault(model, []).append(float(seconds) / 60)
+    lines = ["| phase | minutes (sum over seeds) | per model, mean minutes a seed |", "|---|---|---|"]
+    for phase, models in phases.items():
+        total = sum(sum(v) for v in models.values())
+        each = ", ".join(f"{m} {np.mean(v):.0f}" for m, v in models.items())
+        lines.append(f"| {phase} | {total:.0f} | {each} |")
+    return "\n".join(lines) + "\n"
 
 
 # Student's t by degrees of freedom (n − 1 seeds): two-sided 95 % critical values, and the
@@ -209,18 +238,18 @@ def plot_curves(runs: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for model, _ in MODELS:
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for model, _ in MODELS + LOW_LABEL:
         curves = [c for c in (eval_curve(d / model) for d in seed_dirs(runs) if (d / model).is_dir()) if c]
         if not curves:
             continue
         length = min(len(c) for c in curves)
         stack = np.array([c[:length] for c in curves])
         epochs = np.arange(1, length + 1)
-        ax = axes[0 if model in FROM_SCRATCH else 1]
+        ax = axes[0 if model in FROM_SCRATCH else 2 if model.startswith("low-") else 1]
         (line,) = ax.plot(epochs, stack.mean(0), marker=".", label=f"{model} (n={len(curves)})")
         ax.fill_between(epochs, stack.min(0), stack.max(0), color=line.get_color(), alpha=0.15)
-    for ax, title in zip(axes, ("from scratch", "continued from 1.2")):
+    for ax, title in zip(axes, ("from scratch", "continued from 1.2", "low-label, continued from low-1.2")):
         ax.set(title=title, xlabel="epoch", ylabel="test MPJPE (mm)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -329,6 +358,16 @@ def render(parts: dict, setup: str, minutes: int | None, kept: str) -> str:
              f"thesis' effect size (about 3 % of MPJPE):\n\n{parts['power']}\n") if parts.get("power") else ""
     ablations = (f"## Why: distillation weight and tap (ablations, each continued from 1.2 like 8.1)\n\n"
                  f"{parts['ablations']}\n") if parts.get("ablations") else ""
+    low = (f"## Low-label positive control (our rows, not the thesis')\n\n"
+           f"The students' labelled split cut to its first 1/8 (`depthpi shards subset`); the other 7/8 of the "
+           f"training images serve as unlabelled RGB-D pairs (a third of each student batch; their labels are "
+           f"withheld). Teacher 3.2 is the seed's own, trained on every label. The control low-1.4 sees the "
+           f"students' labelled batches step for step.\n\n{parts['low_reference']}\n\n{parts['low']}\n"
+           f"Seed-paired differences (every low-label model of a seed starts from that seed's low-1.2):\n\n"
+           f"{parts['low_paired']}\n") if parts.get("low") else ""
+    timings = (f"## Time of each phase\n\nWall time of every model's training + evaluation and of each "
+               f"precompute, from `timings.tsv` (a resumed model counts the part run after the restart only).\n\n"
+               f"{parts['timings']}\n") if parts.get("timings") else ""
     features = parts.get("features")
     feature_line = ("Mean Σ_c |F_3.2 − F| per location of the distilled tap over the first 4 test batches (seed 0): "
                     + ", ".join(f"{k} **{v:.2f}**" for k, v in features.items()) + ".\n\n"
@@ -345,7 +384,7 @@ Produced by `bash bench/reproduce.sh`{took} (figures by `bench/reproduce_report.
 Seed-paired differences (every continued model of a seed starts from that seed's 1.2):
 
 {parts["paired"]}
-{power}{ablations}## Training curves
+{power}{ablations}{low}## Training curves
 
 Test MPJPE after each epoch, mean over seeds, band from the best to the worst seed.
 
@@ -358,7 +397,7 @@ those of the RGB baseline 1.4, of the student 8.1 and of the α ×100 student (a
 the space 8.1's loss compares them; one colour scale per row.
 
 {feature_line}
-{MARK}
+{timings}{MARK}
 {kept}"""
 
 
@@ -376,7 +415,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{runs}: no seed*/<model>/eval/metrics.json found; run bench/reproduce.sh first")
     plot_curves(runs, figures / "curves.png")
     parts = {"table": table(metrics), "paired": paired_table(metrics), "power": power_table(metrics),
-             "reference": mean_pose_line(metrics)}
+             "reference": mean_pose_line(metrics), "timings": phase_minutes(runs)}
+    if any(name in metrics for name, _ in LOW_LABEL):
+        parts["low"] = table(metrics, LOW_LABEL)
+        parts["low_paired"] = paired_table(metrics, LOW_PAIRS)
+        parts["low_reference"] = mean_pose_line(metrics, LOW_LABEL, "labelled-1/8")
     if any(name in metrics for name, _ in ABLATIONS):
         parts["ablations"] = table(metrics, ABLATIONS) + "\n" + paired_table(
             metrics, [(name, control) for name, _ in ABLATIONS for control in ("1.4", "8.1-precomputed")])

@@ -50,8 +50,7 @@ def _shards_subset(args) -> None:
     from depthpi.data.shards import read_manifest
 
     start, stop = parse_range(args.shards, len(read_manifest(args.src, check_files=False).shards))
-    subset = take_shards(args.src, args.out, start, stop, role=args.role)
-    print(f"{args.out}: {subset.total_count} samples in {len(subset.shards)} shards ({args.shards} of {args.src})")
+    take_shards(args.src, args.out, start, stop, role=args.role)  # logs its summary
 
 
 def _eval(args) -> None:

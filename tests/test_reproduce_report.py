@@ -61,3 +61,19 @@ def test_the_table_divides_by_the_mean_pose_and_the_power_table_uses_the_paired_
     assert "| 0.60 |" in row and "400.0 mm" in report.mean_pose_line(metrics)
     power = report.power_table(metrics)
     assert "| 8.1 − 1.4 | 3 | 1.0 |" in power and "7.2 mm" in power  # 3 % of 240 mm
+
+
+def test_low_label_rows_have_their_own_reference_pairs_and_phase_times(tmp_path):
+    _write_runs(tmp_path, {"1.4": [140.0, 142.0], "low-1.4": [200.0, 204.0], "low-pose": [170.0, 171.0]})
+    for model, reference in (("1.4", 280.0), ("low-1.4", 300.0), ("low-pose", 300.0)):
+        for seed in range(2):
+            path = tmp_path / f"seed{seed}" / model / "eval" / "metrics.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "mean_pose_mpjpe": reference}))
+    (tmp_path / "timings.tsv").write_text("lowlabel\t0\tlow-1.4\t120\nlowlabel\t1\tlow-1.4\t180\nrequired\t0\t1.4\t60\n")
+    metrics = report.load_metrics(tmp_path)
+    assert "280.0 mm" in report.mean_pose_line(metrics)  # the thesis rows' reference, not the low-label one
+    assert "300.0 mm" in report.mean_pose_line(metrics, report.LOW_LABEL, "labelled-1/8")
+    paired = report.paired_table(metrics, report.LOW_PAIRS)
+    assert "| low-pose − low-1.4 | -31.5 ± 2.1 | 2 |" in paired and "| low-1.4 − 1.4 | +61.0 ± 1.4 | 2 |" in paired
+    timings = report.phase_minutes(tmp_path)
+    assert "| lowlabel | 5 | low-1.4 2 |" in timings and "| required | 1 | 1.4 1 |" in timings
