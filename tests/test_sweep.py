@@ -42,11 +42,12 @@ def test_list_times_grid_expands_with_names_overrides_and_run_dirs(tmp_path):
     assert names == ["baseline_rgb_seed-0_width-0.25", "baseline_rgb_seed-1_width-0.25",
                      "lr_seed-0_width-0.25", "lr_seed-1_width-0.25"]
     element = sweep.elements[3]
-    assert element.overrides == ("data.num_workers=0", "optim.lr=0.0001", "run.seed=1", "model.width=0.25",
-                                 f"run.out_dir={tmp_path / 'sw' / 'lr_seed-1_width-0.25'}")
-    assert dict(element.varied) == {"optim.lr": "0.0001", "run.seed": "1", "model.width": "0.25"}
+    assert list(element.overrides.items()) == [("data.num_workers", 0), ("optim.lr", 1e-4), ("run.seed", 1),
+                                               ("model.width", 0.25),
+                                               ("run.out_dir", str(tmp_path / "sw" / "lr_seed-1_width-0.25"))]
+    assert element.varied == {"optim.lr": 1e-4, "run.seed": 1, "model.width": 0.25}
     assert element.run_dir == str(tmp_path / "sw" / element.name) and element.config == str(DEMO)
-    assert len(sweep.stages) == 1 and sweep.stages[0].after == ()
+    assert len(sweep.arrays) == 1 and sweep.arrays[0].after == ()
 
 
 def test_grid_only_names_and_values_round_trip_through_load_config(tmp_path):
@@ -56,15 +57,15 @@ def test_grid_only_names_and_values_round_trip_through_load_config(tmp_path):
     assert element.name == "seed-3_cpu-true_unlabeled-null"
     from depthpi.config import load_config
 
-    cfg = load_config(element.config, list(element.overrides))
+    cfg = load_config(element.config, element.overrides)
     assert (cfg.run.seed, cfg.run.cpu, cfg.data.unlabeled, cfg.run.out_dir) == (3, True, None, element.run_dir)
 
 
-def test_stages_command_array_placeholders_and_dependencies(tmp_path):
+def test_arrays_command_array_placeholders_and_dependencies(tmp_path):
     spec = write_spec(tmp_path, {
         "vars": {"teacher": "t.pt"},
         "resources": {"gpus_per_node": 2, "time": "1:30:00"},
-        "stages": [
+        "arrays": [
             {"name": "pre", "command": "depthpi precompute --teacher {teacher} --out {sweep_dir}/f "
                                        "--shard-index {index} --num-shards {count}", "count": 3,
              "resources": {"gpus_per_node": 1}},
@@ -72,36 +73,52 @@ def test_stages_command_array_placeholders_and_dependencies(tmp_path):
              "grid": {"run.seed": [0, 1]}},
             {"name": "free", "after": [], "config": str(DEMO)}]})
     sweep = load_spec(spec, out=tmp_path / "sw", variables={"teacher": "/abs/t.pt"})
-    pre, students, free = sweep.stages
+    pre, students, free = sweep.arrays
     assert [e.name for e in pre.elements] == ["pre-0", "pre-1", "pre-2"]
     assert pre.elements[2].command == ("precompute", "--teacher", "/abs/t.pt", "--out", f"{tmp_path}/sw/f",
                                        "--shard-index", "2", "--num-shards", "3")
-    assert pre.resources.gpus_per_node == 1 and pre.resources.time_min == 90
-    assert students.after == ("pre",) and students.resources.gpus_per_node == 2
-    assert students.elements[0].overrides[0] == f"teacher.features={tmp_path}/sw/f"
+    assert pre.resources.gpus_per_node == 1 and pre.resources.minutes == 90 and pre.resources.tasks == 1
+    assert students.after == ("pre",) and students.resources.gpus_per_node == 2 and students.resources.tasks == 2
+    assert students.elements[0].overrides["teacher.features"] == f"{tmp_path}/sw/f"
     assert free.after == () and free.elements[0].name == "baseline_rgb"
 
 
 @pytest.mark.parametrize("written, minutes", [
     ("30", 30), ("30:00", 30), ("30:01", 31), ("4:00:00", 240), ("1:30:00", 90),
-    ("1-12", 36 * 60), ("1-12:30", 36 * 60 + 30), ("2-00:00:01", 2 * 24 * 60 + 1), ('"48:00:00"', 48 * 60)])
-def test_time_is_read_as_sbatch_reads_it_quoted_or_not(tmp_path, written, minutes):
-    """Unquoted ``4:00:00`` is base-60 14400 to PyYAML; sbatch and we read 4 hours."""
+    ("1-12", 36 * 60), ("1-12:30", 36 * 60 + 30), ("2-00:00:01", 2 * 24 * 60 + 1), ("48:00:00", 48 * 60)])
+def test_time_is_passed_as_sbatch_reads_it(tmp_path, written, minutes):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"config: {DEMO}\nresources:\n  time: '{written}'\n")
+    resources = load_spec(path, out=tmp_path / "sw").arrays[0].resources
+    assert (resources.time, resources.minutes) == (written, minutes)
+
+
+@pytest.mark.parametrize("written", ["4:00:00", "90"])
+def test_an_unquoted_time_is_refused_not_misread(tmp_path, written):
+    """Unquoted, YAML 1.1 reads ``4:00:00`` as the base-60 number 14400: sbatch would read 10 days."""
     path = tmp_path / "spec.yaml"
     path.write_text(f"config: {DEMO}\nresources:\n  time: {written}\n")
-    assert load_spec(path, out=tmp_path / "sw").stages[0].resources.time_min == minutes
+    with pytest.raises(SpecError, match=r"key 'resources.time': expected a SLURM time as a quoted string"):
+        load_spec(path, out=tmp_path / "sw")
 
 
 @pytest.mark.parametrize("spec, key, expected", [
-    ({"config": str(DEMO), "grdi": {"run.seed": [0]}}, "grdi", "one of"),
+    ({"config": str(DEMO), "grdi": {"run.seed": [0]}}, "grdi", "Did you mean: 'grid'"),
     ({"config": str(DEMO), "resources": {"time": "soon"}}, "resources.time", "H:M:S"),
-    ({"config": str(DEMO), "resources": {"gpus": 4}}, "resources.gpus", "one of"),
-    ({"config": "configs/nope.yaml"}, "<top level>.config", "an existing file"),
+    ({"config": str(DEMO), "resources": {"gpus": 4}}, "resources.gpus", "not in 'Resources'"),
+    ({"config": str(DEMO), "resources": {"nodes": 0}}, "resources.nodes", ">= 1"),
+    ({"config": str(DEMO), "resources": {"gpus_per_node": 8, "tasks_per_node": 2}}, "resources.tasks_per_node",
+     "one task per GPU"),
+    ({"config": "configs/nope.yaml"}, "config", "an existing config file"),
     ({"elements": [{"config": str(DEMO)}, {"config": str(DEMO)}]}, "elements/grid", "unique element names"),
     ({"config": str(DEMO), "overrides": {"a.b": "{nope}"}}, "overrides.a.b", "placeholders among"),
-    ({"stages": [{"name": "a", "config": str(DEMO)}, {"name": "b", "after": ["c"], "config": str(DEMO)}]},
-     "stages[1].after", "earlier stages"),
-    ({"command": "eval", "count": 0}, "<top level>.count", "positive integer"),
+    ({"config": str(DEMO), "overrides": ["optim.lr=1"]}, "overrides", "expected a mapping"),
+    ({"arrays": [{"name": "a", "config": str(DEMO)}, {"name": "b", "after": ["c"], "config": str(DEMO)}]},
+     "arrays[1].after", "earlier arrays"),
+    ({"arrays": [{"name": "a", "config": str(DEMO)}], "grid": {"run.seed": [0]}}, "grid", "inside an array"),
+    ({"stages": [{"name": "a", "config": str(DEMO)}]}, "stages", "listed under 'arrays:'"),
+    ({"command": "eval", "count": 0}, "count", "positive integer"),
+    ({"command": "eval", "kind": "train"}, "kind", "'command' with a 'command:'"),
 ])
 def test_spec_errors_name_file_key_and_expectation(tmp_path, spec, key, expected):
     path = write_spec(tmp_path, spec)
@@ -119,7 +136,7 @@ AWKWARD = ["a b", "a --out /x", "it's", 'say "hi', "a #b", "x: y", "[1", "{not_a
 @pytest.mark.parametrize("value", AWKWARD)
 def test_a_var_stays_one_command_argument(tmp_path, value):
     """A placeholder is filled into one argument: spaces, quotes, options and unicode are never re-split."""
-    spec = write_spec(tmp_path, {"stages": [
+    spec = write_spec(tmp_path, {"arrays": [
         {"name": "text", "command": "precompute --teacher {t} --out {sweep_dir}/f-{t}"},
         {"name": "list", "command": ["precompute", "--teacher", "{t}", "--views", 4]}]})
     text, listed = load_spec(spec, out=tmp_path / "sw", variables={"t": value}).elements
@@ -152,11 +169,11 @@ def test_override_values_reach_the_config_unchanged(tmp_path, value):
     from depthpi.config import load_config
 
     specs = {"map": {"overrides": {"experiment": value}}, "grid": {"grid": {"experiment": [value]}},
-             "var": {"overrides": {"experiment": "{v}"}}, "list": {"overrides": ["experiment={v}"]}}
+             "var": {"overrides": {"experiment": "{v}"}}, "element": {"elements": [{"overrides": {"experiment": value}}]}}
     for name, spec in specs.items():
         path = write_spec(tmp_path, {"name": name, "config": str(DEMO), **spec}, f"{name}.yaml")
         (element,) = load_spec(path, out=tmp_path / name, variables={"v": value}).elements
-        assert load_config(element.config, list(element.overrides)).experiment == value, (name, element.overrides)
+        assert load_config(element.config, element.overrides).experiment == value, (name, element.overrides)
 
 
 def test_an_empty_string_stays_a_string(tmp_path):
@@ -164,7 +181,7 @@ def test_an_empty_string_stays_a_string(tmp_path):
 
     spec = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": ["", "x"]}})
     elements = load_spec(spec, out=tmp_path / "sw").elements
-    assert [load_config(e.config, list(e.overrides)).experiment for e in elements] == ["", "x"]
+    assert [load_config(e.config, e.overrides).experiment for e in elements] == ["", "x"]
 
 
 def test_a_long_value_reaches_the_config_but_names_no_directory(tmp_path):
@@ -173,10 +190,10 @@ def test_a_long_value_reaches_the_config_but_names_no_directory(tmp_path):
     value = "x" * 5000
     path = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"experiment": value, "data.train": "{v}"}})
     (element,) = load_spec(path, out=tmp_path / "sw", variables={"v": value}).elements
-    cfg = load_config(element.config, list(element.overrides))
+    cfg = load_config(element.config, element.overrides)
     assert (cfg.experiment, cfg.data.train) == (value, value)
     grid = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": [value]}}, "grid.yaml")
-    with pytest.raises(SpecError, match=r"key '<top level>.grid': element name 'experiment-x+' .*at most 255"):
+    with pytest.raises(SpecError, match=r"key 'grid': element name 'experiment-x+' .*at most 255"):
         load_spec(grid, out=tmp_path / "sw")
 
 
@@ -190,27 +207,30 @@ def spec_error(tmp_path, spec: dict, variables=None, out="sw", name: str = "spec
 
 
 @pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a b", "ünï", "", "x" * 256, "a\nb", "$(x)",
-                                  "a\tb", 1.5, None, True])
-def test_sweep_stage_and_element_names_are_plain(tmp_path, name):
-    """Names become directories and job names: [A-Za-z0-9._-], never '.' or '..', at most 255 characters."""
-    messages = {"<top level>.elements[0].name": spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]}),
-                "stages[0].name": spec_error(tmp_path, {"stages": [{"name": name, "config": str(DEMO)}]}),
+                                  "a\tb", 1.5, True])
+def test_sweep_array_and_element_names_are_plain(tmp_path, name):
+    """Names become directories and job names: [A-Za-z0-9._-], never '.' or '..', at most 255 characters;
+    a float is refused (1.10 would name '1.1'), an int taken as written."""
+    messages = {"elements[0].name": spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]}),
+                "arrays[0].name": spec_error(tmp_path, {"arrays": [{"name": name, "config": str(DEMO)}]}),
                 "name": spec_error(tmp_path, {"name": name, "config": str(DEMO)})}
     for key, message in messages.items():
         assert f"key {key!r}" in message, message
-        expected = f"{name!r} cannot name a run directory or job" if isinstance(name, str) else "a name as a string"
+        expected = ("incompatible with type hint" if not isinstance(name, str) else
+                    "control characters" if "\n" in name or "\t" in name else
+                    f"{name!r} cannot name a run directory or job")
         assert expected in message, message
 @pytest.mark.parametrize("name", ["submitit", "sweep.json", "results.md"])
 def test_element_names_of_the_sweep_directory_own_entries_are_refused(tmp_path, name):
     message = spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]})
-    assert "key '<top level>.elements[0].name'" in message and "keeps a file or folder of that name" in message
+    assert "key 'elements[0].name'" in message and "keeps a file or folder of that name" in message
 
 
 def test_names_taken_from_files_say_where_they_came_from(tmp_path):
     odd = tmp_path / "my config.yaml"
     odd.write_text(DEMO.read_text().replace("base: ", f"base: {DEMO.parent}/"))
     message = spec_error(tmp_path, {"elements": [{"config": str(odd)}]})
-    assert "key '<top level>.elements[0].config'" in message and "config file 'my config.yaml'" in message \
+    assert "key 'elements[0].config'" in message and "config file 'my config.yaml'" in message \
         and "give the element a 'name:'" in message
     path = write_spec(tmp_path, {"config": str(DEMO)}, "my sweep.yaml")
     with pytest.raises(SpecError, match=r"key 'name': the name taken from the spec file's name .*'my sweep'"):
@@ -232,8 +252,8 @@ def test_control_characters_in_resource_values_are_refused(tmp_path, key, bad):
     """A newline would put its own line into the sbatch file (here an injected #SBATCH option)."""
     message = spec_error(tmp_path, {"config": str(DEMO), "resources": {key: bad}})
     assert f"key 'resources.{key}'" in message and "control characters" in message
-    listed = spec_error(tmp_path, {"stages": [{"name": "s", "config": str(DEMO), "resources": {"setup": ["ok", bad]}}]})
-    assert "key 'stages[0].resources.setup[1]'" in listed
+    listed = spec_error(tmp_path, {"arrays": [{"name": "s", "config": str(DEMO), "resources": {"setup": ["ok", bad]}}]})
+    assert "key 'arrays[0].resources.setup[1]'" in listed
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "64GB", 0])
@@ -245,7 +265,7 @@ def test_sbatch_values_with_spaces_stay_one_value(tmp_path):
     """Spaces need no refusing: submitit quotes each #SBATCH value, and sbatch reads the quotes."""
     spec = write_spec(tmp_path, {"command": "eval --help", "resources": {"constraint": "a100 | h100"}})
     sweep = load_spec(spec, out=tmp_path / "with space")
-    script = submit.sbatch_script(sweep.stages[0], sweep)
+    script = submit.sbatch_script(sweep.arrays[0], sweep)
     assert "#SBATCH --constraint='a100 | h100'" in script
     assert f"#SBATCH --output='{tmp_path}/with space/submitit/main/%j/%j_0_log.out'" in script
 
@@ -269,15 +289,16 @@ def test_bad_spec_vars_overrides_and_commands_are_named(tmp_path):
     assert "key 'vars.sweep_dir'" in spec_error(tmp_path, {"vars": {"sweep_dir": "/x"}, "command": "eval"})
     message = spec_error(tmp_path, {"config": str(DEMO), "overrides": {"run.seed=3 run.cpu": 1}})
     assert "key 'overrides.run.seed=3 run.cpu'" in message and "config key" in message
-    assert "key 'overrides[0]'" in spec_error(tmp_path, {"config": str(DEMO), "overrides": ["a b=1"]})
-    assert "key '<top level>.grid.a=b'" in spec_error(tmp_path, {"config": str(DEMO), "grid": {"a=b": [1]}})
+    assert "key 'elements[0].overrides.a b'" in spec_error(tmp_path, {"elements": [
+        {"config": str(DEMO), "overrides": {"a b": 1}}]})
+    assert "key 'grid.a=b'" in spec_error(tmp_path, {"config": str(DEMO), "grid": {"a=b": [1]}})
     assert "key 'overrides.experiment'" in spec_error(tmp_path, {"config": str(DEMO),
                                                                  "overrides": {"experiment": "a\nb"}})
     message = spec_error(tmp_path, {"command": "eval --out 'unclosed"})
-    assert "key '<top level>.command'" in message and "No closing quotation" in message
+    assert "key 'command'" in message and "No closing quotation" in message
     message = spec_error(tmp_path, {"command": "eval --x {t}"}, {"t": "y" * 140000})
-    assert "key '<top level>.command'" in message and "131072 bytes" in message
-    assert "key '<top level>.command'" in spec_error(tmp_path, {"command": "depthpi"})
+    assert "key 'command'" in message and "131072 bytes" in message
+    assert "key 'command'" in spec_error(tmp_path, {"command": "depthpi"})
 
 
 @pytest.mark.parametrize("out, expected", [("a\nb", "U+000A"), ("run%j", "without '%'"), ("100%", "without '%'"),
@@ -293,21 +314,21 @@ def test_output_paths_that_jobs_would_misread_are_refused(tmp_path, out, expecte
 def test_a_run_directory_too_deep_for_its_files_is_refused(tmp_path):
     deep = "/".join(["d" * 250] * 16)
     message = spec_error(tmp_path, {"elements": [{"name": "run", "config": str(DEMO)}]}, out=deep)
-    assert "key '<top level>.elements[0].name'" in message and "longer than 3840 bytes" in message
+    assert "key 'elements[0].name'" in message and "longer than 3840 bytes" in message
 
 
 def test_a_misspelt_placeholder_is_named(tmp_path):
     message = spec_error(tmp_path, {"command": "precompute --teacher {tëacher}"}, {"teacher": "t.pt"})
-    assert "key '<top level>.command'" in message and "{tëacher}" in message and "placeholders among" in message
+    assert "key 'command'" in message and "{tëacher}" in message and "placeholders among" in message
 
 
-@pytest.mark.parametrize("where", ["top", "stage"])
+@pytest.mark.parametrize("where", ["top", "array"])
 def test_an_accelerate_key_is_refused_with_what_replaces_it(tmp_path, where):
     accelerate = str(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
     spec = {"accelerate": accelerate, "config": str(DEMO)} if where == "top" else \
-        {"stages": [{"name": "s", "config": str(DEMO), "accelerate": accelerate}]}
+        {"arrays": [{"name": "s", "config": str(DEMO), "accelerate": accelerate}]}
     message = spec_error(tmp_path, spec)
-    assert ("key 'accelerate'" if where == "top" else "key 'stages[0].accelerate'") in message
+    assert ("key 'accelerate'" if where == "top" else "key 'arrays[0].accelerate'") in message
     assert "run.deepspeed.zero_stage=2" in message and "run.precision" in message and "SLURM sets" in message
 
 
@@ -348,19 +369,19 @@ def test_every_shipped_sweep_spec_expands():
         assert sweep.elements, path
     t61 = load_spec(ROOT / "configs/sweeps/table6.1.yaml", out="/x")
     assert [e.name for e in t61.elements] == ["1.1", "1.2", "1.3", "1.4"]
-    assert "model.init_checkpoint=/x/1.2/export/last.pt" in t61.stages[1].elements[0].overrides
+    assert t61.arrays[1].elements[0].overrides["model.init_checkpoint"] == "/x/1.2/export/last.pt"
     pts = load_spec(ROOT / "configs/sweeps/precompute_then_students.yaml", out="/x")
-    assert pts.stages[0].kind == "command" and pts.stages[1].after == ("precompute",)
-    assert pts.stages[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
+    assert pts.arrays[0].kind == "command" and pts.arrays[1].after == ("precompute",)
+    assert pts.arrays[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
 
 
 # --- sbatch parameters, dry run, rendezvous -----------------------------------------------
 def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, capsys):
     spec = write_spec(tmp_path, {
-        "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": 90,
+        "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": "90",
                       "partition": "gpu", "account": "lab", "qos": "high", "constraint": "a100",
                       "array_parallelism": 2, "signal_delay_s": 120},
-        "stages": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
+        "arrays": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
                    {"name": "second", "config": str(DEMO), "resources": {"nodes": 1, "gpus_per_node": 0}}]})
     out = tmp_path / "sw"
     sweep_main([str(spec), "--dry-run", "--out", str(out)])
@@ -370,7 +391,7 @@ def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, 
                  "--constraint=a100", "--requeue", "--signal=USR2@120", "--dependency=afterok:JOBID_OF_first"):
         assert f"#SBATCH {flag}" in text, flag
     assert f"[3] seed-3: {DEMO} " in text and text.count("run.seed=3") == 1
-    second = text[text.index("--- sbatch file of stage second"):]
+    second = text[text.index("--- sbatch file of array second"):]
     assert "--ntasks-per-node=1" in second and "gpus-per-node" not in second and "--array" not in second
     assert "dry run: nothing submitted" in text and not out.exists()
 
@@ -382,7 +403,7 @@ def test_sbatch_failure_ends_with_a_message_not_a_traceback(tmp_path, monkeypatc
                                     "exit 1\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    spec = write_spec(tmp_path, {"stages": [{"name": "only", "command": "eval --help"}]})
+    spec = write_spec(tmp_path, {"arrays": [{"name": "only", "command": "eval --help"}]})
     with pytest.raises(SystemExit, match=r"sbatch failed .*configuration source.*sinfo.*--executor local"):
         sweep_main([str(spec), "--out", str(tmp_path / "sw")])
 
@@ -414,18 +435,18 @@ def test_checkpoint_requeues_the_same_run(tmp_path):
 
     sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.deepspeed.zero_stage": 1}}),
                       out=tmp_path)
-    stage = sweep.stages[0]
-    job = submit.make_job(stage, stage.elements[0])
+    array = sweep.arrays[0]
+    job = submit.make_job(array, array.elements[0])
     delayed = job.checkpoint()
     again = pickle.loads(cloudpickle.dumps(delayed))
     assert type(again.function) is submit.TrainJob and again.function is not job
     assert again.function.element == job.element and again.function.stop_grace_s == job.stop_grace_s
-    assert "run.deepspeed.zero_stage=1" in again.function.element.overrides
+    assert again.function.element.overrides["run.deepspeed.zero_stage"] == 1
 
 
 class FakeJobEnv:
     def __init__(self, job_id, folder):
-        self.job_id, self.cluster, self.global_rank = job_id, "slurm", 0
+        self.job_id, self.cluster, self.global_rank, self.num_tasks, self.num_nodes = job_id, "slurm", 0, 2, 1
         self.paths = type("P", (), {"stdout": folder / f"{job_id}_0_log.out", "stderr": folder / f"{job_id}_0_log.err"})
 
 
@@ -435,7 +456,7 @@ def test_element_record_counts_attempts_atomically(tmp_path):
     submit.record_start(element, FakeJobEnv("77_0", tmp_path))  # requeued: same id, second attempt
     record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
     assert record["attempts"] == 2 and record["job_ids"] == ["77_0"] and record["state"] == "running"
-    assert record["name"] == element.name and record["overrides"] == list(element.overrides)
+    assert record["name"] == element.name and record["overrides"] == element.overrides
     submit.record_end(element, "done", metrics={"mpjpe": 1.0})
     record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
     assert record["state"] == "done" and record["metrics"] == {"mpjpe": 1.0}
@@ -536,7 +557,7 @@ def test_status_of_fabricated_run_dirs(tmp_path):
     fabricate(sweep, "done", config(0, 1e-3), {"mpjpe": 25.0, "pck": 0.9, "auc": 0.6}, state="done")
     fabricate(sweep, "running", config(1, 1e-3), None, state="running", epoch=1)
     fabricate(sweep, "failed", config(2, 1e-3), None, state="failed", log="line 1\nTraceback\nRuntimeError: boom")
-    plan = {"name": "sw", "stages": [{"name": "main", "elements": [
+    plan = {"name": "sw", "arrays": [{"name": "main", "elements": [
         {"name": n, "kind": "train", "run_dir": str(sweep / n), "job_id": None}
         for n in ("done", "running", "failed", "never")]}]}
     (sweep / "sweep.json").write_text(json.dumps(plan))
@@ -580,23 +601,23 @@ def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
     has a space) as one argument; the dry run's sbatch files are the submitted ones, byte for byte."""
     sweep_dir = tmp_path / "sw dir"
     spec = write_spec(tmp_path, {
-        "resources": {"cpus_per_task": 1, "time": 5, "signal_delay_s": 10},
-        "stages": [{"name": "first", "command": "eval --help", "count": 2},
+        "resources": {"cpus_per_task": 1, "time": "5", "signal_delay_s": 10},
+        "arrays": [{"name": "first", "command": "eval --help", "count": 2},
                    {"name": "second", "command": ["sweep", "status", "{sweep_dir}"]}]})
     sweep_main([str(spec), "--out", str(sweep_dir)])
     plan = json.loads((sweep_dir / "sweep.json").read_text())
-    first, second = plan["stages"]
+    first, second = plan["arrays"]
     assert [e["job_id"] for e in first["elements"]] == [f"{first['job_id']}_0", f"{first['job_id']}_1"]
     dependency = slurm_cluster.run("scontrol", "-o", "show", "job", second["job_id"], check=False)
     assert f"afterok:{first['job_id']}" in dependency or "JobState=COMPLETED" in dependency
-    states = wait_done(slurm_cluster, [e["job_id"] for s in plan["stages"] for e in s["elements"]], 90)
+    states = wait_done(slurm_cluster, [e["job_id"] for a in plan["arrays"] for e in a["elements"]], 90)
     assert set(states.values()) == {"COMPLETED"}, states
     # --dry-run shows exactly the sbatch file that was submitted
     sweep = load_spec(spec, sweep_dir)
-    for stage, dependency in zip(sweep.stages, (None, f"afterok:{first['job_id']}")):
-        submitted = list((sweep_dir / "submitit" / stage.name).glob("*/*_submission.sh"))
-        assert submitted, f"no submission file of stage {stage.name}"
-        assert submitted[0].read_text() == submit.sbatch_script(stage, sweep, dependency)
+    for array, dependency in zip(sweep.arrays, (None, f"afterok:{first['job_id']}")):
+        submitted = list((sweep_dir / "submitit" / array.name).glob("*/*_submission.sh"))
+        assert submitted, f"no submission file of array {array.name}"
+        assert submitted[0].read_text() == submit.sbatch_script(array, sweep, dependency)
     logs = {}
     for name in ("first-0", "first-1", "second"):
         record = json.loads((sweep_dir / name / "sweep_element.json").read_text())
@@ -648,7 +669,7 @@ def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shard
     sweep_dir = tmp_path / "sw"
     overrides = tiny_overrides(tiny_shards, **{"optim.epochs": 2, "run.steps_per_epoch": 4, "run.log_every": 3,
                                                "run.checkpoint_every": 1000})
-    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 60},
+    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": "10", "signal_delay_s": 60},
                                  "config": str(DEMO), "overrides": overrides, "grid": {"run.seed": [0, 1]}})
     sweep_main([str(spec), "--out", str(sweep_dir)])
     plan = json.loads((sweep_dir / "sweep.json").read_text())
@@ -692,7 +713,7 @@ def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shard
 @pytest.mark.slow
 def test_local_executor_runs_the_same_plan(tiny_shards, tmp_path):
     sweep_dir = tmp_path / "sw"
-    spec = write_spec(tmp_path, {"name": "local", "resources": {"time": 10, "array_parallelism": 1},
+    spec = write_spec(tmp_path, {"name": "local", "resources": {"time": "10", "array_parallelism": 1},
                                  "config": str(DEMO), "overrides": tiny_overrides(tiny_shards)})
     start = time.monotonic()
     sweep_main([str(spec), "--executor", "local", "--out", str(sweep_dir)])
@@ -753,7 +774,7 @@ def test_status_of_a_local_job_whose_process_is_gone(tmp_path):
     fabricate(sweep, "crashed", config(0, 1e-3), None, state="running", log="Killed")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    plan = {"name": "sw", "executor": "local", "stages": [{"name": "main", "elements": [
+    plan = {"name": "sw", "executor": "local", "arrays": [{"name": "main", "elements": [
         {"name": "crashed", "kind": "train", "run_dir": str(sweep / "crashed"), "job_id": str(gone.pid)}]}]}
     (sweep / "sweep.json").write_text(json.dumps(plan))
     (row,) = report.status(sweep)
