@@ -1,8 +1,6 @@
-"""Sweeps: spec expansion, what values and names may be, sbatch parameters, rendezvous,
-status/collect on fabricated run dirs (no SLURM needed), and — marked slow — real job arrays
-on a local SLURM cluster (tests/slurm_cluster.py): a command array with a dependency, a
-2-element training array one of whose elements is preempted and resumes from its
-checkpoint, two tasks meeting in one process group, and the local executor."""
+"""Sweeps without a cluster: spec expansion, what values and names may be, sbatch parameters,
+the job callables, status/collect on fabricated run directories, and the local executor.
+Real SLURM jobs are in test_sweep_slurm.py."""
 from __future__ import annotations
 
 import json
@@ -19,7 +17,6 @@ import yaml
 from depthpi.sweep import report, submit
 from depthpi.sweep.cli import main as sweep_main
 from depthpi.sweep.spec import SpecError, load_spec
-from slurm_cluster import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "baseline_rgb.yaml"
@@ -361,6 +358,29 @@ def test_train_job_sets_only_the_rendezvous_and_calls_train(tmp_path, monkeypatc
     assert json.loads((Path(element.run_dir) / "sweep_element.json").read_text())["state"] == "done"
 
 
+@pytest.mark.slow
+def test_a_rank_that_cannot_reach_the_others_fails_in_time_naming_them(synth_root, tmp_path):
+    """Task 1 of a two-task job whose task 0 never started: its TrainJob fails after
+    run.collective_timeout_s, naming itself, the rank it waited for and the address, not hanging."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {**tiny_overrides(synth_root),
+                                                                    "run.collective_timeout_s": 3}})
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2",
+           "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+           "SLURM_JOB_NODELIST": "localhost", "SUBMITIT_FOLDER": str(tmp_path / "submitit")}
+    code = ("import sys; from depthpi.sweep import submit; from depthpi.sweep.spec import load_spec; "
+            "submit.TrainJob(load_spec(sys.argv[1], out=sys.argv[2]).elements[0])()")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code, str(spec), str(tmp_path / "sw")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and time.monotonic() - start < 60, done.stderr[-2000:]
+    assert re.search(r"RuntimeError: rank 1 of 2 on \S+: no process group with rank\(s\) 0 within 3 s "
+                     r"\(run.collective_timeout_s\) at localhost:\d+", done.stderr), done.stderr[-2000:]
+    assert not (tmp_path / "sw" / "baseline_rgb" / "sweep_element.json").exists()  # rank 0 keeps the record
+
+
 def test_every_shipped_sweep_spec_expands():
     specs = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
     assert {p.stem for p in specs} >= {f"table6.{i}" for i in range(1, 10)} | {"precompute_then_students"}
@@ -585,136 +605,18 @@ def test_validation_catches_a_bad_override_before_submitting(tmp_path):
         sweep_main([str(spec), "--dry-run", "--out", str(tmp_path / "sw")])
 
 
-# --- real SLURM (slow) -------------------------------------------------------------------------
-# Kept short: every training job pays a Python + torch start of several seconds, so the
-# runs are a few steps each, the shards tiny, and the polling intervals a fraction of a second.
-def wait_done(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
-    """Wait until no job of the arrays is pending/running; final states from scontrol."""
-    active = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "")
-    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 0.25)
-    return {j: cluster.job_state(j) for j in job_ids}
-
-
-@pytest.mark.slow
-def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
-    """A 2-job command array, then a job afterok on it that gets the sweep directory (its path
-    has a space) as one argument; the dry run's sbatch files are the submitted ones, byte for byte."""
-    sweep_dir = tmp_path / "sw dir"
-    spec = write_spec(tmp_path, {
-        "resources": {"cpus_per_task": 1, "time": "5", "signal_delay_s": 10},
-        "arrays": [{"name": "first", "command": "eval --help", "count": 2},
-                   {"name": "second", "command": ["sweep", "status", "{sweep_dir}"]}]})
-    sweep_main([str(spec), "--out", str(sweep_dir)])
-    plan = json.loads((sweep_dir / "sweep.json").read_text())
-    first, second = plan["arrays"]
-    assert [e["job_id"] for e in first["elements"]] == [f"{first['job_id']}_0", f"{first['job_id']}_1"]
-    dependency = slurm_cluster.run("scontrol", "-o", "show", "job", second["job_id"], check=False)
-    assert f"afterok:{first['job_id']}" in dependency or "JobState=COMPLETED" in dependency
-    states = wait_done(slurm_cluster, [e["job_id"] for a in plan["arrays"] for e in a["elements"]], 90)
-    assert set(states.values()) == {"COMPLETED"}, states
-    # --dry-run shows exactly the sbatch file that was submitted
-    sweep = load_spec(spec, sweep_dir)
-    for array, dependency in zip(sweep.arrays, (None, f"afterok:{first['job_id']}")):
-        submitted = list((sweep_dir / "submitit" / array.name).glob("*/*_submission.sh"))
-        assert submitted, f"no submission file of array {array.name}"
-        assert submitted[0].read_text() == submit.sbatch_script(array, sweep, dependency)
-    logs = {}
-    for name in ("first-0", "first-1", "second"):
-        record = json.loads((sweep_dir / name / "sweep_element.json").read_text())
-        assert record["state"] == "done" and record["attempts"] == 1
-        logs[name] = Path(record["log"]).read_text()
-    assert "usage: depthpi" in logs["first-0"] and "usage: depthpi" in logs["first-1"]
-    assert re.search(r"first-1\s+done", logs["second"]), logs["second"][-2000:]  # it read the sweep directory
-
-
-@pytest.fixture
-def tiny_shards(synth_root):
-    """The suite's shared synthetic set (32 train / 16 test samples, 8 per shard)."""
-    return synth_root
-
-
 def tiny_overrides(shards: Path, **extra) -> dict:
+    """A run of a few steps on the suite's synthetic set (32 train / 16 test samples, 8 per shard)."""
     return {"data.train": str(shards / "train"), "data.test": str(shards / "test"), "data.num_workers": 0,
             "data.batch_size": 4, "data.eval_batch_size": 8, "data.shuffle_buffer": 8,
             "optim.epochs": 1, "run.steps_per_epoch": 2, "run.log_every": 1, **extra}
 
 
-def requeued_attempt_started(cluster, job_id: str, run_dir: Path, watch: dict) -> bool:
-    """True once a second attempt started. SLURM holds a requeued job for 120 s (BeginTime);
-    the test releases it early, as an administrator would with ``scontrol update``, but once
-    and 2 s ahead: slurmd refuses to launch a job whose credential is from the same second as
-    the kill that revoked its previous one ("Job N already killed, do not launch batch job").
-    ``watch["seen"]`` keeps the job's last scheduler line, for the message should it never start."""
-    job = cluster.run("scontrol", "-o", "show", "job", job_id, check=False)
-    watch["seen"] = job.strip()
-    if "JobState=PENDING" in job and "Reason=BeginTime" in job and not watch.get("released"):
-        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+2")
-        watch["released"] = True
-    return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
-
-
-def training_started(run_dir: Path) -> bool:
-    """The engine's first log line (stderr) is written: the job's preemption handler is in place."""
-    record = run_dir / "sweep_element.json"
-    return record.is_file() and "stage baseline" in Path(json.loads(record.read_text())["error_log"]).read_text()
-
-
 @pytest.mark.slow
-def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shards, tmp_path):
-    """A 2-element training array; one element gets the preemption signal mid-epoch. The engine
-    saves at its next log point (checkpoint_every is far off; the log points, every 3 steps, are
-    never an epoch end of 4 steps), submitit requeues the same array task, and the second attempt
-    resumes from that step to the step count of its uninterrupted sibling. Both are then
-    reported by status and collect."""
-    sweep_dir = tmp_path / "sw"
-    overrides = tiny_overrides(tiny_shards, **{"optim.epochs": 2, "run.steps_per_epoch": 4, "run.log_every": 3,
-                                               "run.checkpoint_every": 1000})
-    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": "10", "signal_delay_s": 60},
-                                 "config": str(DEMO), "overrides": overrides, "grid": {"run.seed": [0, 1]}})
-    sweep_main([str(spec), "--out", str(sweep_dir)])
-    plan = json.loads((sweep_dir / "sweep.json").read_text())
-    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
-    preempted = sweep_dir / "seed-0"
-    wait_for(lambda: training_started(preempted), 120, "seed-0 to start training", 0.2)
-    # What a preempting scheduler does: the preemption signal, here sent by hand to one array task.
-    slurm_cluster.run("scancel", "--signal=USR2", job_ids[0])
-    watch: dict = {}
-    try:
-        wait_for(lambda: requeued_attempt_started(slurm_cluster, job_ids[0], preempted, watch), 120,
-                 "the requeued attempt to start", 0.25)
-    except TimeoutError as err:
-        raise TimeoutError(f"{err}; the scheduler's last word on job {job_ids[0]}: {watch.get('seen')}") from None
-    states = wait_done(slurm_cluster, job_ids, 150)
-    records = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
-    logs = {n: Path(r["log"]).read_text() + Path(r["error_log"]).read_text() for n, r in records.items()}
-    assert set(states.values()) == {"COMPLETED"}, (states, {n: log[-3000:] for n, log in logs.items()})
-    assert records["seed-0"]["attempts"] == 2 and records["seed-0"]["job_ids"] == [job_ids[0]]
-    assert records["seed-1"]["attempts"] == 1 and records["seed-1"]["job_ids"] == [job_ids[1]]
-    assert "Caught signal SIGUSR2" in Path(records["seed-0"]["error_log"]).read_text()
-    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", logs["seed-0"])]
-    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", logs["seed-0"])]
-    assert saved and resumed == saved and saved[0] % 4, logs["seed-0"][-3000:]  # a step inside an epoch
-    from depthpi.train.checkpoint import latest_checkpoint
-
-    for name, record in records.items():
-        run = sweep_dir / name
-        final = json.loads((latest_checkpoint(run) / "trainer.json").read_text())
-        assert (final["epoch"], final["step"]) == (2, 8), name  # the resumed run ends where its sibling does
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
-        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-        assert "epoch 2/2" in logs[name]
-        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
-    assert {r["state"] for r in report.status(sweep_dir)} == {"done"}
-    keys, table = report.collect_rows(sweep_dir)
-    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
-
-
-@pytest.mark.slow
-def test_local_executor_runs_the_same_plan(tiny_shards, tmp_path):
+def test_local_executor_runs_the_same_plan(synth_root, tmp_path):
     sweep_dir = tmp_path / "sw"
     spec = write_spec(tmp_path, {"name": "local", "resources": {"time": "10", "array_parallelism": 1},
-                                 "config": str(DEMO), "overrides": tiny_overrides(tiny_shards)})
+                                 "config": str(DEMO), "overrides": tiny_overrides(synth_root)})
     start = time.monotonic()
     sweep_main([str(spec), "--executor", "local", "--out", str(sweep_dir)])
     record = json.loads((sweep_dir / "baseline_rgb" / "sweep_element.json").read_text())
@@ -734,36 +636,6 @@ def test_sweep_parser_plugs_into_a_subcommand_parser(tmp_path):
     assert (args.target, args.dry_run, args.executor, args.out, args.var) == ("spec.yaml", True, "local", "x", ["a=b"])
     args = parser.parse_args(["sweep", "status", str(tmp_path)])
     assert (args.target, args.dir) == ("status", str(tmp_path)) and callable(args.func)
-
-
-def rendezvous_probe() -> dict:
-    """Inside a SLURM task: rendezvous as TrainJob does, then an Accelerator and an all-reduce."""
-    import submitit
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    found = submit.export_rendezvous(submitit.JobEnvironment())
-    accelerator = Accelerator(cpu=True, mixed_precision="no", kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), "sum").item()
-    return {"rank": accelerator.process_index, "world": accelerator.num_processes, "sum": total,
-            "type": accelerator.distributed_type.name, "addr": found["MASTER_ADDR"]}
-
-
-@pytest.mark.slow
-def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path):
-    import sys
-
-    import cloudpickle
-    import submitit
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
-    executor = submitit.SlurmExecutor(folder=tmp_path / "%j")
-    executor.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5)
-    job = executor.submit(rendezvous_probe)
-    results = sorted(job.results(), key=lambda r: r["rank"])
-    assert [(r["rank"], r["world"], r["sum"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
-    assert {(r["type"], r["addr"]) for r in results} == {("MULTI_CPU", "localhost")}
 
 
 def test_status_of_a_local_job_whose_process_is_gone(tmp_path):

@@ -306,11 +306,12 @@ def _train_elements(row: dict, array: str, where: str, ctx: dict) -> list[Elemen
     for i, entry in enumerate(rows or [{}]):
         key = _at(where, f"elements[{i}]") if rows is not None else where
         entry = _typed(ElementSpec, entry, spec, key)
-        config_key = _at(key if entry["config"] else where, "config")
-        config = Path(entry["config"] or row["config"] or "").expanduser().resolve()
-        if not (entry["config"] or row["config"]) or not config.is_file():
-            raise fail(spec, config_key, "an existing config file (here or in the array's 'config')",
-                       entry["config"] or row["config"])
+        given = entry["config"] or row["config"] or ctx["config"]
+        config_key = _at(key if entry["config"] else where if row["config"] else "", "config")
+        config = Path(given or "").expanduser().resolve()
+        if not given or not config.is_file():
+            raise fail(spec, config_key, "an existing config file (the element's, its array's or the sweep's "
+                                         "'config')", given)
         if entry["name"] is not None:
             own = _name(entry["name"], spec, _at(key, "name"), "element name", RESERVED_NAMES)
         elif rows is not None or not row["grid"]:
@@ -452,7 +453,7 @@ def load_spec(path: str | Path, out: str | Path | None = None, variables: dict |
     _refuse_control_characters(raw, spec)
     data = _typed(SweepSpec, raw, spec, "")
     staged = data["arrays"] is not None
-    misplaced = [k for k in ("kind", "config", "elements", "grid", "after", "command") if data[k] not in (None, {})]
+    misplaced = [k for k in ("kind", "elements", "grid", "after", "command") if data[k] not in (None, {})]
     if staged and misplaced:
         raise fail(spec, misplaced[0], "no array key at the top level beside 'arrays:' (give it inside an array)",
                    data[misplaced[0]])
@@ -461,7 +462,7 @@ def load_spec(path: str | Path, out: str | Path | None = None, variables: dict |
                                                                "spec a 'name:'):")
     sweep_dir = _sweep_dir(out, data, name, spec)
     values = _variables(data["vars"], variables or {}, sweep_dir, spec)
-    ctx = {"spec": spec, "staged": staged, "sweep_dir": sweep_dir, "values": values,
+    ctx = {"spec": spec, "staged": staged, "sweep_dir": sweep_dir, "values": values, "config": data["config"],
            "overrides": _overrides(data["overrides"], spec, "overrides", values),
            "resources": _resources(Resources(), data["resources"], spec, "resources")}
     if staged and not data["arrays"]:
