@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
+from depthpi.cli import main as depthpi_main
 from depthpi.sweep import report, submit
-from depthpi.sweep.cli import main as sweep_main
 from depthpi.sweep.spec import load_spec
 from depthpi.weights import load_weights
 from slurm_cluster import wait_for
@@ -25,6 +25,10 @@ from slurm_cluster import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "baseline_rgb.yaml"
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "")
+
+
+def sweep_main(argv: list[str]) -> None:
+    depthpi_main(["sweep", *argv])
 
 
 def write_spec(tmp_path: Path, spec: dict) -> Path:

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 

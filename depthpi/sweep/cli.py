@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
-from depthpi.log import configure_logging
 from depthpi.sweep.spec import Kind, Sweep, load_spec
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The sweep arguments on ``parser`` (shared by ``depthpi sweep`` and ``launch/sweep.py``)."""
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``sweep`` on the ``depthpi`` sub-command parsers (``launch/sweep.py`` runs the same)."""
+    parser = subparsers.add_parser("sweep", help="submit a sweep of runs as SLURM job arrays; status; collect",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="a sweep spec (configs/sweeps/*.yaml), or 'status' / 'collect'")
     parser.add_argument("dir", nargs="?", help="sweep directory (with status / collect)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch files; submit nothing")
@@ -25,17 +25,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                                       "with collect: where the tables go")
     parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
                         help="value of a {KEY} placeholder of the spec (over its vars:)")
-    parser.add_argument("--no-validate", action="store_true",
-                        help="do not load every element's config before submitting")
     parser.set_defaults(func=run)
     return parser
-
-
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``sweep`` on the ``depthpi`` sub-command parsers."""
-    parser = subparsers.add_parser("sweep", help="submit a sweep of runs as SLURM job arrays; status; collect",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_sweep_arguments(parser)
 
 
 def validate(sweep: Sweep) -> None:
@@ -86,8 +77,7 @@ def run(args) -> None:
     if any("=" not in v for v in args.var):
         raise ValueError(f"--var {next(v for v in args.var if '=' not in v)!r}: expected KEY=VALUE")
     sweep = load_spec(args.target, args.out, dict(v.split("=", 1) for v in args.var))
-    if not args.no_validate:
-        validate(sweep)
+    validate(sweep)
     print(describe(sweep, args.executor))
     if args.dry_run:
         print("\n(dry run: nothing submitted)")
@@ -108,15 +98,3 @@ def run(args) -> None:
         if any(s != "done" for s in states.values()):
             raise SystemExit(f"depthpi sweep: {sum(s != 'done' for s in states.values())} element(s) did not "
                              f"finish; see depthpi sweep status {sweep.out_dir}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python launch/sweep.py …``: the same command line as ``depthpi sweep``."""
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog="sweep.py", description=__doc__,
-                                                         formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging()
-    try:
-        args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"depthpi sweep: {err}") from None

@@ -1,11 +1,9 @@
 """``depthpi sweep status`` and ``collect``: where a sweep stands, and the tables of what it found.
 
-Status joins each element's record in its run directory (``sweep_element.json``, kept by
-rank 0 of its job, so a job of many tasks is one element) with the job's state from submitit
-(SLURM's accounting, where the cluster keeps it; for local jobs, whether the process lives).
-Collect writes one row per element, or per group of seeds (mean ± sample standard deviation
-over ``run.seed``): the config keys that differ and the final metrics, as Markdown, CSV and
-a bar plot. A metric column beyond MPJPE / PCK / AUC appears when some run reports it.
+Status joins each element's record (``sweep_element.json``, kept by rank 0, so a job of many
+tasks is one element) with its job's state from submitit. Collect writes one row per element,
+or per group of seeds (mean ± sample std over ``run.seed``), with the config keys that differ
+and the final metrics, as Markdown, CSV and a bar plot.
 """
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import statistics
 from collections import Counter
@@ -39,7 +36,7 @@ def load_elements(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
     plan = read_json(sweep_dir / PLAN_FILE)
     if plan is not None:
-        return plan, [{**e, "folder": a.get("folder")} for a in plan["arrays"] for e in a["elements"]]
+        return plan, [e for a in plan["arrays"] for e in a["elements"]]
     found = sorted(p for p in sweep_dir.iterdir() if (p / ELEMENT_FILE).is_file() or (p / "metrics.json").is_file())
     if not found:
         raise FileNotFoundError(f"{sweep_dir}: no {PLAN_FILE} and no run directories with {ELEMENT_FILE} "
@@ -49,26 +46,15 @@ def load_elements(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
 
 
 def job_states(plan: dict, elements: list[dict]) -> dict[str, str]:
-    """submitit's word on each element's job: SLURM's state (``UNKNOWN`` where the cluster keeps
-    no accounting), or for local jobs ``RUNNING``/``EXITED`` (their job id is a process id)."""
-    ids = {e["job_id"]: e.get("folder") for e in elements if e.get("job_id")}
+    """submitit's word on each job: SLURM's state (``UNKNOWN`` where the cluster keeps no
+    accounting), or for a local job, whose id is a process id, ``RUNNING`` or ``EXITED``."""
+    ids = [e["job_id"] for e in elements if e.get("job_id")]
     if plan.get("executor") == "local":
-        return {j: "RUNNING" if _alive(int(j)) else "EXITED" for j in ids}
+        return {j: "RUNNING" if Path(f"/proc/{j}").exists() else "EXITED" for j in ids}
     import submitit
 
-    logging.getLogger("submitit").setLevel(logging.ERROR)  # no accounting: "status may be inaccurate", every call
-    jobs = [submitit.SlurmJob(folder=folder or ".", job_id=j) for j, folder in ids.items()]
-    return {job.job_id: (job.state.split() or ["UNKNOWN"])[0] for job in jobs}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # without accounting it warns on every call
+    return {j: (submitit.SlurmJob(folder=".", job_id=j).state.split() or ["UNKNOWN"])[0] for j in ids}
 
 
 def _tail(path: str | None, lines: int = 8) -> str:
@@ -101,7 +87,7 @@ def element_status(element: dict, queue: dict[str, str]) -> dict:
     if state == "done":
         metrics = record.get("metrics") or read_json(run_dir / "metrics.json") or {}
         row.update(state="done", detail=" ".join(f"{k}={metrics[k]:.{d}f}" for k, _, d in METRICS
-                                                   if _number(metrics.get(k)) is not None))
+                                                   if _number(metrics.get(k))))
     elif state == "failed" or said in ENDED:
         row.update(state="failed", detail=record.get("error", f"job ended without finishing ({said})"),
                    log_tail=_tail(record.get("error_log")) or _tail(record.get("log")))
@@ -143,18 +129,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def _element_config(element: dict) -> dict:
-    """The run's resolved config, flattened: its ``config.yaml``, else the plan's config and overrides."""
+    """The run's config, flattened: its ``config.yaml``, else (not started) the plan's overrides."""
     path = Path(element["run_dir"]) / "config.yaml"
-    if path.is_file():
-        return _flatten(yaml.safe_load(path.read_text()) or {})
-    if element.get("config"):
-        from depthpi.config import load_config, to_yaml
-
-        try:
-            return _flatten(yaml.safe_load(to_yaml(load_config(element["config"], element.get("overrides") or {}))))
-        except (OSError, ValueError):
-            pass  # the config moved or changed since submission: its overrides are what is left
-    return dict(element.get("overrides") or {})
+    return _flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else dict(element.get("overrides") or {})
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -162,26 +139,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _metric_stats(runs: list[dict]) -> dict:
     """{metric: (mean, std) over the runs that report it, or None}."""
-    stats = {}
-    for key, _, _ in METRICS:
-        values = [v for v in (_number(r.get(key)) for r in runs) if v is not None]
-        stats[key] = mean_std(values) if values else None
-    return stats
+    values = {key: [float(r[key]) for r in runs if _number(r.get(key))] for key, _, _ in METRICS}
+    return {key: mean_std(v) if v else None for key, v in values.items()}
 
 
 def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
-    """(the differing config keys shown as columns, the table rows) of a sweep's training elements.
-
-    Elements that differ only in ``run.seed`` form one row (``n``: runs with metrics); a
-    metric's mean is over the runs whose metrics.json has it; extra test sets (``tests``)
-    get their own columns.
-    """
+    """(the differing config keys, the rows) of a sweep's training elements. Elements that differ
+    only in ``run.seed`` form one row (``n``: runs with metrics; a mean is over the runs with that
+    metric); extra test sets (metrics.json ``tests``) get their own columns."""
     elements = [e for e in load_elements(sweep_dir)[1] if e.get("kind", "train") == "train"]
     configs = [_element_config(e) for e in elements]
     keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k != "run.out_dir"

@@ -1,13 +1,9 @@
-"""Sweep specs: an OmegaConf structured config of SLURM job arrays, expanded into elements.
+"""Sweep specs (``docs/sweeps.md``): an OmegaConf structured config of SLURM job arrays, expanded.
 
-A spec (manual: ``docs/sweeps.md``) lists job ``arrays``: training arrays (a ``config`` with
-a ``grid`` and/or a list of ``elements``) and command arrays (``command`` × ``count``), each
-with the ``resources`` of its jobs and the arrays it runs ``after`` (afterok). OmegaConf
-checks keys and types; the checks here are what it cannot know: names become directories
-and job names, no string may start a line of its own in an sbatch file, every run directory
-is a folder of the sweep directory. Override values travel as values, to be merged by
-OmegaConf into the run config; a ``{var}`` placeholder fills one value or one command
-argument, which no shell ever splits again.
+OmegaConf checks keys and types; the checks here are what it cannot know: names become
+directories and job names, no string may start a line of its own in an sbatch file, run
+directories stay in the sweep directory. Overrides travel as values, merged into the run
+config by OmegaConf; a ``{var}`` fills one value or one command argument, never split again.
 """
 from __future__ import annotations
 
@@ -20,7 +16,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, NamedTuple
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -31,13 +27,11 @@ KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")  # a config key:
 VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {name}, not OmegaConf's ${name}
 SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")  # M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
-NAME_MAX_BYTES, ARG_MAX_BYTES, RUN_DIR_MAX_BYTES = 255, 131072, 3840  # NAME_MAX, MAX_ARG_STRLEN, PATH_MAX less room
+NAME_MAX, ARG_MAX, RUN_DIR_MAX = 255, 131072, 3840  # bytes: a file name, an exec argument, PATH_MAX less room
 RESERVED_NAMES = frozenset({"submitit", "sweep.json", "results.md", "results.csv", "results.png"})
 BUILT_IN_VARS = ("sweep_dir", "index", "count")
-HINTS = {"stages": " (job arrays are listed under 'arrays:')",
-         "accelerate": " (no accelerate config: precision and DeepSpeed are run-config keys set as overrides like "
-                       "any other, e.g. run.precision=bf16, run.deepspeed.zero_stage=2; SLURM sets the process layout "
-                       "through resources: nodes, tasks_per_node, gpus_per_node)"}
+HINTS = {"accelerate": " (precision and DeepSpeed are run-config keys, overrides like any other: run.precision=bf16, "
+                       "run.deepspeed.zero_stage=2; SLURM sets the process layout: nodes, tasks_per_node)"}
 
 
 class SpecError(ValueError):
@@ -55,36 +49,24 @@ class Kind(str, Enum):
 
 @dataclass
 class Resources:
-    """What every job of an array asks SLURM for.
-
-    Attributes:
-        nodes: nodes per job; its tasks form one process group over all of them.
-        tasks_per_node: processes per node, one rank each; default ``gpus_per_node`` (one
-            task per GPU, ``cuda:LOCAL_RANK``), or 1. Set it for CPU processes.
-        cpus_per_task: CPU cores per task (data workers + 1).
-        mem_gb: memory per node in GB; None: the partition's default.
-        time: wall-clock limit as sbatch's ``--time`` reads it, quoted: "90" (minutes),
-            "4:00:00", "1-12:00:00" (unquoted, YAML reads 4:00:00 as the number 14400).
-        array_parallelism: jobs of the array running at once.
-        signal_delay_s: seconds between the preemption/time-out signal and the kill.
-        max_requeue: requeues after time-outs (submitit's ``max_num_timeout``).
-        setup: shell lines run before ``srun`` (``module load``, ``export NCCL_SOCKET_IFNAME=ib0``).
-    """
+    """What every job of an array asks SLURM for. ``tasks_per_node``: ranks per node, default
+    ``gpus_per_node`` (a task per GPU) or 1; ``time``: as sbatch's ``--time``, quoted ("90" minutes,
+    "4:00:00", "1-12:00:00"); ``setup``: shell lines before ``srun``."""
 
     nodes: int = 1
-    tasks_per_node: Optional[int] = None
+    tasks_per_node: int | None = None
     gpus_per_node: int = 0
     cpus_per_task: int = 2
-    mem_gb: Optional[float] = None
+    mem_gb: float | None = None
     time: str = "1:00:00"
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     array_parallelism: int = 16
     signal_delay_s: int = 120
     max_requeue: int = 3
-    setup: List[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
 
     @property
     def tasks(self) -> int:
@@ -92,9 +74,9 @@ class Resources:
 
     @property
     def minutes(self) -> int:
-        """``time`` in minutes, as sbatch reads it (seconds round up to a minute)."""
+        """``time`` in minutes, as sbatch reads it (seconds round up)."""
         days, first, second, third = SLURM_TIME.fullmatch(self.time.strip()).groups()
-        hours, minutes, seconds = ((first, second, third) if days or third else (0, first, second))
+        hours, minutes, seconds = (first, second, third) if days or third else (0, first, second)
         return int(days or 0) * 1440 + int(hours) * 60 + int(minutes or 0) + bool(int(seconds or 0))
 
 
@@ -104,66 +86,53 @@ _MINIMUM = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task"
 
 @dataclass
 class ElementSpec:
-    name: Optional[Union[str, int]] = None
-    config: Optional[str] = None
-    overrides: Dict[str, Any] = field(default_factory=dict)
+    name: str | int | None = None
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ArraySpec:
     """One job array; ``command``: a string split once like a shell line, or a list of arguments."""
 
-    name: Optional[Union[str, int]] = None
-    kind: Optional[Kind] = None  # inferred: command when ``command`` is given
-    config: Optional[str] = None
-    elements: Optional[List[Any]] = None
-    grid: Dict[str, List[Any]] = field(default_factory=dict)
-    overrides: Dict[str, Any] = field(default_factory=dict)
-    resources: Dict[str, Any] = field(default_factory=dict)
-    after: Optional[List[str]] = None  # default: the previous array
+    name: str | int | None = None
+    config: str | None = None
+    elements: list[Any] | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    after: list[str] | None = None  # default: the previous array
     command: Any = None
     count: int = 1
 
 
 @dataclass
 class SweepSpec(ArraySpec):
-    """The file: sweep-wide ``name``, ``out``, ``vars``, ``resources``, ``overrides``, and the
-    ``arrays``; without ``arrays`` the top level is the one array."""
+    """The file: ``name``, ``out``, ``vars``, and ``config``, ``overrides``, ``resources`` for
+    every array; the ``arrays``, or without them the top level is the one array."""
 
-    out: Optional[str] = None
-    vars: Dict[str, Any] = field(default_factory=dict)
-    arrays: Optional[List[Any]] = None
+    out: str | None = None
+    vars: dict[str, Any] = field(default_factory=dict)
+    arrays: list[Any] | None = None
 
 
-@dataclass(frozen=True)
-class Element:
-    """One job: a training run or a depthpi CLI command.
-
-    Attributes:
-        name: unique in the sweep; the run directory's name.
-        array: the job array it belongs to.
-        run_dir: ``<sweep_dir>/<name>``, absolute (``run.out_dir`` of a training run).
-        config: base config file (absolute) of a training run.
-        overrides: dotted key → value, merged over ``config`` in this order by OmegaConf.
-        varied: the element's and grid point's overrides, which tell it from its siblings.
-        command: depthpi CLI arguments of a command element.
-    """
+class Element(NamedTuple):
+    """One job: a training run (``config`` and ``overrides``, dotted key → value, merged in
+    this order) or a depthpi CLI ``command``."""
 
     name: str
     array: str
     kind: Kind
     run_dir: str
-    config: Optional[str] = None
-    overrides: dict = field(default_factory=dict)
-    varied: dict = field(default_factory=dict)
+    config: str | None = None
+    overrides: dict = {}
     command: tuple = ()
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "kind": self.kind.value, "command": list(self.command)}
+        return {**self._asdict(), "kind": self.kind.value, "command": list(self.command)}
 
 
-@dataclass(frozen=True)
-class JobArray:
+class JobArray(NamedTuple):
     name: str
     kind: Kind
     elements: tuple
@@ -171,8 +140,7 @@ class JobArray:
     after: tuple = ()
 
 
-@dataclass(frozen=True)
-class Sweep:
+class Sweep(NamedTuple):
     name: str
     spec_path: str
     out_dir: str
@@ -193,25 +161,20 @@ def _typed(schema, raw, spec: str, where: str) -> dict:
         raise fail(spec, where, f"a mapping of {schema.__name__} keys", raw)
     try:
         return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), raw), resolve=False)
-    except TypeError:  # OmegaConf's word for a list where a mapping belongs, or the reverse: find the key
-        key = next(k for k in raw if not _merges(schema, {k: raw[k]}))
-        raise fail(spec, _at(where, key), f"a {'list' if isinstance(raw[key], dict) else 'mapping'}", raw[key]) \
-            from None
+    except TypeError:  # a list where a mapping belongs or the reverse: OmegaConf names no key, so find it
+        for key, value in raw.items():
+            try:
+                OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+            except TypeError:
+                raise fail(spec, _at(where, key), f"a {'list' if isinstance(value, dict) else 'mapping'}", value) \
+                    from None
+            except OmegaConfBaseException:
+                pass
+        raise
     except OmegaConfBaseException as err:
-        key = _at(where, err.full_key)
         hint = HINTS.get(str(err.full_key), "") if isinstance(err, ConfigKeyError) else ""
-        raise SpecError(f"sweep spec {spec}: key {key or '<top level>'!r}: {str(err.msg).splitlines()[0]}{hint}") \
-            from None
-
-
-def _merges(schema, raw: dict) -> bool:
-    try:
-        OmegaConf.merge(OmegaConf.structured(schema), raw)
-    except TypeError:
-        return False
-    except OmegaConfBaseException:
-        pass
-    return True
+        raise SpecError(f"sweep spec {spec}: key {_at(where, err.full_key) or '<top level>'!r}: "
+                        f"{str(err.msg).splitlines()[0]}{hint}") from None
 
 
 def _control(text: str) -> str | None:
@@ -232,7 +195,7 @@ def _name(value, spec: str, key: str, origin: str, reserved: frozenset = frozens
     name = str(value)
     problem = ("only letters A-Z a-z, digits, '.', '_' and '-' are allowed" if not NAME.fullmatch(name) else
                "'.' and '..' name directories that already exist" if set(name) == {"."} else
-               f"at most {NAME_MAX_BYTES} characters (a directory name)" if len(name.encode()) > NAME_MAX_BYTES else
+               f"at most {NAME_MAX} characters (a directory name)" if len(name.encode()) > NAME_MAX else
                "the sweep directory keeps a file or folder of that name" if name in reserved else None)
     if problem:
         raise SpecError(f"sweep spec {spec}: key {key!r}: {origin} {name!r} cannot name a run directory or job: "
@@ -242,44 +205,24 @@ def _name(value, spec: str, key: str, origin: str, reserved: frozenset = frozens
 
 def _fill(value, values: dict[str, str], spec: str, key: str):
     """``value`` with ``{var}`` placeholders filled into every string in it."""
-    if isinstance(value, list):
-        return [_fill(v, values, spec, key) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, values, spec, key) for k, v in value.items()}
-    if not isinstance(value, str):
-        return value
-
     def replace(match: re.Match) -> str:
         if match.group(1) not in values:
             raise fail(spec, key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
         return values[match.group(1)]
-    return PLACEHOLDER.sub(replace, value)
 
-
-def _key(key, spec: str, where: str) -> str:
-    if not isinstance(key, str) or not KEY.fullmatch(key):
-        raise fail(spec, where, "a config key such as 'optim.lr' (letters, digits, '_', dots)", key)
-    return key
+    if isinstance(value, (list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        filled = {k: _fill(v, values, spec, key) for k, v in items}
+        return filled if isinstance(value, dict) else list(filled.values())
+    return PLACEHOLDER.sub(replace, value) if isinstance(value, str) else value
 
 
 def _overrides(raw: dict, spec: str, where: str, values: dict[str, str]) -> dict:
-    """``{dotted key: value}``: values as YAML read them, placeholders filled in."""
-    return {_key(k, spec, _at(where, str(k))): _fill(v, values, spec, _at(where, str(k))) for k, v in raw.items()}
-
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _grid(raw: dict, spec: str, where: str, values: dict[str, str]) -> list[dict]:
-    """Every point of ``{key: [values]}`` in the spec's axis order; one empty point without axes."""
-    axes = []
-    for key, options in raw.items():
-        at = _at(where, f"grid.{key}")
-        if not options:
-            raise fail(spec, at, "a non-empty list of values", options)
-        axes.append([(_key(key, spec, at), _fill(v, values, spec, at)) for v in options])
-    return [dict(point) for point in itertools.product(*axes)]
+    """``{dotted key: value}``, values as YAML read them, placeholders filled in."""
+    for key in raw:
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            raise fail(spec, _at(where, str(key)), "a config key such as 'optim.lr' (letters, digits, '_', dots)", key)
+    return {k: _fill(v, values, spec, _at(where, k)) for k, v in raw.items()}
 
 
 def _run_dir(sweep_dir: Path, name: str, spec: str, key: str) -> str:
@@ -288,20 +231,20 @@ def _run_dir(sweep_dir: Path, name: str, spec: str, key: str) -> str:
     if resolved.parent != sweep_dir:
         raise SpecError(f"sweep spec {spec}: key {key!r}: run directory {sweep_dir / name} resolves to {resolved}, "
                         f"which is not a folder of the sweep directory {sweep_dir}")
-    if len(str(resolved).encode()) > RUN_DIR_MAX_BYTES:
+    if len(str(resolved).encode()) > RUN_DIR_MAX:
         raise SpecError(f"sweep spec {spec}: key {key!r}: run directory {str(resolved)[:120]}… is longer than "
-                        f"{RUN_DIR_MAX_BYTES} bytes; the files under it would pass the system's path limit")
+                        f"{RUN_DIR_MAX} bytes; the files under it would pass the system's path limit")
     return str(resolved)
 
 
 def _train_elements(row: dict, array: str, where: str, ctx: dict) -> list[Element]:
     """Elements × grid points of a training array, each with its overrides and run directory."""
-    spec, values = ctx["spec"], ctx["values"]
-    rows = row["elements"]
-    if rows is not None and not rows:
-        raise fail(spec, _at(where, "elements"), "a non-empty list of {name, config, overrides}", rows)
+    spec, values, rows = ctx["spec"], ctx["values"], row["elements"] or None
     common = {**ctx["overrides"], **_overrides(row["overrides"], spec, _at(where, "overrides"), values)}
-    points = _grid(row["grid"], spec, where, values)
+    if any(not options for options in row["grid"].values()):
+        raise fail(spec, _at(where, "grid"), "non-empty lists of values", row["grid"])
+    grid = _overrides(row["grid"], spec, _at(where, "grid"), values)
+    points = [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
     elements = []
     for i, entry in enumerate(rows or [{}]):
         key = _at(where, f"elements[{i}]") if rows is not None else where
@@ -310,24 +253,24 @@ def _train_elements(row: dict, array: str, where: str, ctx: dict) -> list[Elemen
         config_key = _at(key if entry["config"] else where if row["config"] else "", "config")
         config = Path(given or "").expanduser().resolve()
         if not given or not config.is_file():
-            raise fail(spec, config_key, "an existing config file (the element's, its array's or the sweep's "
-                                         "'config')", given)
+            raise fail(spec, config_key, "an existing config file (the element's, array's or sweep's 'config')",
+                       given)
         if entry["name"] is not None:
             own = _name(entry["name"], spec, _at(key, "name"), "element name", RESERVED_NAMES)
-        elif rows is not None or not row["grid"]:
+        elif rows is not None or not grid:
             own = _name(config.stem, spec, config_key, f"the name taken from config file {config.name!r} (give the "
                                                        f"element a 'name:'):", RESERVED_NAMES)
         else:
             own = ""  # a grid-only array: the grid values name the elements
         varied = _overrides(entry["overrides"], spec, _at(key, "overrides"), values)
         for point in points:
-            tokens = [f"{k.rsplit('.', 1)[-1]}-{re.sub(r'[^A-Za-z0-9.-]+', '_', _text(v)).strip('_')}"
-                      for k, v in point.items()]
+            texts = [(k.rsplit(".", 1)[-1], v if isinstance(v, str) else json.dumps(v)) for k, v in point.items()]
+            tokens = [f"{k}-{re.sub(r'[^A-Za-z0-9.-]+', '_', v).strip('_')}" for k, v in texts]
             at = _at(where, "grid") if point else (_at(key, "name") if entry["name"] is not None else config_key)
             name = _name("_".join(t for t in [own, *tokens] if t) or array, spec, at, "element name", RESERVED_NAMES)
             run_dir = _run_dir(ctx["sweep_dir"], name, spec, at)
             elements.append(Element(name, array, Kind.train, run_dir, str(config),
-                                    {**common, **varied, **point, "run.out_dir": run_dir}, {**varied, **point}))
+                                    {**common, **varied, **point, "run.out_dir": run_dir}))
     return elements
 
 
@@ -347,25 +290,23 @@ def _command_elements(row: dict, array: str, where: str, ctx: dict) -> list[Elem
         raise fail(spec, key, "a depthpi CLI command (a string, or a list of arguments)", command)
     elements = []
     for index in range(count):
-        local = {**ctx["values"], "index": str(index), "count": str(count)}
-        args = tuple(_fill(arg, local, spec, key) for arg in template)
-        long = next((a for a in args if len(a.encode()) > ARG_MAX_BYTES), None)
+        args = tuple(_fill(arg, {**ctx["values"], "index": str(index), "count": str(count)}, spec, key)
+                     for arg in template)
+        long = next((a for a in args if len(a.encode()) > ARG_MAX), None)
         if long:
-            raise fail(spec, key, f"arguments of at most {ARG_MAX_BYTES} bytes (one argument of a command)",
-                       long[:200] + "…")
+            raise fail(spec, key, f"arguments of at most {ARG_MAX} bytes (one argument of a command)", long[:99] + "…")
         name = _name(f"{array}-{index}" if count > 1 else array, spec, _at(where, "name"), "element name",
                      RESERVED_NAMES)
         elements.append(Element(name, array, Kind.command, _run_dir(ctx["sweep_dir"], name, spec, _at(where, "name")),
-                                command=args, varied={"index": index}))
+                                command=args))
     return elements
 
 
 def _resources(base: Resources, raw: dict, spec: str, where: str) -> Resources:
     """``base`` updated by a ``resources:`` mapping, checked."""
-    if "time" in raw and not isinstance(raw["time"], str):
+    if not isinstance(raw.get("time", ""), str):
         raise fail(spec, _at(where, "time"), 'a SLURM time as a quoted string ("90" minutes, "4:00:00", '
-                                             '"1-12:00:00"); unquoted, YAML reads 4:00:00 as the number 14400',
-                   raw["time"])
+                                             '"1-12:00:00"); unquoted, YAML reads 4:00:00 as 14400', raw["time"])
     res = Resources(**_typed(Resources, {**asdict(base), **raw}, spec, where))
     for key, low in _MINIMUM.items():
         if getattr(res, key) is not None and getattr(res, key) < low:
@@ -375,8 +316,7 @@ def _resources(base: Resources, raw: dict, spec: str, where: str) -> Resources:
     if res.gpus_per_node and res.tasks_per_node not in (None, res.gpus_per_node):
         raise fail(spec, _at(where, "tasks_per_node"), f"{res.gpus_per_node} (one task per GPU) or null",
                    res.tasks_per_node)
-    match = SLURM_TIME.fullmatch(res.time.strip())
-    if not match or not res.minutes:
+    if not SLURM_TIME.fullmatch(res.time.strip()) or not res.minutes:
         raise fail(spec, _at(where, "time"), "a positive SLURM time: 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S'",
                    res.time)
     return res
@@ -384,21 +324,18 @@ def _resources(base: Resources, raw: dict, spec: str, where: str) -> Resources:
 
 def _array(raw, index: int, earlier: list[JobArray], ctx: dict) -> JobArray:
     """One entry of ``arrays:`` (or the top level of a single-array spec) → a JobArray."""
-    spec, staged = ctx["spec"], ctx["staged"]
-    where = f"arrays[{index}]" if staged else ""
-    row = _typed(ArraySpec, raw, spec, where) if staged else raw
-    names = [a.name for a in earlier]
-    name = _name(row["name"] if row["name"] is not None else f"array{index}", spec, _at(where, "name"),
-                 "array name") if staged else "main"
+    spec, listed, names = ctx["spec"], ctx["listed"], [a.name for a in earlier]
+    where = f"arrays[{index}]" if listed else ""
+    row = _typed(ArraySpec, raw, spec, where) if listed else raw
+    name = _name(f"array{index}" if row["name"] is None else row["name"], spec, _at(where, "name"),
+                 "array name") if listed else "main"
     if name in names:
         raise fail(spec, _at(where, "name"), f"a name no earlier array has ({names})", name)
     kind = Kind.command if row["command"] is not None else Kind.train
-    if row["kind"] not in (None, kind):
-        raise fail(spec, _at(where, "kind"), "'command' with a 'command:', else 'train'", row["kind"].value)
     after = names[-1:] if row["after"] is None else row["after"]
     if any(a not in names for a in after):
         raise fail(spec, _at(where, "after"), f"names of earlier arrays among {names}", after)
-    resources = _resources(ctx["resources"], row["resources"] if staged else {}, spec, _at(where, "resources"))
+    resources = _resources(ctx["resources"], row["resources"] if listed else {}, spec, _at(where, "resources"))
     make = _train_elements if kind is Kind.train else _command_elements
     return JobArray(name, kind, tuple(make(row, name, where, ctx)), resources, tuple(after))
 
@@ -411,9 +348,9 @@ def _sweep_dir(out, data: dict, name: str, spec: str) -> Path:
         raise fail(spec, key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths) "
                               f"or control characters{f' (found {_control(value)})' if _control(value) else ''}", value)
     path = Path(value).expanduser().resolve()
-    long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX_BYTES), None)
+    long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX), None)
     if long_part:
-        raise fail(spec, key, f"a path whose folder names have at most {NAME_MAX_BYTES} bytes", long_part[:80] + "…")
+        raise fail(spec, key, f"a path whose folder names have at most {NAME_MAX} bytes", long_part[:80] + "…")
     return path
 
 
@@ -428,21 +365,14 @@ def _variables(given: dict, cli: dict, sweep_dir: Path, spec: str) -> dict[str, 
         if isinstance(value, (list, dict)) or value is None or value == "":
             raise fail(spec, key, "a non-empty text or number", value)
         _refuse_control_characters(value, spec, key)
-        values[name] = _text(value)
+        values[name] = value if isinstance(value, str) else json.dumps(value)
     return {**values, "sweep_dir": str(sweep_dir)}
 
 
 def load_spec(path: str | Path, out: str | Path | None = None, variables: dict | None = None) -> Sweep:
-    """Read, check and expand a sweep spec.
+    """Read, check and expand a spec (``out``, ``variables``: ``--out``, ``--var``, over ``out:``, ``vars:``).
 
-    Args:
-        path: the spec YAML.
-        out: sweep directory (default: the spec's ``out:``, else ``runs/sweeps/<name>``).
-        variables: values of ``{name}`` placeholders, over the spec's ``vars:``.
-
-    Raises:
-        SpecError: naming the file and key at fault and what was expected.
-    """
+    Raises SpecError naming the file and key at fault and what was expected."""
     spec = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"sweep spec not found: {path}")
@@ -452,23 +382,22 @@ def load_spec(path: str | Path, out: str | Path | None = None, variables: dict |
         raise SpecError(f"sweep spec {spec}: not valid YAML ({' '.join(str(err).split())})") from None
     _refuse_control_characters(raw, spec)
     data = _typed(SweepSpec, raw, spec, "")
-    staged = data["arrays"] is not None
-    misplaced = [k for k in ("kind", "elements", "grid", "after", "command") if data[k] not in (None, {})]
-    if staged and misplaced:
-        raise fail(spec, misplaced[0], "no array key at the top level beside 'arrays:' (give it inside an array)",
-                   data[misplaced[0]])
-    name = _name(data["name"] if data["name"] is not None else Path(path).stem, spec, "name",
+    listed = data["arrays"] is not None
+    misplaced = [k for k in ("elements", "grid", "after", "command") if data[k] not in (None, {})]
+    if listed and (misplaced or not data["arrays"]):
+        raise fail(spec, misplaced[0] if misplaced else "arrays", "a non-empty list of arrays, and no array key "
+                                                                  "beside it (give it inside an array)",
+                   data[misplaced[0] if misplaced else "arrays"])
+    name = _name(Path(path).stem if data["name"] is None else data["name"], spec, "name",
                  "sweep name" if data["name"] is not None else "the name taken from the spec file's name (give the "
                                                                "spec a 'name:'):")
     sweep_dir = _sweep_dir(out, data, name, spec)
     values = _variables(data["vars"], variables or {}, sweep_dir, spec)
-    ctx = {"spec": spec, "staged": staged, "sweep_dir": sweep_dir, "values": values, "config": data["config"],
+    ctx = {"spec": spec, "listed": listed, "sweep_dir": sweep_dir, "values": values, "config": data["config"],
            "overrides": _overrides(data["overrides"], spec, "overrides", values),
            "resources": _resources(Resources(), data["resources"], spec, "resources")}
-    if staged and not data["arrays"]:
-        raise fail(spec, "arrays", "a non-empty list of job arrays", data["arrays"])
     arrays: list[JobArray] = []
-    for index, row in enumerate(data["arrays"] if staged else [data]):
+    for index, row in enumerate(data["arrays"] if listed else [data]):
         arrays.append(_array(row, index, arrays, ctx))
     names = [e.name for a in arrays for e in a.elements]
     duplicates = sorted({n for n in names if names.count(n) > 1})
