@@ -62,9 +62,9 @@ def joining_group(timeout_s: float) -> Iterator[None]:
     try:
         yield
     except dist.DistError as err:
-        if is_distributed():
-            raise  # the group had formed: a collective's failure, named where it happened
         me = world_info()
+        if is_distributed() or me.size == 1:
+            raise  # the group had formed: a collective's failure, named where it happened
         others = ", ".join(str(r) for r in range(me.size) if r != me.rank)
         raise RuntimeError(f"rank {me.rank} of {me.size} on {socket.gethostname()}: no process group with rank(s) "
                            f"{others} within {timeout_s:g} s (run.collective_timeout_s) at "

@@ -167,7 +167,8 @@ def test_override_values_reach_the_config_unchanged(tmp_path, value):
     from depthpi.config import load_config
 
     specs = {"map": {"overrides": {"experiment": value}}, "grid": {"grid": {"experiment": [value]}},
-             "var": {"overrides": {"experiment": "{v}"}}, "element": {"elements": [{"overrides": {"experiment": value}}]}}
+             "var": {"overrides": {"experiment": "{v}"}},
+             "element": {"elements": [{"overrides": {"experiment": value}}]}}
     for name, spec in specs.items():
         path = write_spec(tmp_path, {"name": name, "config": str(DEMO), **spec}, f"{name}.yaml")
         (element,) = load_spec(path, out=tmp_path / name, variables={"v": value}).elements

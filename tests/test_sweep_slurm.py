@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from slurm_cluster import wait_for
 
 from depthpi.cli import main as depthpi_main
 from depthpi.sweep import report, submit
 from depthpi.sweep.spec import load_spec
 from depthpi.weights import load_weights
-from slurm_cluster import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "baseline_rgb.yaml"
@@ -181,7 +181,7 @@ def test_a_preempted_two_task_job_resumes_every_rank_to_the_uninterrupted_parame
     for whole, preempted in zip(rank_records(sweep_dir / "whole"), assert_one_group_of_two(sweep_dir / "preempted")):
         rest = whole["keys"]["0"][4 * (saved[0] % 4):]
         assert preempted["keys"] == {"0": rest, "1": whole["keys"]["1"]} and len(rest) == 4 * (4 - saved[0] % 4)
-    first, second = load_weights(sweep_dir / "whole/export/last.pt"), load_weights(sweep_dir / "preempted/export/last.pt")
+    first, second = (load_weights(sweep_dir / name / "export/last.pt") for name in ("whole", "preempted"))
     assert first.keys() == second.keys()
     for name in first:
         torch.testing.assert_close(second[name], first[name], rtol=0, atol=0, msg=name)
