@@ -147,9 +147,14 @@ def make_test_hosts(root: Path) -> tuple[TwoHosts | None, str]:
     if os.geteuid() != 0:
         return None, "network namespaces need root"
     try:
-        return TwoHosts(root).create(), ""
+        hosts = TwoHosts(root).create()
     except RuntimeError as err:
         return None, str(err)
+    probe = subprocess.run(hosts.command("h1", ["getent", "hosts", "h2"]), capture_output=True, text=True)
+    if probe.returncode or hosts.addresses["h2"] not in probe.stdout:  # e.g. no mount namespace in a container
+        hosts.remove()
+        return None, f"a test host could not be entered ({probe.stderr.strip() or probe.stdout.strip()})"
+    return hosts, ""
 
 
 class SlurmCluster:
