@@ -117,6 +117,8 @@ def test_an_unquoted_time_is_refused_not_misread(tmp_path, written):
      "arrays[1].after", "earlier arrays"),
     ({"arrays": [{"name": "a", "config": str(DEMO)}], "grid": {"run.seed": [0]}}, "grid", "inside an array"),
     ({"command": "eval", "count": 0}, "count", "positive integer"),
+    ({"command": "eval", "kind": "train"}, "kind", "'command' with a 'command:'"),
+    ({"config": str(DEMO), "kind": "cmd"}, "kind", "expected one of [train, command]"),
 ])
 def test_spec_errors_name_file_key_and_expectation(tmp_path, spec, key, expected):
     path = write_spec(tmp_path, spec)

@@ -96,6 +96,7 @@ class ArraySpec:
     """One job array; ``command``: a string split once like a shell line, or a list of arguments."""
 
     name: str | int | None = None
+    kind: Kind | None = None  # default: command where ``command`` is given, else train
     config: str | None = None
     elements: list[Any] | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -326,6 +327,8 @@ def _array(raw, index: int, earlier: list[JobArray], ctx: dict) -> JobArray:
     if name in names:
         raise fail(_at(where, "name"), f"a name no earlier array has ({names})", name)
     kind = Kind.command if row["command"] is not None else Kind.train
+    if row["kind"] not in (None, kind):
+        raise fail(_at(where, "kind"), "'command' with a 'command:', else 'train'", row["kind"].value)
     after = names[-1:] if row["after"] is None else row["after"]
     if any(a not in names for a in after):
         raise fail(_at(where, "after"), f"names of earlier arrays among {names}", after)
@@ -383,7 +386,7 @@ def _expand(path: Path, raw, out, variables: dict) -> Sweep:
     _refuse_control_characters(raw)
     data = _typed(SweepSpec, raw, "")
     listed = data["arrays"] is not None
-    misplaced = [k for k in ("elements", "grid", "after", "command") if data[k] not in (None, {})]
+    misplaced = [k for k in ("kind", "elements", "grid", "after", "command") if data[k] not in (None, {})]
     if listed and (misplaced or not data["arrays"]):
         key = misplaced[0] if misplaced else "arrays"
         raise fail(key, "a non-empty list of arrays, and no array key beside it (give it inside an array)", data[key])
