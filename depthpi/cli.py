@@ -70,10 +70,7 @@ def _eval(args) -> None:
 
 
 def _precompute(args) -> None:
-    import os
-
-    import torch
-
+    from depthpi.dist import world_info
     from depthpi.precompute import PrecomputeConfig, estimate, precompute
 
     cfg = PrecomputeConfig(teacher=args.teacher, shards=args.shards, out=args.out, tap=args.tap, views=args.views,
@@ -82,10 +79,9 @@ def _precompute(args) -> None:
     if args.estimate:
         return
     # One process per GPU under `accelerate launch`/torchrun, or one SLURM array task each.
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if args.num_shards is not None:
-        rank, world = args.shard_index, args.num_shards
-    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    here = world_info()
+    rank, world = (args.shard_index, args.num_shards) if args.num_shards is not None else (here.rank, here.size)
+    device = str(here.device)
     manifest = precompute(cfg, rank=rank, world_size=world, device=device, config=args.config)
     done = "complete: manifest written" if manifest else "this part done; the manifest follows with the last part"
     print(f"[depthpi] precompute part {rank + 1}/{world} -> {args.out}: {done}")

@@ -8,8 +8,10 @@ OmegaConf dotlists: ``optim.lr=1e-4 data.batch_size=64``.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -295,14 +297,23 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
     return OmegaConf.merge(*(_load_yaml_chain(path.parent / b, seen + (path,)) for b in bases), node)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults ← YAML chain ← ``key=value`` overrides, validated into a frozen TrainConfig."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """Defaults ← YAML chain ← overrides, validated into a frozen TrainConfig.
+
+    ``overrides``: ``key=value`` texts, read as on a command line, or a mapping of dotted
+    keys to values, taken as they are (a sweep's: a string stays that string).
+    """
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     try:
         if path is not None:
             layers.append(_load_yaml_chain(Path(path)))
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        if isinstance(overrides, Mapping):
+            layers.append(OmegaConf.create())
+            for key, value in overrides.items():
+                OmegaConf.update(layers[-1], key, value, force_add=True)
+        else:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:  # names the full key itself
         raise ValueError(f"bad config{_where(path, overrides)}: {err}".replace("\n", "; ")) from None
@@ -315,7 +326,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _where(path, overrides) -> str:
-    return (f" in {path}" if path else "") + (f" with overrides {list(overrides)}" if overrides else "")
+    shown = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+    return (f" in {path}" if path else "") + (f" with overrides {shown}" if overrides else "")
 
 
 def _failing_section(node: DictConfig, prefix: str = "") -> str:

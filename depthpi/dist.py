@@ -1,26 +1,75 @@
-"""The few collectives depthpi runs itself, each failing with a message instead of hanging.
+"""The process group: where this process stands in it, and the few collectives depthpi runs itself.
 
-Every collective here is called by every rank at the same point, whether or not the
-rank had data. The process group is created with a timeout (``run.collective_timeout_s``):
-should a rank ever miss a collective, the others fail after that long with a message
-naming the collective, the rank and the world size.
+:func:`world_info` is the one place that says a process's rank, world size and device:
+accelerate's ``PartialState`` once an accelerator is set up, else the launcher's ``env://``
+variables (torchrun, ``accelerate launch``, or a sweep job's, exported from submitit's
+environment). Every collective here is called by every rank at the same point; the group
+has a timeout (``run.collective_timeout_s``), so a rank that misses one, or never joins,
+fails after that long with a message naming the collective or the ranks instead of hanging.
+torch is imported inside the functions: logging asks :func:`world_info` at start-up.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import sys
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-import torch
-import torch.distributed as dist
+
+@dataclass(frozen=True)
+class World:
+    """This process's place: ``rank`` of ``size`` processes, ``local_rank`` on its node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def device(self):
+        """``cuda:<local_rank>`` where CUDA is present, else the CPU."""
+        import torch
+
+        return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def world_info() -> World:
+    """Rank, world size and local rank: from accelerate's ``PartialState`` once an accelerator
+    is set up, else from a process group formed without one, else from ``env://`` variables."""
+    env = os.environ
+    state, dist = sys.modules.get("accelerate.state"), sys.modules.get("torch.distributed")
+    if state is not None and state.is_initialized():
+        partial = state.PartialState()
+        return World(partial.process_index, partial.num_processes, partial.local_process_index)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(env.get("LOCAL_RANK", 0)))
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
 def is_distributed() -> bool:
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized()
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+@contextlib.contextmanager
+def joining_group(timeout_s: float) -> Iterator[None]:
+    """Around the set-up of a process group from ``env://``: a rank that cannot reach the
+    others (the store's connect or wait timing out after ``timeout_s``) fails naming them."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except dist.DistError as err:
+        me = world_info()
+        if is_distributed() or me.size == 1:
+            raise  # the group had formed: a collective's failure, named where it happened
+        others = ", ".join(str(r) for r in range(me.size) if r != me.rank)
+        raise RuntimeError(f"rank {me.rank} of {me.size} on {socket.gethostname()}: no process group with rank(s) "
+                           f"{others} within {timeout_s:g} s (run.collective_timeout_s) at "
+                           f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}; a rank did not start "
+                           f"or cannot reach that address ({' '.join(str(err).split())[:300]})") from err
 
 
 @contextlib.contextmanager
@@ -29,8 +78,8 @@ def collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
-        rank, world = rank_and_world()
-        raise RuntimeError(f"rank {rank} of {world}: collective '{what}' failed or timed out; another rank "
+        me = world_info()
+        raise RuntimeError(f"rank {me.rank} of {me.size}: collective '{what}' failed or timed out; another rank "
                            f"did not reach it or died ({' '.join(str(err).split())[:300]})") from err
 
 
@@ -38,15 +87,10 @@ def gather_objects(value: Any, what: str) -> list[Any]:
     """``value`` of every rank, in rank order (``[value]`` without a process group)."""
     if not is_distributed():
         return [value]
+    import torch.distributed as dist
+
     gathered = [None] * dist.get_world_size()
     with collective(what):
         dist.all_gather_object(gathered, value)
     return gathered
 
-
-def all_reduce_sum(tensor: torch.Tensor, what: str) -> torch.Tensor:
-    """In-place sum over ranks (a no-op without a process group)."""
-    if is_distributed():
-        with collective(what):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor

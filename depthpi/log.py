@@ -10,27 +10,22 @@ import logging
 import os
 import sys
 
+from depthpi.dist import world_info
+
 _HANDLER_NAME = "depthpi"
 QUIET = ("accelerate", "deepspeed", "torch.distributed", "urllib3", "matplotlib", "PIL", "h5py", "git")
-
-
-def env_rank() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment (torchrun, accelerate, SLURM via submitit)."""
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
-    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
-    return rank, world
 
 
 def configure_logging(rank: int | None = None, world: int | None = None, level: int | None = None) -> None:
     """Send the ``depthpi`` loggers to stderr: INFO on rank 0, WARNING elsewhere.
 
     Args:
-        rank, world: this process's place; default from the environment.
+        rank, world: this process's place; default: :func:`depthpi.dist.world_info`.
         level: force a level (e.g. logging.DEBUG); default from ``DEPTHPI_LOG_LEVEL`` or the rank.
     """
-    env = env_rank()
-    rank = env[0] if rank is None else rank
-    world = env[1] if world is None else world
+    here = world_info()
+    rank = here.rank if rank is None else rank
+    world = here.size if world is None else world
     if level is None:
         named = os.environ.get("DEPTHPI_LOG_LEVEL")
         level = getattr(logging, named.upper()) if named else (logging.INFO if rank == 0 else logging.WARNING)

@@ -11,7 +11,7 @@ if python -c "import deepspeed, transformers" >/dev/null 2>&1; then
   (DS_ACCELERATOR=cpu python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
      >/tmp/depthpi-shm-op-build.log 2>&1; touch "$DEPTHPI_SHM_OP_BUILT") &
 fi
-# A single-node SLURM (slurmctld, slurmd, munge) for the sweep tests; skipped where apt is unavailable.
+# A local SLURM (slurmctld, slurmd, munge; iproute2 for two test hosts) for the sweep tests; skipped where apt is unavailable.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_slurm.sh"
 # Two test workers (pytest-xdist, a file per worker at a time): most tests keep one core busy
 # and many wait on subprocesses, SLURM or a socket; DEPTHPI_TEST_WORKERS=0 runs them in one process.

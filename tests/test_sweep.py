@@ -1,8 +1,6 @@
-"""Sweeps: spec expansion, what values and names may be, sbatch parameters, rendezvous,
-status/collect on fabricated run dirs (no SLURM needed), and — marked slow — real job arrays
-on a local SLURM cluster (tests/slurm_cluster.py): a command array with a dependency, a
-2-element training array one of whose elements is preempted and resumes from its
-checkpoint, two tasks meeting in one process group, and the local executor."""
+"""Sweeps without a cluster: spec expansion, what values and names may be, sbatch parameters,
+the job callables, status/collect on fabricated run directories, and the local executor.
+Real SLURM jobs are in test_sweep_slurm.py."""
 from __future__ import annotations
 
 import json
@@ -16,13 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from depthpi.cli import main as depthpi_main
 from depthpi.sweep import report, submit
-from depthpi.sweep.cli import main as sweep_main
 from depthpi.sweep.spec import SpecError, load_spec
-from slurm_cluster import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo" / "baseline_rgb.yaml"
+
+
+def sweep_main(argv: list[str]) -> None:
+    depthpi_main(["sweep", *argv])
 
 
 def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
@@ -42,11 +43,11 @@ def test_list_times_grid_expands_with_names_overrides_and_run_dirs(tmp_path):
     assert names == ["baseline_rgb_seed-0_width-0.25", "baseline_rgb_seed-1_width-0.25",
                      "lr_seed-0_width-0.25", "lr_seed-1_width-0.25"]
     element = sweep.elements[3]
-    assert element.overrides == ("data.num_workers=0", "optim.lr=0.0001", "run.seed=1", "model.width=0.25",
-                                 f"run.out_dir={tmp_path / 'sw' / 'lr_seed-1_width-0.25'}")
-    assert dict(element.varied) == {"optim.lr": "0.0001", "run.seed": "1", "model.width": "0.25"}
+    assert list(element.overrides.items()) == [("data.num_workers", 0), ("optim.lr", 1e-4), ("run.seed", 1),
+                                               ("model.width", 0.25),
+                                               ("run.out_dir", str(tmp_path / "sw" / "lr_seed-1_width-0.25"))]
     assert element.run_dir == str(tmp_path / "sw" / element.name) and element.config == str(DEMO)
-    assert len(sweep.stages) == 1 and sweep.stages[0].after == ()
+    assert len(sweep.arrays) == 1 and sweep.arrays[0].after == ()
 
 
 def test_grid_only_names_and_values_round_trip_through_load_config(tmp_path):
@@ -56,15 +57,15 @@ def test_grid_only_names_and_values_round_trip_through_load_config(tmp_path):
     assert element.name == "seed-3_cpu-true_unlabeled-null"
     from depthpi.config import load_config
 
-    cfg = load_config(element.config, list(element.overrides))
+    cfg = load_config(element.config, element.overrides)
     assert (cfg.run.seed, cfg.run.cpu, cfg.data.unlabeled, cfg.run.out_dir) == (3, True, None, element.run_dir)
 
 
-def test_stages_command_array_placeholders_and_dependencies(tmp_path):
+def test_arrays_command_array_placeholders_and_dependencies(tmp_path):
     spec = write_spec(tmp_path, {
         "vars": {"teacher": "t.pt"},
         "resources": {"gpus_per_node": 2, "time": "1:30:00"},
-        "stages": [
+        "arrays": [
             {"name": "pre", "command": "depthpi precompute --teacher {teacher} --out {sweep_dir}/f "
                                        "--shard-index {index} --num-shards {count}", "count": 3,
              "resources": {"gpus_per_node": 1}},
@@ -72,36 +73,52 @@ def test_stages_command_array_placeholders_and_dependencies(tmp_path):
              "grid": {"run.seed": [0, 1]}},
             {"name": "free", "after": [], "config": str(DEMO)}]})
     sweep = load_spec(spec, out=tmp_path / "sw", variables={"teacher": "/abs/t.pt"})
-    pre, students, free = sweep.stages
+    pre, students, free = sweep.arrays
     assert [e.name for e in pre.elements] == ["pre-0", "pre-1", "pre-2"]
     assert pre.elements[2].command == ("precompute", "--teacher", "/abs/t.pt", "--out", f"{tmp_path}/sw/f",
                                        "--shard-index", "2", "--num-shards", "3")
-    assert pre.resources.gpus_per_node == 1 and pre.resources.time_min == 90
-    assert students.after == ("pre",) and students.resources.gpus_per_node == 2
-    assert students.elements[0].overrides[0] == f"teacher.features={tmp_path}/sw/f"
+    assert pre.resources.gpus_per_node == 1 and pre.resources.minutes == 90 and pre.resources.tasks == 1
+    assert students.after == ("pre",) and students.resources.gpus_per_node == 2 and students.resources.tasks == 2
+    assert students.elements[0].overrides["teacher.features"] == f"{tmp_path}/sw/f"
     assert free.after == () and free.elements[0].name == "baseline_rgb"
 
 
 @pytest.mark.parametrize("written, minutes", [
     ("30", 30), ("30:00", 30), ("30:01", 31), ("4:00:00", 240), ("1:30:00", 90),
-    ("1-12", 36 * 60), ("1-12:30", 36 * 60 + 30), ("2-00:00:01", 2 * 24 * 60 + 1), ('"48:00:00"', 48 * 60)])
-def test_time_is_read_as_sbatch_reads_it_quoted_or_not(tmp_path, written, minutes):
-    """Unquoted ``4:00:00`` is base-60 14400 to PyYAML; sbatch and we read 4 hours."""
+    ("1-12", 36 * 60), ("1-12:30", 36 * 60 + 30), ("2-00:00:01", 2 * 24 * 60 + 1), ("48:00:00", 48 * 60)])
+def test_time_is_passed_as_sbatch_reads_it(tmp_path, written, minutes):
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"config: {DEMO}\nresources:\n  time: '{written}'\n")
+    resources = load_spec(path, out=tmp_path / "sw").arrays[0].resources
+    assert (resources.time, resources.minutes) == (written, minutes)
+
+
+@pytest.mark.parametrize("written", ["4:00:00", "90"])
+def test_an_unquoted_time_is_refused_not_misread(tmp_path, written):
+    """Unquoted, YAML 1.1 reads ``4:00:00`` as the base-60 number 14400: sbatch would read 10 days."""
     path = tmp_path / "spec.yaml"
     path.write_text(f"config: {DEMO}\nresources:\n  time: {written}\n")
-    assert load_spec(path, out=tmp_path / "sw").stages[0].resources.time_min == minutes
+    with pytest.raises(SpecError, match=r"key 'resources.time': expected a SLURM time as a quoted string"):
+        load_spec(path, out=tmp_path / "sw")
 
 
 @pytest.mark.parametrize("spec, key, expected", [
-    ({"config": str(DEMO), "grdi": {"run.seed": [0]}}, "grdi", "one of"),
+    ({"config": str(DEMO), "grdi": {"run.seed": [0]}}, "grdi", "Did you mean: 'grid'"),
     ({"config": str(DEMO), "resources": {"time": "soon"}}, "resources.time", "H:M:S"),
-    ({"config": str(DEMO), "resources": {"gpus": 4}}, "resources.gpus", "one of"),
-    ({"config": "configs/nope.yaml"}, "<top level>.config", "an existing file"),
+    ({"config": str(DEMO), "resources": {"gpus": 4}}, "resources.gpus", "not in 'Resources'"),
+    ({"config": str(DEMO), "resources": {"nodes": 0}}, "resources.nodes", ">= 1"),
+    ({"config": str(DEMO), "resources": {"gpus_per_node": 8, "tasks_per_node": 2}}, "resources.tasks_per_node",
+     "one task per GPU"),
+    ({"config": "configs/nope.yaml"}, "config", "an existing config file"),
     ({"elements": [{"config": str(DEMO)}, {"config": str(DEMO)}]}, "elements/grid", "unique element names"),
     ({"config": str(DEMO), "overrides": {"a.b": "{nope}"}}, "overrides.a.b", "placeholders among"),
-    ({"stages": [{"name": "a", "config": str(DEMO)}, {"name": "b", "after": ["c"], "config": str(DEMO)}]},
-     "stages[1].after", "earlier stages"),
-    ({"command": "eval", "count": 0}, "<top level>.count", "positive integer"),
+    ({"config": str(DEMO), "overrides": ["optim.lr=1"]}, "overrides", "expected a mapping"),
+    ({"arrays": [{"name": "a", "config": str(DEMO)}, {"name": "b", "after": ["c"], "config": str(DEMO)}]},
+     "arrays[1].after", "earlier arrays"),
+    ({"arrays": [{"name": "a", "config": str(DEMO)}], "grid": {"run.seed": [0]}}, "grid", "inside an array"),
+    ({"command": "eval", "count": 0}, "count", "positive integer"),
+    ({"command": "eval", "kind": "train"}, "kind", "'command' with a 'command:'"),
+    ({"config": str(DEMO), "kind": "cmd"}, "kind", "expected one of [train, command]"),
 ])
 def test_spec_errors_name_file_key_and_expectation(tmp_path, spec, key, expected):
     path = write_spec(tmp_path, spec)
@@ -119,7 +136,7 @@ AWKWARD = ["a b", "a --out /x", "it's", 'say "hi', "a #b", "x: y", "[1", "{not_a
 @pytest.mark.parametrize("value", AWKWARD)
 def test_a_var_stays_one_command_argument(tmp_path, value):
     """A placeholder is filled into one argument: spaces, quotes, options and unicode are never re-split."""
-    spec = write_spec(tmp_path, {"stages": [
+    spec = write_spec(tmp_path, {"arrays": [
         {"name": "text", "command": "precompute --teacher {t} --out {sweep_dir}/f-{t}"},
         {"name": "list", "command": ["precompute", "--teacher", "{t}", "--views", 4]}]})
     text, listed = load_spec(spec, out=tmp_path / "sw", variables={"t": value}).elements
@@ -128,7 +145,7 @@ def test_a_var_stays_one_command_argument(tmp_path, value):
 
 
 def test_a_command_reaches_the_job_as_the_same_argument_list(tmp_path, monkeypatch):
-    """CommandJob runs ``python -m depthpi.cli`` with the element's arguments, no shell between."""
+    """A command element's job runs ``python -m depthpi.cli`` with the element's arguments, no shell between."""
     import submitit
 
     calls = []
@@ -140,7 +157,7 @@ def test_a_command_reaches_the_job_as_the_same_argument_list(tmp_path, monkeypat
         monkeypatch.setenv(key, value)
     spec = write_spec(tmp_path, {"command": "precompute --teacher {t}"})
     (element,) = load_spec(spec, out=tmp_path / "sw", variables={"t": "a --out /x; it's"}).elements
-    submit.CommandJob(element)()
+    submit.ElementJob(element)()
     assert calls[0][-3:] == ["precompute", "--teacher", "a --out /x; it's"]
 
 
@@ -152,11 +169,12 @@ def test_override_values_reach_the_config_unchanged(tmp_path, value):
     from depthpi.config import load_config
 
     specs = {"map": {"overrides": {"experiment": value}}, "grid": {"grid": {"experiment": [value]}},
-             "var": {"overrides": {"experiment": "{v}"}}, "list": {"overrides": ["experiment={v}"]}}
+             "var": {"overrides": {"experiment": "{v}"}},
+             "element": {"elements": [{"overrides": {"experiment": value}}]}}
     for name, spec in specs.items():
         path = write_spec(tmp_path, {"name": name, "config": str(DEMO), **spec}, f"{name}.yaml")
         (element,) = load_spec(path, out=tmp_path / name, variables={"v": value}).elements
-        assert load_config(element.config, list(element.overrides)).experiment == value, (name, element.overrides)
+        assert load_config(element.config, element.overrides).experiment == value, (name, element.overrides)
 
 
 def test_an_empty_string_stays_a_string(tmp_path):
@@ -164,7 +182,7 @@ def test_an_empty_string_stays_a_string(tmp_path):
 
     spec = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": ["", "x"]}})
     elements = load_spec(spec, out=tmp_path / "sw").elements
-    assert [load_config(e.config, list(e.overrides)).experiment for e in elements] == ["", "x"]
+    assert [load_config(e.config, e.overrides).experiment for e in elements] == ["", "x"]
 
 
 def test_a_long_value_reaches_the_config_but_names_no_directory(tmp_path):
@@ -173,10 +191,10 @@ def test_a_long_value_reaches_the_config_but_names_no_directory(tmp_path):
     value = "x" * 5000
     path = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"experiment": value, "data.train": "{v}"}})
     (element,) = load_spec(path, out=tmp_path / "sw", variables={"v": value}).elements
-    cfg = load_config(element.config, list(element.overrides))
+    cfg = load_config(element.config, element.overrides)
     assert (cfg.experiment, cfg.data.train) == (value, value)
     grid = write_spec(tmp_path, {"config": str(DEMO), "grid": {"experiment": [value]}}, "grid.yaml")
-    with pytest.raises(SpecError, match=r"key '<top level>.grid': element name 'experiment-x+' .*at most 255"):
+    with pytest.raises(SpecError, match=r"key 'grid': element name 'experiment-x+' .*at most 255"):
         load_spec(grid, out=tmp_path / "sw")
 
 
@@ -190,27 +208,30 @@ def spec_error(tmp_path, spec: dict, variables=None, out="sw", name: str = "spec
 
 
 @pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a b", "ünï", "", "x" * 256, "a\nb", "$(x)",
-                                  "a\tb", 1.5, None, True])
-def test_sweep_stage_and_element_names_are_plain(tmp_path, name):
-    """Names become directories and job names: [A-Za-z0-9._-], never '.' or '..', at most 255 characters."""
-    messages = {"<top level>.elements[0].name": spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]}),
-                "stages[0].name": spec_error(tmp_path, {"stages": [{"name": name, "config": str(DEMO)}]}),
+                                  "a\tb", 1.5, True])
+def test_sweep_array_and_element_names_are_plain(tmp_path, name):
+    """Names become directories and job names: [A-Za-z0-9._-], never '.' or '..', at most 255 characters;
+    a float is refused (1.10 would name '1.1'), an int taken as written."""
+    messages = {"elements[0].name": spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]}),
+                "arrays[0].name": spec_error(tmp_path, {"arrays": [{"name": name, "config": str(DEMO)}]}),
                 "name": spec_error(tmp_path, {"name": name, "config": str(DEMO)})}
     for key, message in messages.items():
         assert f"key {key!r}" in message, message
-        expected = f"{name!r} cannot name a run directory or job" if isinstance(name, str) else "a name as a string"
+        expected = ("incompatible with type hint" if not isinstance(name, str) else
+                    "control characters" if "\n" in name or "\t" in name else
+                    f"{name!r} cannot name a run directory or job")
         assert expected in message, message
 @pytest.mark.parametrize("name", ["submitit", "sweep.json", "results.md"])
 def test_element_names_of_the_sweep_directory_own_entries_are_refused(tmp_path, name):
     message = spec_error(tmp_path, {"elements": [{"name": name, "config": str(DEMO)}]})
-    assert "key '<top level>.elements[0].name'" in message and "keeps a file or folder of that name" in message
+    assert "key 'elements[0].name'" in message and "keeps a file or folder of that name" in message
 
 
 def test_names_taken_from_files_say_where_they_came_from(tmp_path):
     odd = tmp_path / "my config.yaml"
     odd.write_text(DEMO.read_text().replace("base: ", f"base: {DEMO.parent}/"))
     message = spec_error(tmp_path, {"elements": [{"config": str(odd)}]})
-    assert "key '<top level>.elements[0].config'" in message and "config file 'my config.yaml'" in message \
+    assert "key 'elements[0].config'" in message and "config file 'my config.yaml'" in message \
         and "give the element a 'name:'" in message
     path = write_spec(tmp_path, {"config": str(DEMO)}, "my sweep.yaml")
     with pytest.raises(SpecError, match=r"key 'name': the name taken from the spec file's name .*'my sweep'"):
@@ -232,8 +253,8 @@ def test_control_characters_in_resource_values_are_refused(tmp_path, key, bad):
     """A newline would put its own line into the sbatch file (here an injected #SBATCH option)."""
     message = spec_error(tmp_path, {"config": str(DEMO), "resources": {key: bad}})
     assert f"key 'resources.{key}'" in message and "control characters" in message
-    listed = spec_error(tmp_path, {"stages": [{"name": "s", "config": str(DEMO), "resources": {"setup": ["ok", bad]}}]})
-    assert "key 'stages[0].resources.setup[1]'" in listed
+    listed = spec_error(tmp_path, {"arrays": [{"name": "s", "config": str(DEMO), "resources": {"setup": ["ok", bad]}}]})
+    assert "key 'arrays[0].resources.setup[1]'" in listed
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "64GB", 0])
@@ -245,7 +266,7 @@ def test_sbatch_values_with_spaces_stay_one_value(tmp_path):
     """Spaces need no refusing: submitit quotes each #SBATCH value, and sbatch reads the quotes."""
     spec = write_spec(tmp_path, {"command": "eval --help", "resources": {"constraint": "a100 | h100"}})
     sweep = load_spec(spec, out=tmp_path / "with space")
-    script = submit.sbatch_script(sweep.stages[0], sweep)
+    script = submit.sbatch_script(sweep.arrays[0], sweep)
     assert "#SBATCH --constraint='a100 | h100'" in script
     assert f"#SBATCH --output='{tmp_path}/with space/submitit/main/%j/%j_0_log.out'" in script
 
@@ -269,15 +290,16 @@ def test_bad_spec_vars_overrides_and_commands_are_named(tmp_path):
     assert "key 'vars.sweep_dir'" in spec_error(tmp_path, {"vars": {"sweep_dir": "/x"}, "command": "eval"})
     message = spec_error(tmp_path, {"config": str(DEMO), "overrides": {"run.seed=3 run.cpu": 1}})
     assert "key 'overrides.run.seed=3 run.cpu'" in message and "config key" in message
-    assert "key 'overrides[0]'" in spec_error(tmp_path, {"config": str(DEMO), "overrides": ["a b=1"]})
-    assert "key '<top level>.grid.a=b'" in spec_error(tmp_path, {"config": str(DEMO), "grid": {"a=b": [1]}})
+    assert "key 'elements[0].overrides.a b'" in spec_error(tmp_path, {"elements": [
+        {"config": str(DEMO), "overrides": {"a b": 1}}]})
+    assert "key 'grid.a=b'" in spec_error(tmp_path, {"config": str(DEMO), "grid": {"a=b": [1]}})
     assert "key 'overrides.experiment'" in spec_error(tmp_path, {"config": str(DEMO),
                                                                  "overrides": {"experiment": "a\nb"}})
     message = spec_error(tmp_path, {"command": "eval --out 'unclosed"})
-    assert "key '<top level>.command'" in message and "No closing quotation" in message
+    assert "key 'command'" in message and "No closing quotation" in message
     message = spec_error(tmp_path, {"command": "eval --x {t}"}, {"t": "y" * 140000})
-    assert "key '<top level>.command'" in message and "131072 bytes" in message
-    assert "key '<top level>.command'" in spec_error(tmp_path, {"command": "depthpi"})
+    assert "key 'command'" in message and "131072 bytes" in message
+    assert "key 'command'" in spec_error(tmp_path, {"command": "depthpi"})
 
 
 @pytest.mark.parametrize("out, expected", [("a\nb", "U+000A"), ("run%j", "without '%'"), ("100%", "without '%'"),
@@ -293,21 +315,21 @@ def test_output_paths_that_jobs_would_misread_are_refused(tmp_path, out, expecte
 def test_a_run_directory_too_deep_for_its_files_is_refused(tmp_path):
     deep = "/".join(["d" * 250] * 16)
     message = spec_error(tmp_path, {"elements": [{"name": "run", "config": str(DEMO)}]}, out=deep)
-    assert "key '<top level>.elements[0].name'" in message and "longer than 3840 bytes" in message
+    assert "key 'elements[0].name'" in message and "longer than 3840 bytes" in message
 
 
 def test_a_misspelt_placeholder_is_named(tmp_path):
     message = spec_error(tmp_path, {"command": "precompute --teacher {tëacher}"}, {"teacher": "t.pt"})
-    assert "key '<top level>.command'" in message and "{tëacher}" in message and "placeholders among" in message
+    assert "key 'command'" in message and "{tëacher}" in message and "placeholders among" in message
 
 
-@pytest.mark.parametrize("where", ["top", "stage"])
+@pytest.mark.parametrize("where", ["top", "array"])
 def test_an_accelerate_key_is_refused_with_what_replaces_it(tmp_path, where):
     accelerate = str(ROOT / "configs/accelerate/deepspeed_zero2.yaml")
     spec = {"accelerate": accelerate, "config": str(DEMO)} if where == "top" else \
-        {"stages": [{"name": "s", "config": str(DEMO), "accelerate": accelerate}]}
+        {"arrays": [{"name": "s", "config": str(DEMO), "accelerate": accelerate}]}
     message = spec_error(tmp_path, spec)
-    assert ("key 'accelerate'" if where == "top" else "key 'stages[0].accelerate'") in message
+    assert ("key 'accelerate'" if where == "top" else "key 'arrays[0].accelerate'") in message
     assert "run.deepspeed.zero_stage=2" in message and "run.precision" in message and "SLURM sets" in message
 
 
@@ -333,11 +355,34 @@ def test_train_job_sets_only_the_rendezvous_and_calls_train(tmp_path, monkeypatc
     spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.precision": "fp32", "run.seed": 5}})
     (element,) = load_spec(spec, out=tmp_path / "sw").elements
     before = dict(os.environ)
-    assert submit.TrainJob(element)() == {"mpjpe": 1.0}
+    assert submit.ElementJob(element)() == {"mpjpe": 1.0}
     changed = {k for k in set(seen["env"]) | set(before) if seen["env"].get(k) != before.get(k)}
     assert changed == set(rendezvous)
     assert (seen["cfg"].run.precision, seen["cfg"].run.seed, seen["cfg"].run.out_dir) == ("fp32", 5, element.run_dir)
     assert json.loads((Path(element.run_dir) / "sweep_element.json").read_text())["state"] == "done"
+
+
+@pytest.mark.slow
+def test_a_rank_that_cannot_reach_the_others_fails_in_time_naming_them(synth_root, tmp_path):
+    """Task 1 of a two-task job whose task 0 never started: its job fails after
+    run.collective_timeout_s, naming itself, the rank it waited for and the address, not hanging."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {**tiny_overrides(synth_root),
+                                                                    "run.collective_timeout_s": 3}})
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2",
+           "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+           "SLURM_JOB_NODELIST": "localhost", "SUBMITIT_FOLDER": str(tmp_path / "submitit")}
+    code = ("import sys; from depthpi.sweep import submit; from depthpi.sweep.spec import load_spec; "
+            "submit.ElementJob(load_spec(sys.argv[1], out=sys.argv[2]).elements[0])()")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code, str(spec), str(tmp_path / "sw")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and time.monotonic() - start < 60, done.stderr[-2000:]
+    assert re.search(r"RuntimeError: rank 1 of 2 on \S+: no process group with rank\(s\) 0 within 3 s "
+                     r"\(run.collective_timeout_s\) at localhost:\d+", done.stderr), done.stderr[-2000:]
+    assert not (tmp_path / "sw" / "baseline_rgb" / "sweep_element.json").exists()  # rank 0 keeps the record
 
 
 def test_every_shipped_sweep_spec_expands():
@@ -348,19 +393,19 @@ def test_every_shipped_sweep_spec_expands():
         assert sweep.elements, path
     t61 = load_spec(ROOT / "configs/sweeps/table6.1.yaml", out="/x")
     assert [e.name for e in t61.elements] == ["1.1", "1.2", "1.3", "1.4"]
-    assert "model.init_checkpoint=/x/1.2/export/last.pt" in t61.stages[1].elements[0].overrides
+    assert t61.arrays[1].elements[0].overrides["model.init_checkpoint"] == "/x/1.2/export/last.pt"
     pts = load_spec(ROOT / "configs/sweeps/precompute_then_students.yaml", out="/x")
-    assert pts.stages[0].kind == "command" and pts.stages[1].after == ("precompute",)
-    assert pts.stages[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
+    assert pts.arrays[0].kind == "command" and pts.arrays[1].after == ("precompute",)
+    assert pts.arrays[0].elements[-1].command[-4:] == ("--shard-index", "15", "--num-shards", "16")
 
 
 # --- sbatch parameters, dry run, rendezvous -----------------------------------------------
 def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, capsys):
     spec = write_spec(tmp_path, {
-        "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": 90,
+        "resources": {"nodes": 2, "gpus_per_node": 4, "cpus_per_task": 6, "mem_gb": 64, "time": "90",
                       "partition": "gpu", "account": "lab", "qos": "high", "constraint": "a100",
                       "array_parallelism": 2, "signal_delay_s": 120},
-        "stages": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
+        "arrays": [{"name": "first", "config": str(DEMO), "grid": {"run.seed": [0, 1, 2, 3]}},
                    {"name": "second", "config": str(DEMO), "resources": {"nodes": 1, "gpus_per_node": 0}}]})
     out = tmp_path / "sw"
     sweep_main([str(spec), "--dry-run", "--out", str(out)])
@@ -370,7 +415,7 @@ def test_dry_run_prints_plan_and_sbatch_parameters_without_submitting(tmp_path, 
                  "--constraint=a100", "--requeue", "--signal=USR2@120", "--dependency=afterok:JOBID_OF_first"):
         assert f"#SBATCH {flag}" in text, flag
     assert f"[3] seed-3: {DEMO} " in text and text.count("run.seed=3") == 1
-    second = text[text.index("--- sbatch file of stage second"):]
+    second = text[text.index("--- sbatch file of array second"):]
     assert "--ntasks-per-node=1" in second and "gpus-per-node" not in second and "--array" not in second
     assert "dry run: nothing submitted" in text and not out.exists()
 
@@ -382,7 +427,7 @@ def test_sbatch_failure_ends_with_a_message_not_a_traceback(tmp_path, monkeypatc
                                     "exit 1\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    spec = write_spec(tmp_path, {"stages": [{"name": "only", "command": "eval --help"}]})
+    spec = write_spec(tmp_path, {"arrays": [{"name": "only", "command": "eval --help"}]})
     with pytest.raises(SystemExit, match=r"sbatch failed .*configuration source.*sinfo.*--executor local"):
         sweep_main([str(spec), "--out", str(tmp_path / "sw")])
 
@@ -414,18 +459,18 @@ def test_checkpoint_requeues_the_same_run(tmp_path):
 
     sweep = load_spec(write_spec(tmp_path, {"config": str(DEMO), "overrides": {"run.deepspeed.zero_stage": 1}}),
                       out=tmp_path)
-    stage = sweep.stages[0]
-    job = submit.make_job(stage, stage.elements[0])
+    array = sweep.arrays[0]
+    job = submit.make_job(array, array.elements[0])
     delayed = job.checkpoint()
     again = pickle.loads(cloudpickle.dumps(delayed))
-    assert type(again.function) is submit.TrainJob and again.function is not job
+    assert type(again.function) is submit.ElementJob and again.function is not job
     assert again.function.element == job.element and again.function.stop_grace_s == job.stop_grace_s
-    assert "run.deepspeed.zero_stage=1" in again.function.element.overrides
+    assert again.function.element.overrides["run.deepspeed.zero_stage"] == 1
 
 
 class FakeJobEnv:
     def __init__(self, job_id, folder):
-        self.job_id, self.cluster, self.global_rank = job_id, "slurm", 0
+        self.job_id, self.cluster, self.global_rank, self.num_tasks, self.num_nodes = job_id, "slurm", 0, 2, 1
         self.paths = type("P", (), {"stdout": folder / f"{job_id}_0_log.out", "stderr": folder / f"{job_id}_0_log.err"})
 
 
@@ -435,7 +480,7 @@ def test_element_record_counts_attempts_atomically(tmp_path):
     submit.record_start(element, FakeJobEnv("77_0", tmp_path))  # requeued: same id, second attempt
     record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
     assert record["attempts"] == 2 and record["job_ids"] == ["77_0"] and record["state"] == "running"
-    assert record["name"] == element.name and record["overrides"] == list(element.overrides)
+    assert record["name"] == element.name and record["overrides"] == element.overrides
     submit.record_end(element, "done", metrics={"mpjpe": 1.0})
     record = json.loads((Path(element.run_dir) / "sweep_element.json").read_text())
     assert record["state"] == "done" and record["metrics"] == {"mpjpe": 1.0}
@@ -536,7 +581,7 @@ def test_status_of_fabricated_run_dirs(tmp_path):
     fabricate(sweep, "done", config(0, 1e-3), {"mpjpe": 25.0, "pck": 0.9, "auc": 0.6}, state="done")
     fabricate(sweep, "running", config(1, 1e-3), None, state="running", epoch=1)
     fabricate(sweep, "failed", config(2, 1e-3), None, state="failed", log="line 1\nTraceback\nRuntimeError: boom")
-    plan = {"name": "sw", "stages": [{"name": "main", "elements": [
+    plan = {"name": "sw", "arrays": [{"name": "main", "elements": [
         {"name": n, "kind": "train", "run_dir": str(sweep / n), "job_id": None}
         for n in ("done", "running", "failed", "never")]}]}
     (sweep / "sweep.json").write_text(json.dumps(plan))
@@ -549,151 +594,36 @@ def test_status_of_fabricated_run_dirs(tmp_path):
     assert "1 done, 1 running, 1 failed, 1 not started" in text and "--- failed: last log lines" in text
 
 
-def test_cli_errors_name_the_problem(tmp_path):
-    with pytest.raises(SystemExit, match="sweep spec not found"):
-        sweep_main([str(tmp_path / "missing.yaml"), "--dry-run"])
-    with pytest.raises(SystemExit, match="give the sweep directory"):
-        sweep_main(["status"])
-    with pytest.raises(SystemExit, match="no sweep.json and no run directories"):
-        sweep_main(["collect", str(tmp_path)])
+def test_cli_errors_name_the_problem_in_one_line_with_status_2(tmp_path, capsys):
+    for argv, expected in [([str(tmp_path / "missing.yaml"), "--dry-run"], "sweep spec not found"),
+                           (["status"], "give the sweep directory"),
+                           (["collect", str(tmp_path)], "no sweep.json and no run directories")]:
+        with pytest.raises(SystemExit) as exit_:
+            sweep_main(argv)
+        error = capsys.readouterr().err
+        assert exit_.value.code == 2 and error.startswith("depthpi sweep: error: ") and expected in error
+        assert error.count("\n") == 1 and "Traceback" not in error
 
 
-def test_validation_catches_a_bad_override_before_submitting(tmp_path):
+def test_validation_catches_a_bad_override_before_submitting(tmp_path, capsys):
     spec = write_spec(tmp_path, {"config": str(DEMO), "overrides": {"optim.lrr": 1}})
-    with pytest.raises(SystemExit, match=r"element 'baseline_rgb'.*optim\.lrr|element 'baseline_rgb'.*lrr"):
+    with pytest.raises(SystemExit):
         sweep_main([str(spec), "--dry-run", "--out", str(tmp_path / "sw")])
-
-
-# --- real SLURM (slow) -------------------------------------------------------------------------
-# Kept short: every training job pays a Python + torch start of several seconds, so the
-# runs are a few steps each, the shards tiny, and the polling intervals a fraction of a second.
-def wait_done(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
-    """Wait until no job of the arrays is pending/running; final states from scontrol."""
-    active = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED", "")
-    wait_for(lambda: all(cluster.job_state(j) not in active for j in job_ids), timeout, f"jobs {job_ids}", 0.25)
-    return {j: cluster.job_state(j) for j in job_ids}
-
-
-@pytest.mark.slow
-def test_slurm_command_arrays_with_afterok_dependency(slurm_cluster, tmp_path):
-    """A 2-job command array, then a job afterok on it that gets the sweep directory (its path
-    has a space) as one argument; the dry run's sbatch files are the submitted ones, byte for byte."""
-    sweep_dir = tmp_path / "sw dir"
-    spec = write_spec(tmp_path, {
-        "resources": {"cpus_per_task": 1, "time": 5, "signal_delay_s": 10},
-        "stages": [{"name": "first", "command": "eval --help", "count": 2},
-                   {"name": "second", "command": ["sweep", "status", "{sweep_dir}"]}]})
-    sweep_main([str(spec), "--out", str(sweep_dir)])
-    plan = json.loads((sweep_dir / "sweep.json").read_text())
-    first, second = plan["stages"]
-    assert [e["job_id"] for e in first["elements"]] == [f"{first['job_id']}_0", f"{first['job_id']}_1"]
-    dependency = slurm_cluster.run("scontrol", "-o", "show", "job", second["job_id"], check=False)
-    assert f"afterok:{first['job_id']}" in dependency or "JobState=COMPLETED" in dependency
-    states = wait_done(slurm_cluster, [e["job_id"] for s in plan["stages"] for e in s["elements"]], 90)
-    assert set(states.values()) == {"COMPLETED"}, states
-    # --dry-run shows exactly the sbatch file that was submitted
-    sweep = load_spec(spec, sweep_dir)
-    for stage, dependency in zip(sweep.stages, (None, f"afterok:{first['job_id']}")):
-        submitted = list((sweep_dir / "submitit" / stage.name).glob("*/*_submission.sh"))
-        assert submitted, f"no submission file of stage {stage.name}"
-        assert submitted[0].read_text() == submit.sbatch_script(stage, sweep, dependency)
-    logs = {}
-    for name in ("first-0", "first-1", "second"):
-        record = json.loads((sweep_dir / name / "sweep_element.json").read_text())
-        assert record["state"] == "done" and record["attempts"] == 1
-        logs[name] = Path(record["log"]).read_text()
-    assert "usage: depthpi" in logs["first-0"] and "usage: depthpi" in logs["first-1"]
-    assert re.search(r"first-1\s+done", logs["second"]), logs["second"][-2000:]  # it read the sweep directory
-
-
-@pytest.fixture
-def tiny_shards(synth_root):
-    """The suite's shared synthetic set (32 train / 16 test samples, 8 per shard)."""
-    return synth_root
+    assert re.search(r"element 'baseline_rgb'.*optim\.lrr", capsys.readouterr().err)
 
 
 def tiny_overrides(shards: Path, **extra) -> dict:
+    """A run of a few steps on the suite's synthetic set (32 train / 16 test samples, 8 per shard)."""
     return {"data.train": str(shards / "train"), "data.test": str(shards / "test"), "data.num_workers": 0,
             "data.batch_size": 4, "data.eval_batch_size": 8, "data.shuffle_buffer": 8,
             "optim.epochs": 1, "run.steps_per_epoch": 2, "run.log_every": 1, **extra}
 
 
-def requeued_attempt_started(cluster, job_id: str, run_dir: Path, watch: dict) -> bool:
-    """True once a second attempt started. SLURM holds a requeued job for 120 s (BeginTime);
-    the test releases it early, as an administrator would with ``scontrol update``, but once
-    and 2 s ahead: slurmd refuses to launch a job whose credential is from the same second as
-    the kill that revoked its previous one ("Job N already killed, do not launch batch job").
-    ``watch["seen"]`` keeps the job's last scheduler line, for the message should it never start."""
-    job = cluster.run("scontrol", "-o", "show", "job", job_id, check=False)
-    watch["seen"] = job.strip()
-    if "JobState=PENDING" in job and "Reason=BeginTime" in job and not watch.get("released"):
-        cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+2")
-        watch["released"] = True
-    return json.loads((run_dir / "sweep_element.json").read_text())["attempts"] >= 2
-
-
-def training_started(run_dir: Path) -> bool:
-    """The engine's first log line (stderr) is written: the job's preemption handler is in place."""
-    record = run_dir / "sweep_element.json"
-    return record.is_file() and "stage baseline" in Path(json.loads(record.read_text())["error_log"]).read_text()
-
-
 @pytest.mark.slow
-def test_slurm_training_array_with_a_preempted_element(slurm_cluster, tiny_shards, tmp_path):
-    """A 2-element training array; one element gets the preemption signal mid-epoch. The engine
-    saves at its next log point (checkpoint_every is far off; the log points, every 3 steps, are
-    never an epoch end of 4 steps), submitit requeues the same array task, and the second attempt
-    resumes from that step to the step count of its uninterrupted sibling. Both are then
-    reported by status and collect."""
+def test_local_executor_runs_the_same_plan(synth_root, tmp_path):
     sweep_dir = tmp_path / "sw"
-    overrides = tiny_overrides(tiny_shards, **{"optim.epochs": 2, "run.steps_per_epoch": 4, "run.log_every": 3,
-                                               "run.checkpoint_every": 1000})
-    spec = write_spec(tmp_path, {"name": "tiny", "resources": {"cpus_per_task": 1, "time": 10, "signal_delay_s": 60},
-                                 "config": str(DEMO), "overrides": overrides, "grid": {"run.seed": [0, 1]}})
-    sweep_main([str(spec), "--out", str(sweep_dir)])
-    plan = json.loads((sweep_dir / "sweep.json").read_text())
-    job_ids = [e["job_id"] for e in plan["stages"][0]["elements"]]
-    preempted = sweep_dir / "seed-0"
-    wait_for(lambda: training_started(preempted), 120, "seed-0 to start training", 0.2)
-    # What a preempting scheduler does: the preemption signal, here sent by hand to one array task.
-    slurm_cluster.run("scancel", "--signal=USR2", job_ids[0])
-    watch: dict = {}
-    try:
-        wait_for(lambda: requeued_attempt_started(slurm_cluster, job_ids[0], preempted, watch), 120,
-                 "the requeued attempt to start", 0.25)
-    except TimeoutError as err:
-        raise TimeoutError(f"{err}; the scheduler's last word on job {job_ids[0]}: {watch.get('seen')}") from None
-    states = wait_done(slurm_cluster, job_ids, 150)
-    records = {n: json.loads((sweep_dir / n / "sweep_element.json").read_text()) for n in ("seed-0", "seed-1")}
-    logs = {n: Path(r["log"]).read_text() + Path(r["error_log"]).read_text() for n, r in records.items()}
-    assert set(states.values()) == {"COMPLETED"}, (states, {n: log[-3000:] for n, log in logs.items()})
-    assert records["seed-0"]["attempts"] == 2 and records["seed-0"]["job_ids"] == [job_ids[0]]
-    assert records["seed-1"]["attempts"] == 1 and records["seed-1"]["job_ids"] == [job_ids[1]]
-    assert "Caught signal SIGUSR2" in Path(records["seed-0"]["error_log"]).read_text()
-    saved = [int(s) for s in re.findall(r"preempted: checkpoint at step (\d+)", logs["seed-0"])]
-    resumed = [int(s) for s in re.findall(r"resumed from \S+checkpoints/step-(\d+)", logs["seed-0"])]
-    assert saved and resumed == saved and saved[0] % 4, logs["seed-0"][-3000:]  # a step inside an epoch
-    from depthpi.train.checkpoint import latest_checkpoint
-
-    for name, record in records.items():
-        run = sweep_dir / name
-        final = json.loads((latest_checkpoint(run) / "trainer.json").read_text())
-        assert (final["epoch"], final["step"]) == (2, 8), name  # the resumed run ends where its sibling does
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert {"mpjpe", "pck", "auc"} <= set(metrics) and record["state"] == "done"
-        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-        assert "epoch 2/2" in logs[name]
-        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["out_dir"] == str(run)
-    assert {r["state"] for r in report.status(sweep_dir)} == {"done"}
-    keys, table = report.collect_rows(sweep_dir)
-    assert keys == [] and table[0]["n"] == 2 and table[0]["seeds"] == [0, 1]
-
-
-@pytest.mark.slow
-def test_local_executor_runs_the_same_plan(tiny_shards, tmp_path):
-    sweep_dir = tmp_path / "sw"
-    spec = write_spec(tmp_path, {"name": "local", "resources": {"time": 10, "array_parallelism": 1},
-                                 "config": str(DEMO), "overrides": tiny_overrides(tiny_shards)})
+    spec = write_spec(tmp_path, {"name": "local", "resources": {"time": "10", "array_parallelism": 1},
+                                 "config": str(DEMO), "overrides": tiny_overrides(synth_root)})
     start = time.monotonic()
     sweep_main([str(spec), "--executor", "local", "--out", str(sweep_dir)])
     record = json.loads((sweep_dir / "baseline_rgb" / "sweep_element.json").read_text())
@@ -715,36 +645,6 @@ def test_sweep_parser_plugs_into_a_subcommand_parser(tmp_path):
     assert (args.target, args.dir) == ("status", str(tmp_path)) and callable(args.func)
 
 
-def rendezvous_probe() -> dict:
-    """Inside a SLURM task: rendezvous as TrainJob does, then an Accelerator and an all-reduce."""
-    import submitit
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    found = submit.export_rendezvous(submitit.JobEnvironment())
-    accelerator = Accelerator(cpu=True, mixed_precision="no", kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    total = accelerator.reduce(torch.tensor([accelerator.process_index + 1.0]), "sum").item()
-    return {"rank": accelerator.process_index, "world": accelerator.num_processes, "sum": total,
-            "type": accelerator.distributed_type.name, "addr": found["MASTER_ADDR"]}
-
-
-@pytest.mark.slow
-def test_slurm_two_tasks_rendezvous_into_accelerate(slurm_cluster, tmp_path):
-    import sys
-
-    import cloudpickle
-    import submitit
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job cannot import this test module
-    executor = submitit.SlurmExecutor(folder=tmp_path / "%j")
-    executor.update_parameters(ntasks_per_node=2, cpus_per_task=1, time=5)
-    job = executor.submit(rendezvous_probe)
-    results = sorted(job.results(), key=lambda r: r["rank"])
-    assert [(r["rank"], r["world"], r["sum"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
-    assert {(r["type"], r["addr"]) for r in results} == {("MULTI_CPU", "localhost")}
-
-
 def test_status_of_a_local_job_whose_process_is_gone(tmp_path):
     import subprocess
     import sys
@@ -753,7 +653,7 @@ def test_status_of_a_local_job_whose_process_is_gone(tmp_path):
     fabricate(sweep, "crashed", config(0, 1e-3), None, state="running", log="Killed")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    plan = {"name": "sw", "executor": "local", "stages": [{"name": "main", "elements": [
+    plan = {"name": "sw", "executor": "local", "arrays": [{"name": "main", "elements": [
         {"name": "crashed", "kind": "train", "run_dir": str(sweep / "crashed"), "job_id": str(gone.pid)}]}]}
     (sweep / "sweep.json").write_text(json.dumps(plan))
     (row,) = report.status(sweep)

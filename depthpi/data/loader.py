@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
@@ -54,6 +53,7 @@ from depthpi.data.shard_stream import (DECODE_ERRORS, MapFn, ReadLog, ReadReport
                                        decode_samples, map_samples, select_shards, shard_list, skip_summary,
                                        split_sources)
 from depthpi.data.shards import ManifestError, SplitLocation, read_manifest
+from depthpi.dist import world_info
 
 __all__ = ["DECODE_ERRORS", "Delivery", "ShardDataset", "ShardLoader", "collate", "make_loader", "skip_summary"]
 log = logging.getLogger(__name__)
@@ -281,12 +281,8 @@ def _mirrored(location: SplitLocation, manifest, companion: str | Path) -> list[
 
 
 def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() if rank is None else rank, dist.get_world_size() if world_size is None else world_size
-    return rank or 0, world_size or 1
+    here = world_info()
+    return here.rank if rank is None else rank, here.size if world_size is None else world_size
 
 
 def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: int | None = None,
@@ -304,7 +300,7 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         batch_size: samples per batch on this rank.
         map_fn: picklable ``(Sample, epoch) -> dict`` (the pose pipeline); may raise
             :class:`SampleError` to skip a sample.
-        rank, world_size: this process's rank; default from ``torch.distributed`` (else 0, 1).
+        rank, world_size: this process's rank; default :func:`depthpi.dist.world_info`.
         num_workers: DataLoader worker processes (0: in this process).
         seed: run seed; the shard plan and shuffles depend on (seed, epoch).
         shuffle: shuffle shards and samples (training); False reads in stored order.

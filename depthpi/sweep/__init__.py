@@ -1,11 +1,10 @@
-"""SLURM sweeps of the thesis' ablations: spec expansion, submitit submission, status, tables.
+"""SLURM sweeps of the thesis' ablations (manual: ``docs/sweeps.md``).
 
-``spec`` expands a YAML spec into stages of elements (``resources``: a stage's sbatch
-terms; ``values``: what names and values may be and how they reach a job unchanged);
-``submit`` turns them into submitit job arrays (or local jobs) whose callable sets up the
-rendezvous and calls ``train(cfg)``; ``report`` reads sweep directories back (status,
-collected tables); ``cli`` is the ``depthpi sweep`` command line.
+``spec`` checks and expands a spec into job arrays of elements; ``submit`` hands them to
+submitit (job arrays, or local jobs) with a callable that joins the job's process group and
+calls ``train(cfg)``; ``report`` reads a sweep directory back (status, tables); ``cli`` is
+``depthpi sweep``.
 """
-from depthpi.sweep.spec import Element, Resources, SpecError, Stage, Sweep, load_spec
+from depthpi.sweep.spec import Element, JobArray, Resources, SpecError, Sweep, load_spec
 
-__all__ = ["Element", "Resources", "SpecError", "Stage", "Sweep", "load_spec"]
+__all__ = ["Element", "JobArray", "Resources", "SpecError", "Sweep", "load_spec"]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
-from depthpi.log import configure_logging
-from depthpi.sweep.spec import Sweep, load_spec
+from depthpi.sweep.spec import Kind, Sweep, load_spec
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The sweep arguments on ``parser`` (shared by ``depthpi sweep`` and ``launch/sweep.py``)."""
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``sweep`` on the ``depthpi`` sub-command parsers (``launch/sweep.py`` runs the same)."""
+    parser = subparsers.add_parser("sweep", help="submit a sweep of runs as SLURM job arrays; status; collect",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="a sweep spec (configs/sweeps/*.yaml), or 'status' / 'collect'")
     parser.add_argument("dir", nargs="?", help="sweep directory (with status / collect)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the sbatch files; submit nothing")
@@ -25,50 +25,39 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                                       "with collect: where the tables go")
     parser.add_argument("--var", action="append", default=[], metavar="KEY=VALUE",
                         help="value of a {KEY} placeholder of the spec (over its vars:)")
-    parser.add_argument("--no-validate", action="store_true",
-                        help="do not load every element's config before submitting")
     parser.set_defaults(func=run)
     return parser
 
 
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``sweep`` on the ``depthpi`` sub-command parsers."""
-    parser = subparsers.add_parser("sweep", help="submit a sweep of runs as SLURM job arrays; status; collect",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_sweep_arguments(parser)
-
-
 def validate(sweep: Sweep) -> None:
-    """Load every training element's config, so a typo fails here and not in a queued job."""
+    """Load every training element's config, so that a typo fails here and not in a queued job."""
     from depthpi.config import load_config
 
-    for element in sweep.elements:
-        if element.kind == "train":
-            try:
-                load_config(element.config, list(element.overrides))
-            except ValueError as err:
-                raise ValueError(f"sweep spec {sweep.spec_path}: element {element.name!r}: {err}") from None
+    for element in (e for e in sweep.elements if e.kind is Kind.train):
+        try:
+            load_config(element.config, element.overrides)
+        except ValueError as err:
+            raise ValueError(f"sweep spec {sweep.spec_path}: element {element.name!r}: {err}") from None
 
 
 def describe(sweep: Sweep, executor: str) -> str:
-    """The plan: stages, their resources and dependencies, each element's overrides (and sbatch files)."""
+    """The plan: arrays, their resources and dependencies, each element's overrides (and sbatch files)."""
     from depthpi.sweep.submit import sbatch_script
 
     lines = [f"sweep {sweep.name} ({sweep.spec_path}) -> {sweep.out_dir}", f"executor: {executor}"]
-    for stage in sweep.stages:
-        res = stage.resources
-        lines += ["", f"== stage {stage.name}: {stage.kind} array of {len(stage.elements)}"
-                      f"{' after ' + ', '.join(stage.after) if stage.after else ''}",
-                  f"   {res.nodes} node(s) x {res.tasks_per_node} task(s), {res.gpus_per_node} GPU(s)/node, "
-                  f"{res.cpus_per_task} CPU(s)/task, time {res.time_min} min, "
-                  f"at most {res.array_parallelism} at once"]
-        for i, element in enumerate(stage.elements):
-            # quoted as a shell would need them: one printed word per argument
-            what = shlex.join(element.command if element.kind == "command" else [element.config, *element.overrides])
-            lines.append(f"   [{i}] {element.name}: {what}")
+    for array in sweep.arrays:
+        res = array.resources
+        lines += ["", f"== array {array.name}: {array.kind.value} × {len(array.elements)}"
+                      f"{' after ' + ', '.join(array.after) if array.after else ''}",
+                  f"   {res.nodes} node(s) × {res.tasks} task(s), {res.gpus_per_node} GPU(s)/node, "
+                  f"{res.cpus_per_task} CPU(s)/task, time {res.time}, at most {res.array_parallelism} at once"]
+        for i, e in enumerate(array.elements):
+            what = shlex.join(e.command) if e.kind is Kind.command else \
+                " ".join([e.config, *(f"{k}={v!r}" for k, v in e.overrides.items())])
+            lines.append(f"   [{i}] {e.name}: {what}")
         if executor == "slurm":
-            dependency = "afterok:" + ":".join(f"JOBID_OF_{a}" for a in stage.after) if stage.after else None
-            lines += ["", f"--- sbatch file of stage {stage.name}", sbatch_script(stage, sweep, dependency)]
+            dependency = "afterok:" + ":".join(f"JOBID_OF_{a}" for a in array.after) if array.after else None
+            lines += ["", f"--- sbatch file of array {array.name}", sbatch_script(array, sweep, dependency)]
     return "\n".join(lines)
 
 
@@ -81,20 +70,18 @@ def run(args) -> None:
             raise ValueError(f"depthpi sweep {args.target}: give the sweep directory, e.g. runs/sweeps/table6.1")
         if args.target == "status":
             print(report.format_status(report.status(args.dir)))
-        else:
-            paths = report.collect(args.dir, args.out)
-            print(paths["markdown"].read_text())
-            print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+            return
+        paths = report.collect(args.dir, args.out)
+        print(paths["markdown"].read_text() + "\n".join(f"{k}: {v}" for k, v in paths.items()))
         return
-    variables = dict(_pair(v) for v in args.var)
-    sweep = load_spec(args.target, args.out, variables)
-    if not args.no_validate:
-        validate(sweep)
+    if any("=" not in v for v in args.var):
+        raise ValueError(f"--var {next(v for v in args.var if '=' not in v)!r}: expected KEY=VALUE")
+    sweep = load_spec(args.target, args.out, dict(v.split("=", 1) for v in args.var))
+    validate(sweep)
     print(describe(sweep, args.executor))
     if args.dry_run:
         print("\n(dry run: nothing submitted)")
-        return
-    if args.executor == "slurm":
+    elif args.executor == "slurm":
         from submitit.core.utils import FailedJobError
 
         try:
@@ -103,30 +90,11 @@ def run(args) -> None:
             raise SystemExit(f"depthpi sweep: sbatch failed ({' '.join(str(err).split())[:600]}); is a SLURM "
                              f"controller reachable from here (sinfo)? --executor local runs the sweep on this "
                              f"machine, --dry-run shows the sbatch files") from None
-        print("\n" + "\n".join(f"submitted stage {s}: job {j}" for s, j in job_ids.items()))
+        print("\n" + "\n".join(f"submitted array {a}: job {j}" for a, j in job_ids.items()))
         print(f"status: depthpi sweep status {sweep.out_dir}")
-        return
-    states = submit.run_local(sweep)
-    print("\n" + "\n".join(f"{name}: {state}" for name, state in states.items()))
-    if any(s != "done" for s in states.values()):
-        raise SystemExit(f"depthpi sweep: {sum(s != 'done' for s in states.values())} element(s) did not finish; "
-                         f"see depthpi sweep status {sweep.out_dir}")
-
-
-def _pair(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise ValueError(f"--var {text!r}: expected KEY=VALUE")
-    key, value = text.split("=", 1)
-    return key, value
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python launch/sweep.py …``: the same command line as ``depthpi sweep``."""
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog="sweep.py", description=__doc__,
-                                                         formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging()
-    try:
-        args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"depthpi sweep: {err}") from None
+    else:
+        states = submit.run_local(sweep)
+        print("\n" + "\n".join(f"{name}: {state}" for name, state in states.items()))
+        if any(s != "done" for s in states.values()):
+            raise SystemExit(f"depthpi sweep: {sum(s != 'done' for s in states.values())} element(s) did not "
+                             f"finish; see depthpi sweep status {sweep.out_dir}")

@@ -1,411 +1,407 @@
-"""Sweep specs: a YAML file of stages, each a job array of training runs or CLI commands.
+"""Sweep specs (``docs/sweeps.md``): an OmegaConf structured config of SLURM job arrays, expanded.
 
-A spec names, per stage, a base config and a ``grid`` and/or a list of ``elements`` of
-overrides, plus the SLURM ``resources`` of every job of the stage. Expansion turns it
-into elements, each with its name, its full override list (``run.out_dir`` pointing to
-``<sweep_dir>/<name>``) and the overrides that distinguish it from its siblings::
-
-    name: seeds                          # default: the spec file's stem
-    out: runs/sweeps/seeds               # default: runs/sweeps/<name>; --out wins
-    vars: {teacher: runs/3.2/export/last.pt}   # {teacher} in values; {sweep_dir} built in
-    resources: {nodes: 1, gpus_per_node: 8, cpus_per_task: 10, mem_gb: 400, time: "24:00:00",
-                partition: gpu, array_parallelism: 4}
-    overrides: {data.num_workers: 8, run.deepspeed.zero_stage: 2}   # every training element
-    stages:
-      - name: baselines
-        elements:                        # a list: one element each (× the grid, if any)
-          - {config: configs/baseline/1.1.yaml}
-          - {name: "1.2", config: configs/baseline/1.2.yaml, overrides: {optim.lr: 1.0e-4}}
-        grid: {run.seed: [0, 1, 2]}      # the product of the axes
-      - name: precompute                 # a command array: one job per index
-        after: [baselines]               # afterok dependency (default: the previous stage)
-        command: "precompute --shards shards/x --shard-index {index} --num-shards {count}"
-        count: 8
-
-A spec without ``stages:`` holds one stage at top level (``config``, ``grid``, ...).
-Relative paths in a spec are relative to the working directory, as on the command line.
-Precision and DeepSpeed are run-config keys (``run.precision``, ``run.deepspeed.*``), given
-as overrides like any other; SLURM sets the process layout.
-
-Values are never re-read by a shell: a command is split into arguments once, as written
-(a string like a shell line, or a list), and a placeholder fills a single argument, so a
-value with spaces, quotes or a leading ``--`` stays one argument; an override value is
-written so that OmegaConf reads back the same string. Sweep, stage and element names are
-``[A-Za-z0-9._-]`` (they name directories and jobs), every run directory is a folder of the
-sweep directory, and no resource value may hold a control character (``values.py``).
+OmegaConf checks keys and types; the checks here are what it cannot know: names become
+directories and job names, no string may start a line of its own in an sbatch file, run
+directories stay in the sweep directory. Overrides travel as values, merged into the run
+config by OmegaConf; a ``{var}`` fills one value or one command argument, never split again.
 """
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import re
 import shlex
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from yaml import YAMLError
 
-from depthpi.sweep.resources import Resources, parse_resources
-from depthpi.sweep.values import (NAME_MAX_BYTES, RESERVED_NAMES, VAR, SpecError, argument_problem, check_run_dir,
-                                  checked_key, checked_name, checked_text, dotlist_value, explicit_name, fail)
-
-__all__ = ["Element", "Resources", "SpecError", "Stage", "Sweep", "load_spec"]
-
-_SPEC_KEYS = {"name", "out", "vars", "resources", "overrides", "stages"}
-_STAGE_KEYS = {"name", "kind", "config", "grid", "elements", "overrides", "resources", "after", "command", "count"}
-_ELEMENT_KEYS = {"name", "config", "overrides"}
-_PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {name}, but not OmegaConf's ${name}
-_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
-_BUILT_IN_VARS = ("sweep_dir", "index", "count")
-_NO_ACCELERATE = ("no accelerate config: precision and DeepSpeed are keys of the run config, set as overrides like "
-                  "any other (e.g. run.precision=bf16, run.deepspeed.zero_stage=2; in a spec: overrides: "
-                  "{run.deepspeed.zero_stage: 2}), and SLURM sets the process layout (resources: nodes, gpus_per_node)")
+NAME = re.compile(r"[A-Za-z0-9._-]+")
+KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")  # a config key: a.b.c
+VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")  # {name}, not OmegaConf's ${name}
+SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")  # M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+NAME_MAX, ARG_MAX, RUN_DIR_MAX = 255, 131072, 3840  # bytes: a file name, an exec argument, PATH_MAX less room
+RESERVED_NAMES = frozenset({"submitit", "sweep.json", "results.md", "results.csv", "results.png"})
+BUILT_IN_VARS = ("sweep_dir", "index", "count")
+HINTS = {"accelerate": " (precision and DeepSpeed are run-config keys, overrides like any other: run.precision=bf16, "
+                       "run.deepspeed.zero_stage=2; SLURM sets the process layout: nodes, tasks_per_node)"}
 
 
-class _SpecLoader(yaml.SafeLoader):
-    """YAML 1.1 without base-60 integers: an unquoted ``time: 4:00:00`` stays the string
-    SLURM means (4 h), not PyYAML's int 14400 (which would read as 14400 minutes)."""
+class SpecError(ValueError):
+    """A spec that cannot be expanded; the message names the file, the key and what was expected."""
 
 
-_SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if not (tag == "tag:yaml.org,2002:int" and regexp.match("1:00"))]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_SpecLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"))
+def fail(key: str, expected: str, got) -> SpecError:
+    return SpecError(f"key {key or '<top level>'!r}: expected {expected}, got {got!r}")
 
 
+class Kind(str, Enum):
+    train = "train"
+    command = "command"
 
-@dataclass(frozen=True)
-class Element:
-    """One job of an array: a training run (``kind='train'``) or a depthpi CLI command.
 
-    Attributes:
-        name: unique in the sweep; also the run directory's name.
-        stage: name of the stage (job array) it belongs to.
-        run_dir: ``<sweep_dir>/<name>`` (absolute); ``run.out_dir`` of a training run.
-        config: base config file (absolute) of a training run.
-        overrides: full dotlist for ``load_config`` (spec, stage, element, grid, out_dir).
-        varied: the element- and grid-level overrides that tell it from its siblings.
-        command: depthpi CLI arguments of a command element (after ``depthpi``).
-    """
+@dataclass
+class Resources:
+    """What every job of an array asks SLURM for. ``tasks_per_node``: ranks per node, default
+    ``gpus_per_node`` (a task per GPU) or 1; ``time``: as sbatch's ``--time``, quoted ("90" minutes,
+    "4:00:00", "1-12:00:00"); ``setup``: shell lines before ``srun``."""
+
+    nodes: int = 1
+    tasks_per_node: int | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float | None = None
+    time: str = "1:00:00"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 16
+    signal_delay_s: int = 120
+    max_requeue: int = 3
+    setup: list[str] = field(default_factory=list)
+
+    @property
+    def tasks(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def minutes(self) -> int:
+        """``time`` in minutes, as sbatch reads it (seconds round up)."""
+        days, first, second, third = SLURM_TIME.fullmatch(self.time.strip()).groups()
+        hours, minutes, seconds = (first, second, third) if days or third else (0, first, second)
+        return int(days or 0) * 1440 + int(hours) * 60 + int(minutes or 0) + bool(int(seconds or 0))
+
+
+_MINIMUM = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "array_parallelism": 1,
+            "signal_delay_s": 0, "max_requeue": 0}
+
+
+@dataclass
+class ElementSpec:
+    name: str | int | None = None
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArraySpec:
+    """One job array; ``command``: a string split once like a shell line, or a list of arguments."""
+
+    name: str | int | None = None
+    kind: Kind | None = None  # default: command where ``command`` is given, else train
+    config: str | None = None
+    elements: list[Any] | None = None
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    after: list[str] | None = None  # default: the previous array
+    command: Any = None
+    count: int = 1
+
+
+@dataclass
+class SweepSpec(ArraySpec):
+    """The file: ``name``, ``out``, ``vars``, and ``config``, ``overrides``, ``resources`` for
+    every array; the ``arrays``, or without them the top level is the one array."""
+
+    out: str | None = None
+    vars: dict[str, Any] = field(default_factory=dict)
+    arrays: list[Any] | None = None
+
+
+class Element(NamedTuple):
+    """One job: a training run (``config`` and ``overrides``, dotted key → value, merged in
+    this order) or a depthpi CLI ``command``."""
 
     name: str
-    stage: str
-    kind: str
+    array: str
+    kind: Kind
     run_dir: str
     config: str | None = None
-    overrides: tuple[str, ...] = ()
-    varied: tuple[tuple[str, str], ...] = ()
-    command: tuple[str, ...] = ()
+    overrides: dict = {}
+    command: tuple = ()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "stage": self.stage, "kind": self.kind, "run_dir": self.run_dir,
-                "config": self.config, "overrides": list(self.overrides), "varied": dict(self.varied),
-                "command": list(self.command)}
+        return {**self._asdict(), "kind": self.kind.value, "command": list(self.command)}
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One SLURM job array; ``after`` names the stages it waits for (``afterok``)."""
-
+class JobArray(NamedTuple):
     name: str
-    kind: str
-    elements: tuple[Element, ...]
+    kind: Kind
+    elements: tuple
     resources: Resources
-    after: tuple[str, ...] = ()
+    after: tuple = ()
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """An expanded spec: where it runs and its stages in submission order."""
-
+class Sweep(NamedTuple):
     name: str
     spec_path: str
     out_dir: str
-    stages: tuple[Stage, ...] = field(default_factory=tuple)
+    arrays: tuple = ()
 
     @property
     def elements(self) -> list[Element]:
-        return [e for s in self.stages for e in s.elements]
+        return [e for a in self.arrays for e in a.elements]
 
 
-def _substitute(text: str, values: dict[str, str], spec: str, key: str) -> str:
-    """Replace ``{var}`` placeholders (not OmegaConf ``${…}``) by their values."""
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _typed(schema, raw, where: str) -> dict:
+    """``raw`` checked against a dataclass by OmegaConf, as a plain dict with the defaults filled in."""
+    if not isinstance(raw, dict):
+        raise fail(where, f"a mapping of {schema.__name__} keys", raw)
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), raw), resolve=False)
+    except TypeError:  # a list where a mapping belongs or the reverse: OmegaConf names no key, so find it
+        for key, value in raw.items():
+            try:
+                OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+            except TypeError:
+                raise fail(_at(where, key), f"a {'list' if isinstance(value, dict) else 'mapping'}", value) from None
+            except OmegaConfBaseException:
+                pass
+        raise
+    except OmegaConfBaseException as err:
+        hint = HINTS.get(str(err.full_key), "") if isinstance(err, ConfigKeyError) else ""
+        key = _at(where, err.full_key) or "<top level>"
+        raise SpecError(f"key {key!r}: {str(err.msg).splitlines()[0]}{hint}") from None
+
+
+def _control(text: str) -> str | None:
+    """The first control or invisible format character of ``text`` as ``U+000A``, or None."""
+    return next((f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+
+
+def _refuse_control_characters(node, key: str = "") -> None:
+    """No string of a spec may hold a control character: in an sbatch file it would start a line."""
+    if isinstance(node, str) and _control(node):
+        raise fail(key, f"a value without control characters (found {_control(node)})", node)
+    for sub, value in (node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()):
+        _refuse_control_characters(value, f"{key}[{sub}]" if isinstance(node, list) else _at(key, str(sub)))
+
+
+def _name(value, key: str, origin: str, reserved: frozenset = frozenset()) -> str:
+    """A sweep, array or element name: it names a directory and a job."""
+    name = str(value)
+    problem = ("only letters A-Z a-z, digits, '.', '_' and '-' are allowed" if not NAME.fullmatch(name) else
+               "'.' and '..' name directories that already exist" if set(name) == {"."} else
+               f"at most {NAME_MAX} characters (a directory name)" if len(name.encode()) > NAME_MAX else
+               "the sweep directory keeps a file or folder of that name" if name in reserved else None)
+    if problem:
+        raise SpecError(f"key {key!r}: {origin} {name!r} cannot name a run directory or job: {problem}")
+    return name
+
+
+def _fill(value, values: dict[str, str], key: str):
+    """``value`` with ``{var}`` placeholders filled into every string in it."""
     def replace(match: re.Match) -> str:
         if match.group(1) not in values:
-            raise fail(spec, key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
+            raise fail(key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
         return values[match.group(1)]
-    return _PLACEHOLDER.sub(replace, checked_text(text, spec, key))
+
+    if isinstance(value, (list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        filled = {k: _fill(v, values, key) for k, v in items}
+        return filled if isinstance(value, dict) else list(filled.values())
+    return PLACEHOLDER.sub(replace, value) if isinstance(value, str) else value
 
 
-def _filled(value, values: dict[str, str], spec: str, key: str):
-    """A YAML value with placeholders filled into every string in it (lists and mappings included)."""
-    if isinstance(value, str):
-        return _substitute(value, values, spec, key)
-    if isinstance(value, list):
-        return [_filled(v, values, spec, key) for v in value]
-    if isinstance(value, dict):
-        return {k: _filled(v, values, spec, key) for k, v in value.items()}
-    return value
+def _overrides(raw: dict, where: str, values: dict[str, str]) -> dict:
+    """``{dotted key: value}``, values as YAML read them, placeholders filled in."""
+    for key in raw:
+        if not isinstance(key, str) or not KEY.fullmatch(key):
+            raise fail(_at(where, str(key)), "a config key such as 'optim.lr' (letters, digits, '_', dots)", key)
+    return {k: _fill(v, values, _at(where, k)) for k, v in raw.items()}
 
 
-def _overrides(raw, spec: str, key: str, values: dict[str, str]) -> list[tuple[str, str]]:
-    """A mapping ``{key: value}`` or a list of ``key=value`` strings → ordered (key, dotlist text) pairs.
-
-    A mapping's values are YAML values; a list entry's text is taken as typed on a command
-    line, except that where it holds a placeholder the filled-in text is one string.
-    """
-    if raw is None:
-        return []
-    if isinstance(raw, dict):
-        return [(checked_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}")))
-                for k, v in raw.items()]
-    if not (isinstance(raw, list) and all(isinstance(x, str) and "=" in x for x in raw)):
-        raise fail(spec, key, "a mapping {a.b: value} or a list of 'a.b=value' strings", raw)
-    pairs = []
-    for i, entry in enumerate(raw):
-        name, text = entry.split("=", 1)
-        at = f"{key}[{i}]"
-        filled = _substitute(text, values, spec, at)
-        pairs.append((checked_key(name, spec, at), dotlist_value(filled) if _PLACEHOLDER.search(text) else filled))
-    return pairs
+def _run_dir(sweep_dir: Path, name: str, key: str) -> str:
+    """``<sweep_dir>/<name>``, refused where it resolves elsewhere (a symlink) or leaves no room below it."""
+    resolved = (sweep_dir / name).resolve()
+    if resolved.parent != sweep_dir:
+        raise SpecError(f"key {key!r}: run directory {sweep_dir / name} resolves to {resolved}, "
+                        f"which is not a folder of the sweep directory {sweep_dir}")
+    if len(str(resolved).encode()) > RUN_DIR_MAX:
+        raise SpecError(f"key {key!r}: run directory {str(resolved)[:120]}… is longer than "
+                        f"{RUN_DIR_MAX} bytes; the files under it would pass the system's path limit")
+    return str(resolved)
 
 
-def _token(key: str, value: str) -> str:
-    """Name fragment of one grid coordinate: ``run.seed=0`` → ``seed-0``."""
-    return f"{key.rsplit('.', 1)[-1]}-{_TOKEN_UNSAFE.sub('_', value).strip('_')}"
-
-
-def _grid(raw, spec: str, key: str, values: dict[str, str]) -> list[list[tuple[str, str]]]:
-    """All points of a ``{key: [values]}`` grid, in the spec's axis order (empty grid → [[]])."""
-    if raw is None:
-        return [[]]
-    if not isinstance(raw, dict) or not all(isinstance(v, list) and v for v in raw.values()):
-        raise fail(spec, key, "a mapping of override keys to non-empty lists of values", raw)
-    axes = [[(checked_key(k, spec, f"{key}.{k}"), dotlist_value(_filled(v, values, spec, f"{key}.{k}"))) for v in vs]
-            for k, vs in raw.items()]
-    return [list(point) for point in itertools.product(*axes)]
-
-
-def _path(value, spec: str, key: str, must_exist: bool = True) -> str:
-    if not isinstance(value, str) or not value:
-        raise fail(spec, key, "a file path", value)
-    path = Path(value).expanduser().resolve()
-    if must_exist and not path.is_file():
-        raise fail(spec, key, "an existing file", value)
-    return str(path)
-
-
-def _row_name(row: dict, named_by_config: bool, config: str, spec: str, key: str, config_key: str) -> tuple[str, str]:
-    """The element's own name part and the key it comes from: its ``name:``, else its config
-    file's stem, else (a grid-only stage) nothing: the grid values name the elements."""
-    if "name" in row:
-        name = explicit_name(row["name"], spec, f"{key}.name")
-        return checked_name(name, spec, f"{key}.name", "element name", RESERVED_NAMES), f"{key}.name"
-    if not named_by_config:
-        return "", key
-    origin = f"the name taken from config file {Path(config).name!r} (give the element a 'name:'):"
-    return checked_name(Path(config).stem, spec, config_key, origin, RESERVED_NAMES), config_key
-
-
-def _train_elements(raw: dict, stage: str, sweep_dir: Path, common: list[tuple[str, str]],
-                    values: dict[str, str], spec: str, where: str) -> list[Element]:
-    """Elements × grid points of a training stage, each with its overrides and run dir."""
-    rows = raw.get("elements")
-    if rows is not None and (not isinstance(rows, list) or not rows):
-        raise fail(spec, f"{where}.elements", "a non-empty list of {name, config, overrides}", rows)
-    stage_overrides = common + _overrides(raw.get("overrides"), spec, f"{where}.overrides", values)
-    points = _grid(raw.get("grid"), spec, f"{where}.grid", values)
+def _train_elements(row: dict, array: str, where: str, ctx: dict) -> list[Element]:
+    """Elements × grid points of a training array, each with its overrides and run directory."""
+    values, rows = ctx["values"], row["elements"] or None
+    common = {**ctx["overrides"], **_overrides(row["overrides"], _at(where, "overrides"), values)}
+    if any(not options for options in row["grid"].values()):
+        raise fail(_at(where, "grid"), "non-empty lists of values", row["grid"])
+    grid = _overrides(row["grid"], _at(where, "grid"), values)
+    points = [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
     elements = []
-    for i, row in enumerate(rows or [{}]):
-        key = f"{where}.elements[{i}]" if rows is not None else where
-        if not isinstance(row, dict) or set(row) - _ELEMENT_KEYS:
-            raise fail(spec, key, f"a mapping with keys among {sorted(_ELEMENT_KEYS)}", row)
-        config = row.get("config", raw.get("config"))
-        if config is None:
-            raise fail(spec, f"{key}.config", "a config file (here or in the stage's 'config')", None)
-        config_key = f"{key}.config" if "config" in row else f"{where}.config"
-        config = _path(config, spec, config_key)
-        named_by_config = rows is not None or raw.get("grid") is None
-        row_name, name_key = _row_name(row, named_by_config, config, spec, key, config_key)
-        row_overrides = _overrides(row.get("overrides"), spec, f"{key}.overrides", values)
+    for i, entry in enumerate(rows or [{}]):
+        key = _at(where, f"elements[{i}]") if rows is not None else where
+        entry = _typed(ElementSpec, entry, key)
+        given = entry["config"] or row["config"] or ctx["config"]
+        config_key = _at(key if entry["config"] else where if row["config"] else "", "config")
+        config = Path(given or "").expanduser().resolve()
+        if not given or not config.is_file():
+            raise fail(config_key, "an existing config file (the element's, array's or sweep's 'config')", given)
+        if entry["name"] is not None:
+            own = _name(entry["name"], _at(key, "name"), "element name", RESERVED_NAMES)
+        elif rows is not None or not grid:
+            own = _name(config.stem, config_key, f"the name taken from config file {config.name!r} (give the element "
+                                                 "a 'name:'):", RESERVED_NAMES)
+        else:
+            own = ""  # a grid-only array: the grid values name the elements
+        varied = _overrides(entry["overrides"], _at(key, "overrides"), values)
         for point in points:
-            name = "_".join([p for p in [row_name, *(_token(k, v) for k, v in point)] if p]) or stage
-            at = f"{where}.grid" if point else name_key
-            name = checked_name(name, spec, at, "element name", RESERVED_NAMES)
-            run_dir = sweep_dir / name
-            check_run_dir(run_dir, sweep_dir, spec, at)
-            pairs = stage_overrides + row_overrides + point + [("run.out_dir", dotlist_value(str(run_dir)))]
-            elements.append(Element(name=name, stage=stage, kind="train", run_dir=str(run_dir), config=config,
-                                    overrides=tuple(f"{k}={v}" for k, v in pairs),
-                                    varied=tuple(row_overrides + point)))
+            texts = [(k.rsplit(".", 1)[-1], v if isinstance(v, str) else json.dumps(v)) for k, v in point.items()]
+            tokens = [f"{k}-{re.sub(r'[^A-Za-z0-9.-]+', '_', v).strip('_')}" for k, v in texts]
+            at = _at(where, "grid") if point else (_at(key, "name") if entry["name"] is not None else config_key)
+            name = _name("_".join(t for t in [own, *tokens] if t) or array, at, "element name", RESERVED_NAMES)
+            run_dir = _run_dir(ctx["sweep_dir"], name, at)
+            elements.append(Element(name, array, Kind.train, run_dir, str(config),
+                                    {**common, **varied, **point, "run.out_dir": run_dir}))
     return elements
 
 
-def _command_template(command, spec: str, key: str) -> list[str]:
-    """A command stage's arguments as written: a list as it is, a string split once like a shell line.
-
-    Placeholders are filled into single arguments afterwards, so what they hold is never split.
-    """
-    if isinstance(command, str):
-        try:
-            args = shlex.split(command)
-        except ValueError as err:  # "No closing quotation", in the spec's own text
-            raise fail(spec, key, f"a command line that splits into arguments ({err})", command) from None
-    elif isinstance(command, list) and all(isinstance(c, (str, int, float)) and not isinstance(c, bool)
-                                           for c in command):
-        args = [str(c) for c in command]
-    else:
-        args = []
-    args = args[1:] if args[:1] == ["depthpi"] else args
-    if not args:
-        raise fail(spec, key, "a depthpi CLI command (a string, or a list of arguments)", command)
-    return args
-
-
-def _command_elements(raw: dict, stage: str, sweep_dir: Path, values: dict[str, str], spec: str,
-                      where: str) -> list[Element]:
-    """One element per index 0..count-1 of a command stage, ``{index}``/``{count}`` filled in."""
-    count = raw.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise fail(spec, f"{where}.count", "a positive integer (array size)", count)
-    key = f"{where}.command"
-    template = _command_template(raw["command"], spec, key)
+def _command_elements(row: dict, array: str, where: str, ctx: dict) -> list[Element]:
+    """One element per index of a command array, ``{index}`` and ``{count}`` filled in."""
+    key, command, count = _at(where, "command"), row["command"], row["count"]
+    if count < 1:
+        raise fail(_at(where, "count"), "a positive integer (array size)", count)
+    listed = isinstance(command, list) and all(isinstance(c, (str, int, float)) and not isinstance(c, bool)
+                                               for c in command)
+    try:
+        template = shlex.split(command) if isinstance(command, str) else [str(c) for c in command] if listed else []
+    except ValueError as err:  # "No closing quotation", in the spec's own text
+        raise fail(key, f"a command line that splits into arguments ({err})", command) from None
+    template = template[1:] if template[:1] == ["depthpi"] else template
+    if not template:
+        raise fail(key, "a depthpi CLI command (a string, or a list of arguments)", command)
     elements = []
     for index in range(count):
-        local = {**values, "index": str(index), "count": str(count)}
-        args = tuple(_substitute(arg, local, spec, key) for arg in template)
-        for arg in args:
-            problem = argument_problem(arg)
-            if problem:
-                shown = arg if len(arg) < 200 else arg[:200] + "…"
-                raise SpecError(f"sweep spec {spec}: key {key!r}: argument {shown!r} cannot be passed to a job: "
-                                f"{problem}")
-        name = checked_name(f"{stage}-{index}" if count > 1 else stage, spec, f"{where}.name", "element name",
-                             RESERVED_NAMES)
-        check_run_dir(sweep_dir / name, sweep_dir, spec, f"{where}.name")
-        elements.append(Element(name=name, stage=stage, kind="command", run_dir=str(sweep_dir / name),
-                                command=args, varied=(("index", str(index)),)))
+        args = tuple(_fill(arg, {**ctx["values"], "index": str(index), "count": str(count)}, key) for arg in template)
+        long = next((a for a in args if len(a.encode()) > ARG_MAX), None)
+        if long:
+            raise fail(key, f"arguments of at most {ARG_MAX} bytes (one argument of a command)", long[:99] + "…")
+        name = _name(f"{array}-{index}" if count > 1 else array, _at(where, "name"), "element name", RESERVED_NAMES)
+        elements.append(Element(name, array, Kind.command, _run_dir(ctx["sweep_dir"], name, _at(where, "name")),
+                                command=args))
     return elements
 
 
-def _refuse_accelerate(raw: dict, spec: str, key: str) -> None:
-    if "accelerate" in raw:
-        raise SpecError(f"sweep spec {spec}: key {key!r}: {_NO_ACCELERATE}; remove the key")
+def _resources(base: Resources, raw: dict, where: str) -> Resources:
+    """``base`` updated by a ``resources:`` mapping, checked."""
+    if not isinstance(raw.get("time", ""), str):
+        raise fail(_at(where, "time"), 'a SLURM time as a quoted string ("90" minutes, "4:00:00", "1-12:00:00"); '
+                                       "unquoted, YAML reads 4:00:00 as 14400", raw["time"])
+    res = Resources(**_typed(Resources, {**asdict(base), **raw}, where))
+    for key, low in _MINIMUM.items():
+        if getattr(res, key) is not None and getattr(res, key) < low:
+            raise fail(_at(where, key), f"an integer >= {low}", getattr(res, key))
+    if res.mem_gb is not None and not (math.isfinite(res.mem_gb) and res.mem_gb > 0):
+        raise fail(_at(where, "mem_gb"), "a positive number of GB or null", res.mem_gb)
+    if res.gpus_per_node and res.tasks_per_node not in (None, res.gpus_per_node):
+        raise fail(_at(where, "tasks_per_node"), f"{res.gpus_per_node} (one task per GPU) or null", res.tasks_per_node)
+    if not SLURM_TIME.fullmatch(res.time.strip()) or not res.minutes:
+        raise fail(_at(where, "time"), "a positive SLURM time: 'M', 'M:S', 'H:M:S', 'D-H', 'D-H:M', 'D-H:M:S'",
+                   res.time)
+    return res
 
 
-def _stage(raw, index: int, previous: list[str], defaults: dict, sweep_dir: Path, values: dict[str, str],
-           spec: str) -> Stage:
-    """One ``stages:`` entry (or the top level of a single-stage spec) → a Stage."""
-    where = f"stages[{index}]" if defaults["staged"] else "<top level>"
-    if not isinstance(raw, dict):
-        raise fail(spec, where, "a mapping", raw)
-    _refuse_accelerate(raw, spec, f"{where}.accelerate")
-    unknown = sorted(set(raw) - _STAGE_KEYS - (set() if defaults["staged"] else _SPEC_KEYS), key=str)
-    if unknown:
-        raise fail(spec, f"{where}.{unknown[0]}", f"one of {sorted(_STAGE_KEYS)}", unknown[0])
-    name = explicit_name(raw.get("name", f"stage{index}"), spec, f"{where}.name") if defaults["staged"] else "main"
-    checked_name(name, spec, f"{where}.name", "stage name")
-    if name in previous:
-        raise fail(spec, f"{where}.name", f"a name no earlier stage has ({previous})", name)
-    kind = raw.get("kind", "command" if "command" in raw else "train")
-    if kind not in ("train", "command") or (kind == "command") != ("command" in raw):
-        raise fail(spec, f"{where}.kind", "'train' (config/grid/elements) or 'command' (with 'command:')", kind)
-    after = raw.get("after", previous[-1:])
-    after = [after] if isinstance(after, str) else after
-    if not isinstance(after, list) or any(a not in previous for a in after):
-        raise fail(spec, f"{where}.after", f"names of earlier stages among {previous}", after)
-    resources = parse_resources(raw.get("resources"), defaults["resources"], spec, f"{where}.resources")
-    if kind == "train":
-        elements = _train_elements(raw, name, sweep_dir, defaults["overrides"], values, spec, where)
-    else:
-        elements = _command_elements(raw, name, sweep_dir, values, spec, where)
-    return Stage(name=name, kind=kind, elements=tuple(elements), resources=resources, after=tuple(after))
+def _array(raw, index: int, earlier: list[JobArray], ctx: dict) -> JobArray:
+    """One entry of ``arrays:`` (or the top level of a single-array spec) → a JobArray."""
+    listed, names = ctx["listed"], [a.name for a in earlier]
+    where = f"arrays[{index}]" if listed else ""
+    row = _typed(ArraySpec, raw, where) if listed else raw
+    name = _name(f"array{index}" if row["name"] is None else row["name"], _at(where, "name"), "array name") \
+        if listed else "main"
+    if name in names:
+        raise fail(_at(where, "name"), f"a name no earlier array has ({names})", name)
+    kind = Kind.command if row["command"] is not None else Kind.train
+    if row["kind"] not in (None, kind):
+        raise fail(_at(where, "kind"), "'command' with a 'command:', else 'train'", row["kind"].value)
+    after = names[-1:] if row["after"] is None else row["after"]
+    if any(a not in names for a in after):
+        raise fail(_at(where, "after"), f"names of earlier arrays among {names}", after)
+    resources = _resources(ctx["resources"], row["resources"] if listed else {}, _at(where, "resources"))
+    make = _train_elements if kind is Kind.train else _command_elements
+    return JobArray(name, kind, tuple(make(row, name, where, ctx)), resources, tuple(after))
 
 
-def _sweep_name(raw: dict, path: Path, spec: str) -> str:
-    if "name" in raw:
-        return checked_name(explicit_name(raw["name"], spec, "name"), spec, "name", "sweep name")
-    return checked_name(path.stem, spec, "name", "the name taken from the spec file's name (give the spec a "
-                                                  "'name:'):")
-
-
-def _sweep_dir(out, raw: dict, name: str, spec: str) -> Path:
-    """The sweep's output directory: ``--out``, else the spec's ``out:``, else ``runs/sweeps/<name>``.
-
-    Its path goes into every job's log paths, where SLURM and submitit expand ``%j``, ``%A``,
-    ... and a backslash turns SLURM's expansion off: neither ``%`` nor ``\\`` may appear in it.
-    """
-    key, value = ("--out", out) if out is not None else ("out", raw.get("out") or f"runs/sweeps/{name}")
-    if not isinstance(value, (str, Path)) or not str(value).strip():
-        raise fail(spec, key, "a directory path", value)
-    text = checked_text(str(value), spec, key)
-    if "%" in text or "\\" in text:
-        raise fail(spec, key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths)",
-                   text)
-    path = Path(text).expanduser().resolve()
-    long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX_BYTES), None)
+def _sweep_dir(out, data: dict, name: str) -> Path:
+    """``--out``, else the spec's ``out:``, else ``runs/sweeps/<name>``. SLURM and submitit expand
+    ``%j``, ``%A``… in log paths under it, and a backslash stops SLURM's expansion."""
+    key, value = ("--out", str(out)) if out is not None else ("out", data["out"] or f"runs/sweeps/{name}")
+    if not value.strip() or _control(value) or "%" in value or "\\" in value:
+        raise fail(key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths) or "
+                        f"control characters{f' (found {_control(value)})' if _control(value) else ''}", value)
+    path = Path(value).expanduser().resolve()
+    long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX), None)
     if long_part:
-        raise fail(spec, key, f"a path whose folder names have at most {NAME_MAX_BYTES} bytes", long_part[:80] + "…")
+        raise fail(key, f"a path whose folder names have at most {NAME_MAX} bytes", long_part[:80] + "…")
     return path
 
 
-def _variables(spec_vars, cli_vars: dict | None, sweep_dir: Path, spec: str) -> dict[str, str]:
+def _variables(given: dict, cli: dict, sweep_dir: Path) -> dict[str, str]:
     """Placeholder values: the spec's ``vars:``, then ``--var`` (which wins), then ``sweep_dir``."""
-    if not isinstance(spec_vars, dict):
-        raise fail(spec, "vars", "a mapping of placeholder names to values", spec_vars)
     values = {}
-    for source, given in (("vars", spec_vars), ("--var", cli_vars or {})):
-        for name, value in given.items():
-            key = f"vars.{name}" if source == "vars" else f"--var {name}"
-            if not isinstance(name, str) or not VAR.fullmatch(name) or name in _BUILT_IN_VARS:
-                raise fail(spec, key, f"a placeholder name of letters, digits and '_', other than the built-in "
-                                      f"{', '.join(_BUILT_IN_VARS)}", name)
-            if isinstance(value, (list, dict)) or value is None or value == "":
-                raise fail(spec, key, "a non-empty text or number", value)
-            values[name] = checked_text(value if isinstance(value, str) else dotlist_value(value), spec, key)
+    for key, name, value in [*((f"vars.{n}", n, v) for n, v in given.items()),
+                             *((f"--var {n}", n, v) for n, v in cli.items())]:
+        if not VAR.fullmatch(str(name)) or name in BUILT_IN_VARS:
+            raise fail(key, f"a placeholder name of letters, digits and '_', other than the built-in "
+                            f"{', '.join(BUILT_IN_VARS)}", name)
+        if isinstance(value, (list, dict)) or value is None or value == "":
+            raise fail(key, "a non-empty text or number", value)
+        _refuse_control_characters(value, key)
+        values[name] = value if isinstance(value, str) else json.dumps(value)
     return {**values, "sweep_dir": str(sweep_dir)}
 
 
-def load_spec(path: str | Path, out: str | Path | None = None, variables: dict[str, str] | None = None) -> Sweep:
-    """Read and expand a sweep spec.
+def load_spec(path: str | Path, out: str | Path | None = None, variables: dict | None = None) -> Sweep:
+    """Read, check and expand a spec (``out``, ``variables``: ``--out``, ``--var``, over ``out:``, ``vars:``).
 
-    Args:
-        path: the spec YAML.
-        out: sweep directory (default: the spec's ``out:``, else ``runs/sweeps/<name>``).
-        variables: values for ``{name}`` placeholders, over the spec's ``vars:``.
-
-    Raises:
-        SpecError: naming the file and key at fault and what was expected.
-    """
-    spec = str(path)
+    Raises SpecError naming the file and key at fault and what was expected."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"sweep spec not found: {path}")
-    raw = yaml.load(Path(path).read_text(), Loader=_SpecLoader)
-    if not isinstance(raw, dict):
-        raise fail(spec, "<top level>", "a mapping", raw)
-    _refuse_accelerate(raw, spec, "accelerate")
-    staged = "stages" in raw
-    unknown = sorted(set(raw) - _SPEC_KEYS - (set() if staged else _STAGE_KEYS), key=str)
-    if unknown:
-        raise fail(spec, unknown[0], f"one of {sorted(_SPEC_KEYS | _STAGE_KEYS)}", unknown[0])
-    name = _sweep_name(raw, Path(path), spec)
-    sweep_dir = _sweep_dir(out, raw, name, spec)
-    values = _variables(raw.get("vars") or {}, variables, sweep_dir, spec)
-    defaults = {"staged": staged,
-                "resources": parse_resources(raw.get("resources"), Resources(), spec, "resources"),
-                "overrides": _overrides(raw.get("overrides"), spec, "overrides", values)}
-    # A single-stage spec: the top-level keys that are not spec-wide form the stage.
-    stages_raw = raw["stages"] if staged else [{k: v for k, v in raw.items() if k not in _SPEC_KEYS}]
-    if not isinstance(stages_raw, list) or not stages_raw:
-        raise fail(spec, "stages", "a non-empty list of stages", stages_raw)
-    stages: list[Stage] = []
-    for index, stage_raw in enumerate(stages_raw):
-        stages.append(_stage(stage_raw, index, [s.name for s in stages], defaults, sweep_dir, values, spec))
-    names = [e.name for s in stages for e in s.elements]
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (YAMLError, OmegaConfBaseException) as err:
+        raise SpecError(f"sweep spec {path}: not valid YAML ({' '.join(str(err).split())})") from None
+    try:
+        return _expand(Path(path), raw, out, variables or {})
+    except SpecError as err:
+        raise SpecError(f"sweep spec {path}: {err}") from None
+
+
+def _expand(path: Path, raw, out, variables: dict) -> Sweep:
+    _refuse_control_characters(raw)
+    data = _typed(SweepSpec, raw, "")
+    listed = data["arrays"] is not None
+    misplaced = [k for k in ("kind", "elements", "grid", "after", "command") if data[k] not in (None, {})]
+    if listed and (misplaced or not data["arrays"]):
+        key = misplaced[0] if misplaced else "arrays"
+        raise fail(key, "a non-empty list of arrays, and no array key beside it (give it inside an array)", data[key])
+    name = _name(path.stem if data["name"] is None else data["name"], "name", "sweep name" if data["name"] is not None
+                 else "the name taken from the spec file's name (give the spec a 'name:'):")
+    sweep_dir = _sweep_dir(out, data, name)
+    values = _variables(data["vars"], variables, sweep_dir)
+    ctx = {"listed": listed, "sweep_dir": sweep_dir, "values": values, "config": data["config"],
+           "overrides": _overrides(data["overrides"], "overrides", values),
+           "resources": _resources(Resources(), data["resources"], "resources")}
+    arrays: list[JobArray] = []
+    for index, row in enumerate(data["arrays"] if listed else [data]):
+        arrays.append(_array(row, index, arrays, ctx))
+    names = [e.name for a in arrays for e in a.elements]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise fail(spec, "elements/grid", "unique element names (give elements a 'name:')", duplicates)
-    return Sweep(name=name, spec_path=str(Path(path).resolve()), out_dir=str(sweep_dir), stages=tuple(stages))
+        raise fail("elements/grid", "unique element names (give elements a 'name:')", duplicates)
+    return Sweep(name, str(path.resolve()), str(sweep_dir), tuple(arrays))
