@@ -344,6 +344,14 @@ class ConverterError(ValueError):
     """A wrong root or option: raised before any work starts, naming what was expected."""
 
 
+def check_every(every: int | None, default: int) -> int:
+    """The ``every`` option (convert every N-th frame): ``default`` when None, else at least 1."""
+    every = default if every is None else int(every)
+    if every < 1:
+        raise ConverterError(f"every must be >= 1, got {every}")
+    return every
+
+
 # What unreadable or inconsistent raw files raise (parsing, decoding, short or missing
 # files). Anything else is a bug of the converter and stops the run.
 BAD_VIDEO_ERRORS = (OSError, ValueError, IndexError, KeyError, EOFError, struct.error, zlib.error, cv2.error)

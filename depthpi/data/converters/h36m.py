@@ -52,7 +52,7 @@ from typing import Iterator
 import numpy as np
 
 from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
-                                            crop_person, iter_video_frames, make_sample, safe_key)
+                                            check_every, crop_person, iter_video_frames, make_sample, safe_key)
 from depthpi.data.converters.h36m_cameras import H36MCamera, load_cameras
 from depthpi.data.schema import Sample, SampleMeta
 
@@ -150,9 +150,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file:
         for sub in ("Videos", "MyPoseFeatures/D3_Positions"):
             if not (root / subject / sub).is_dir():
                 raise ConverterError(f"--root {root}: expected subdirectory {subject}/{sub}/ is missing")
-    every = DEFAULT_EVERY if every is None else int(every)
-    if every < 1:
-        raise ConverterError(f"every must be >= 1, got {every}")
+    every = check_every(every, DEFAULT_EVERY)
     camera_file = Path(intrinsics_file) if intrinsics_file else _default_camera_file(root)
     layout, cameras = load_cameras(camera_file)
     for subject in subjects:
