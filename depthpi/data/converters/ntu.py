@@ -1,53 +1,14 @@
 """NTU RGB+D (60 and 120) → depthpi shards (thesis §5.1).
 
-Raw layout (as the dataset ships; ``ROOT`` is ``--root``)::
+Lists the sequences of the skeleton folder, splits them (:func:`split_of`: the thesis'
+Table 5.2 split or the standard protocols), fits colour and depth intrinsics per camera
+setup from the skeletons' 2D–3D pairs (eq. 5.1–5.2; mirroring measured, setups grouped
+into sensors by :mod:`.kinect_sensors`, all written to ``OUT/intrinsics.ntu.json``), and
+converts every ``every``-th frame through :class:`.kinect_recordings.KinectConverter`: one
+sample per person, labelled with the Kinect skeleton mapped to H36M_17 or with a poses
+file's record. World = our RGB camera frame (R = I, t = 0).
 
-    ROOT/nturgb+d_skeletons/SsssCcccPpppRrrrAaaa.skeleton    required
-    ROOT/nturgb+d_rgb/SsssCcccPpppRrrrAaaa_rgb.avi            required (1920×1080)
-    ROOT/nturgb+d_depth_masked/SsssCcccPpppRrrrAaaa/MDepth-00000001.png   512×424 uint16 mm
-    ROOT/nturgb+d_depth/SsssCcccPpppRrrrAaaa/Depth-00000001.png           full maps (optional)
-
-At least one depth folder must exist; full depth maps are used where present (they keep
-the background the thesis' §5.1.2 describes), masked ones otherwise (``depth="masked"``
-or ``"full"`` forces one). Frame i (0-based) of the video and skeleton file is depth
-image number i + 1. Sequences are listed from the skeleton folder; the NTU-120 folders
-(S018–S032) may simply be merged into the same directories.
-
-Per sequence: RGB frames are read with OpenCV (unused frames skipped with ``grab``),
-every ``every``-th frame is converted, one sample per person with a usable skeleton.
-Labels are the Kinect skeletons mapped to H36M_17 (:mod:`.kinect`), or — as the thesis
-did — poses and boxes from a **poses file** (``poses_file``), which then take precedence
-(frames of a listed sequence without a record are skipped):
-
-    JSON Lines, one record per person and frame:
-    {"video": "S001C001P001R001A001", "frame": 0, "joints": [[x, y, z] × 17],
-     "box": [x, y, w, h], "valid": [17 × bool], "person": 0}
-
-``frame`` is 0-based; ``joints`` are millimetres in depthpi's RGB camera frame (x right,
-y down, z forward) **of the stored, unmirrored image**, in H36M_17 order; ``box`` (full
-1920×1080 unmirrored frame pixels) and ``valid`` (default all true) and ``person``
-(default: order in the file) are optional. Without a box, the box comes from the
-projected joints with a margin.
-
-Camera: colour and depth intrinsics are fitted per camera configuration (SsssCccc) by
-least squares from the skeletons' 2D–3D pairs (eq. 5.1–5.2: depthX/Y resp. colorX/Y
-against x y z), with the RMS residual reported in the summary and written to
-``OUT/intrinsics.ntu.json`` (reusable with ``intrinsics_file``). The setups were filmed by
-a few physical Kinects: the file also groups the setups by sensor (``sensors``: each
-sensor's setups, its K refitted on their pooled pairs, its residuals; each setup's
-``sensor``) and gives the residual one K pooled over all setups would leave
-(``pooled_residuals``), see :mod:`.kinect_sensors`. The PKU-MMD converter picks its
-intrinsics among these sensors.
-Colour and depth cameras are treated as sharing a centre (§5.1.1). Kinect camera space
-is mapped into ours by a rotation (:func:`.kinect.kinect_to_camera`); the fit also
-measures whether the frames are mirrored, and mirrored frames are flipped so that the
-stored crops are unmirrored and left/right labels stay anatomical. World = our RGB
-camera frame (R = I, t = 0).
-
-Splits (``split_scheme``): ``thesis`` (default, Table 5.2: train and test share no
-subject and no camera configuration; sequences whose subject and configuration fall in
-different parts, or in neither, are left out and counted), ``xsub`` / ``xview`` (the
-standard NTU-60 cross-subject / cross-view protocols), ``xsub120`` / ``xset120`` (NTU-120).
+The raw layout, the options and the intrinsics file are described in docs/datasets.md.
 """
 from __future__ import annotations
 

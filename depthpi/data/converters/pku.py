@@ -1,42 +1,14 @@
 """PKU-MMD (phases 1 and 2) → depthpi shards: unlabelled RGB-D pairs and a labelled test set (§5.1.3).
 
-Raw layout (``ROOT`` is ``--root``; names as the dataset ships them, ``<video>`` is a
-recording and its view L/M/R: ``0002-L`` in phase 1, ``A01N02-L`` in phase 2)::
+The official split files are adopted: training videos become unlabelled pairs (split
+``unlabeled``, joints null), validation videos a labelled ``test`` split. The skeleton
+files carry no 2D positions, so no intrinsics are fitted: each view (L, M, R) gets one of
+the sensors of an NTU conversion's ``intrinsics.ntu.json``, named with ``sensor`` or
+chosen by how well its depth K puts the joints onto the body in PKU's own depth frames
+(:func:`.kinect_sensors.depth_agreement_mm`). Frames are converted as for NTU
+(:mod:`.kinect_recordings`).
 
-    ROOT/RGB_VIDEO/<video>.avi                1920×1080
-    ROOT/DEPTH/<video>/<n>.png                512×424 uint16 mm, one PNG per frame; files are
-                                              ordered by the integer in their name, the first
-                                              is frame 0 (the shipped DEPTH_VIDEO .avi files are
-                                              8-bit lossy and are not read: extract them first)
-    ROOT/PKU_Skeleton_Renew/<video>.txt       (or ROOT/Skeleton/) one line per frame: 2 bodies ×
-                                              25 joints × x y z (Kinect camera space, m), zeros
-                                              for an absent body
-    ROOT/Split/cross-subject.txt              split files (or directly in ROOT; also spelt
-    ROOT/Split/cross_subject_v2.txt           cross_subject.txt): "Training videos:" then
-                                              comma-separated names, "Validataion videos:" (sic)
-                                              then names; phase 2's are the *_v2.txt files, and
-                                              every split file present is read; the cross-view
-                                              files with split_scheme="cross-view"
-    ROOT/Label/<video>.txt                    optional: action_id,start,end,confidence per line
-                                              (also Train_Label_PKU_final/); sets ``action``
-
-Phase-2 files go into the same folders as phase 1's (the names differ, so both phases can
-share a root). The official split is adopted: training videos become *unlabelled* RGB-D
-pairs (split ``unlabeled``, ``labeled: false``, joints null), validation videos a
-labelled test set (split ``test``). ``subject`` is the recording (``0002``, ``A01N02``:
-the names carry no performer id), ``camera`` the view, ``extra.phase`` 1 or 2.
-
-Intrinsics: PKU-MMD's skeleton files carry no 2D positions, so they cannot be fitted
-here. ``intrinsics_file`` (required) is the ``intrinsics.ntu.json`` an NTU conversion
-writes: its ``sensors`` are the physical Kinects found among the NTU setups
-(:mod:`.kinect_sensors`), and each PKU view gets one of them — chosen from PKU's own
-depth frames (the sensor whose depth K puts the skeleton joints onto the body; scores
-and the chosen sensor's fit residuals in the summary), or named with ``sensor``
-(``"1"`` for every view, or per view ``"L=0,M=1,R=1"``; views not named are chosen). A
-file with only top-level ``rgb_K``, ``depth_K`` (3×3, of the unmirrored frames in
-depthpi's camera frame) and ``mirrored`` (raw frames are mirror images; default true) is
-one sensor used for every view. Camera frame, joint mapping, mirroring and the JSON Lines
-``poses_file`` are as for NTU (:mod:`.ntu`, :mod:`.kinect`).
+The raw layout, the split files and the sensor option are described in docs/datasets.md.
 """
 from __future__ import annotations
 
