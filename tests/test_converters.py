@@ -291,6 +291,15 @@ def test_pku_requires_intrinsics(pku, tmp_path):
         convert("pku", pku["root"], tmp_path / "out", progress=False)
 
 
+@pytest.mark.parametrize("source", ["ntu", "pku"])
+def test_an_intrinsics_file_that_is_no_json_object_is_refused_naming_it(source, ntu, pku, tmp_path):
+    path = tmp_path / "intrinsics.json"
+    path.write_text(json.dumps([[1050.0, 0, 960], [0, 1050, 540], [0, 0, 1]]))
+    with pytest.raises(ConverterError, match=r"intrinsics_file .*intrinsics.json: expected a JSON object with"):
+        convert(source, {"ntu": ntu, "pku": pku}[source]["root"], tmp_path / "out", progress=False,
+                intrinsics_file=path)
+
+
 # --- sensors behind the NTU setups, and the one each PKU view gets -------------------------
 @pytest.fixture(scope="module")
 def ntu_sensors(tmp_path_factory):

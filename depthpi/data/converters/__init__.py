@@ -1,10 +1,11 @@
 """Raw-dataset converters: NTU RGB+D, PKU-MMD, Human3.6M → depthpi shards.
 
-One entry point, :func:`convert`; each source module documents the raw layout it reads
-(:mod:`.ntu`, :mod:`.pku`, :mod:`.h36m`), :mod:`.kinect` the Kinect v2 joint mapping and
-camera frame, :mod:`.kinect_sensors` the Kinects behind NTU's setups and PKU-MMD's choice
-among them, :mod:`.h36m_cameras` the Human3.6M camera files, :mod:`.common` crops, the
-summary and the resumable parallel driver.
+One entry point, :func:`convert`; one module per source (:mod:`.ntu`, :mod:`.pku`,
+:mod:`.h36m`), :mod:`.kinect_recordings` the frame loop NTU and PKU-MMD share,
+:mod:`.kinect` the Kinect v2 parsers, camera frame and joint mapping, :mod:`.kinect_sensors`
+the Kinects behind NTU's setups and PKU-MMD's choice among them, :mod:`.h36m_cameras` the
+Human3.6M camera files, :mod:`.common` crops, the summary and the resumable parallel
+driver. The raw layouts each source reads are described in docs/datasets.md.
 
 Output: ``OUT/<split>/<source>-NNNNNN.tar`` + ``OUT/<split>/manifest.json`` per split
 (``train``/``test`` for NTU; ``unlabeled``/``test`` for PKU-MMD; ``test`` for
@@ -42,7 +43,7 @@ def convert(source: str, root: str | Path, out: str | Path, *, every: int | None
 
     Args:
         source: ``ntu``, ``pku`` or ``h36m``.
-        root: the raw dataset root (layout in the source module's docstring).
+        root: the raw dataset root (layouts in docs/datasets.md).
         out: output root, e.g. ``shards/ntu``; one directory per split.
         every: convert every N-th frame (default per source: NTU/PKU 5, H36M 64).
         workers: processes (one shard = ``videos_per_shard`` videos at a time each).

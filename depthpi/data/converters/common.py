@@ -1,22 +1,16 @@
 """Shared by the raw-dataset converters: crops, boxes, the summary and the shard driver.
 
-Crops (docs/design.md, "One sample", thesis eq. 4.7):
-
-- The RGB crop is a square of ``context`` × the person box's long side, centred on the
-  box, resized (area interpolation) so its side is at most ``max_side`` pixels; pixels
-  outside the frame are black. Its intrinsics come from :meth:`Camera.crop`, with the
-  offset that makes OpenCV's resize convention (pixel centres at integers, resize about
-  pixel *edges*) exact.
-- The depth crop is the reprojection of that RGB square into the depth camera (eq. 4.7,
-  same centre and rotation: H = K_d K_rgb⁻¹), so both crops show the same content. It is
-  rendered with nearest-neighbour sampling (every stored depth is one the sensor
-  measured), at native resolution unless that exceeds ``max_side``.
+Crops (thesis eq. 4.7): :func:`crop_person` cuts a square of ``context`` × the person box's
+long side, resized to at most ``max_side`` pixels, with intrinsics exact for OpenCV's
+resize convention; the depth crop is that square reprojected into the depth camera
+(nearest-neighbour, so every stored depth is a measured one).
 
 The driver (:func:`run_conversion`) turns a list of :class:`Job` (one per video) into
 shards, ``videos_per_shard`` videos per shard, in parallel over processes, through the
 resumable shard builder (:mod:`depthpi.data.shard_build`): a finished shard's sidecar
 keeps its own summary, so an interrupted run resumes and the final summary is still
-complete. Converting the same input twice gives byte-identical shards.
+complete. Converting the same input twice gives byte-identical shards. docs/datasets.md
+describes what the converters read and write.
 """
 from __future__ import annotations
 
@@ -342,6 +336,14 @@ class Converter(ABC):
 
 class ConverterError(ValueError):
     """A wrong root or option: raised before any work starts, naming what was expected."""
+
+
+def check_every(every: int | None, default: int) -> int:
+    """The ``every`` option (convert every N-th frame): ``default`` when None, else at least 1."""
+    every = default if every is None else int(every)
+    if every < 1:
+        raise ConverterError(f"every must be >= 1, got {every}")
+    return every
 
 
 # What unreadable or inconsistent raw files raise (parsing, decoding, short or missing

@@ -1,46 +1,13 @@
 """Human3.6M (official layout) → depthpi shards: the RGB-only test set (S9, S11; thesis §5.1.3).
 
-Raw layout (``ROOT`` is ``--root``)::
+One job per (subject, action, camera) video. Labels are the D3_Positions mocap joints
+(a ``.cdf``, or an ``.npz`` with the same ``Pose`` array when the ``.cdf`` is absent),
+reduced from 32 to H36M_17 (:data:`H36M_17_FROM_32`) and stored in world mm with the
+camera's R and t (world ≠ camera here). Cameras come from any camera-file layout
+:mod:`.h36m_cameras` reads; with distortion coefficients the crop is undistorted so that
+the stored ``rgb_K`` is an exact pinhole. No depth.
 
-    ROOT/S9/Videos/<Action>.<camera>.mp4                 e.g. "Directions 1.54138969.mp4"
-    ROOT/S9/MyPoseFeatures/D3_Positions/<Action>.cdf     variable "Pose": (1, frames, 96),
-                                                         32 joints × xyz, world mm
-    ROOT/S11/...                                         (same)
-    camera file (``intrinsics_file``; default: the first of ROOT/cameras.json,
-                 ROOT/camera-parameters.json, ROOT/cameras.h5 that exists)
-
-A pose file that cdflib cannot read may be replaced by ``<Action>.npz`` holding the same
-array under ``Pose`` (documented fallback; tried when the .cdf is absent).
-
-Camera files: the four layouts people have are read as they are shipped, recognised from
-their structure (details, conventions and checks in :mod:`.h36m_cameras`):
-
-- ``camera-parameters.json`` from the GitHub repository karfly/human36m-camera-parameters
-  (``intrinsics`` per camera, ``extrinsics`` per subject with ``p_cam = R p + t``);
-- ``cameras.h5`` from the ``h36m.zip`` that una-dinosauria/3d-pose-baseline's README links
-  (``subject9/camera1/{R, T, f, c, k, p}``; needs h5py), or a JSON dump of it;
-- VideoPose3D's camera tables (facebookresearch/VideoPose3D, ``common/h36m_dataset.py``)
-  written to JSON (``orientation`` quaternion, ``translation`` = camera centre in mm);
-- depthpi's own JSON, per subject and camera id (world → camera ``p_cam = R (p_world − t)``,
-  **t the camera centre**; camera axes x right, y down, z forward)::
-
-    {"S9": {"54138969": {"R": [[3×3]], "t": [3] camera centre in world mm,
-                         "K": [[3×3]]  or  "f": [fx, fy], "c": [cx, cy],
-                         "dist": [k1, k2, p1, p2, k3]  (optional, OpenCV order),
-                         "size": [width, height]  (optional)}}}
-
-Every camera is converted to depthpi's convention and checked (rotation, a centre 2–10 m
-from the capture-space origin looking at it, upright, plausible focal length and principal
-point); a file that fails is refused naming the subject/camera and field, before any work.
-
-Labels: the 32 mocap joints reduced to H36M_17 by indices
-[0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27] (pelvis, right hip, knee,
-ankle, left hip, knee, ankle, spine, thorax, nose/head, head top, left shoulder, elbow,
-wrist, right shoulder, elbow, wrist: the order of :data:`depthpi.skeleton.H36M_17`).
-Joints are stored in world mm with the camera's R and t (world ≠ camera here). Every
-64th frame by default; the box comes from the projected joints with a margin; no depth
-(``depth_K`` null, no depth.png). With distortion coefficients the crop is undistorted
-so that the stored ``rgb_K`` is an exact pinhole.
+The raw layout and the camera-file formats are described in docs/datasets.md.
 """
 from __future__ import annotations
 
@@ -52,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
-                                            crop_person, iter_video_frames, make_sample, safe_key)
+                                            check_every, crop_person, iter_video_frames, make_sample, safe_key)
 from depthpi.data.converters.h36m_cameras import H36MCamera, load_cameras
 from depthpi.data.schema import Sample, SampleMeta
 
@@ -150,9 +117,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, intrinsics_file:
         for sub in ("Videos", "MyPoseFeatures/D3_Positions"):
             if not (root / subject / sub).is_dir():
                 raise ConverterError(f"--root {root}: expected subdirectory {subject}/{sub}/ is missing")
-    every = DEFAULT_EVERY if every is None else int(every)
-    if every < 1:
-        raise ConverterError(f"every must be >= 1, got {every}")
+    every = check_every(every, DEFAULT_EVERY)
     camera_file = Path(intrinsics_file) if intrinsics_file else _default_camera_file(root)
     layout, cameras = load_cameras(camera_file)
     for subject in subjects:

@@ -1,38 +1,14 @@
 """Kinect v2 skeletons (NTU RGB+D, PKU-MMD): text parsers, camera frame, 25 → 17 joints.
 
-Kinect v2 camera space (Microsoft's documentation): origin at the depth sensor, metres,
-**x grows to the sensor's left, y up, z out along the sensor's view** — a right-handed
-frame. depthpi's camera frame is x right, y down, z forward (docs/design.md). The map between
-them is the 180° rotation about z, ``(x, y, z) → (−x, −y, z)`` (det +1, never a
-reflection), followed by metres → millimetres: :func:`kinect_to_camera`.
+Kinect camera space (metres, x to the sensor's left, y up, z along its view) maps into
+ours (mm, x right, y down, z forward) by the 180° rotation about z
+(:func:`kinect_to_camera`), never a reflection. The SDK's frames are mirror images;
+whether a source's are is measured from its 2D–3D pairs (:func:`fit_kinect_intrinsics`),
+and converters store unmirrored crops with anatomical left/right labels. The 25 joints
+map to H36M_17 by name (:data:`KINECT_TO_H36M`; head and head top are formed from Neck and
+Head); a mapped joint is valid when every joint it is formed from is tracked.
 
-The SDK delivers colour and depth frames *mirrored* (the sensor's left appears on the
-image's right, like a mirror): ``colorX = cx + f·x/z`` with x to the sensor's left. An
-unmirrored image of our frame has ``u = cx' + f·(−x)/z``. Converters therefore flip the
-raw frames horizontally (``u → W − 1 − u``) and store unmirrored crops; whether a source
-is mirrored is *measured* from its 2D–3D pairs (:func:`fit_kinect_intrinsics`: the sign of
-the fitted focal length on Kinect x), not assumed. Joint labels stay anatomical: Kinect's
-``ShoulderLeft`` is the person's left shoulder and is stored as ``lsho``.
-
-25 → 17 joints (:data:`KINECT_TO_H36M`, :func:`kinect_to_h36m17`), H36M_17 order:
-
-============  =============================================================
-pelv          SpineBase
-rhip/rkne/rank  HipRight / KneeRight / AnkleRight
-lhip/lkne/lank  HipLeft / KneeLeft / AnkleLeft
-spin          SpineMid
-neck (thorax) SpineShoulder
-head          midpoint of Neck and Head (Kinect's Head is the skull centre,
-              H36M's "head" sits at the nose/chin level)
-htop          Head + 0.5·(Head − Neck), extrapolated along Neck → Head
-lsho/lelb/lwri  ShoulderLeft / ElbowLeft / WristLeft
-rsho/relb/rwri  ShoulderRight / ElbowRight / WristRight
-============  =============================================================
-
-A mapped joint is valid when every Kinect joint it is formed from is *tracked*
-(tracking state 2); inferred (1) and not-tracked (0) joints are marked invalid. The
-Kinect hips sit higher and closer together than the mocap hips of Human3.6M: the
-mapping is correspondence by name, not a retargeting.
+The full mapping table and the mirroring argument are in docs/datasets.md.
 """
 from __future__ import annotations
 

@@ -1,25 +1,14 @@
 """The physical Kinect v2 sensors behind NTU RGB+D's camera setups, and the one PKU-MMD gets.
 
-NTU RGB+D's intrinsics are fitted per camera setup (``SsssCccc``, :mod:`.ntu`), but the
-setups were filmed by a few physical Kinects whose factory intrinsics differ (principal
-points tens of colour pixels apart). One K pooled over all setups fits none of them, so
-:func:`cluster_sensors` groups the setups by sensor instead: two setups belong to one
-sensor when their fitted colour K's map every pixel of the central half of the frame to
-within :data:`SAME_SENSOR_RGB_PX` of each other, their depth K's to within
-:data:`SAME_SENSOR_DEPTH_PX`, and their mirroring agrees (complete linkage: every pair in a
-group satisfies this). Each sensor's K is then fitted on the pooled 2D–3D pairs of its
-setups (eq. 5.1–5.2); its residuals are the RMS over those pairs and the worst setup's RMS.
-The residual of a single K fitted over every setup is reported beside them: the cost of
-pooling.
+:func:`cluster_sensors` groups NTU's per-setup fits into sensors (complete linkage: every
+two setups of a sensor have colour K's within :data:`SAME_SENSOR_RGB_PX` and depth K's
+within :data:`SAME_SENSOR_DEPTH_PX` of each other over the central half of the frame, and
+the same mirroring), refits each sensor's K on its setups' pooled pairs and reports the
+residual a single pooled K would leave. :func:`depth_agreement_mm` scores a sensor for a
+PKU-MMD view: the mean difference, capped at :data:`DEPTH_ERROR_CAP_MM`, between the depth
+at the projected joints and their z.
 
-PKU-MMD's skeleton files carry no 2D positions, so its intrinsics cannot be fitted; it was
-filmed by its own Kinects, and one of NTU's sensors stands in for each PKU view (L, M, R).
-:func:`depth_agreement_mm` scores a sensor on PKU's own frames: the skeleton joints are
-projected with the sensor's depth K into the (unmirrored) depth frame, and the depth found
-there is compared with the joints' z. Joints sit a few centimetres behind the body surface
-the sensor sees, so the right K gives small differences, while a K a few pixels off lands
-thin limbs on the background; each difference is capped at :data:`DEPTH_ERROR_CAP_MM`. The
-sensor with the lowest mean difference is chosen.
+Why the setups are grouped and how PKU's sensor is chosen: docs/datasets.md.
 """
 from __future__ import annotations
 

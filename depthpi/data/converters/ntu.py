@@ -1,73 +1,32 @@
 """NTU RGB+D (60 and 120) → depthpi shards (thesis §5.1).
 
-Raw layout (as the dataset ships; ``ROOT`` is ``--root``)::
+Lists the sequences of the skeleton folder, splits them (:func:`split_of`: the thesis'
+Table 5.2 split or the standard protocols), fits colour and depth intrinsics per camera
+setup from the skeletons' 2D–3D pairs (eq. 5.1–5.2; mirroring measured, setups grouped
+into sensors by :mod:`.kinect_sensors`, all written to ``OUT/intrinsics.ntu.json``), and
+converts every ``every``-th frame through :class:`.kinect_recordings.KinectConverter`: one
+sample per person, labelled with the Kinect skeleton mapped to H36M_17 or with a poses
+file's record. World = our RGB camera frame (R = I, t = 0).
 
-    ROOT/nturgb+d_skeletons/SsssCcccPpppRrrrAaaa.skeleton    required
-    ROOT/nturgb+d_rgb/SsssCcccPpppRrrrAaaa_rgb.avi            required (1920×1080)
-    ROOT/nturgb+d_depth_masked/SsssCcccPpppRrrrAaaa/MDepth-00000001.png   512×424 uint16 mm
-    ROOT/nturgb+d_depth/SsssCcccPpppRrrrAaaa/Depth-00000001.png           full maps (optional)
-
-At least one depth folder must exist; full depth maps are used where present (they keep
-the background the thesis' §5.1.2 describes), masked ones otherwise (``depth="masked"``
-or ``"full"`` forces one). Frame i (0-based) of the video and skeleton file is depth
-image number i + 1. Sequences are listed from the skeleton folder; the NTU-120 folders
-(S018–S032) may simply be merged into the same directories.
-
-Per sequence: RGB frames are read with OpenCV (unused frames skipped with ``grab``),
-every ``every``-th frame is converted, one sample per person with a usable skeleton.
-Labels are the Kinect skeletons mapped to H36M_17 (:mod:`.kinect`), or — as the thesis
-did — poses and boxes from a **poses file** (``poses_file``), which then take precedence
-(frames of a listed sequence without a record are skipped):
-
-    JSON Lines, one record per person and frame:
-    {"video": "S001C001P001R001A001", "frame": 0, "joints": [[x, y, z] × 17],
-     "box": [x, y, w, h], "valid": [17 × bool], "person": 0}
-
-``frame`` is 0-based; ``joints`` are millimetres in depthpi's RGB camera frame (x right,
-y down, z forward) **of the stored, unmirrored image**, in H36M_17 order; ``box`` (full
-1920×1080 unmirrored frame pixels) and ``valid`` (default all true) and ``person``
-(default: order in the file) are optional. Without a box, the box comes from the
-projected joints with a margin.
-
-Camera: colour and depth intrinsics are fitted per camera configuration (SsssCccc) by
-least squares from the skeletons' 2D–3D pairs (eq. 5.1–5.2: depthX/Y resp. colorX/Y
-against x y z), with the RMS residual reported in the summary and written to
-``OUT/intrinsics.ntu.json`` (reusable with ``intrinsics_file``). The setups were filmed by
-a few physical Kinects: the file also groups the setups by sensor (``sensors``: each
-sensor's setups, its K refitted on their pooled pairs, its residuals; each setup's
-``sensor``) and gives the residual one K pooled over all setups would leave
-(``pooled_residuals``), see :mod:`.kinect_sensors`. The PKU-MMD converter picks its
-intrinsics among these sensors.
-Colour and depth cameras are treated as sharing a centre (§5.1.1). Kinect camera space
-is mapped into ours by a rotation (:func:`.kinect.kinect_to_camera`); the fit also
-measures whether the frames are mirrored, and mirrored frames are flipped so that the
-stored crops are unmirrored and left/right labels stay anatomical. World = our RGB
-camera frame (R = I, t = 0).
-
-Splits (``split_scheme``): ``thesis`` (default, Table 5.2: train and test share no
-subject and no camera configuration; sequences whose subject and configuration fall in
-different parts, or in neither, are left out and counted), ``xsub`` / ``xview`` (the
-standard NTU-60 cross-subject / cross-view protocols), ``xsub120`` / ``xset120`` (NTU-120).
+The raw layout, the options and the intrinsics file are described in docs/datasets.md.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator
 
-import cv2
 import numpy as np
 
-from depthpi.camera import Camera
-from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
-                                            crop_person, iter_video_frames, make_sample, read_depth_png, safe_key)
-from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, fit_kinect_intrinsics, kinect_to_camera,
-                                            kinect_to_h36m17, parse_ntu_skeleton)
+from depthpi.data.converters.common import ConverterError, Job, Summary, check_every, make_sample, safe_key
+from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, SkeletonFile, fit_kinect_intrinsics,
+                                            kinect_to_camera, kinect_to_h36m17, parse_ntu_skeleton)
+from depthpi.data.converters.kinect_recordings import (KinectConverter, KinectIntrinsics, Person, poses_of_jobs,
+                                                       read_intrinsics_file)
 from depthpi.data.converters.kinect_sensors import (SAME_SENSOR_DEPTH_PX, SAME_SENSOR_RGB_PX, cluster_sensors,
                                                     describe_sensor)
 from depthpi.data.schema import Sample
@@ -123,36 +82,7 @@ def split_of(name: str, scheme: str = "thesis") -> str | None:
     raise ConverterError(f"split_scheme {scheme!r}: expected one of {', '.join(SPLIT_SCHEMES)}")
 
 
-# --- poses file -----------------------------------------------------------------------
-def load_poses_file(path: Path, summary: Summary) -> dict[str, dict[int, list[dict]]]:
-    """video → frame → records (joints (17, 3), box (4,) or None, valid (17,), person)."""
-    if not Path(path).is_file():
-        raise ConverterError(f"poses_file {path}: not found (expected a JSON Lines file, see {__name__})")
-    poses: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                joints = np.asarray(record["joints"], np.float64)
-                if joints.shape != (17, 3) or not np.isfinite(joints).all():
-                    raise ValueError(f"joints of shape {joints.shape}")
-                box = None if record.get("box") is None else np.asarray(record["box"], np.float64)
-                if box is not None and (box.shape != (4,) or box[2] <= 0 or box[3] <= 0):
-                    raise ValueError("box must be [x, y, w, h] with w, h > 0")
-                valid = np.asarray(record.get("valid", [True] * 17), bool)
-                if valid.shape != (17,):
-                    raise ValueError("valid must hold 17 booleans")
-                frames = poses[str(record["video"])]
-                frame = int(record["frame"])
-                person = int(record.get("person", len(frames[frame])))
-                frames[frame].append({"joints": joints, "box": box, "valid": valid, "person": person})
-            except (ValueError, KeyError, TypeError) as err:
-                summary.skip_frame("poses file: malformed record", f"{Path(path).name}:{number} ({err})")
-    return {video: dict(frames) for video, frames in poses.items()}
-
-
+# --- the missing-skeletons list ---------------------------------------------------------
 def read_missing_list(path: Path, summary: Summary) -> set[str]:
     """The sample names of a missing-skeletons list (e.g. the dataset's
     ``NTU_RGBD_samples_with_missing_skeletons.txt``).
@@ -240,10 +170,7 @@ def fit_setups(skeleton_paths: dict[str, list[Path]], fit_videos: int, workers: 
 
 def load_intrinsics_file(path: Path) -> dict:
     """``{"rgb_K", "depth_K", "mirrored"}`` global and/or ``{"setups": {"S001C001": {...}}}``."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConverterError(f"intrinsics_file {path}: unreadable ({err})") from None
+    record = read_intrinsics_file(path, "rgb_K, depth_K or setups")
     for entry in [record, *record.get("setups", {}).values()]:
         for key in ("rgb_K", "depth_K"):
             if key in entry and np.asarray(entry[key]).shape != (3, 3):
@@ -272,26 +199,34 @@ def fitted_intrinsics_record(fits: dict[str, dict], pairs: dict[str, dict], summ
 
 
 # --- the converter ----------------------------------------------------------------------
-@dataclass
-class NTUConverter(Converter):
+@dataclass(kw_only=True)
+class NTUConverter(KinectConverter):
     intrinsics: dict[str, dict]
-    every: int = DEFAULT_EVERY
-    context: float = 1.4
-    max_side: int = 320
-    margin: float = 0.1
     source: str = SOURCE
-    poses: dict[str, dict[int, list[dict]]] = field(default_factory=dict)
-    use_poses_file: bool = False
+
+    def _people_of_frame(self, f: int, name: str, skeleton: SkeletonFile, skeleton_name: str,
+                         summary: Summary) -> list[Person]:
+        """Frame ``f``'s people: the poses file's, when one is given, else the usable skeleton bodies."""
+        if self.poses is not None:
+            return self.poses_file_people(name, f, summary)
+        if f >= len(skeleton.frames):
+            summary.skip_frame("skeleton file truncated or unreadable", f"{skeleton_name} ({skeleton.error})")
+            return []
+        bodies = [b for b in skeleton.frames[f] if b.usable]
+        if f in skeleton.frame_errors:
+            summary.skip_frame("malformed skeleton line" if not bodies else "person dropped: malformed skeleton line",
+                               f"{skeleton_name}: {skeleton.frame_errors[f]}")
+        elif not bodies:
+            summary.skip_frame("no valid skeleton in frame", name)
+        return [Person(i, *kinect_to_h36m17(kinect_to_camera(body.xyz), body.tracked), None, "kinect", body.body_id)
+                for i, body in enumerate(bodies)]
 
     def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:
-        p = job.payload
-        name = job.name
+        p, name = job.payload, job.name
         calib = self.intrinsics.get(p["setup_camera"])
         if calib is None or "error" in calib:
             summary.skip_video("no intrinsics for the camera setup", name)
             return
-        rgb_K, depth_K, mirrored = (np.asarray(calib["rgb_K"]), np.asarray(calib["depth_K"]),
-                                    bool(calib.get("mirrored", True)))
         skel_path = Path(p["skeleton"])
         try:
             skeleton = parse_ntu_skeleton(skel_path.read_text(errors="replace"))
@@ -301,69 +236,25 @@ class NTUConverter(Converter):
         if skeleton.error and not skeleton.frames:
             summary.skip_video("skeleton file unreadable", f"{skel_path.name} ({skeleton.error})")
             return
-        if not Path(p["rgb"]).is_file():
-            summary.skip_video("rgb video missing", Path(p["rgb"]).name)
-            return
-        if not Path(p["depth_dir"]).is_dir():
-            summary.skip_video("depth folder missing", Path(p["depth_dir"]).name)
+        depth_dir = Path(p["depth_dir"])
+        if not self.files_present(Path(p["rgb"]), depth_dir, depth_dir.name, summary):
             return
         summary.videos_read += 1
         n_frames = max(skeleton.declared_frames, len(skeleton.frames))
-        people: dict[int, list[tuple]] = {}
-        video_poses = self.poses.get(name) if self.use_poses_file else None
-        for f in range(0, n_frames, self.every):
-            if self.use_poses_file:
-                records = (video_poses or {}).get(f, [])
-                if not records:
-                    summary.skip_frame("no record in the poses file", f"{name}:{f}")
-                    continue
-                people[f] = [(r["person"], r["joints"], r["valid"], r["box"], "poses_file", None) for r in records]
-                continue
-            if f >= len(skeleton.frames):
-                summary.skip_frame("skeleton file truncated or unreadable", f"{skel_path.name} ({skeleton.error})")
-                continue
-            bodies = [b for b in skeleton.frames[f] if b.usable]
-            if f in skeleton.frame_errors:
-                summary.skip_frame("malformed skeleton line" if not bodies else
-                                   "person dropped: malformed skeleton line",
-                                   f"{skel_path.name}: {skeleton.frame_errors[f]}")
-            if not bodies:
-                if f not in skeleton.frame_errors:
-                    summary.skip_frame("no valid skeleton in frame", name)
-                continue
-            entries = []
-            for i, body in enumerate(bodies):
-                joints, valid = kinect_to_h36m17(kinect_to_camera(body.xyz), body.tracked)
-                entries.append((i, joints, valid, None, "kinect", body.body_id))
-            people[f] = entries
+        people = self.people(n_frames, lambda f: self._people_of_frame(f, name, skeleton, skel_path.name, summary))
         if not people:
             return
         ids = parse_name(name)
-        rgb_cam = Camera.from_intrinsics(rgb_K)
+        intrinsics = KinectIntrinsics.of(calib)
         depth_kind, pattern = p["depth_kind"], DEPTH_DIRS[p["depth_kind"]][1]
-        for f, frame in iter_video_frames(Path(p["rgb"]), sorted(people), summary, Path(p["rgb"]).name):
-            if frame.shape[:2] != (RGB_SIZE[1], RGB_SIZE[0]):
-                summary.skip_frame(f"rgb frame of unexpected size {frame.shape[1]}x{frame.shape[0]}", name)
-                continue
-            depth_path = Path(p["depth_dir"]) / pattern.format(f + 1)
-            depth, reason = read_depth_png(depth_path, (DEPTH_SIZE[1], DEPTH_SIZE[0]))
-            if depth is None:
-                summary.skip_frame(reason, f"{name}/{depth_path.name}")
-                continue
-            if mirrored:
-                frame, depth = cv2.flip(frame, 1), cv2.flip(depth, 1)
-            for person, joints, valid, box, label_source, body_id in people[f]:
-                if box is None:
-                    box = box_from_joints(rgb_cam.camera_to_image(joints), valid & (joints[:, 2] > 0), self.margin)
-                if box is None or not box_visible(box, RGB_SIZE[0], RGB_SIZE[1]):
-                    summary.skip_frame("person outside the image", f"{name}:{f}")
-                    continue
-                crops = crop_person(frame, rgb_K, box, depth, depth_K, context=self.context, max_side=self.max_side)
-                yield make_sample(
-                    safe_key(name, f"{f:05d}", person), crops, dataset=SOURCE, subject=f"P{ids['subject']:03d}",
-                    camera=p["setup_camera"], action=f"A{ids['action']:03d}", frame=f, joints_cam=joints,
-                    joint_valid=valid, extra={"video": name, "person": int(person), "label_source": label_source,
-                                              "body_id": body_id, "depth": depth_kind, "mirrored_raw": mirrored})
+        for f, person, crops in self.crops(name, Path(p["rgb"]), lambda f: depth_dir / pattern.format(f + 1),
+                                           intrinsics, people, summary):
+            yield make_sample(
+                safe_key(name, f"{f:05d}", person.index), crops, dataset=SOURCE, subject=f"P{ids['subject']:03d}",
+                camera=p["setup_camera"], action=f"A{ids['action']:03d}", frame=f, joints_cam=person.joints,
+                joint_valid=person.valid, extra={"video": name, "person": int(person.index),
+                                                 "label_source": person.label_source, "body_id": person.body_id,
+                                                 "depth": depth_kind, "mirrored_raw": intrinsics.mirrored})
 
 
 def _list_files(directory: Path, suffix: str) -> dict[str, Path]:
@@ -396,9 +287,7 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
         raise ConverterError(f"--root {root}: depth={depth} but {DEPTH_DIRS[depth][0]}/ is missing")
     if split_scheme not in SPLIT_SCHEMES:
         raise ConverterError(f"split_scheme {split_scheme!r}: expected one of {', '.join(SPLIT_SCHEMES)}")
-    every = DEFAULT_EVERY if every is None else int(every)
-    if every < 1:
-        raise ConverterError(f"every must be >= 1, got {every}")
+    every = check_every(every, DEFAULT_EVERY)
     summary = Summary(SOURCE)
     skeletons = _list_files(root / SKELETON_DIR, ".skeleton")
     if not skeletons:
@@ -448,10 +337,8 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
                                      f"depth fx {fit['depth_K'][0][0]:.1f} rms {fit['depth_rms']:.3f} px, "
                                      f"{fit['pairs']} pairs, mirrored={fit['mirrored']}")
         atomic_write_json(Path(out) / "intrinsics.ntu.json", fitted_intrinsics_record(fits, pairs, summary))
-    poses = load_poses_file(Path(poses_file), summary) if poses_file else {}
     converter = NTUConverter(intrinsics=intrinsics, every=every, context=context, max_side=max_side,
-                             poses={j.name: poses[j.name] for j in jobs if j.name in poses},
-                             use_poses_file=bool(poses_file))
+                             poses=poses_of_jobs(poses_file, jobs, summary))
     params = {"source": SOURCE, "every": every, "split_scheme": split_scheme, "depth": depth,
               "poses_file": str(poses_file) if poses_file else None,
               "intrinsics": {s: intrinsics[s] for s in sorted(intrinsics)}, "context": context,

@@ -1,61 +1,30 @@
 """PKU-MMD (phases 1 and 2) → depthpi shards: unlabelled RGB-D pairs and a labelled test set (§5.1.3).
 
-Raw layout (``ROOT`` is ``--root``; names as the dataset ships them, ``<video>`` is a
-recording and its view L/M/R: ``0002-L`` in phase 1, ``A01N02-L`` in phase 2)::
+The official split files are adopted: training videos become unlabelled pairs (split
+``unlabeled``, joints null), validation videos a labelled ``test`` split. The skeleton
+files carry no 2D positions, so no intrinsics are fitted: each view (L, M, R) gets one of
+the sensors of an NTU conversion's ``intrinsics.ntu.json``, named with ``sensor`` or
+chosen by how well its depth K puts the joints onto the body in PKU's own depth frames
+(:func:`.kinect_sensors.depth_agreement_mm`). Frames are converted as for NTU
+(:mod:`.kinect_recordings`).
 
-    ROOT/RGB_VIDEO/<video>.avi                1920×1080
-    ROOT/DEPTH/<video>/<n>.png                512×424 uint16 mm, one PNG per frame; files are
-                                              ordered by the integer in their name, the first
-                                              is frame 0 (the shipped DEPTH_VIDEO .avi files are
-                                              8-bit lossy and are not read: extract them first)
-    ROOT/PKU_Skeleton_Renew/<video>.txt       (or ROOT/Skeleton/) one line per frame: 2 bodies ×
-                                              25 joints × x y z (Kinect camera space, m), zeros
-                                              for an absent body
-    ROOT/Split/cross-subject.txt              split files (or directly in ROOT; also spelt
-    ROOT/Split/cross_subject_v2.txt           cross_subject.txt): "Training videos:" then
-                                              comma-separated names, "Validataion videos:" (sic)
-                                              then names; phase 2's are the *_v2.txt files, and
-                                              every split file present is read; the cross-view
-                                              files with split_scheme="cross-view"
-    ROOT/Label/<video>.txt                    optional: action_id,start,end,confidence per line
-                                              (also Train_Label_PKU_final/); sets ``action``
-
-Phase-2 files go into the same folders as phase 1's (the names differ, so both phases can
-share a root). The official split is adopted: training videos become *unlabelled* RGB-D
-pairs (split ``unlabeled``, ``labeled: false``, joints null), validation videos a
-labelled test set (split ``test``). ``subject`` is the recording (``0002``, ``A01N02``:
-the names carry no performer id), ``camera`` the view, ``extra.phase`` 1 or 2.
-
-Intrinsics: PKU-MMD's skeleton files carry no 2D positions, so they cannot be fitted
-here. ``intrinsics_file`` (required) is the ``intrinsics.ntu.json`` an NTU conversion
-writes: its ``sensors`` are the physical Kinects found among the NTU setups
-(:mod:`.kinect_sensors`), and each PKU view gets one of them — chosen from PKU's own
-depth frames (the sensor whose depth K puts the skeleton joints onto the body; scores
-and the chosen sensor's fit residuals in the summary), or named with ``sensor``
-(``"1"`` for every view, or per view ``"L=0,M=1,R=1"``; views not named are chosen). A
-file with only top-level ``rgb_K``, ``depth_K`` (3×3, of the unmirrored frames in
-depthpi's camera frame) and ``mirrored`` (raw frames are mirror images; default true) is
-one sensor used for every view. Camera frame, joint mapping, mirroring and the JSON Lines
-``poses_file`` are as for NTU (:mod:`.ntu`, :mod:`.kinect`).
+The raw layout, the split files and the sensor option are described in docs/datasets.md.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
 
-from depthpi.camera import Camera
-from depthpi.data.converters.common import (Converter, ConverterError, Job, Summary, box_from_joints, box_visible,
-                                            crop_person, iter_video_frames, make_sample, read_depth_png, safe_key)
-from depthpi.data.converters.kinect import (DEPTH_SIZE, RGB_SIZE, kinect_to_camera, kinect_to_h36m17,
-                                            parse_pku_skeleton)
+from depthpi.data.converters.common import (ConverterError, Job, Summary, check_every, make_sample, read_depth_png,
+                                            safe_key)
+from depthpi.data.converters.kinect import DEPTH_SIZE, kinect_to_camera, kinect_to_h36m17, parse_pku_skeleton
+from depthpi.data.converters.kinect_recordings import (KinectConverter, KinectIntrinsics, Person, poses_of_jobs,
+                                                       read_intrinsics_file)
 from depthpi.data.converters.kinect_sensors import depth_agreement_mm
-from depthpi.data.converters.ntu import load_poses_file
 from depthpi.data.schema import Sample
 
 SOURCE = "pku"
@@ -142,12 +111,7 @@ def load_sensors(path: Path) -> dict[str, dict]:
     A file with ``sensors`` (an NTU conversion's ``intrinsics.ntu.json``) gives those; one
     with top-level ``rgb_K``/``depth_K`` gives one sensor, ``"file"``.
     """
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConverterError(f"intrinsics_file {path}: unreadable ({err})") from None
-    if not isinstance(record, dict):
-        raise ConverterError(f"intrinsics_file {path}: expected a JSON object with sensors or rgb_K, depth_K")
+    record = read_intrinsics_file(path, "sensors or rgb_K, depth_K")
     entries = record.get("sensors") or ({"file": record} if "rgb_K" in record else {})
     if not entries:
         raise ConverterError(f"intrinsics_file {path}: expected 'sensors' (OUT/intrinsics.ntu.json of an NTU "
@@ -249,84 +213,54 @@ def assign_sensors(jobs: list[Job], sensors: dict[str, dict], option: str | None
 
 
 # --- the converter ------------------------------------------------------------------------
-@dataclass
-class PKUConverter(Converter):
+@dataclass(kw_only=True)
+class PKUConverter(KinectConverter):
     views: dict[str, dict]
-    every: int = DEFAULT_EVERY
-    context: float = 1.4
-    max_side: int = 320
-    margin: float = 0.1
     source: str = SOURCE
-    poses: dict = field(default_factory=dict)
-    use_poses_file: bool = False
 
-    def _people(self, name: str, frames: list, errors: dict, labeled: bool, skeleton_name: str,
-                summary: Summary) -> dict[int, list]:
-        """frame → [(person, joints (17, 3) mm, valid (17,), box or None)] for the frames to convert."""
-        people: dict[int, list] = {}
-        for f in range(0, len(frames), self.every):
-            if f in errors:
-                summary.skip_frame("malformed skeleton line", f"{skeleton_name}: {errors[f]}")
-                continue
-            if self.use_poses_file and labeled:
-                records = self.poses.get(name, {}).get(f, [])
-                if not records:
-                    summary.skip_frame("no record in the poses file", f"{name}:{f}")
-                    continue
-                people[f] = [(r["person"], r["joints"], r["valid"], r["box"]) for r in records]
-                continue
-            if not frames[f]:
-                summary.skip_frame("no valid skeleton in frame", name)
-                continue
-            people[f] = [(i, *kinect_to_h36m17(kinect_to_camera(body)), None) for i, body in enumerate(frames[f])]
-        return people
+    def _people_of_frame(self, f: int, name: str, frames: list, errors: dict, labeled: bool, skeleton_name: str,
+                         summary: Summary) -> list[Person]:
+        """Frame ``f``'s people: none on a malformed skeleton line; the poses file's for a labelled
+        video when one is given; else the skeleton's bodies."""
+        if f in errors:
+            summary.skip_frame("malformed skeleton line", f"{skeleton_name}: {errors[f]}")
+            return []
+        if self.poses is not None and labeled:
+            return self.poses_file_people(name, f, summary)
+        if not frames[f]:
+            summary.skip_frame("no valid skeleton in frame", name)
+        return [Person(i, *kinect_to_h36m17(kinect_to_camera(body)), None, "kinect")
+                for i, body in enumerate(frames[f])]
 
     def convert_video(self, job: Job, summary: Summary) -> Iterator[Sample]:
         p, name = job.payload, job.name
         labeled = job.split == "test"
+        skeleton_name = Path(p["skeleton"]).name
         try:
             frames, errors = parse_pku_skeleton(Path(p["skeleton"]).read_text(errors="replace"))
         except OSError as err:
-            summary.skip_video(f"skeleton file unreadable ({err.strerror})", Path(p["skeleton"]).name)
-            return
-        if not Path(p["rgb"]).is_file():
-            summary.skip_video("rgb video missing", Path(p["rgb"]).name)
+            summary.skip_video(f"skeleton file unreadable ({err.strerror})", skeleton_name)
             return
         depth_dir = Path(p["depth_dir"])
-        if not depth_dir.is_dir():
-            summary.skip_video("depth folder missing", f"DEPTH/{name}")
+        if not self.files_present(Path(p["rgb"]), depth_dir, f"DEPTH/{name}", summary):
             return
         files, first = depth_files(depth_dir)
         summary.videos_read += 1
         calib = self.views[name[-1]]
-        rgb_K, depth_K, mirrored = calib["rgb_K"], calib["depth_K"], calib["mirrored"]
+        intrinsics = KinectIntrinsics.of(calib)
         labels = _labels(Path(p["labels"]) if p.get("labels") else None)
-        rgb_cam = Camera.from_intrinsics(rgb_K)
-        people = self._people(name, frames, errors, labeled, Path(p["skeleton"]).name, summary)
-        for f, frame in iter_video_frames(Path(p["rgb"]), sorted(people), summary, Path(p["rgb"]).name):
-            if frame.shape[:2] != (RGB_SIZE[1], RGB_SIZE[0]):
-                summary.skip_frame(f"rgb frame of unexpected size {frame.shape[1]}x{frame.shape[0]}", name)
-                continue
-            depth_path = files.get(first + f, depth_dir / f"{first + f:06d}.png")
-            depth, reason = read_depth_png(depth_path, (DEPTH_SIZE[1], DEPTH_SIZE[0]))
-            if depth is None:
-                summary.skip_frame(reason, f"{name}/{depth_path.name}")
-                continue
-            if mirrored:
-                frame, depth = cv2.flip(frame, 1), cv2.flip(depth, 1)
+        people = self.people(len(frames), lambda f: self._people_of_frame(f, name, frames, errors, labeled,
+                                                                          skeleton_name, summary))
+        for f, person, crops in self.crops(name, Path(p["rgb"]),
+                                           lambda f: files.get(first + f, depth_dir / f"{first + f:06d}.png"),
+                                           intrinsics, people, summary):
             action = next((str(a) for a, s, e in labels if s <= f <= e), "")
-            for person, joints, valid, box in people[f]:
-                if box is None:
-                    box = box_from_joints(rgb_cam.camera_to_image(joints), valid & (joints[:, 2] > 0), self.margin)
-                if box is None or not box_visible(box, RGB_SIZE[0], RGB_SIZE[1]):
-                    summary.skip_frame("person outside the image", f"{name}:{f}")
-                    continue
-                crops = crop_person(frame, rgb_K, box, depth, depth_K, context=self.context, max_side=self.max_side)
-                yield make_sample(safe_key(name, f"{f:06d}", person), crops, dataset=SOURCE, subject=name[:-2],
-                                  camera=name[-1], action=action, frame=f,
-                                  joints_cam=joints if labeled else None, joint_valid=valid if labeled else None,
-                                  extra={"video": name, "person": int(person), "mirrored_raw": mirrored,
-                                         "phase": phase_of(name), "sensor": calib["sensor"]})
+            yield make_sample(safe_key(name, f"{f:06d}", person.index), crops, dataset=SOURCE, subject=name[:-2],
+                              camera=name[-1], action=action, frame=f,
+                              joints_cam=person.joints if labeled else None,
+                              joint_valid=person.valid if labeled else None,
+                              extra={"video": name, "person": int(person.index), "mirrored_raw": intrinsics.mirrored,
+                                     "phase": phase_of(name), "sensor": calib["sensor"]})
 
 
 def _check_root(root: Path) -> Path:
@@ -381,18 +315,15 @@ def prepare(root: Path, out: Path, *, every: int | None = None, split_scheme: st
         raise ConverterError("pku needs intrinsics_file: OUT/intrinsics.ntu.json of an NTU conversion (its sensors), "
                              "or JSON with rgb_K, depth_K")
     sensors = load_sensors(Path(intrinsics_file))
-    every = DEFAULT_EVERY if every is None else int(every)
-    if every < 1:
-        raise ConverterError(f"every must be >= 1, got {every}")
+    every = check_every(every, DEFAULT_EVERY)
     summary = Summary(SOURCE)
     jobs = list_jobs(root, skeleton_dir, splits, " or ".join(p.name for p in split_paths), summary)
     phases = sorted({phase_of(j.name) for j in jobs})
     summary.notes.append(f"{len(jobs)} videos in the {scheme} split (phase {', '.join(map(str, phases)) or '-'}; "
                          f"split files {', '.join(p.name for p in split_paths)})")
     views = assign_sensors(jobs, sensors, sensor, summary)
-    poses = load_poses_file(Path(poses_file), summary) if poses_file else {}
-    converter = PKUConverter(views, every, context, max_side, use_poses_file=bool(poses_file),
-                             poses={j.name: poses[j.name] for j in jobs if j.name in poses})
+    converter = PKUConverter(views=views, every=every, context=context, max_side=max_side,
+                             poses=poses_of_jobs(poses_file, jobs, summary))
     params = {"source": SOURCE, "every": every, "split_scheme": scheme, "phases": phases,
               "views": {v: {k: (x.tolist() if isinstance(x, np.ndarray) else x) for k, x in calib.items()}
                         for v, calib in views.items()},
