@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--unlabeled", type=int, default=2000, help="unlabelled RGB-D pairs")
     synthetic.add_argument("--per-shard", type=int, default=250)
     synthetic.add_argument("--seed", type=int, default=0)
-    raw = build.add_argument_group("ntu / pku / h36m sources (layouts: depthpi/data/converters/<source>.py)")
+    raw = build.add_argument_group("ntu / pku / h36m sources (layouts: docs/datasets.md)")
     raw.add_argument("--root", help="raw dataset directory as the dataset ships it")
     raw.add_argument("--every", type=int, help="keep every N-th frame (default: ntu/pku 5, h36m 64)")
     raw.add_argument("--split-scheme", help="ntu: thesis (Table 5.2), xsub, xview, xsub120, xset120; "
