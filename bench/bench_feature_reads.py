@@ -145,8 +145,9 @@ def train_once(name: str, tree: Path, work: Path, server, teacher: Path, args, i
 def table(results: dict[str, list[dict]], args) -> str:
     rows = [f"| checkout (student on stored features, K = {args.views}, {args.size}×{args.size}, tap {args.tap}, "
             f"batch {args.batch}, {args.workers} workers; features served at {args.rate_mb:g} MB/s) | runs | "
-            "samples/s of the last epoch, median (range) | data wait share, median | feature bytes per sample (served) | "
-            "reported by the run (images / features) |", "|---|---:|---:|---:|---:|---|"]
+            "samples/s of the last epoch, median (range) | data wait share, median | "
+            "feature bytes per sample (served) | reported by the run (images / features) |",
+            "|---|---:|---:|---:|---:|---|"]
     for name, runs in results.items():
         rates = [r["samples_per_s"] for r in runs]
         waits = [r["data_wait_share"] for r in runs]

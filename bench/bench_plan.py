@@ -39,7 +39,7 @@ def measure(counts: list[int], world: int, workers: int, batch: int, sample_byte
 
 
 def table(rows: list[tuple[str, int, int, dict]], batch: int) -> str:
-    lines = [f"| split | ranks × workers | batch | batches per rank | samples used per epoch | share | plan time | "
+    lines = ["| split | ranks × workers | batch | batches per rank | samples used per epoch | share | plan time | "
              "bytes read but not used | rank load spread (samples) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, world, workers, m in rows:
         lines.append(f"| {name} | {world} × {workers} | {batch} | {m['batches']} | {m['used']:,} | {m['share']:.2%} | "

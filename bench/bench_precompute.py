@@ -69,7 +69,8 @@ def table(r: dict) -> str:
         f"| teacher views/s | {r['views_per_s']:,.1f} |",
         f"| feature bytes written/s | {r['bytes_per_s'] / 2**20:,.1f} MiB/s |",
         f"| bytes stored per sample (K maps) | {r['bytes_per_sample'] / 1024:,.1f} KiB |",
-        f"| bytes a student reads per sample and epoch (one map) | {r['bytes_per_sample'] / r['views'] / 1024:,.1f} KiB |",
+        f"| bytes a student reads per sample and epoch (one map) | "
+        f"{r['bytes_per_sample'] / r['views'] / 1024:,.1f} KiB |",
         f"| feature shards per 100k samples | {r['bytes_per_sample'] * 1e5 / 2**30:.2f} GiB |"])
 
 

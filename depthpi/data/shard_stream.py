@@ -67,10 +67,11 @@ class ReadReport:
         self.shortfalls.extend(other["shortfalls"])
 
     def as_dict(self) -> dict:
-        """``samples_read``, ``samples_used``, ``bytes_read`` {source role: bytes}, ``skipped`` {reason: n}, ``skipped_total``,
-        ``examples`` {reason: {key, shard, message}}, ``refills`` [{epoch, rank, worker,
-        pass, missing}], ``shortfalls`` [{shard, expected, read, missing, last_key, error}]
-        (``missing`` < 0: the shard held more samples than its manifest entry lists)."""
+        """``samples_read``, ``samples_used``, ``bytes_read`` {source role: bytes},
+        ``skipped`` {reason: n}, ``skipped_total``, ``examples`` {reason: {key, shard,
+        message}}, ``refills`` [{epoch, rank, worker, pass, missing}], ``shortfalls``
+        [{shard, expected, read, missing, last_key, error}] (``missing`` < 0: the shard held
+        more samples than its manifest entry lists)."""
         return {"samples_read": self.read, "samples_used": self.used, "bytes_read": dict(self.bytes),
                 "skipped": dict(self.skipped),
                 "skipped_total": sum(self.skipped.values()), "examples": dict(self.examples),
