@@ -388,6 +388,11 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         companion_dirs = [companion_dir] if isinstance(companion_dir, (str, Path)) else list(companion_dir)
     companion_sets = [_mirrored(location, manifest, companion) for companion in companion_dirs]
     planner = ShardPlanner(manifest.counts, world_size, num_workers, batch_size)
+    if drop_last and not infinite and manifest.total_count:
+        used = planner.batches_per_rank * batch_size * world_size
+        log.info("%s: an epoch uses %d of its %d samples (%.1f %%): %d batches of %d on each of %d rank(s) × %d "
+                 "worker(s)", location, used, manifest.total_count, 100 * used / manifest.total_count,
+                 planner.batches_per_rank, batch_size, world_size, max(1, num_workers))
     dataset = ShardDataset(split_sources(location, manifest), planner, map_fn, rank=rank, seed=seed,
                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite,
                            cache_dir=None if cache_dir is None else str(cache_dir), companion_sets=companion_sets)
