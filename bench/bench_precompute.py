@@ -46,14 +46,14 @@ def measure(shards: Path, root: Path, args, device: str) -> dict:
     pre = PrecomputeConfig(teacher=str(weights), shards=str(shards), out=str(root / "feat"), views=args.views,
                            dtype=args.dtype, batch_size=args.batch)
     writer = FeatureWriter(pre, Predictor.from_checkpoint(pre.teacher, device=device))
-    per_sample = writer.bytes_per_sample()
+    per_sample = writer.view_bytes() * args.views
     samples = read_manifest(shards).total_count
     start = time.perf_counter()
     writer.run(list(range(len(writer.source.shards))))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    written = sum(p.stat().st_size for p in (root / "feat").glob("*.tar"))
+    written = sum(p.stat().st_size for p in (root / "feat").glob("set-*/*.tar"))
     return {"device": device, "width": args.width, "size": args.size, "views": args.views, "dtype": args.dtype,
             "batch": args.batch, "samples": samples, "seconds": seconds, "samples_per_s": samples / seconds,
             "views_per_s": samples * args.views / seconds, "bytes_per_sample": per_sample,
@@ -68,7 +68,9 @@ def table(r: dict) -> str:
         f"| source samples/s | {r['samples_per_s']:,.1f} |",
         f"| teacher views/s | {r['views_per_s']:,.1f} |",
         f"| feature bytes written/s | {r['bytes_per_s'] / 2**20:,.1f} MiB/s |",
-        f"| bytes per sample (K maps) | {r['bytes_per_sample'] / 1024:,.1f} KiB |",
+        f"| bytes stored per sample (K maps) | {r['bytes_per_sample'] / 1024:,.1f} KiB |",
+        f"| bytes a student reads per sample and epoch (one map) | "
+        f"{r['bytes_per_sample'] / r['views'] / 1024:,.1f} KiB |",
         f"| feature shards per 100k samples | {r['bytes_per_sample'] * 1e5 / 2**30:.2f} GiB |"])
 
 

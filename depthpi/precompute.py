@@ -1,16 +1,20 @@
-"""Teacher features computed once into shards that mirror the source split.
+"""Teacher features computed once into K sets of shards that each mirror the source split.
 
 For every key of every source shard, K views: view 0 is the un-augmented sample, views
 1..K−1 are augmentations drawn from (seed, key, view). Each view's parameters are stored
 with the teacher's tap for that view, so a student can replay the exact view the teacher
 saw (Beyer et al. 2022: a good teacher is patient and consistent).
 
-Feature shard members per key: ``feat.npy`` (K, C, h, w) float16, or uint8 of
-round(255 · sigmoid(F)); ``views.json`` {"seed", "views": [ViewParams dicts]}. Shard names,
-keys and order equal the source's; a source sample that cannot be decoded gets a member with
-``views.json`` {"views": [], "skipped": reason} only, which the student skips and counts.
-``manifest.json`` records the teacher weights' path and sha256, tap, dtype, input size, K,
-seed, the augmentation ranges, the source manifest's sha256, and the skipped samples.
+Layout (:mod:`depthpi.data.features`): set j (``OUT/set-j/``) holds view
+``(j + crc32(key)) mod K`` of every sample: ``feat.npy`` (C, h, w) float16, or uint8 of
+round(255 · sigmoid(F)), and ``view.json`` {"seed", "index", "view": ViewParams dict}. Shard
+names, keys and order equal the source's in every set; a source sample that cannot be decoded
+gets ``view.json`` {"index": null, "skipped": reason} only, which the student skips and
+counts. One job per source shard computes its K views at once and writes its K shards; its
+sidecar (beside the set-0 shard) certifies all K. Each set's ``manifest.json`` and the
+split's own (no shards; the teacher weights' path and sha256, tap, dtype, input size, K,
+seed, the augmentation ranges, the source manifest's sha256, the sets' manifests' sha256 and
+the skipped samples) are written once every shard is there, by whichever part finishes last.
 Colour augmentation runs through ``depthpi.data.colour`` here as in the student's training
 step, so a replayed view gives the student the pixels the teacher saw.
 """
@@ -25,11 +29,11 @@ import torch
 
 from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
 from depthpi.data.batches import Batch, model_inputs
-from depthpi.data.features import encode_features
+from depthpi.data.features import LAYOUT, encode_features, set_name, view_in_set
 from depthpi.data.loader import collate
 from depthpi.data.pipeline import process_sample
 from depthpi.data.schema import SampleError, decode_sample
-from depthpi.data.shard_build import ShardJob, build, finished_record, manifest_of
+from depthpi.data.shard_build import ShardJob, build, finished_record
 from depthpi.data.shard_stream import (DECODE_ERRORS, MAX_RECORDS, ReadLog, ShardSource, TarSamples,
                                        shortfall_message)
 from depthpi.data.shards import (Manifest, ShardInfo, SplitLocation, TarShard, file_sha256, json_bytes,
@@ -76,7 +80,8 @@ class FeatureWriter:
         self.pipeline = replace(base, depth=needs_depth(self.teacher_cfg.model))
         self.location, self.source = SplitLocation.parse(cfg.shards), read_manifest(cfg.shards)
         self.params = {
-            "kind": "teacher_features", "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),
+            "kind": "teacher_features", "layout": LAYOUT,
+            "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),
             "tap": cfg.tap, "relu": "pre" if cfg.tap.endswith("pre_relu") else "post", "dtype": cfg.dtype,
             "views": cfg.views, "seed": cfg.seed, "input_size": base.input_size,
             "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(base.augment).items()},
@@ -91,14 +96,17 @@ class FeatureWriter:
                                 torch.zeros(1, 1, n, n, device=device), self.cfg.tap)
         return tuple(feat.shape[1:])
 
-    def bytes_per_sample(self) -> int:
+    def view_bytes(self) -> int:
+        """Stored bytes of one view: its map, the .npy header and ~128 B of view parameters."""
         c, h, w = self.feature_shape()
-        return self.cfg.views * c * h * w * (2 if self.cfg.dtype == "fp16" else 1) + 128 * self.cfg.views
+        return c * h * w * (2 if self.cfg.dtype == "fp16" else 1) + 256
 
     def _job(self, shard: ShardInfo) -> ShardJob:
-        """Feature shard of one source shard: its bytes depend on the run's params and that shard."""
-        return ShardJob(Path(self.cfg.out) / shard.name, {"precompute": self.params, "source_shard": asdict(shard)},
-                        work=shard)
+        """The K feature shards of one source shard, one per set: their bytes depend on the
+        run's params and that shard."""
+        paths = [Path(self.cfg.out) / set_name(j) / shard.name for j in range(self.cfg.views)]
+        return ShardJob(paths[0], {"precompute": self.params, "source_shard": asdict(shard)}, work=shard,
+                        siblings=tuple(paths[1:]))
 
     def run(self, shard_ids: list[int]) -> list[ShardInfo]:
         """Write the given source shards (finished ones are kept); returns their infos."""
@@ -106,10 +114,10 @@ class FeatureWriter:
         records = build(jobs, self._fill, desc=f"precompute {self.cfg.tap}", keep_empty=True)
         return [ShardInfo(**record["shard"]) for record in records]
 
-    def _fill(self, job: ShardJob, target: TarShard) -> dict:
-        """Features of every sample of one source shard, in source order. A tar error or a short
-        source shard is skipped, counted and reported like a bad sample (never a traceback):
-        the feature shard then mirrors what could be read."""
+    def _fill(self, job: ShardJob, *targets: TarShard) -> dict:
+        """Features of every sample of one source shard, in source order, into one shard per
+        set. A tar error or a short source shard is skipped, counted and reported like a bad
+        sample (never a traceback): the feature shards then mirror what could be read."""
         shard = job.work
         reads = ReadLog(f"precompute {shard.name}")
         source = ShardSource(self.location.url(shard.name), shard, self.location.remote)
@@ -117,10 +125,10 @@ class FeatureWriter:
         for members in TarSamples({source.url: source}, reads)([{"url": source.url}]):
             pending.append(members)
             if len(pending) * self.cfg.views >= self.cfg.batch_size:
-                self._write_batch(pending, target, shard.name, reads)
+                self._write_batch(pending, targets, shard.name, reads)
                 pending = []
         if pending:
-            self._write_batch(pending, target, shard.name, reads)
+            self._write_batch(pending, targets, shard.name, reads)
         report = reads.report
         return {"by_reason": dict(report.skipped), "examples": reads.records, "shortfalls": report.shortfalls}
 
@@ -142,9 +150,11 @@ class FeatureWriter:
             reads.skip(f"map:{err.field}", key, shard, str(err))
             return None, None, f"map:{err.field}: {err}"
 
-    def _write_batch(self, members_list: list[dict], target: TarShard, shard: str, reads: ReadLog) -> None:
-        """Features of every sample, in source order. A bad source sample gets a member without
-        features, so the shards still mirror the source key for key and the student skips it."""
+    def _write_batch(self, members_list: list[dict], targets: tuple[TarShard, ...], shard: str,
+                     reads: ReadLog) -> None:
+        """Features of every sample, in source order, one view into each set's shard. A bad
+        source sample gets a member without features in every set, so the shards still mirror
+        the source key for key and the student skips it."""
         views, entries = [], []
         for members in members_list:
             params, sample_views, why = self._views(members, shard, reads)
@@ -158,16 +168,21 @@ class FeatureWriter:
                 feats = tap_features(self.predictor.model, self.teacher_cfg.model, inputs.rgb, inputs.depth, self.cfg.tap)
         done, k = 0, self.cfg.views
         for key, params, why in entries:
-            if why is not None:
-                target.write({"__key__": key, "views.json": json_bytes(
-                    {"seed": self.cfg.seed, "views": [], "skipped": why})})
-                continue
-            target.write({"__key__": key, "feat.npy": encode_features(feats[done * k:(done + 1) * k], self.cfg.dtype),
-                          "views.json": json_bytes({"seed": self.cfg.seed, "views": [p.to_dict() for p in params]})})
-            done += 1
+            for j, target in enumerate(targets):
+                if why is not None:
+                    target.write({"__key__": key, "view.json": json_bytes(
+                        {"seed": self.cfg.seed, "index": None, "skipped": why})})
+                    continue
+                v = view_in_set(key, j, k)
+                target.write({"__key__": key, "feat.npy": encode_features(feats[done * k + v], self.cfg.dtype),
+                              "view.json": json_bytes({"seed": self.cfg.seed, "index": v,
+                                                       "view": params[v].to_dict()})})
+            if why is None:
+                done += 1
 
     def write_manifest_if_complete(self) -> Manifest | None:
-        """The manifest, once every source shard has its finished feature shard."""
+        """The sets' manifests and the split's, once every source shard has its finished
+        feature shards; returns the split's (no shards: see the module docstring)."""
         records = [finished_record(self._job(shard)) for shard in self.source.shards]
         if any(record is None for record in records):
             return None
@@ -176,8 +191,17 @@ class FeatureWriter:
         skipped = {"count": sum(by_reason.values()), "by_reason": dict(by_reason),
                    "examples": [e for r in reports for e in r["examples"]][:MAX_RECORDS],
                    "shortfalls": [s for r in reports for s in r["shortfalls"]]}
-        manifest = manifest_of(records, self.params, self.source.skeleton, skipped)
-        write_manifest(Path(self.cfg.out), manifest)
+        out, digests = Path(self.cfg.out), []
+        for j in range(self.cfg.views):
+            shards = [record["shard"] if j == 0 else record["siblings"][j - 1] for record in records]
+            infos = [ShardInfo(**info) for info in shards]
+            manifest = Manifest(shards=infos, total_count=sum(i.count for i in infos), skeleton=self.source.skeleton,
+                                params={**self.params, "set": j}, skipped=skipped)
+            write_manifest(out / set_name(j), manifest)
+            digests.append(manifest_sha256(out / set_name(j)))
+        manifest = Manifest(shards=[], total_count=0, skeleton=self.source.skeleton,
+                            params={**self.params, "set_manifests": digests}, skipped=skipped)
+        write_manifest(out, manifest)
         if skipped["shortfalls"]:
             log.warning("%s: source shards read short at precompute: %s", self.cfg.out,
                         "; ".join(shortfall_message(s) for s in skipped["shortfalls"]))
@@ -201,8 +225,8 @@ def estimate(cfg: PrecomputeConfig, config: str | None = None) -> str:
     """Bytes per sample and for the whole split, before anything is written."""
     writer = FeatureWriter(cfg, Predictor.from_checkpoint(cfg.teacher, config, "cpu"))
     c, h, w = writer.feature_shape()
-    per_sample = writer.bytes_per_sample()
-    total = per_sample * writer.source.total_count
+    view = writer.view_bytes()
+    total = view * cfg.views * writer.source.total_count
     return (f"tap {cfg.tap}: {c}×{h}×{w} per view, {cfg.views} view(s), {cfg.dtype} → "
-            f"{per_sample / 1024:.1f} KiB per sample; {writer.source.total_count} samples → "
-            f"{total / 2**30:.2f} GiB in {cfg.out}")
+            f"{view * cfg.views / 1024:.1f} KiB stored per sample, {view / 1024:.1f} KiB read per sample and epoch; "
+            f"{writer.source.total_count} samples → {total / 2**30:.2f} GiB in {cfg.out}")

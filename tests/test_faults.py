@@ -130,35 +130,41 @@ def test_a_map_failure_the_schema_missed_is_skipped_and_reported_not_fatal(synth
     assert "Traceback" in caplog.text and "Singular matrix" in caplog.text
 
 
-@pytest.mark.parametrize("extras, field", [
-    ({"views.json": b"{not json", "feat.npy": b""}, "views.json"),
-    ({"views.json": json.dumps({"views": "all"}).encode(), "feat.npy": b""}, "views.json"),
-    ({"views.json": json.dumps({"views": [{}]}).encode(), "feat.npy": b"\x93NUMPY garbage"}, "feat.npy"),
-    ({"views.json": json.dumps({"views": [{"roll": "left"}]}).encode(), "feat.npy": b""}, "views.json"),
-    ({"views.json": json.dumps({"views": [{}, {}]}).encode()}, "feat.npy"),
-])
-def test_a_corrupt_stored_feature_member_is_a_sample_error(synth, extras, field):
+def _view(index=0, view=None, **extra) -> bytes:
+    return json.dumps({"seed": 0, "index": index, "view": {} if view is None else view, **extra}).encode()
+
+
+def _npy(shape) -> bytes:
     import io
 
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(shape, np.float16))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("extras, field", [
+    ({"view.json": b"{not json", "feat.npy": _npy((4, 5, 5))}, "view.json"),
+    ({"view.json": json.dumps({"view": {}}).encode(), "feat.npy": _npy((4, 5, 5))}, "view.json"),  # no index
+    ({"view.json": _view(index="all"), "feat.npy": _npy((4, 5, 5))}, "view.json"),
+    ({"view.json": _view(index=-1), "feat.npy": _npy((4, 5, 5))}, "view.json"),
+    ({"view.json": _view(view={"roll": "left"}), "feat.npy": _npy((4, 5, 5))}, "view.json"),
+    ({"view.json": _view(), "feat.npy": b"\x93NUMPY garbage"}, "feat.npy"),
+    ({"view.json": _view()}, "feat.npy"),
+    ({"feat.npy": _npy((4, 5, 5))}, "view.json"),
+])
+def test_a_corrupt_stored_feature_member_is_a_sample_error(synth, extras, field):
     sample = next(iter_split(synth / "train"))
-    if extras.get("feat.npy") == b"" and field == "views.json":
-        buffer = io.BytesIO()
-        np.save(buffer, np.zeros((1, 4, 5, 5), np.float16))
-        extras = {**extras, "feat.npy": buffer.getvalue()}
     sample.extras = extras
     with pytest.raises(SampleError) as err:
         replay_map(sample, 0, cfg=PipelineConfig(input_size=65), seed=0)
     assert err.value.field == field
 
 
-def test_stored_features_of_the_wrong_view_count_are_refused(synth):
-    import io
-
+def test_stored_features_of_more_than_one_view_are_refused(synth):
+    # a member of the earlier layout's shape (K, C, h, w) met in a set: one view is (C, h, w)
     sample = next(iter_split(synth / "train"))
-    buffer = io.BytesIO()
-    np.save(buffer, np.zeros((3, 4, 5, 5), np.float16))  # 3 maps for 2 views
-    sample.extras = {"views.json": json.dumps({"views": [{}, {}]}).encode(), "feat.npy": buffer.getvalue()}
-    with pytest.raises(SampleError, match=r"expected \(2, C, h, w\)"):
+    sample.extras = {"view.json": _view(), "feat.npy": _npy((3, 4, 5, 5))}
+    with pytest.raises(SampleError, match=r"expected one view \(C, h, w\)"):
         replay_map(sample, 0, cfg=PipelineConfig(input_size=65), seed=0)
 
 

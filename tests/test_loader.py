@@ -52,6 +52,25 @@ def test_uneven_shards_two_ranks_two_workers_equal_batches_no_duplicates(make_sp
     assert orders[0] != orders[1]
 
 
+def test_the_workers_loose_samples_fill_the_ranks_last_batches(make_split):
+    # One rank, two workers of 7 samples each, batch 4: each worker yields one full batch of
+    # its own and 2 loose samples (its spare: 1); the main process pools the four loose
+    # samples into a third batch. Dropping them per worker would leave 2 batches (8 of 14).
+    split = make_split([7, 7])
+    loader = make_loader(split, 4, map_identity, rank=0, world_size=1, num_workers=2, seed=2)
+    assert len(loader) == 3
+    for epoch in range(3):
+        batches = epoch_keys(loader, epoch)
+        assert [len(b) for b in batches] == [4, 4, 4]
+        keys = flat(batches)
+        assert len(set(keys)) == 12 and {key[:4] for key in batches[-1]} == {"s000", "s001"}  # from both workers
+        stats = loader.pass_stats()
+        assert stats["samples_read"] == 14 and stats["samples_used"] == 12
+    resumed = make_loader(split, 4, map_identity, rank=0, world_size=1, num_workers=2, seed=2)
+    resumed.load_state_dict({**loader.state_dict(), "batches": 2})  # epoch 2, resumed before the pooled batch
+    assert [list(b["key"]) for b in resumed] == [batches[-1]]
+
+
 def test_same_seed_same_epoch_gives_same_batches(make_split):
     split = make_split(UNEVEN)
     a = make_loader(split, 3, map_identity, rank=1, world_size=2, num_workers=2, seed=9, shuffle_buffer=8)
@@ -123,16 +142,16 @@ def _plant_bad_samples(key: str, members: dict) -> dict:
     return members
 
 
-def _run_epoch_on_two_ranks(split, clean, workers=2):
+def _run_epoch_on_two_ranks(split, clean, workers=2, batch=2):
     """Keys per rank and the merged summary of one epoch; asserts the batch counts of a clean split."""
-    loaders = [make_loader(split, 2, map_identity, rank=r, world_size=2, num_workers=workers, seed=1)
+    loaders = [make_loader(split, batch, map_identity, rank=r, world_size=2, num_workers=workers, seed=1)
                for r in range(2)]
-    expected = len(make_loader(clean, 2, map_identity, rank=0, world_size=2, num_workers=workers, seed=1))
+    expected = len(make_loader(clean, batch, map_identity, rank=0, world_size=2, num_workers=workers, seed=1))
     keys = []
     for loader in loaders:
         batches = epoch_keys(loader, 0)
         assert len(batches) == len(loader) == expected
-        assert all(len(b) == 2 for b in batches)
+        assert all(len(b) == batch for b in batches)
         keys += flat(batches)
     stats = [loader.pass_stats() for loader in loaders]
     return keys, skip_summary(stats), [r for s in stats for r in s["refills"]]
@@ -158,10 +177,12 @@ def test_bad_samples_and_a_truncated_tar_are_skipped_reported_and_refilled(make_
 
 
 def test_bad_samples_use_the_reserve_first_no_repeats(make_split):
-    # Batch 2, each worker yields 3 batches; shard 2 (two bad samples) keeps 2 spare, the others 1.
-    counts = [7, 7, 8, 7]
+    # Batch 4: the ranks hold 19 and 18 samples and yield 4 batches each; their 3 and 2 spare
+    # samples are spread over their workers, which keeps one per worker, two for the worker of
+    # shard 2 (10 samples, two bad): as many as each worker's shards hold bad samples.
+    counts = [9, 9, 10, 9]
     split = make_split(counts, mutate=_plant_bad_samples)
-    keys, summary, refills = _run_epoch_on_two_ranks(split, make_split(counts, name="clean"))
+    keys, summary, refills = _run_epoch_on_two_ranks(split, make_split(counts, name="clean"), batch=4)
     assert not refills and len(keys) == len(set(keys))
     assert set(summary["by_reason"]) <= set(PLANTED.values())
     assert all(PLANTED[e["key"]] == reason for reason, e in summary["examples"].items())

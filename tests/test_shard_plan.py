@@ -1,21 +1,27 @@
 """The shard planner's guarantees, for any counts, world size, workers and batch size."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthpi.data.shard_plan import ShardPlanner
+from depthpi.data.shard_plan import ShardPlanner, _lpt, companion_set
 
 CASES = settings(max_examples=150, deadline=None, database=None)
 
 
 @st.composite
 def layouts(draw, min_shards: int = 1):
-    """(counts, world size, workers, batch size) with at least one shard per reader."""
-    world, workers = draw(st.integers(1, 4)), draw(st.integers(0, 3))
+    """(counts, world size, workers, batch size) with at least one shard per reader: small
+    ones, and wider ones (up to 16 ranks × 8 workers) with shards of up to 300 samples."""
+    if draw(st.booleans()):
+        world, workers, most, batch = draw(st.integers(1, 4)), draw(st.integers(0, 3)), 40, draw(st.integers(1, 9))
+    else:
+        world, workers, most, batch = draw(st.integers(1, 16)), draw(st.integers(0, 8)), 300, draw(st.integers(1, 128))
     readers = world * max(1, workers)
-    counts = draw(st.lists(st.integers(0, 40), min_size=max(readers, min_shards), max_size=readers + 12))
-    return counts, world, workers, draw(st.integers(1, 9))
+    counts = draw(st.lists(st.integers(0, most), min_size=max(readers, min_shards), max_size=2 * readers + 12))
+    return counts, world, workers, batch
 
 
 def shards_used(plan) -> list[int]:
@@ -24,19 +30,68 @@ def shards_used(plan) -> list[int]:
 
 @CASES
 @given(layouts(), st.integers(0, 2**31), st.integers(0, 50))
-def test_every_rank_gets_the_same_batches_within_what_its_workers_hold(layout, seed, epoch):
+def test_every_rank_gets_the_same_batches_all_but_less_than_one_of_its_poorest(layout, seed, epoch):
     counts, world, workers, batch = layout
     planner = ShardPlanner(counts, world, workers, batch)
     plan = planner.plan(seed, epoch, shuffle=True, capped=True)
-    assert len(plan.shards) == len(plan.quotas) == world
+    assert len(plan.shards) == len(plan.takes) == world
+    totals = [planner.samples(plan, rank) for rank in range(world)]
     for rank in range(world):
         assert len(plan.shards[rank]) == max(1, workers)
-        assert sum(plan.quotas[rank]) == planner.batches_per_rank
-        for quota, samples in zip(plan.quotas[rank], planner.samples(plan, rank), strict=True):
-            assert 0 <= quota * batch <= samples
-    # as many batches as the poorest rank can fill: one more would overdraw one of its workers
-    totals = [planner.samples(plan, rank) for rank in range(world)]
-    assert planner.batches_per_rank == min(sum(n // batch for n in rank) for rank in totals)
+        assert sum(plan.takes[rank]) == planner.batches_per_rank * batch  # full batches and pooled loose samples
+        assert all(0 <= take <= held for take, held in zip(plan.takes[rank], totals[rank], strict=True))
+    # as many batches as the poorest rank can fill: one more would overdraw it
+    assert planner.batches_per_rank == min(sum(rank) for rank in totals) // batch
+
+
+@CASES
+@given(layouts(), st.integers(0, 2**31), st.integers(0, 50))
+def test_each_worker_keeps_an_even_share_of_its_ranks_spare_samples(layout, seed, epoch):
+    counts, world, workers, batch = layout
+    planner = ShardPlanner(counts, world, workers, batch)
+    plan = planner.plan(seed, epoch, shuffle=True, capped=True)
+    for rank in range(world):
+        held = planner.samples(plan, rank)
+        spare = [h - t for h, t in zip(held, plan.takes[rank], strict=True)]
+        for a in range(len(spare)):  # a worker with less spare than another has nothing more to give
+            assert all(spare[a] >= spare[b] - 1 or spare[a] == held[a] for b in range(len(spare)))
+
+
+@CASES
+@given(layouts(), st.integers(0, 2**31), st.integers(0, 50))
+def test_an_epoch_reads_no_sample_twice_and_uses_the_planned_samples(layout, seed, epoch):
+    # Replays the plan as the workers do: each reads its shards in order and takes its first
+    # ``takes`` samples; a sample is (shard, position).
+    counts, world, workers, batch = layout
+    planner = ShardPlanner(counts, world, workers, batch)
+    plan = planner.plan(seed, epoch, shuffle=True, capped=True)
+    used = []
+    for rank in range(world):
+        for shards, take in zip(plan.shards[rank], plan.takes[rank], strict=True):
+            read = [(s, i) for s in shards for i in range(counts[s])]
+            used += read[:take]
+    assert len(used) == len(set(used)) == world * planner.batches_per_rank * batch
+
+
+@CASES
+@given(layouts(), st.integers(0, 2**31))
+def test_swapping_shards_never_leaves_the_poorest_rank_poorer_than_plain_lpt(layout, seed):
+    counts, world, workers, batch = layout
+    planner = ShardPlanner(counts, world, workers, batch)
+    canonical = sorted(range(len(counts)), key=lambda s: (-counts[s], s))
+    lpt = min(sum(counts[s] for s in rank) for rank in _lpt(canonical, counts, world))
+    assert min(sum(planner.samples(planner.plan(seed, 0, shuffle=True, capped=True), r)) for r in range(world)) >= lpt
+
+
+@pytest.mark.parametrize("world, workers", [(64, 8), (8, 8), (1, 8)])
+def test_an_ntu_sized_split_uses_at_least_98_percent_per_epoch(world, workers):
+    # 1,320 shards of 200-260 samples (~304k, NTU RGB+D's thesis split at every 5th frame), batch 96
+    counts = np.random.default_rng(0).integers(200, 261, 1320).tolist()
+    planner = ShardPlanner(counts, world, workers, 96)
+    used = world * planner.batches_per_rank * 96
+    assert used >= 0.98 * sum(counts)
+    plan = planner.plan(3, 7, shuffle=True, capped=True)
+    assert all(sum(takes) == planner.batches_per_rank * 96 for takes in plan.takes)
 
 
 @CASES
@@ -45,7 +100,7 @@ def test_every_shard_is_assigned_exactly_once(layout, seed, epoch, shuffle, cycl
     counts, world, workers, batch = layout
     plan = ShardPlanner(counts, world, workers, batch).plan(seed, epoch, shuffle=shuffle, capped=False, cycle=cycle)
     assert shards_used(plan) == list(range(len(counts)))
-    assert plan.quotas is None
+    assert plan.takes is None
 
 
 @CASES
@@ -78,3 +133,10 @@ def test_evaluation_reads_in_stored_order_with_partial_last_batches(layout, epoc
     for rank in range(world):
         assert all(list(worker) == sorted(worker) for worker in plan.shards[rank])
         assert planner.eval_batches(plan, rank) == sum(-(-n // batch) for n in planner.samples(plan, rank))
+
+
+@CASES
+@given(st.integers(0, 2**31), st.integers(0, 500), st.integers(0, 100), st.integers(1, 8), st.integers(0, 50))
+def test_every_shard_meets_every_companion_set_over_as_many_epochs(seed, shard, start, sets, cycle):
+    met = [companion_set(seed, epoch, cycle, shard, sets) for epoch in range(start, start + sets)]
+    assert sorted(met) == list(range(sets))

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 
 from depthpi.data.colour import colour_augment
-from depthpi.data.features import replay_map
+from depthpi.data.features import feature_sets, replay_map
 from depthpi.data.loader import ShardLoader, make_loader
 from depthpi.data.pipeline import PipelineConfig, process_sample
 
@@ -175,7 +175,7 @@ def build_train_loaders(data_cfg, pipeline: PipelineConfig, seed: int, rank: int
     """(labelled loader, unlabelled loader or None); the unlabelled one never runs out.
 
     ``features``: feature-shard directories (train, unlabelled) of a precomputed teacher;
-    samples are then read side by side with them and replay a stored view.
+    samples are then read side by side with one of their sets per epoch and replay its view.
     """
     labeled_bs, unlabeled_bs = split_batch(data_cfg.batch_size, data_cfg.unlabeled_fraction,
                                            data_cfg.unlabeled is not None)
@@ -186,7 +186,8 @@ def build_train_loaders(data_cfg, pipeline: PipelineConfig, seed: int, rank: int
     def loader(split, batch_size, split_seed, companion, **extra):
         fn = map_fn(pipeline, split_seed, True) if companion is None else partial(
             replay_map, cfg=pipeline, seed=split_seed)
-        return make_loader(split, batch_size, fn, seed=split_seed, companion_dir=companion, **common, **extra)
+        sets = None if companion is None else feature_sets(companion)  # one stored view per sample and epoch
+        return make_loader(split, batch_size, fn, seed=split_seed, companion_dir=sets, **common, **extra)
 
     train_features, unlabeled_features = features or (None, None)
     labeled = loader(data_cfg.train, labeled_bs, seed, train_features)

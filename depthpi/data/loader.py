@@ -8,20 +8,29 @@ Per DataLoader worker, one pass over its shards is one flat WebDataset stage lis
     → shuffle buffer        (seeded by seed, epoch, cycle, pass, rank, worker)
     → decode → map_fn(sample, epoch)   (bad samples skipped, counted, reported)
 
-and the worker's stream (:meth:`ShardDataset.__iter__`) is passes → exactly quota·B
-samples → batch (``collate``) → deliveries.
+and the worker's stream (:meth:`ShardDataset.__iter__`) is passes → exactly n samples →
+full batches (``collate``) and the loose rest → deliveries.
 
-Which worker reads which shards and how many batches it yields is
-:mod:`depthpi.data.shard_plan`. A worker stops decoding once it has ``quota · B`` good
-samples and reads the rest of its shards without decoding, so every shard is checked
-against the manifest in every pass. Only if bad or missing samples exceed its reserve
-does it rewind over its own shards (another pass, reshuffled) to fill what is missing:
-repeats within the epoch, recorded in ``refills`` and logged. The batch count never
-changes. A pass that yields no usable sample at all raises (it would loop forever).
+Which worker reads which shards and how many samples n it yields is
+:mod:`depthpi.data.shard_plan`. A worker stops decoding once it has n good samples and
+reads the rest of its shards without decoding, so every shard is checked against the
+manifest in every pass. Only if bad or missing samples exceed its reserve does it rewind
+over its own shards (another pass, reshuffled) to fill what is missing: repeats within the
+epoch, recorded in ``refills`` and logged. The batch count never changes. A pass that
+yields no usable sample at all raises (it would loop forever).
+
+A training worker delivers ⌊n / B⌋ full batches and then its last n mod B samples loose;
+the main process (:meth:`ShardLoader.__iter__`) pools the loose samples of all its workers
+in the order the DataLoader hands deliveries over (fixed: worker by worker, round robin)
+and collates a batch whenever B are pooled. The plan makes the loose samples of a rank add
+up to whole batches, so the number of workers costs no samples (a rank leaves unused only
+the spare samples the plan gives its workers as their reserve), and a replay of the epoch
+gives the same batches.
 
 Statistics travel beside the batches, not inside them: each worker yields
 ``Delivery(batch, report)``, the report covering what the worker read since its previous
-delivery, and a last ``Delivery(None, report)`` for what it read after its last batch.
+delivery (samples, skips, bytes per source), and a last ``Delivery(None, report, loose)``
+for what it read after its last batch and its loose samples.
 The main process merges the reports of the deliveries it receives, so its totals are
 exactly what the batches handed out so far cost, on any number of workers, in order, with
 no second channel that could race the DataLoader's own queue.
@@ -40,15 +49,16 @@ import itertools
 import logging
 import multiprocessing
 import random
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from depthpi.data.shard_plan import ShardPlanner
+from depthpi.data.shard_plan import ShardPlanner, companion_set
 from depthpi.data.shard_stream import (DECODE_ERRORS, MapFn, ReadLog, ReadReport, ShardSource, TarSamples,
                                        decode_samples, map_samples, select_shards, shard_list, skip_summary,
                                        split_sources)
@@ -60,10 +70,12 @@ log = logging.getLogger(__name__)
 
 
 class Delivery(NamedTuple):
-    """What a worker hands the main process: a batch (None at the end) and its read report."""
+    """What a worker hands the main process: a batch (None at the end), its read report, and
+    at the end of a training pass the worker's loose samples (uncollated) for the rank's pool."""
 
     batch: dict | None
     report: dict | None
+    loose: list[dict] | None = None
 
 
 def collate(samples: list[dict]) -> dict:
@@ -76,13 +88,22 @@ def collate(samples: list[dict]) -> dict:
                         f"shapes and types for every sample") from err
 
 
-def deliver(batches: Iterator[dict], log: ReadLog) -> Iterator[Delivery]:
-    """Each batch with the report of what was read for it; a last report after the last batch."""
-    for batch in batches:
-        yield Delivery(batch, log.take())
-    tail = log.take()
-    if tail:
-        yield Delivery(None, tail)
+def deliver(samples: Iterator[dict], batch_size: int, log: ReadLog, rest: str) -> Iterator[Delivery]:
+    """Full batches, each with the report of what was read for it; then the rest of the
+    samples as ``rest`` says (``"batch"``: a partial batch, ``"loose"``: uncollated in the
+    last delivery, for the rank's pool) and a last report."""
+    batch = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            yield Delivery(collate(batch), log.take())
+            batch = []
+    if batch and rest == "batch":
+        yield Delivery(collate(batch), log.take())
+        batch = []
+    tail, loose = log.take(), batch if rest == "loose" and batch else None
+    if tail or loose:
+        yield Delivery(None, tail, loose)
 
 
 def _as_delivered(item):
@@ -96,14 +117,18 @@ class ShardDataset(IterableDataset):
         sources: every shard of the split (manifest order), see :class:`ShardSource`.
         planner: the split's :class:`ShardPlanner` for this world, workers and batch size.
         map_fn: picklable ``(Sample, epoch) -> dict``.
+        companion_sets: ``companion_sets[j][i]``: shard i of companion set j (see
+            :func:`make_loader`); each pass reads shard i with set
+            :func:`~depthpi.data.shard_plan.companion_set` of (seed, epoch, cycle, i).
         rank, seed, shuffle, shuffle_buffer, drop_last, infinite, cache_dir: see :func:`make_loader`.
     """
 
     def __init__(self, sources: list[ShardSource], planner: ShardPlanner, map_fn: MapFn, *, rank: int, seed: int,
-                 shuffle: bool, shuffle_buffer: int, drop_last: bool, infinite: bool, cache_dir: str | None = None):
+                 shuffle: bool, shuffle_buffer: int, drop_last: bool, infinite: bool, cache_dir: str | None = None,
+                 companion_sets: list[list[ShardSource]] | None = None):
         super().__init__()
         self.sources, self.planner, self.map_fn = sources, planner, map_fn
-        self.by_url = {source.url: source for source in sources}
+        self.companion_sets = companion_sets or []
         self.batch_size = planner.batch_size
         self.rank, self.seed, self.shuffle, self.shuffle_buffer = rank, seed, shuffle, shuffle_buffer
         self.drop_last, self.infinite, self.cache_dir = drop_last, infinite, cache_dir
@@ -114,16 +139,16 @@ class ShardDataset(IterableDataset):
         worker, epoch = info.id if info else 0, int(self.epoch.value)
         reads = ReadLog(f"rank {self.rank} worker {worker} epoch {epoch}")
         samples = self._cycles if self.infinite else self._epoch
+        rest = "batch" if not (self.drop_last or self.infinite) else "loose"
         return iter(wds.DataPipeline(
             partial(samples, worker, epoch, reads),     # passes over this worker's shards (see _pass)
-            wds.batched(self.batch_size, collation_fn=collate, partial=not (self.drop_last or self.infinite)),
-            partial(deliver, log=reads),                # (batch, what reading it cost)
+            partial(deliver, batch_size=self.batch_size, log=reads, rest=rest),  # (batch, what reading it cost)
         ))
 
     def _pass(self, worker: int, epoch: int, reads: ReadLog, shard_ids: tuple[int, ...], cycle: int,
               pass_index: int) -> tuple[wds.DataPipeline, TarSamples]:
         """One read of ``shard_ids``: the path of a sample, top to bottom."""
-        tars = TarSamples(self.by_url, reads, self.cache_dir)
+        tars = TarSamples(self._paired_sources(epoch, cycle), reads, self.cache_dir)
         seed = np.random.SeedSequence([self.seed, epoch, cycle, pass_index, self.rank, worker])
         pipeline = wds.DataPipeline(
             shard_list([source.url for source in self.sources]),  # the split's shards, manifest order
@@ -136,14 +161,22 @@ class ShardDataset(IterableDataset):
         )
         return pipeline, tars
 
+    def _paired_sources(self, epoch: int, cycle: int) -> dict[str, ShardSource]:
+        """url → source, each with the companion shard of the set it is read with in this pass."""
+        sets = self.companion_sets
+        if not sets:
+            return {source.url: source for source in self.sources}
+        return {source.url: replace(source, companion=sets[companion_set(self.seed, epoch, cycle, i, len(sets))][i])
+                for i, source in enumerate(self.sources)}
+
     def _epoch(self, worker: int, epoch: int, reads: ReadLog) -> Iterator[dict]:
-        """One epoch: everything once (evaluation), or exactly quota·B samples (training)."""
+        """One epoch: everything once (evaluation), or exactly the plan's samples (training)."""
         plan = self.planner.plan(self.seed, epoch, shuffle=self.shuffle, capped=self.drop_last)
         shard_ids = plan.shards[self.rank][worker]
-        if plan.quotas is None:
+        if plan.takes is None:
             yield from self._pass(worker, epoch, reads, shard_ids, 0, 0)[0]
             return
-        need, done = plan.quotas[self.rank][worker] * self.batch_size, 0
+        need, done = plan.takes[self.rank][worker], 0
         for pass_index in itertools.count():
             pipeline, tars = self._pass(worker, epoch, reads, shard_ids, 0, pass_index)
             samples, got = iter(pipeline), 0
@@ -209,17 +242,24 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[dict]:
         skip, self._skip, self._consumed = self._skip, 0, 0
-        self._pass = ReadReport()
+        self._pass, pool, size = ReadReport(), [], self.dataset.batch_size
         for delivery in self.loader:
             if delivery.report:
                 self._stats.merge(delivery.report)
                 self._pass.merge(delivery.report)
-            if delivery.batch is None:
-                continue
-            self._consumed += 1
-            if self._consumed <= skip:  # resuming mid-epoch: re-read and discard
-                continue
-            yield delivery.batch
+            pool.extend(delivery.loose or ())
+            batches = [delivery.batch] if delivery.batch is not None else []
+            while len(pool) >= size:  # the workers' loose samples: this rank's last batches
+                batches.append(pool[:size])
+                del pool[:size]
+            for batch in batches:
+                self._consumed += 1
+                if self._consumed <= skip:  # resuming mid-epoch: re-read and discard
+                    continue
+                yield collate(batch) if isinstance(batch, list) else batch
+        if pool:
+            raise RuntimeError(f"{self.split}: {len(pool)} loose samples left over at the end of epoch {self.epoch}, "
+                               f"less than a batch; the shard plan must make them whole batches")
 
     def stats(self) -> dict:
         """Since creation: see :meth:`depthpi.data.shard_stream.ReadReport.as_dict`."""
@@ -277,7 +317,7 @@ def _mirrored(location: SplitLocation, manifest, companion: str | Path) -> list[
         raise ManifestError(f"{theirs_location.url('manifest.json')}: shards do not mirror the source split "
                             f"{location} (first difference, as (name, count, first key, last key): source "
                             f"{diff[0]}, companion {diff[1]})")
-    return split_sources(theirs_location, theirs)
+    return split_sources(theirs_location, theirs, role="features")
 
 
 def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -290,7 +330,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                 shuffle_buffer: int = 500, drop_last: bool = True, infinite: bool = False,
                 persistent_workers: bool = True, pin_memory: bool = False, prefetch_factor: int = 2,
                 multiprocessing_context: str | None = None, check_sha256: bool = False,
-                companion_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> ShardLoader:
+                companion_dir: str | Path | Sequence[str | Path] | None = None,
+                cache_dir: str | Path | None = None) -> ShardLoader:
     """A loader of one rank over a split.
 
     Args:
@@ -313,8 +354,11 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         check_sha256: verify every shard (sha256, counts, keys) against the manifest before
             starting (:func:`depthpi.data.shard_verify.require_intact`).
         companion_dir: a split of shards mirroring this one (same names, keys, order),
-            e.g. precomputed teacher features; their members are merged into each sample
-            and reach ``map_fn`` as ``Sample.extras``.
+            e.g. precomputed teacher features, or a list of such splits (sets: each pass
+            reads a shard with one of them, see :func:`~depthpi.data.shard_plan.companion_set`,
+            so every set is met over as many epochs); their members are merged into each
+            sample and reach ``map_fn`` as ``Sample.extras``. Their bytes are counted as
+            ``features``, the split's own as ``images``.
         cache_dir: keep a local copy of each remote shard there (checked against the
             manifest's sha256); None streams remote shards every pass. Local splits ignore it.
     Raises:
@@ -334,11 +378,20 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
 
         require_intact(split_dir, workers=max(1, num_workers))
     _check_readers(location, len(manifest.shards), world_size, num_workers, training=drop_last or infinite)
-    companions = None if companion_dir is None else _mirrored(location, manifest, companion_dir)
+    if companion_dir is None:
+        companion_dirs = []
+    else:
+        companion_dirs = [companion_dir] if isinstance(companion_dir, (str, Path)) else list(companion_dir)
+    companion_sets = [_mirrored(location, manifest, companion) for companion in companion_dirs]
     planner = ShardPlanner(manifest.counts, world_size, num_workers, batch_size)
-    dataset = ShardDataset(split_sources(location, manifest, companions), planner, map_fn, rank=rank, seed=seed,
+    if drop_last and not infinite and manifest.total_count:
+        used = planner.batches_per_rank * batch_size * world_size
+        log.info("%s: an epoch uses %d of its %d samples (%.1f %%): %d batches of %d on each of %d rank(s) × %d "
+                 "worker(s)", location, used, manifest.total_count, 100 * used / manifest.total_count,
+                 planner.batches_per_rank, batch_size, world_size, max(1, num_workers))
+    dataset = ShardDataset(split_sources(location, manifest), planner, map_fn, rank=rank, seed=seed,
                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite,
-                           cache_dir=None if cache_dir is None else str(cache_dir))
+                           cache_dir=None if cache_dir is None else str(cache_dir), companion_sets=companion_sets)
     extra = {}
     if num_workers > 0:
         extra = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,

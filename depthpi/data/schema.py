@@ -185,7 +185,7 @@ class Sample:
         depth: (h, w) uint16 depth in mm (0 = invalid), or None.
         meta: see :class:`SampleMeta`.
         extras: members beyond the schema, undecoded (e.g. a paired teacher-feature
-            shard's ``feat.npy`` and ``views.json``).
+            shard's ``feat.npy`` and ``view.json``).
     """
 
     key: str

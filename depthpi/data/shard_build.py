@@ -1,19 +1,20 @@
 """The one resumable shard builder: the synthetic set, the raw-data converters and
 precomputed teacher features all write their shards through :func:`build`.
 
-A build is a list of :class:`ShardJob`: the shard's path, the parameters its bytes depend
-on, and what the fill function needs besides. A finished shard has a sidecar
-``.{name}.done.json`` beside it::
+A build is a list of :class:`ShardJob`: the shard's path (and the paths of sibling shards
+the same fill writes at once), the parameters their bytes depend on, and what the fill
+function needs besides. A finished shard has a sidecar ``.{name}.done.json`` beside it::
 
     {"format": 1, "digest": sha256 of the parameters' canonical JSON, "params": {...},
-     "shard": ShardInfo fields, or None for a shard with no sample, "report": {...}}
+     "shard": ShardInfo fields, or None for a shard with no sample, "report": {...},
+     "siblings": [ShardInfo fields of each sibling]  (jobs with siblings only)}
 
 written after the shard is renamed into place, so its presence certifies a complete
 shard. A rerun deletes the temporaries killed writers left, keeps every shard whose
-sidecar has the job's digest and whose tar has the recorded size, and redoes the rest;
+sidecar has the job's digest and whose tars have the recorded sizes, and redoes the rest;
 with a deterministic fill a redone shard is byte-identical. The fill function
-writes members into the open :class:`TarShard` and returns the shard's report (its
-skipped samples, a conversion summary), kept in the sidecar for the manifest.
+writes members into the open :class:`TarShard` (one per path) and returns the shard's
+report (its skipped samples, a conversion summary), kept in the sidecar for the manifest.
 """
 from __future__ import annotations
 
@@ -56,19 +57,26 @@ class ShardJob:
         params: everything its bytes depend on (JSON-able); their digest decides a redo.
         work: what the fill function needs beyond ``params`` (not part of the digest).
         size: the job's share of the progress bar (videos, samples; default 1 shard).
+        siblings: further shards the same fill writes (e.g. one per stored view), certified
+            with ``path``'s sidecar: the job is finished when all of them are.
     """
 
     path: Path
     params: dict
     work: Any = None
     size: int = 1
+    siblings: tuple[Path, ...] = ()
 
     @property
     def digest(self) -> str:
         return params_digest(self.params)
 
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path, *self.siblings)
 
-Fill = Callable[[ShardJob, TarShard], dict]
+
+Fill = Callable[..., dict]  # fill(job, shard, *sibling_shards) -> report
 
 
 def sidecar_path(shard: str | Path) -> Path:
@@ -85,9 +93,11 @@ def finished_record(job: ShardJob) -> dict | None:
     if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT or record.get("digest") != job.digest:
         return None
     if record.get("shard") is None:
-        return record if not job.path.exists() else None
+        return record if not any(path.exists() for path in job.paths) else None
     try:
-        return record if job.path.stat().st_size == record["shard"]["bytes"] else None
+        infos = [record["shard"], *record["siblings"]] if job.siblings else [record["shard"]]
+        sizes = [info["bytes"] for info in infos]
+        return record if [path.stat().st_size for path in job.paths] == sizes else None
     except (OSError, KeyError, TypeError):
         return None
 
@@ -99,20 +109,22 @@ def write_shard(job: ShardJob, fill: Fill, keep_empty: bool = False) -> dict:
     ``shard`` is None); with it, it is an empty tar listed like any other.
     """
     sidecar_path(job.path).unlink(missing_ok=True)  # no stale certificate while the shard changes
-    shard = TarShard(job.path)
+    shards = [TarShard(path) for path in job.paths]
     try:
-        report = fill(job, shard)
+        report = fill(job, *shards)
     except BaseException:
-        shard.abort()
+        for shard in shards:
+            shard.abort()
         raise
-    if shard.count or keep_empty:
-        info = asdict(shard.finish())
+    if any(shard.count for shard in shards) or keep_empty:
+        infos = [asdict(shard.finish()) for shard in shards]
     else:
-        shard.abort()
-        job.path.unlink(missing_ok=True)
-        info = None
-    record = {"format": SIDECAR_FORMAT, "digest": job.digest, "params": job.params, "shard": info,
-              "report": report}
+        for shard, path in zip(shards, job.paths):
+            shard.abort()
+            path.unlink(missing_ok=True)
+        infos = [None]
+    record = {"format": SIDECAR_FORMAT, "digest": job.digest, "params": job.params, "shard": infos[0],
+              "report": report, **({"siblings": infos[1:]} if job.siblings else {})}
     atomic_write_bytes(sidecar_path(job.path), json_bytes(record), fsync=True)
     return record
 
@@ -124,8 +136,8 @@ def build(jobs: list[ShardJob], fill: Fill, *, workers: int = 1, desc: str = "sh
 
     Args:
         jobs: the shards of the build (their directories are created).
-        fill: ``fill(job, shard) -> report``; picklable (a module-level function or a
-            ``functools.partial`` of one) when ``workers > 1``.
+        fill: ``fill(job, shard, *sibling_shards) -> report``; picklable (a module-level
+            function or a ``functools.partial`` of one) when ``workers > 1``.
         workers: processes building shards concurrently (spawned: no inherited locks or
             threads of torch or OpenCV).
         desc, unit, progress: the progress bar (its total is the jobs' ``size``).
@@ -133,7 +145,8 @@ def build(jobs: list[ShardJob], fill: Fill, *, workers: int = 1, desc: str = "sh
         initializer: run once in each worker process.
     """
     for job in jobs:  # a build is the one writer of its shards: what killed writers left goes
-        remove_temporaries(job.path)
+        for path in job.paths:
+            remove_temporaries(path)
         remove_temporaries(sidecar_path(job.path))
     records = [finished_record(job) for job in jobs]
     todo = [i for i, record in enumerate(records) if record is None]
@@ -152,7 +165,8 @@ def _run(jobs: list[ShardJob], todo: list[int], fill: Fill, workers: int, keep_e
          initializer) -> Iterator[tuple[int, dict]]:
     """(job index, record) as shards finish; in this process when ``workers == 1``."""
     for index in todo:
-        jobs[index].path.parent.mkdir(parents=True, exist_ok=True)
+        for path in jobs[index].paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if workers <= 1 or len(todo) <= 1:
         for index in todo:
             yield index, write_shard(jobs[index], fill, keep_empty)

@@ -1,21 +1,28 @@
-"""Which (rank, worker) reads which shards, and how many batches each yields: a pure
-function of the manifest's per-shard sample counts and (seed, epoch, world size, workers,
-batch size). No torch, no I/O: every worker of every rank computes the same plan.
+"""Which (rank, worker) reads which shards, how many samples each yields, and which
+companion set each shard is read with: a pure function of the manifest's per-shard sample
+counts and (seed, epoch, world size, workers, batch size). No torch, no I/O: every worker
+of every rank computes the same plan.
 
-Equal batches per rank. Shards are dealt to ranks, then to each rank's workers, largest
-first to the least-loaded bin (LPT, on a canonical order): a template whose per-rank loads
-do not depend on the epoch. Each epoch then (a) permutes shards of equal count among their
-template positions, (b) permutes which rank takes which rank bin and which worker which
-worker bin, (c) shuffles each worker's read order. Worker w of rank r holds ``T_rw``
-samples and may yield at most ``floor(T_rw / B)`` full batches; every rank yields
-``L = min_r Σ_w floor(T_rw / B)`` (so ``len()`` is the same on all ranks and in all epochs),
-split over its workers largest spare first. The excess samples (``T_rw − quota·B``) are a
-worker's reserve for bad samples; they differ every epoch because the assignment and the
-read order do.
+Equal batches per rank, all but less than a batch of the poorest rank's samples used.
+Shards are dealt to ranks largest first to the least-loaded (LPT, on a canonical order),
+then swapped between the poorest rank and richer ones while a swap raises the poorest;
+each rank's shards are dealt to its workers by LPT. This template does not depend on the
+epoch. Each epoch then (a) permutes shards of equal count among their template positions,
+(b) permutes which rank takes which rank bin and which worker which worker bin, (c)
+shuffles each worker's read order.
+
+Rank r holds ``T_r`` samples; every rank yields ``L = ⌊min_r T_r / B⌋`` batches. Worker w
+of a rank yields ``n_w`` samples, ``Σ_w n_w = L·B``, leaving each worker an even share of
+the rank's spare samples ``T_r − L·B``: its reserve for bad samples (used before it
+rereads its shards). A worker delivers ``⌊n_w / B⌋`` full batches and its last
+``n_w mod B`` samples loose; the rank's main process pools the loose samples of all its
+workers into its last batches (``depthpi.data.loader``).
 """
 from __future__ import annotations
 
+import bisect
 import heapq
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +38,68 @@ def _lpt(items: list[int], counts: list[int], bins: int) -> list[list[int]]:
     return out
 
 
-def _split_quota(totals: list[int], target: int, batch_size: int) -> list[int]:
-    """Give ``target`` batches to workers holding ``totals`` samples, largest spare first."""
-    quota, heap = [0] * len(totals), [(-total, w) for w, total in enumerate(totals)]
-    for _ in range(target):
-        spare, w = heapq.heappop(heap)
-        assert -spare >= batch_size, "target exceeds the rank's capacity"
-        quota[w] += 1
-        heapq.heappush(heap, (spare + batch_size, w))
-    return quota
+def _best_swap(rich: list[int], poor: list[int], counts: list[int], gap: int) -> tuple[int, int] | None:
+    """(index in ``rich``, index in ``poor``) of the swap moving δ = count(a) − count(b) from the
+    rich bin to the poor one with 0 < δ < gap, δ closest to gap / 2; None if there is none."""
+    ranked = sorted(range(len(poor)), key=lambda i: (counts[poor[i]], poor[i]))
+    values = [counts[poor[i]] for i in ranked]
+    best, best_error = None, None
+    for i, shard in enumerate(rich):
+        target = counts[shard] - gap / 2  # the count of b that halves the gap
+        at = bisect.bisect_left(values, target)
+        for j in (at - 1, at):
+            if 0 <= j < len(values) and 0 < counts[shard] - values[j] < gap:
+                error = abs(counts[shard] - values[j] - gap / 2)
+                if best_error is None or error < best_error:
+                    best, best_error = (i, ranked[j]), error
+    return best
+
+
+def _raise_poorest(bins: list[list[int]], counts: list[int]) -> list[list[int]]:
+    """Swap shards between the poorest bin and richer ones (richest first) while a swap raises it.
+
+    Each swap leaves both loads strictly between the two old ones, so the sum of squared
+    loads falls and the loop ends; the shards per bin stay as LPT dealt them.
+    """
+    bins = [list(b) for b in bins]
+    loads = [sum(counts[s] for s in b) for b in bins]
+    for _ in range(8 * len(counts) + 8):
+        poor = min(range(len(bins)), key=lambda b: (loads[b], b))
+        for rich in sorted(range(len(bins)), key=lambda b: (-loads[b], b)):
+            gap = loads[rich] - loads[poor]
+            if gap <= 1:
+                return bins
+            swap = _best_swap(bins[rich], bins[poor], counts, gap)
+            if swap is not None:
+                i, j = swap
+                delta = counts[bins[rich][i]] - counts[bins[poor][j]]
+                bins[rich][i], bins[poor][j] = bins[poor][j], bins[rich][i]
+                loads[rich], loads[poor] = loads[rich] - delta, loads[poor] + delta
+                break
+        else:
+            return bins
+    return bins
+
+
+def _spread_spare(totals: list[int], spare: int) -> list[int]:
+    """``spare`` samples over workers holding ``totals``: as even as their totals allow."""
+    out, left = [0] * len(totals), spare
+    order = sorted(range(len(totals)), key=lambda w: (totals[w], w))
+    for i, w in enumerate(order):
+        out[w] = min(totals[w], left // (len(order) - i))
+        left -= out[w]
+    assert left == 0, "the spare exceeds what the workers hold"
+    return out
+
+
+def companion_set(seed: int, epoch: int, cycle: int, shard: int, sets: int) -> int:
+    """Which of ``sets`` companion sets shard ``shard`` is read with in (epoch, cycle).
+
+    A fixed offset per (seed, shard) plus the epoch: over any ``sets`` consecutive epochs a
+    shard meets every set once, and neighbouring shards start from different sets.
+    """
+    offset = zlib.crc32(f"{seed}:{shard}".encode())
+    return (offset + epoch + cycle) % sets
 
 
 @dataclass(frozen=True)
@@ -48,15 +108,16 @@ class EpochPlan:
 
     Attributes:
         shards: ``shards[rank][worker]`` shard indices (manifest order) in read order.
-        quotas: ``quotas[rank][worker]`` full batches to yield, or None (read everything).
+        takes: ``takes[rank][worker]`` samples to yield (full batches, then the loose rest
+            for the rank's pooled last batches), or None (read everything).
     """
 
     shards: tuple[tuple[tuple[int, ...], ...], ...]
-    quotas: tuple[tuple[int, ...], ...] | None
+    takes: tuple[tuple[int, ...], ...] | None
 
 
 class ShardPlanner:
-    """Deterministic shard assignment and batch quotas from the manifest counts.
+    """Deterministic shard assignment and per-worker sample counts from the manifest counts.
 
     Args:
         counts: samples per shard, in manifest order.
@@ -71,33 +132,34 @@ class ShardPlanner:
         self.counts, self.batch_size = [int(c) for c in counts], batch_size
         self.world_size, self.num_workers = world_size, max(1, num_workers)
         canonical = sorted(range(len(counts)), key=lambda s: (-self.counts[s], s))
-        self.template = [_lpt(shards, self.counts, self.num_workers)
-                         for shards in _lpt(canonical, self.counts, world_size)]
+        ranks = _raise_poorest(_lpt(canonical, self.counts, world_size), self.counts)
+        self.template = [_lpt(shards, self.counts, self.num_workers) for shards in ranks]
         totals = [[sum(self.counts[s] for s in shards) for shards in rank] for rank in self.template]
-        self.batches_per_rank = min(sum(t // batch_size for t in rank) for rank in totals)
-        self.quotas = [_split_quota(rank, self.batches_per_rank, batch_size) for rank in totals]
+        self.batches_per_rank = min(sum(rank) for rank in totals) // batch_size
+        used = self.batches_per_rank * batch_size
+        self.takes = [[t - s for t, s in zip(rank, _spread_spare(rank, sum(rank) - used))] for rank in totals]
 
     def plan(self, seed: int, epoch: int, *, shuffle: bool, capped: bool, cycle: int = 0) -> EpochPlan:
-        """The plan of (seed, epoch, cycle); ``capped`` adds the equal-batches quotas.
+        """The plan of (seed, epoch, cycle); ``capped`` adds the equal-batches sample counts.
 
         ``shuffle=False`` keeps the template's bins and reads each worker's shards in
         manifest order (evaluation).
         """
         slots = [[list(shards) for shards in rank] for rank in self.template]
-        quotas = [list(q) for q in self.quotas]
+        takes = [list(t) for t in self.takes]
         if shuffle:
             rng = np.random.default_rng([seed, epoch, cycle])
             relabel = self._relabel_equal_counts(rng)
             order = rng.permutation(len(slots))
-            slots, quotas = [slots[i] for i in order], [quotas[i] for i in order]
+            slots, takes = [slots[i] for i in order], [takes[i] for i in order]
             for r in range(len(slots)):
                 order = rng.permutation(len(slots[r]))
-                slots[r], quotas[r] = [slots[r][i] for i in order], [quotas[r][i] for i in order]
+                slots[r], takes[r] = [slots[r][i] for i in order], [takes[r][i] for i in order]
                 slots[r] = [[int(relabel[s]) for s in rng.permutation(shards)] for shards in slots[r]]
         else:
             slots = [[sorted(shards) for shards in rank] for rank in slots]
         return EpochPlan(tuple(tuple(tuple(s) for s in rank) for rank in slots),
-                         tuple(tuple(q) for q in quotas) if capped else None)
+                         tuple(tuple(t) for t in takes) if capped else None)
 
     def _relabel_equal_counts(self, rng: np.random.Generator) -> np.ndarray:
         """Permutation mapping each shard to another of the same count (loads unchanged)."""

@@ -45,11 +45,12 @@ MAX_RECORDS = 20  # skip records a ReadLog keeps in full (beyond the one example
 
 # --- accounting ------------------------------------------------------------------------
 class ReadReport:
-    """What a reader met: samples read and used, skips by reason (one example each),
-    shortfalls per shard, refill passes. Mergeable; :meth:`as_dict` is plain JSON."""
+    """What a reader met: samples read and used, bytes read per source, skips by reason (one
+    example each), shortfalls per shard, refill passes. Mergeable; :meth:`as_dict` is plain JSON."""
 
     def __init__(self):
         self.read, self.used = 0, 0
+        self.bytes: Counter = Counter()  # source role (ShardSource.role) → bytes read from its shards
         self.skipped: Counter = Counter()
         self.examples: dict[str, dict] = {}
         self.refills: list[dict] = []
@@ -58,6 +59,7 @@ class ReadReport:
     def merge(self, other: dict) -> None:
         self.read += other["samples_read"]
         self.used += other["samples_used"]
+        self.bytes.update(other["bytes_read"])
         self.skipped.update(other["skipped"])
         for reason, example in other["examples"].items():
             self.examples.setdefault(reason, example)
@@ -65,16 +67,18 @@ class ReadReport:
         self.shortfalls.extend(other["shortfalls"])
 
     def as_dict(self) -> dict:
-        """``samples_read``, ``samples_used``, ``skipped`` {reason: n}, ``skipped_total``,
-        ``examples`` {reason: {key, shard, message}}, ``refills`` [{epoch, rank, worker,
-        pass, missing}], ``shortfalls`` [{shard, expected, read, missing, last_key, error}]
-        (``missing`` < 0: the shard held more samples than its manifest entry lists)."""
-        return {"samples_read": self.read, "samples_used": self.used, "skipped": dict(self.skipped),
+        """``samples_read``, ``samples_used``, ``bytes_read`` {source role: bytes},
+        ``skipped`` {reason: n}, ``skipped_total``, ``examples`` {reason: {key, shard,
+        message}}, ``refills`` [{epoch, rank, worker, pass, missing}], ``shortfalls``
+        [{shard, expected, read, missing, last_key, error}] (``missing`` < 0: the shard held
+        more samples than its manifest entry lists)."""
+        return {"samples_read": self.read, "samples_used": self.used, "bytes_read": dict(self.bytes),
+                "skipped": dict(self.skipped),
                 "skipped_total": sum(self.skipped.values()), "examples": dict(self.examples),
                 "refills": list(self.refills), "shortfalls": list(self.shortfalls)}
 
     def __bool__(self) -> bool:
-        return bool(self.read or self.used or self.skipped or self.refills or self.shortfalls)
+        return bool(self.read or self.used or self.bytes or self.skipped or self.refills or self.shortfalls)
 
 
 class ReadLog:
@@ -142,24 +146,52 @@ def skip_summary(reports: Iterable[dict]) -> dict:
             "shortfalls": shortfalls}
 
 
+def read_summary(reports: Iterable[dict]) -> dict:
+    """Merged reports → what reading cost per sample used: ``{"samples": n, "bytes": {role: b},
+    "bytes_per_sample": {role: b / n}}`` (``images``, ``features``: see :class:`ShardSource`).
+    Bytes count everything read, the spare samples a reader reads past without using included."""
+    merged = ReadReport()
+    for report in reports:
+        merged.merge(report)
+    per_sample = {role: n / merged.used if merged.used else None for role, n in sorted(merged.bytes.items())}
+    return {"samples": merged.used, "bytes": dict(sorted(merged.bytes.items())), "bytes_per_sample": per_sample}
+
+
 # --- opening and parsing tars --------------------------------------------------------------
 @dataclass(frozen=True)
 class ShardSource:
-    """One shard to read: where it is, its manifest entry, and an optional companion shard
-    (same keys, same order, e.g. precomputed teacher features) read in step with it."""
+    """One shard to read: where it is, its manifest entry, the role its bytes are counted
+    under, and an optional companion shard (same keys, same order, e.g. precomputed teacher
+    features) read in step with it."""
 
     url: str
     info: ShardInfo
     remote: bool = False
     companion: ShardSource | None = None
+    role: str = "images"
 
 
-def split_sources(location: SplitLocation, manifest: Manifest,
-                  companions: list[ShardSource] | None = None) -> list[ShardSource]:
+def split_sources(location: SplitLocation, manifest: Manifest, companions: list[ShardSource] | None = None,
+                  role: str = "images") -> list[ShardSource]:
     """The :class:`ShardSource` of every shard of ``manifest`` (manifest order)."""
     companions = companions or [None] * len(manifest.shards)
-    return [ShardSource(location.url(shard.name), shard, location.remote, companion)
+    return [ShardSource(location.url(shard.name), shard, location.remote, companion, role)
             for shard, companion in zip(manifest.shards, companions, strict=True)]
+
+
+class CountedStream:
+    """A binary stream whose reads add their size to ``log``'s bytes of ``role``."""
+
+    def __init__(self, stream: IO[bytes], log: ReadLog, role: str):
+        self.stream, self.log, self.role = stream, log, role
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.log.report.bytes[self.role] += len(data)
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def describe(err: BaseException) -> str:
@@ -245,7 +277,7 @@ def read_shard(source: ShardSource, log: ReadLog, cache_dir: str | Path | None =
     info, seen, last_key, stream = source.info, set(), None, None
     errors = TarErrors(log, info.name)
     try:
-        stream = open_shard(source, cache_dir)
+        stream = CountedStream(open_shard(source, cache_dir), log, source.role)
         for sample in tar_samples(stream, source.url, errors):
             key = sample["__key__"]
             if key in seen:

@@ -18,6 +18,7 @@ from torch import nn
 
 from depthpi.config import TrainConfig
 from depthpi.data.reference import cached_mean_pose
+from depthpi.data.shard_stream import read_summary, skip_summary
 from depthpi.dist import gather_objects
 from depthpi.evaluate import evaluate, threshold_for_split
 from depthpi.log import configure_logging
@@ -197,7 +198,9 @@ def evaluate_epoch(stage, model: nn.Module, loaders: Loaders, accelerator, thres
     predict = partial(stage.predict, model=model)
     metrics = evaluate(predict, loaders.test, accelerator.device, threshold_mm, mean_pose=mean_pose,
                        autocast=accelerator.autocast).summary()
-    metrics["skipped"] = {"train": gathered_skips(loaders.labeled, loaders.unlabeled), "eval": metrics["skipped"]}
+    reports = gathered_reports(loaders.labeled, loaders.unlabeled)
+    metrics["skipped"] = {"train": skip_summary(reports), "eval": metrics["skipped"]}
+    metrics["read"] = read_summary(reports)  # bytes per training sample, images and stored features
     if final and loaders.extra_tests:
         metrics["tests"] = {}
         for name, (loader, threshold) in loaders.extra_tests.items():
@@ -208,12 +211,10 @@ def evaluate_epoch(stage, model: nn.Module, loaders: Loaders, accelerator, thres
     return metrics
 
 
-def gathered_skips(*loaders) -> dict:
-    """Bad samples skipped in the current pass of ``loaders`` on every rank (a collective)."""
-    from depthpi.data.loader import skip_summary
-
+def gathered_reports(*loaders) -> list[dict]:
+    """The read reports of the current pass of ``loaders`` on every rank (a collective)."""
     reports = [loader.pass_stats() for loader in loaders if loader is not None]
-    return skip_summary([r for rank in gather_objects(reports, "training skip reports") for r in rank])
+    return [r for rank in gather_objects(reports, "training read reports") for r in rank]
 
 
 def log_images(logger: RunLogger, stage, model: nn.Module, batch, pred: torch.Tensor, step: int) -> None:

@@ -212,6 +212,12 @@ class RunLogger:
         log.info("epoch %d/%d | %s | eval mpjpe=%.1fmm%s pck=%.3f auc=%.3f | %.0fs, data wait %.0f%%", epoch + 1,
                  epochs, terms, metrics["mpjpe"], ref, metrics["pck"], metrics["auc"], meter.elapsed,
                  100 * meter.wait / max(meter.elapsed, 1e-9))
+        read = metrics.get("read")
+        if read and read["samples"]:
+            per_sample = read["bytes_per_sample"]
+            self.scalars({f"data/bytes_per_sample_{role}": n for role, n in per_sample.items()}, step)
+            log.info("  read per training sample: %s (%d samples)", ", ".join(
+                f"{role} {n / 1024:.1f} KiB" for role, n in per_sample.items()), read["samples"])
         for part, report in metrics.get("skipped", {}).items():
             if report["total"]:
                 reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(report["by_reason"].items()))
