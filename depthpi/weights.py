@@ -23,15 +23,23 @@ def save_weights(model_state: dict, path: str | Path) -> None:
 
 
 def load_weights(path: str | Path) -> dict:
-    """The model state dict of an exported weights file (``export/*.pt``).
+    """The model state dict of weights given as a file or a directory.
+
+    ``path`` is an exported weights file (``run/export/last.pt`` or ``best.pt``), a run
+    directory (its ``export/last.pt``), or a checkpoint directory
+    (``run/checkpoints/step-N``: the model of that step, from accelerate's
+    ``model.safetensors``; a DeepSpeed checkpoint's sharded model is not read here).
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError: no such file, or a directory holding none of these.
         ValueError: the file is not a state dict of tensors.
     """
     path = Path(path)
+    if path.is_dir():
+        return _directory_weights(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights file (expected a run's export/last.pt or export/best.pt)")
+        raise FileNotFoundError(f"{path}: no weights file (expected a run directory, its export/last.pt or "
+                                "export/best.pt, or a checkpoint directory checkpoints/step-N)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
@@ -40,6 +48,26 @@ def load_weights(path: str | Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (export/*.pt), got {type(state).__name__}")
     return state
+
+
+def _directory_weights(path: Path) -> dict:
+    """The weights of a run directory (export/last.pt) or of a checkpoint directory."""
+    if (path / "export" / "last.pt").is_file():
+        return load_weights(path / "export" / "last.pt")
+    if (path / "model.safetensors").is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path / "model.safetensors", device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path / 'model.safetensors'}: not a readable safetensors file ({err})") from None
+    if (path / "pytorch_model.bin").is_file():
+        return load_weights(path / "pytorch_model.bin")
+    if any(path.glob("pytorch_model*/*model_states.pt")) or any(path.glob("*/mp_rank_*_model_states.pt")):
+        raise ValueError(f"{path}: a DeepSpeed checkpoint (its model is sharded); use the run's export/last.pt")
+    raise FileNotFoundError(f"{path}: neither a run directory (no export/last.pt) nor a checkpoint directory "
+                            "(no model.safetensors)")
 
 
 def load_model(model_cfg, path: str | Path) -> nn.Module:
@@ -65,9 +93,10 @@ def load_model(model_cfg, path: str | Path) -> nn.Module:
 
 
 def find_run_config(weights: str | Path) -> Path:
-    """config.yaml of the run a weights file belongs to (the nearest parent directory holding one)."""
+    """config.yaml of the run weights belong to: the nearest directory holding one, from the
+    weights' own directory (a run or checkpoint directory) upwards."""
     weights = Path(weights).resolve()
-    for parent in weights.parents:
+    for parent in ([weights] if weights.is_dir() else []) + list(weights.parents):
         if (parent / "config.yaml").is_file():
             return parent / "config.yaml"
     raise FileNotFoundError(f"{weights}: no config.yaml in any parent directory; pass --config")
