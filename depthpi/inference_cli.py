@@ -140,7 +140,7 @@ def resolve_device(name: str | None) -> str:
 def max_pixels(megapixels: float) -> int:
     """``--max-megapixels`` as a pixel count."""
     if not megapixels > 0:
-        raise ValueError(f"--max-megapixels {megapixels}: expected > 0")
+        raise ValueError(f"--max-megapixels {megapixels:g}: expected > 0")
     return int(megapixels * 1e6)
 
 

@@ -136,7 +136,7 @@ def oversize(size: tuple[int, int], max_pixels: int) -> str | None:
     width, height = size
     if width * height <= max_pixels:
         return None
-    return (f"declares {width}x{height} = {width * height / 1e6:,.0f} megapixels, over --max-megapixels "
+    return (f"declares {width}x{height} = {width * height / 1e6:.3g} megapixels, over --max-megapixels "
             f"{max_pixels / 1e6:g} (a decompression bomb?)")
 
 
@@ -195,7 +195,7 @@ class FrameSource:
             size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
             capture.release()
             if oversize(size, max_pixels):
-                raise ValueError(f"--input {path}: its frames {oversize(size, max_pixels)}")
+                raise ValueError(f"--input {path}: its frame size {oversize(size, max_pixels)}")
         else:
             self.kind, self.files, self.total = "image", [self.path], 1
 

@@ -411,3 +411,54 @@ def test_eval_scores_each_split_at_its_source_data_sets_threshold(ckpt, tmp_path
     assert default["threshold_mm"] == 150.0 and forced["threshold_mm"] == 50.0
     assert default["mpjpe"] == forced["mpjpe"] and default["pck"] >= forced["pck"]
     assert json.loads((tmp_path / "e150" / "metrics.json").read_text())["threshold_mm"] == 150.0
+
+
+def test_eval_that_scores_nothing_fails_and_says_what_the_split_is(ckpt, tmp_path, capsys):
+    """A split of stored teacher features, or one with no labelled sample, is an error (status 2),
+    never a NaN result with status 0."""
+    import shutil
+
+    from depthpi.cli import main
+    from depthpi.data.build import build_synthetic
+    from depthpi.data.shards import read_manifest, write_manifest
+
+    build_synthetic(tmp_path / "s", {"unlabeled": 4}, samples_per_shard=4, workers=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_status:
+        main(["eval", "--ckpt", str(ckpt), "--shards", str(tmp_path / "s" / "unlabeled"), "--out", str(tmp_path / "e"),
+              "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert exit_status.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].endswith("unlabeled: nothing was scored (0 labelled joints; 0 samples skipped: none); "
+                                         "expected a split of labelled pose samples")
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+    features = tmp_path / "s" / "train.teacher-x"  # what depthpi precompute's manifest says of its output
+    shutil.copytree(tmp_path / "s" / "unlabeled", features)
+    manifest = read_manifest(features)
+    manifest.params = {"kind": "teacher_features", "source": "shards/synth/train"}
+    write_manifest(features, manifest)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["eval", "--ckpt", str(ckpt), "--shards", str(features), "--out", str(tmp_path / "e")])
+    assert exit_status.value.code == 2
+    assert "train.teacher-x: a split of stored teacher features (depthpi precompute's output, from " \
+           "shards/synth/train), not of pose samples" in capsys.readouterr().err
+
+
+def test_eval_report_names_run_and_split_and_states_the_root(ckpt, tmp_path):
+    from depthpi.data.build import build_synthetic
+    from depthpi.predict import evaluate_checkpoint, model_name, split_name
+
+    assert model_name(ckpt) == f"{ckpt.parents[1].name} (best.pt)"
+    assert model_name(ckpt.parents[1]) == f"{ckpt.parents[1].name} (last.pt)"
+    assert split_name("shards/synth/test/") == "synth/test"
+    build_synthetic(tmp_path / "shards", {"test": 4}, samples_per_shard=4, workers=1, seed=0)
+    result = evaluate_checkpoint(ckpt, tmp_path / "shards" / "test", tmp_path / "e", batch_size=4, num_workers=0)
+    per_joint = result["per_joint"]
+    others = [v for name, v in per_joint.items() if name != H36M_17.joint_names[H36M_17.root]]
+    assert per_joint[H36M_17.joint_names[H36M_17.root]]["mpjpe"] == 0.0
+    assert result["without_root"]["mpjpe"] == pytest.approx(np.mean([v["mpjpe"] for v in others]))
+    assert result["without_root"]["mpjpe"] == pytest.approx(result["mpjpe"] * 17 / 16)  # every joint valid here
+    assert result["without_root"]["pck"] == pytest.approx((result["pck"] * 17 - 1) / 16)
+    table = (tmp_path / "e" / "per_joint.md").read_text()
+    assert "| all but the root |" in table and "root (pelv) has error 0 by construction" in table
