@@ -111,7 +111,7 @@ def write_report(evaluation: Evaluation, out_dir: str | Path, title: str = "") -
     if result["mean_pose_mpjpe"] is not None:
         table.append(f"| *mean training pose (reference)* | {result['mean_pose_mpjpe']:.1f} | | | |")
     table += ["", f"Joints are root-relative, so the root ({H36M_17.joint_names[root]}) has error 0 by construction; "
-              "**all** counts it, as the thesis' tables do (PCK is at least 1/17 = 0.059 at 0 mm), the row below "
+              "**all** counts it, as the thesis' tables do (PCK is at least 1/17 = 0.059 at 0 mm); *all but the root* "
               "leaves it out."]
     atomic_write_text(out_dir / "per_joint.md", "\n".join(table) + "\n")
     atomic_write_text(out_dir / "per_joint.csv", "joint,mpjpe_mm,pa_mpjpe_mm,pck,auc\n" +
@@ -139,7 +139,7 @@ def plot_pck_curve(metrics: PoseMetrics, path: Path, title: str = "", root: int 
     ax.set(xlabel="threshold (mm)", ylabel="PCK", xlim=(0, limit), ylim=(0, 1))
     ax.set_title(title or "PCK vs threshold", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp)

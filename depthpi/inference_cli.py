@@ -2,12 +2,14 @@
 
 predict writes into ``--out``:
 - ``predictions.jsonl``: one line per frame (see ``frame_record``);
-- ``meta.json``: skeleton (joint names, parents), camera source, definitions, skipped files;
+- ``meta.json``: skeleton (joint names, parents), camera source, definitions, every box of
+  every frame with its source, frames without people, skipped files;
 - ``overlay/<name>.jpg`` per image, or ``overlay.mp4`` for a video: the frame with boxes and
   2D skeletons, beside a 3D view of the root-relative poses.
 
 Inputs (frames, ``--K``, ``--bbox``, the ``--boxes`` file) are read by :mod:`depthpi.sources`;
-overlays are drawn by :mod:`depthpi.draw`.
+people without given boxes are found by :mod:`depthpi.detect`; overlays are drawn by
+:mod:`depthpi.draw`. docs/predict.md is the manual.
 """
 from __future__ import annotations
 
