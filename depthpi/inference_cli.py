@@ -85,8 +85,8 @@ def run_predict(args) -> dict:
         raise ValueError(f"--batch {args.batch}: expected >= 1")
     device = resolve_device(args.device)
     source = FrameSource(args.input, max_pixels(args.max_megapixels))
-    camera_for, camera_note = frame_camera(args)
     boxes_for = FrameBoxes(args, source)
+    camera_for, camera_note = frame_camera(args)
     predictor = Predictor.from_checkpoint(args.ckpt, args.config, device)
     predictor.require_rgb()
 
