@@ -70,6 +70,9 @@ def _precompute(args) -> None:
         return
     if not (args.shards and args.out):
         raise ValueError("--shards and --out are required (or --list-taps)")
+    if Path(args.teacher).is_dir():  # the feature manifest records the weights file and its sha256
+        raise ValueError(f"--teacher {args.teacher}: a directory; give the teacher's weights file, e.g. "
+                         f"{Path(args.teacher) / 'export' / 'last.pt'}")
     cfg = PrecomputeConfig(teacher=args.teacher, shards=args.shards, out=args.out, tap=args.tap, views=args.views,
                            dtype=args.dtype, seed=args.seed, batch_size=args.batch)
     print(estimate(cfg, args.config))

@@ -73,7 +73,7 @@ class Predictor:
     def __init__(self, cfg: TrainConfig, weights: str | Path, device: str | torch.device = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = load_model(cfg.model, weights).to(self.device).eval()
+        self.model = load_model(cfg.model, weights, directories=True).to(self.device).eval()
         self.skeleton = skeleton_for(cfg.model.num_joints)
 
     @classmethod

@@ -2,8 +2,9 @@
 
 ``run_dir/export/last.pt`` and ``best.pt`` are written here and read by :func:`load_model`,
 the one place a trained model is rebuilt from its weights (the online teacher of a student,
-``Predictor`` for eval/predict/export, and precompute). Weights load with
-``torch.load(weights_only=True)``: no code is unpickled.
+``Predictor`` for eval/predict/export, and precompute). Inference also takes a run
+directory or a checkpoint directory (accelerate's ``model.safetensors``). Weights load with
+``torch.load(weights_only=True)`` or safetensors: no code is unpickled.
 """
 from __future__ import annotations
 
@@ -23,7 +24,27 @@ def save_weights(model_state: dict, path: str | Path) -> None:
 
 
 def load_weights(path: str | Path) -> dict:
-    """The model state dict of weights given as a file or a directory.
+    """The model state dict of an exported weights file (``export/*.pt``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a state dict of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file (expected a run's export/last.pt or export/best.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        raise ValueError(f"{path}: not a weights file that loads safely ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors (export/*.pt), got {type(state).__name__}")
+    return state
+
+
+def load_any_weights(path: str | Path) -> dict:
+    """The model state dict of weights given as a file or a directory (what inference takes).
 
     ``path`` is an exported weights file (``run/export/last.pt`` or ``best.pt``), a run
     directory (its ``export/last.pt``), or a checkpoint directory
@@ -40,14 +61,7 @@ def load_weights(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no weights file (expected a run directory, its export/last.pt or "
                                 "export/best.pt, or a checkpoint directory checkpoints/step-N)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        raise ValueError(f"{path}: not a weights file that loads safely ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors (export/*.pt), got {type(state).__name__}")
-    return state
+    return load_weights(path)
 
 
 def _directory_weights(path: Path) -> dict:
@@ -70,8 +84,10 @@ def _directory_weights(path: Path) -> dict:
                             "(no model.safetensors)")
 
 
-def load_model(model_cfg, path: str | Path) -> nn.Module:
-    """A model of ``model_cfg`` (built without init files) holding the weights of ``path``.
+def load_model(model_cfg, path: str | Path, directories: bool = False) -> nn.Module:
+    """A model of ``model_cfg`` (built without init files) holding the weights of ``path``: a
+    weights file, or with ``directories`` also a run or checkpoint directory
+    (:func:`load_any_weights`; inference only: training records its inputs as files).
 
     Raises:
         ValueError: the weights do not fit the architecture, naming kind, arch, width and bins.
@@ -79,7 +95,7 @@ def load_model(model_cfg, path: str | Path) -> nn.Module:
     from depthpi.models.posenet import build_model
 
     model = build_model(replace(model_cfg, init="none", init_checkpoint=None, depth_branch_checkpoint=None))
-    state = load_weights(path)
+    state = load_any_weights(path) if directories else load_weights(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
         problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else None
