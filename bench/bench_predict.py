@@ -9,6 +9,12 @@ batch size, plus the share of time spent building crops. Models are untrained
     python bench/bench_predict.py --widths 0.125 1.0 --batches 1 32 --frames 64
     python bench/bench_predict.py --ckpt runs/demo/student/export/last.pt \\
         --shards shards/synth/test --flip-tta-eval          # MPJPE with and without flip TTA
+    python bench/bench_predict.py --detect --frames 20      # the HOG people detector's time per frame
+
+``--detect`` times the default person detector (``depthpi.detect.HogDetector``) on
+synthetic frames with one person (the renderer's view at twice its crop margin, 400×400,
+widened by mirroring to the frame's aspect ratio and resized to the frame size: the person
+is half the frame's height), median over ``--frames`` frames per size.
 """
 from __future__ import annotations
 
@@ -71,6 +77,35 @@ def throughput(predictor: Predictor, batch: int, frames: int, flip_tta: bool) ->
     return frames / total, crops / total
 
 
+def detector_times(sizes: list[tuple[int, int]], frames: int) -> list[str]:
+    """Table rows: frame size, median and 90th percentile ms per frame of HOG, the person's
+    height in the frame and in how many frames HOG found the person."""
+    import cv2
+
+    from depthpi.data.synthetic import SyntheticConfig, render_sample
+    from depthpi.detect import HogDetector
+
+    cfg = SyntheticConfig(crop_margin=2.0, crop_size=400)
+    samples = [render_sample("test", i, cfg) for i in range(frames)]
+    detector = HogDetector()
+    rows = []
+    for width, height in sizes:
+        pad = (400 * width // height - 400) // 2  # the 400×400 view widened (mirrored) to the frame's aspect
+        scale = height / 400
+        times, found = [], 0
+        for sample in samples:
+            wide = cv2.copyMakeBorder(sample.rgb, 0, 0, pad, pad, cv2.BORDER_REFLECT)
+            frame = cv2.resize(wide, (width, height), interpolation=cv2.INTER_LINEAR)
+            start = time.perf_counter()
+            found += bool(detector(frame))
+            times.append(time.perf_counter() - start)
+        person = np.median([s.meta.bbox[3] for s in samples]) * scale
+        rows.append(f"| {width}×{height} | {1000 * np.median(times):.0f} | {1000 * np.percentile(times, 90):.0f} | "
+                    f"{person:.0f} px | {found}/{len(samples)} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])
@@ -82,8 +117,21 @@ def main() -> None:
     parser.add_argument("--ckpt", help="trained model for --flip-tta-eval")
     parser.add_argument("--shards", help="test split for --flip-tta-eval")
     parser.add_argument("--flip-tta-eval", action="store_true", help="MPJPE/PCK/AUC with and without flip TTA")
+    parser.add_argument("--detect", action="store_true", help="time the HOG people detector per frame")
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
+
+    if args.detect:
+        header = ["| frame | HOG ms/frame (median) | 90th percentile | person height | frames where HOG found "
+                  "the person |", "|---|---:|---:|---:|---:|"]
+        print("\n".join(header), flush=True)
+        rows = detector_times([(640, 480), (1280, 720), (1920, 1080)], args.frames)
+        table = "\n".join(header + rows)
+        print(f"\n{machine()}, OpenCV threads {__import__('cv2').getNumThreads()}")
+        if args.record:
+            record("Person detection in depthpi predict (OpenCV's HOG, one process)", table,
+                   " ".join(["python bench/bench_predict.py", *sys.argv[1:]]))
+        return
 
     if args.flip_tta_eval:
         if not (args.ckpt and args.shards):

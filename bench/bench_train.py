@@ -186,17 +186,17 @@ def main() -> None:
         logs.mkdir(parents=True, exist_ok=True)
 
     def done(results):
-        print(table(results, args).splitlines()[-1], flush=True)
+        print(table(results, args).splitlines()[-1], flush=True)  # each row as its stage ends
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
 
+    print("\n".join(table({}, args).splitlines()[:2]), flush=True)  # the header first
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         shards = Path(args.shards) if args.shards else tmp / "synth"
         if not args.shards:
             build_shards(shards, args)
         results = train_all(shards, tmp, args, logs, done)
-    print(table(results, args))
     if args.record:
         record("Training through the engine", table(results, args), " ".join(["python bench/bench_train.py", *sys.argv[1:]]))
 

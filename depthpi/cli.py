@@ -29,11 +29,8 @@ def _shards_build(args) -> None:
 
 def _shards_inspect(args) -> None:
     from depthpi.data.build import inspect_split
-    from depthpi.data.shards import SplitLocation
 
-    location = SplitLocation.parse(args.dir)
-    default = Path("contact_sheet.png") if location.remote else Path(location.root) / "contact_sheet.png"
-    print(inspect_split(args.dir, Path(args.out) if args.out else default, count=args.count, input_size=args.size))
+    print(inspect_split(args.dir, Path(args.out), count=args.count, input_size=args.size))
 
 
 def _shards_verify(args) -> None:
@@ -73,6 +70,14 @@ def _precompute(args) -> None:
     from depthpi.dist import world_info
     from depthpi.precompute import PrecomputeConfig, estimate, precompute
 
+    if args.list_taps:
+        print(_taps_of(args.teacher, args.config))
+        return
+    if not (args.shards and args.out):
+        raise ValueError("--shards and --out are required (or --list-taps)")
+    if Path(args.teacher).is_dir():  # the feature manifest records the weights file and its sha256
+        raise ValueError(f"--teacher {args.teacher}: a directory; give the teacher's weights file, e.g. "
+                         f"{Path(args.teacher) / 'export' / 'last.pt'}")
     cfg = PrecomputeConfig(teacher=args.teacher, shards=args.shards, out=args.out, tap=args.tap, views=args.views,
                            dtype=args.dtype, seed=args.seed, batch_size=args.batch)
     print(estimate(cfg, args.config))
@@ -85,6 +90,19 @@ def _precompute(args) -> None:
     manifest = precompute(cfg, rank=rank, world_size=world, device=device, config=args.config)
     done = "complete: manifest written" if manifest else "this part done; the manifest follows with the last part"
     print(f"[depthpi] precompute part {rank + 1}/{world} -> {args.out}: {done}")
+
+
+def _taps_of(teacher: str, config: str | None) -> str:
+    """The tap names ``--teacher``'s architecture accepts, and the thesis' choice among them."""
+    from depthpi.config import load_config
+    from depthpi.models.taps import LAYER_DEPTHS, valid_taps
+    from depthpi.weights import find_run_config
+
+    model = load_config(config or find_run_config(teacher)).model
+    names = valid_taps(model.arch, teacher=model.kind == "teacher")
+    thesis = f"layer3.{LAYER_DEPTHS[model.arch][2] - 1}.post_relu"
+    return (f"taps of {teacher} ({model.kind}, {model.arch}); blockK and layerI.J name the same block:\n"
+            + "\n".join(names) + f"\nthe thesis' tap (the last layer3 block, after ReLU): {thesis}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("dir", help="split directory or URL (http(s)://, pipe:, ...)")
     inspect.add_argument("--count", type=int, default=16)
     inspect.add_argument("--size", type=int, default=257, help="crop size N of the pipeline")
-    inspect.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
+    inspect.add_argument("--out", default="contact_sheet.png",
+                         help="PNG path (default %(default)s in the working directory; the split is only read)")
     inspect.set_defaults(func=_shards_inspect)
     verify = shards.add_parser("verify", help="every shard's sha256, size and samples against the manifest; "
                                               "exit status 1 when any differs")
@@ -139,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("precompute", help="run a frozen teacher once, store its features per view")
     pre.add_argument("--teacher", required=True, help="teacher weights (run/export/last.pt)")
     pre.add_argument("--config", help="teacher run config (default: config.yaml of the teacher's run)")
-    pre.add_argument("--shards", required=True, help="source split directory")
-    pre.add_argument("--tap", default="block13.post_relu")
+    pre.add_argument("--shards", help="source split directory (required)")
+    pre.add_argument("--tap", default="block13.post_relu", help="teacher feature map to store, as the student's "
+                     "distill.tap names it (default %(default)s: ResNet-50's 13th block; --list-taps for others)")
+    pre.add_argument("--list-taps", action="store_true", help="print the taps the teacher's architecture accepts")
     pre.add_argument("--views", type=int, default=4, help="K views per sample; view 0 is un-augmented")
     pre.add_argument("--dtype", default="fp16", choices=["fp16", "uint8"], help="uint8 stores sigmoid(F)")
-    pre.add_argument("--out", required=True, help="feature split directory (mirrors --shards)")
+    pre.add_argument("--out", help="feature split directory (mirrors --shards; required)")
     pre.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
     pre.add_argument("--batch", type=int, default=64)
     pre.add_argument("--estimate", action="store_true", help="print the size and stop")
@@ -152,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.set_defaults(func=_precompute)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained model on a split")
-    evaluate.add_argument("--ckpt", required=True, help="exported weights (run/export/last.pt) or checkpoint dir")
-    evaluate.add_argument("--shards", required=True, help="split directory with manifest.json")
+    evaluate.add_argument("--ckpt", required=True, help="a run directory (its export/last.pt), a weights file "
+                          "(run/export/last.pt or best.pt), or a checkpoint directory (run/checkpoints/step-N)")
+    evaluate.add_argument("--shards", required=True, help="split directory of labelled pose samples, with "
+                          "manifest.json (a test split; not stored teacher features)")
     evaluate.add_argument("--config", help="run config (default: config.yaml of the run the ckpt is in)")
     evaluate.add_argument("--out", default="eval", help="output directory")
     evaluate.add_argument("--batch", type=int, default=64)

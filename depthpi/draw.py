@@ -68,7 +68,7 @@ def draw_box(image: np.ndarray, bbox: np.ndarray, thickness: int = 1) -> np.ndar
 
 
 class Pose3DView:
-    """Matplotlib 3D view of root-relative poses (camera frame: x right, z forward, −y up)."""
+    """Matplotlib 3D view of root-relative poses (camera frame: x right, z forward, −y up; axes in mm)."""
 
     def __init__(self, skeleton: Skeleton, size_px: int = 480):
         import matplotlib
@@ -90,8 +90,13 @@ class Pose3DView:
             for (child, parent), colour in zip(self.skeleton.edges, self.colours):
                 ax.plot(*(p[[child, parent]][:, [0, 2, 1]] * [1, 1, -1]).T, color=colour, lw=2)
         half = 1000.0 * max(1, len(poses))
-        ax.set(xlim=(-half, half), ylim=(-half, half), zlim=(-1000, 1000), xlabel="x", ylabel="z", zlabel="-y",
-               xticklabels=[], yticklabels=[], zticklabels=[])
+        ticks = np.arange(-half, half + 1, 1000.0)
+        ax.set(xlim=(-half, half), ylim=(-half, half), zlim=(-1000, 1000), xticks=ticks, yticks=ticks,
+               zticks=[-1000, 0, 1000])
+        ax.set_xlabel("x (mm)", fontsize=8)
+        ax.set_ylabel("z (mm)", fontsize=8)
+        ax.set_zlabel("−y (mm)", fontsize=8)
+        ax.tick_params(labelsize=6)
         ax.set_box_aspect((1, 1, 1 / max(1, len(poses))))
         ax.view_init(elev=15, azim=-75)
         self.fig.canvas.draw()

@@ -339,7 +339,16 @@ class PoseMetrics:
         }
         return out
 
-    def pck_curve(self, thresholds: Sequence[float] | np.ndarray, joint: int | None = None) -> np.ndarray:
+    def compute_without(self, joints: Sequence[int]) -> dict[str, float]:
+        """``mpjpe`` … ``auc`` and ``count`` over every joint except ``joints`` (e.g. the root,
+        whose root-relative error is 0 by construction). Alignments stay fitted to all joints."""
+        keep = torch.ones(self.num_joints, dtype=torch.bool)
+        keep[list(joints)] = False
+        totals = [getattr(self, name)[keep].sum().item() for name in _GROUP_FIELDS]
+        return {**self._summary(*totals), "count": int(totals[_GROUP_FIELDS.index("count")])}
+
+    def pck_curve(self, thresholds: Sequence[float] | np.ndarray, joint: int | None = None,
+                  exclude: Sequence[int] = ()) -> np.ndarray:
         """PCK at each threshold, from the error histogram, for a PCK-vs-threshold plot.
 
         PCK(t) counts ``e <= t`` like :meth:`compute`, so PCK(0) is the share of errors of
@@ -351,6 +360,7 @@ class PoseMetrics:
         Args:
             thresholds: Thresholds in mm, >= 0.
             joint: Joint index for one joint's curve; all joints when None.
+            exclude: Joints left out of the all-joint curve (e.g. the root).
 
         Returns:
             ``(len(thresholds),)`` float64 fractions in [0, 1] (NaN if nothing seen).
@@ -358,7 +368,9 @@ class PoseMetrics:
         t = np.asarray(thresholds, dtype=np.float64)
         if np.any(t < 0):
             raise ValueError(f"PoseMetrics.pck_curve thresholds must be >= 0, got min {t.min()}")
-        hist = (self.hist.sum(0) if joint is None else self.hist[joint]).double().numpy()
+        keep = torch.ones(self.num_joints, dtype=torch.bool)
+        keep[list(exclude)] = False
+        hist = (self.hist[keep].sum(0) if joint is None else self.hist[joint]).double().numpy()
         count = hist.sum()
         cdf = np.cumsum(hist[:_NUM_BINS + 1])  # cdf[k] = number of errors <= k·w, k = 0 .. _NUM_BINS
         pos = np.clip(t / HIST_BIN_MM, 0.0, _NUM_BINS)

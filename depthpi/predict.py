@@ -34,6 +34,8 @@ from depthpi.data.batches import Batch, Inputs, build_eval_loader, model_inputs,
 from depthpi.data.pipeline import PipelineConfig, crop_camera, process_sample
 from depthpi.data.reference import cached_mean_pose
 from depthpi.data.schema import Sample, SampleMeta
+from depthpi.data.shards import read_manifest
+from depthpi.detect import Detection
 from depthpi.evaluate import evaluate, threshold_for_split, write_report
 from depthpi.models.posenet import needs_depth, needs_rgb, run_model
 from depthpi.skeleton import SKELETONS, Skeleton
@@ -71,7 +73,7 @@ class Predictor:
     def __init__(self, cfg: TrainConfig, weights: str | Path, device: str | torch.device = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
-        self.model = load_model(cfg.model, weights).to(self.device).eval()
+        self.model = load_model(cfg.model, weights, directories=True).to(self.device).eval()
         self.skeleton = skeleton_for(cfg.model.num_joints)
 
     @classmethod
@@ -115,11 +117,15 @@ class Predictor:
         joints = run_model(self.model, self.cfg.model, *both).joints
         return 0.5 * (joints[:size] + unflip_joints(joints[size:], self.skeleton.flip_permutation))
 
-    def predict_crops(self, rgb: np.ndarray, flip_tta: bool = False) -> np.ndarray:
-        """(B, N, N, 3) uint8 RGB crops → (B, J, 3) float64 mm, crop camera frame."""
+    def require_rgb(self) -> None:
+        """Raises ValueError unless the model predicts from RGB alone."""
         if self.needs_depth:
             raise ValueError("this checkpoint needs depth input (teacher or depth baseline); "
                              "predicting from RGB needs an RGB model (student or RGB baseline)")
+
+    def predict_crops(self, rgb: np.ndarray, flip_tta: bool = False) -> np.ndarray:
+        """(B, N, N, 3) uint8 RGB crops → (B, J, 3) float64 mm, crop camera frame."""
+        self.require_rgb()
         images = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
         inputs = Inputs(images.permute(0, 3, 1, 2).float() / 255.0)
         return self.predict_inputs(inputs, flip_tta).float().cpu().numpy().astype(np.float64)
@@ -135,6 +141,7 @@ def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Pat
     config), cached in the run directory; it is left out, with a warning, where that split
     is not on this machine.
     """
+    check_pose_split(shards)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     predictor = Predictor.from_checkpoint(ckpt, config, device)
     data = replace(predictor.cfg.data, eval_batch_size=batch_size)
@@ -143,8 +150,43 @@ def evaluate_checkpoint(ckpt: str | Path, shards: str | Path, out_dir: str | Pat
     threshold_mm = threshold_mm or threshold_for_split(shards, data.dataset)
     evaluation = evaluate(partial(predictor.predict, flip_tta=flip_tta), loader, predictor.device, threshold_mm,
                           mean_pose=_training_mean_pose(predictor.cfg, ckpt))
+    scored = int(evaluation.metrics.count.sum())
+    if not scored:
+        skipped = evaluation.skipped
+        raise ValueError(f"--shards {shards}: nothing was scored (0 labelled joints; {skipped['total']} samples "
+                         f"skipped: {skipped['by_reason'] or 'none'}); expected a split of labelled pose samples")
     tta = " (flip TTA)" if flip_tta else ""
-    return write_report(evaluation, out_dir, title=f"{Path(ckpt).name} on {Path(shards).name}{tta}")
+    return write_report(evaluation, out_dir, title=f"{model_name(ckpt)} on {split_name(shards)}{tta}")
+
+
+def check_pose_split(shards: str | Path) -> None:
+    """Refuse a split that holds no pose samples to score (stored teacher features).
+
+    Raises:
+        ValueError: naming the split, what it is and what was expected.
+    """
+    params = read_manifest(shards).params
+    if params.get("kind") == "teacher_features":
+        raise ValueError(f"--shards {shards}: a split of stored teacher features (depthpi precompute's output, from "
+                         f"{params.get('source', '?')}), not of pose samples; evaluate on a pose split such as "
+                         f"{params.get('source', 'shards/<set>/test')}")
+
+
+def model_name(ckpt: str | Path) -> str:
+    """``run (weights)`` for a plot title: e.g. ``student (last.pt)``, ``teacher (step-00000558)``."""
+    path = Path(ckpt).resolve()
+    try:
+        run_dir = find_run_config(path).parent
+    except FileNotFoundError:
+        return path.name
+    weights = "last.pt" if path == run_dir else path.name
+    return f"{run_dir.name} ({weights})"
+
+
+def split_name(shards: str | Path) -> str:
+    """The split's last two path parts (``synth/test``)."""
+    parts = [p for p in str(shards).rstrip("/").split("/") if p]
+    return "/".join(parts[-2:])
 
 
 def _training_mean_pose(cfg: TrainConfig, ckpt: str | Path) -> np.ndarray | None:
@@ -252,6 +294,8 @@ class Person:
         bbox: (4,) x, y, w, h frame px. joints3d: (J, 3) root-relative mm, frame camera axes.
         joints2d: (J, 2) frame px. root: (3,) assumed root, frame camera mm.
         root_depth_source: ``fit`` (box fit) or ``given``.
+        box_source: where the box came from (``hog``, ``onnx:<file>``, ``--bbox``, ...).
+        box_score: the detector's score of the box, None for a given box.
     """
 
     bbox: np.ndarray
@@ -259,9 +303,15 @@ class Person:
     joints2d: np.ndarray
     root: np.ndarray
     root_depth_source: str
+    box_source: str = "given"
+    box_score: float | None = None
+
+    def box_json(self) -> dict:
+        return {"bbox": _round(self.bbox, 2), "box_source": self.box_source,
+                "box_score": None if self.box_score is None else round(self.box_score, 4)}
 
     def to_json(self) -> dict:
-        return {"bbox": _round(self.bbox, 2), "joints3d_mm": _round(self.joints3d, 3),
+        return {**self.box_json(), "joints3d_mm": _round(self.joints3d, 3),
                 "joints2d_px": _round(self.joints2d, 2), "root_mm": _round(self.root, 1),
                 "root_depth_source": self.root_depth_source}
 
@@ -292,7 +342,8 @@ def predict_frames(predictor: Predictor, frames: Iterable[tuple[int, int | str, 
         frames: (index, frame id, (H, W, 3) uint8 RGB) in order; the index counts frames
             of the source (a skipped unreadable file keeps its index).
         camera_for: frame → its camera (R = I, t = 0: outputs are in its frame).
-        boxes_for: (index, frame id, image) → list of (4,) boxes x, y, w, h.
+        boxes_for: (index, frame id, image) → list of (4,) boxes x, y, w, h, or of
+            :class:`~depthpi.detect.Detection` (a box with its score and source).
         batch_size: crops per forward pass; also the most frames held back waiting for a
             full batch (so frames without people, e.g. a sparse boxes file, cannot pile up).
         flip_tta: test-time flip augmentation.
@@ -305,8 +356,10 @@ def predict_frames(predictor: Predictor, frames: Iterable[tuple[int, int | str, 
     count = 0
     for index, frame_id, image in frames:
         camera = camera_for(image)
-        crops = [make_crop(image, camera, box, pipeline, predictor.skeleton, key=str(frame_id))
+        boxes = [box if isinstance(box, Detection) else Detection(np.asarray(box, np.float64), None, "given")
                  for box in boxes_for(index, frame_id, image)]
+        crops = [(make_crop(image, camera, box.bbox, pipeline, predictor.skeleton, key=str(frame_id)), box)
+                 for box in boxes]
         pending.append((FramePrediction(frame_id, index, image, camera), crops))
         count += len(crops)
         if count >= batch_size or len(pending) >= batch_size:
@@ -316,19 +369,20 @@ def predict_frames(predictor: Predictor, frames: Iterable[tuple[int, int | str, 
 
 
 def _finish(predictor, pending, batch_size, flip_tta, root_depth) -> Iterator[FramePrediction]:
-    crops = [c for _, frame_crops in pending for c in frame_crops]
+    crops = [c for _, frame_crops in pending for c, _ in frame_crops]
     preds = [predictor.predict_crops(np.stack([c.rgb for c in crops[i:i + batch_size]]), flip_tta)
              for i in range(0, len(crops), batch_size)]
     preds = iter(np.concatenate(preds) if preds else [])
     for frame, frame_crops in pending:
-        for crop in frame_crops:
+        for crop, box in frame_crops:
             pose = next(preds)
             depth = root_depth if root_depth is not None else fit_root_depth(pose, crop)
             source = "given" if root_depth is not None else "fit"
             if not np.isfinite(depth):
                 depth, source = DEFAULT_ROOT_DEPTH_MM, "default"
             uv, root = joints_2d(pose, crop, frame.camera, depth)
-            frame.people.append(Person(crop.bbox, to_camera_frame(pose, crop.camera, frame.camera), uv, root, source))
+            frame.people.append(Person(crop.bbox, to_camera_frame(pose, crop.camera, frame.camera), uv, root, source,
+                                       box.source, box.score))
         yield frame
 
 

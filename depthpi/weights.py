@@ -2,8 +2,9 @@
 
 ``run_dir/export/last.pt`` and ``best.pt`` are written here and read by :func:`load_model`,
 the one place a trained model is rebuilt from its weights (the online teacher of a student,
-``Predictor`` for eval/predict/export, and precompute). Weights load with
-``torch.load(weights_only=True)``: no code is unpickled.
+``Predictor`` for eval/predict/export, and precompute). Inference also takes a run
+directory or a checkpoint directory (accelerate's ``model.safetensors``). Weights load with
+``torch.load(weights_only=True)`` or safetensors: no code is unpickled.
 """
 from __future__ import annotations
 
@@ -42,8 +43,51 @@ def load_weights(path: str | Path) -> dict:
     return state
 
 
-def load_model(model_cfg, path: str | Path) -> nn.Module:
-    """A model of ``model_cfg`` (built without init files) holding the weights of ``path``.
+def load_any_weights(path: str | Path) -> dict:
+    """The model state dict of weights given as a file or a directory (what inference takes).
+
+    ``path`` is an exported weights file (``run/export/last.pt`` or ``best.pt``), a run
+    directory (its ``export/last.pt``), or a checkpoint directory
+    (``run/checkpoints/step-N``: the model of that step, from accelerate's
+    ``model.safetensors``; a DeepSpeed checkpoint's sharded model is not read here).
+
+    Raises:
+        FileNotFoundError: no such file, or a directory holding none of these.
+        ValueError: the file is not a state dict of tensors.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _directory_weights(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file (expected a run directory, its export/last.pt or "
+                                "export/best.pt, or a checkpoint directory checkpoints/step-N)")
+    return load_weights(path)
+
+
+def _directory_weights(path: Path) -> dict:
+    """The weights of a run directory (export/last.pt) or of a checkpoint directory."""
+    if (path / "export" / "last.pt").is_file():
+        return load_weights(path / "export" / "last.pt")
+    if (path / "model.safetensors").is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path / "model.safetensors", device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path / 'model.safetensors'}: not a readable safetensors file ({err})") from None
+    if (path / "pytorch_model.bin").is_file():
+        return load_weights(path / "pytorch_model.bin")
+    if any(path.glob("pytorch_model*/*model_states.pt")) or any(path.glob("*/mp_rank_*_model_states.pt")):
+        raise ValueError(f"{path}: a DeepSpeed checkpoint (its model is sharded); use the run's export/last.pt")
+    raise FileNotFoundError(f"{path}: neither a run directory (no export/last.pt) nor a checkpoint directory "
+                            "(no model.safetensors)")
+
+
+def load_model(model_cfg, path: str | Path, directories: bool = False) -> nn.Module:
+    """A model of ``model_cfg`` (built without init files) holding the weights of ``path``: a
+    weights file, or with ``directories`` also a run or checkpoint directory
+    (:func:`load_any_weights`; inference only: training records its inputs as files).
 
     Raises:
         ValueError: the weights do not fit the architecture, naming kind, arch, width and bins.
@@ -51,7 +95,7 @@ def load_model(model_cfg, path: str | Path) -> nn.Module:
     from depthpi.models.posenet import build_model
 
     model = build_model(replace(model_cfg, init="none", init_checkpoint=None, depth_branch_checkpoint=None))
-    state = load_weights(path)
+    state = load_any_weights(path) if directories else load_weights(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
         problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else None
@@ -65,9 +109,10 @@ def load_model(model_cfg, path: str | Path) -> nn.Module:
 
 
 def find_run_config(weights: str | Path) -> Path:
-    """config.yaml of the run a weights file belongs to (the nearest parent directory holding one)."""
+    """config.yaml of the run weights belong to: the nearest directory holding one, from the
+    weights' own directory (a run or checkpoint directory) upwards."""
     weights = Path(weights).resolve()
-    for parent in weights.parents:
+    for parent in ([weights] if weights.is_dir() else []) + list(weights.parents):
         if (parent / "config.yaml").is_file():
             return parent / "config.yaml"
     raise FileNotFoundError(f"{weights}: no config.yaml in any parent directory; pass --config")

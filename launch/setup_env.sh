@@ -24,8 +24,15 @@ if [ ! -f "$_setup_stamp" ] || [ "$(cat "$_setup_stamp")" != "$_setup_want" ]; t
     # pip would fetch a multi-GB CUDA torch into the isolated build environment.
     .venv/bin/python -m pip install -q --no-build-isolation "deepspeed>=0.14" 2>&1 | grep -v "^WARNING: Location" || true
   fi
+  # opencv-python(-headless) and the contrib build depthpi needs install the same cv2 files: where an
+  # older .venv has a plain build, every build goes, and the contrib one is installed afresh below.
+  if .venv/bin/python -m pip show -q opencv-python-headless >/dev/null 2>&1 \
+     || .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y opencv-python-headless opencv-python opencv-contrib-python-headless \
+      >/dev/null 2>&1 || true
+  fi
   .venv/bin/python -m pip install -q -e ".${_setup_extras:+[$_setup_extras]}" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import depthpi, torch, webdataset, cv2" || { echo "[setup] install failed" >&2; exit 1; }
+  .venv/bin/python -c "import depthpi, torch, webdataset, cv2; cv2.HOGDescriptor" || { echo "[setup] install failed" >&2; exit 1; }
   echo "$_setup_want" > "$_setup_stamp"
 fi
 unset _setup_extras _setup_stamp _setup_want

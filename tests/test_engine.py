@@ -140,6 +140,34 @@ def test_preemption_saves_at_the_next_log_point_and_the_run_resumes_to_the_end(s
     assert (final["step"], final["epoch"]) == (16, 2)
 
 
+def test_a_finished_run_re_run_says_so_and_can_be_extended(shards, tmp_path, caplog):
+    """Re-running a complete run changes nothing and says how to extend it; that way works. Its
+    run directory and its checkpoint directory serve as weights like export/last.pt."""
+    import logging
+
+    run = tmp_path / "run"
+    common = {"optim.epochs": 1, "run.steps_per_epoch": 2}
+    first = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, run, **common)))
+    ledger, steps = (run / "ranks" / "rank-0.json").read_text(), [p.name for p in checkpoint_dirs(run)]
+    with caplog.at_level(logging.INFO, logger="depthpi"):
+        again = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(shards, run, **common)))
+    assert "run complete (1 epochs, step 2): nothing to do" in caplog.text
+    assert "run.allow_config_change=true optim.epochs=<more>" in caplog.text
+    assert again == json.loads((run / "metrics.json").read_text()) and again["mpjpe"] == first["mpjpe"]
+    assert (run / "ranks" / "rank-0.json").read_text() == ledger  # the record of what it trained on is kept
+    assert [p.name for p in checkpoint_dirs(run)] == steps
+
+    scores = {name: evaluate_checkpoint(weights, shards / "test", tmp_path / name, num_workers=0)["mpjpe"]
+              for name, weights in {"file": run / "export" / "last.pt", "run": run,
+                                    "checkpoint": checkpoint_dirs(run)[-1]}.items()}
+    assert scores["run"] == scores["file"] == scores["checkpoint"]
+
+    longer = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(
+        shards, run, **{**common, "optim.epochs": 2, "run.allow_config_change": True})))
+    assert json.loads((checkpoint_dirs(run)[-1] / "trainer.json").read_text())["step"] == 4
+    assert longer["mpjpe"] != first["mpjpe"]
+
+
 def test_compiled_run_matches_eager_and_exports_plain_weights(shards, tmp_path):
     """run.compile: same first-step loss as eager, exported keys without torch.compile's
     wrapper prefix, and the export reproduces the logged evaluation in an eager model."""

@@ -191,6 +191,24 @@ def test_a_hostile_depth_branch_file_is_refused_at_start_even_under_init_none(sy
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_refusal_under_a_launcher_is_one_line_and_the_launchers_root_cause(synth, tmp_path, capsys, monkeypatch):
+    """``accelerate launch --use_deepspeed`` without run.deepspeed: rank 0 prints the line, the
+    other ranks stay quiet, and each hands it to the launcher (torchrun's error file) for its report."""
+    argv = ["--config", str(DEMO / "baseline_rgb.yaml"), *_overrides(synth, tmp_path / "run")]
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    for rank in (1, 0):
+        error_file = tmp_path / f"error-{rank}.json"
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+        monkeypatch.setenv("RANK", str(rank))
+        with pytest.raises(SystemExit) as exit_status:
+            train_main("baseline", argv)
+        err = capsys.readouterr().err
+        reported = json.loads(error_file.read_text())["message"]
+        assert exit_status.value.code == 2 and reported.startswith("train_baseline.py: error: accelerate launch asked "
+                                                                   "for DeepSpeed")
+        assert err == ("" if rank else reported + "\n")
+
+
 def test_what_a_run_loaded_is_recorded_with_its_sha256(synth, tmp_path):
     from depthpi.data.shards import file_sha256, manifest_sha256
 

@@ -181,6 +181,24 @@ def test_pck_curve_counts_zero_errors_at_threshold_zero_and_is_inclusive_at_an_e
     assert m.pck_curve([7.0])[0] == 0.25 and m.pck_curve([7.5])[0] == 0.5
 
 
+def test_the_root_joint_can_be_left_out_of_the_curve_and_the_figures():
+    """Root-relative joints: the root's error is 0, so PCK(0) = 1/J over all joints and 0 without it."""
+    rng = np.random.default_rng(3)
+    target = rng.normal(0, 300, (8, 17, 3))
+    pred = target + rng.normal(0, 40, (8, 17, 3))
+    target[:, 0], pred[:, 0] = 0.0, 0.0
+    valid = np.ones((8, 17), bool)
+    m = PoseMetrics(threshold_mm=50.0)
+    m.update(pred, target, valid)
+    assert m.pck_curve([0.0])[0] == pytest.approx(1 / 17)
+    assert m.pck_curve([0.0], exclude=[0])[0] == 0.0
+    errors = np.linalg.norm(pred - target, axis=-1)[:, 1:]
+    without = m.compute_without([0])
+    assert without["mpjpe"] == pytest.approx(errors.mean()) and without["count"] == 8 * 16
+    assert without["pck"] == pytest.approx((errors <= 50).mean())
+    assert m.pck_curve([50.0], exclude=[0])[0] == pytest.approx(without["pck"])
+
+
 def test_pck_curve_equals_direct_count_at_every_half_millimetre():
     pred, target, valid, groups = _data(n=200)
     pred = np.where(np.arange(4)[None, :, None] == 0, np.nan_to_num(target), pred)  # joint 0 exact: e = 0

@@ -285,14 +285,87 @@ def test_corrupt_image_in_folder_is_skipped_and_reported(ckpt, tmp_path):
     assert sorted(p.name for p in (out / "overlay").iterdir()) == ["a.jpg", "c.jpg"]
 
 
-def test_whole_frame_default_and_K_file(ckpt, tmp_path):
+def test_full_frame_box_and_K_file(ckpt, tmp_path):
     cv2.imwrite(str(tmp_path / "one.png"), textured((96, 128)))
     (tmp_path / "K.json").write_text(json.dumps({"K": [[150, 0, 63.5], [0, 150, 47.5], [0, 0, 1]]}))
     summary = run_cli(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "one.png"), "--out",
-                       str(tmp_path / "out"), "--K", str(tmp_path / "K.json"), "--no-overlay"])
+                       str(tmp_path / "out"), "--K", str(tmp_path / "K.json"), "--no-overlay", "--full-frame"])
     [line] = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert line["K"][0][0] == 150 and line["people"][0]["bbox"] == [-0.5, -0.5, 128, 96]
+    assert line["people"][0]["box_source"] == "--full-frame" and line["people"][0]["box_score"] is None
     assert summary["overlay"] is None
+
+
+def test_people_are_found_without_boxes_and_each_box_is_recorded_with_its_source(ckpt, tmp_path, capsys):
+    """Default: OpenCV's HOG detector. A frame with a person gets one, an empty room none (and
+    the command says which frames had none); meta.json lists every box with its source."""
+    from depthpi.cli import main
+    from test_detect import off_centre_frame, iou
+
+    from depthpi.data.synthetic.scene import sensor_of
+    from test_detect import WIDE
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    person, truth = off_centre_frame("test", 5)
+    cv2.imwrite(str(folder / "a_person.png"), cv2.cvtColor(person, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "b_room.png"), cv2.cvtColor(sensor_of(WIDE, "S001C001").bg_rgb, cv2.COLOR_RGB2BGR))
+    main(["predict", "--ckpt", str(ckpt), "--input", str(folder), "--out", str(tmp_path / "out"), "--no-overlay",
+          "--fov", "60"])
+    out = capsys.readouterr()
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [len(line["people"]) for line in lines] == [1, 0]
+    found = lines[0]["people"][0]
+    assert found["box_source"] == "hog" and found["box_score"] >= 0.3 and iou(found["bbox"], truth) > 0.5
+    assert "2 frames, 1 people (boxes: hog)" in out.out and "no person in 1 of 2 frames (hog): b_room.png" in out.out
+    assert "field of view" not in out.err  # --fov given: nothing assumed, nothing to warn about
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["boxes"]["source"] == "hog" and meta["frames_without_people"] == 1
+    assert meta["boxes"]["per_frame"] == [{"frame": "a_person.png", "boxes": [
+        {k: found[k] for k in ("bbox", "box_source", "box_score")}]}, {"frame": "b_room.png", "boxes": []}]
+    assert meta["camera"] == "60 deg horizontal field of view"
+
+
+def test_a_boxes_file_must_name_frames_of_the_input(ckpt, tmp_path, capsys):
+    """Frame names or indices that match nothing are an error; a partial match is said."""
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for i in range(12):
+        writer.write(textured((120, 160), seed=i))
+    writer.release()
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text('{"frame": 99, "boxes": [[40, 10, 80, 100]]}\n{"frame": "img_0001.jpg", "boxes": []}\n')
+    base = ["predict", "--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--no-overlay", "--boxes", str(boxes)]
+    with pytest.raises(ValueError, match=r"none of the 2 frames it names \(e.g. \[99, 'img_0001.jpg'\]\) is a frame "
+                                         r"of --input .*clip.avi \(12 frames, indices 0-11\)"):
+        run_cli([*base, "--input", str(video)])
+    assert not (tmp_path / "out").exists()  # refused before anything was predicted
+
+    boxes.write_text('{"frame": 3, "boxes": [[40, 10, 80, 100]]}\n{"frame": 99, "boxes": [[0, 0, 9, 9]]}\n')
+    summary = run_cli([*base, "--input", str(video)])
+    assert summary["people"] == 1
+    assert "1 of the 2 frames it names are in the input; not found: 99" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())["boxes"]
+    assert (meta["source"], meta["named"], meta["matched"], meta["unmatched"]) == ("--boxes", 2, 1, [99])
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.jpg"), textured((96, 128)))
+    boxes.write_text('{"frame": "frame_a.jpg", "boxes": [[10, 5, 50, 80]]}\n')
+    with pytest.raises(ValueError, match=r"none of the 1 frames .*\(files such as \['a.jpg'\] or indices 0-0\)"):
+        run_cli([*base, "--input", str(folder)])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["predict", "--input", "x.png", "--out", "o"], ["export", "--out", "m.pt2"]])
+def test_cuda_without_cuda_is_one_line_and_status_2(ckpt, command, capsys):
+    from depthpi.cli import main
+
+    with pytest.raises(SystemExit) as exit_status:
+        main([command[0], "--ckpt", str(ckpt), *command[1:], "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exit_status.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--device cuda: CUDA is not available" in err and "use --device cpu" in err
 
 
 def test_boxes_file_errors_name_the_line(tmp_path):
@@ -338,3 +411,55 @@ def test_eval_scores_each_split_at_its_source_data_sets_threshold(ckpt, tmp_path
     assert default["threshold_mm"] == 150.0 and forced["threshold_mm"] == 50.0
     assert default["mpjpe"] == forced["mpjpe"] and default["pck"] >= forced["pck"]
     assert json.loads((tmp_path / "e150" / "metrics.json").read_text())["threshold_mm"] == 150.0
+
+
+def test_eval_that_scores_nothing_fails_and_says_what_the_split_is(ckpt, tmp_path, capsys):
+    """A split of stored teacher features, or one with no labelled sample, is an error (status 2),
+    never a NaN result with status 0."""
+    import shutil
+
+    from depthpi.cli import main
+    from depthpi.data.build import build_synthetic
+    from depthpi.data.shards import read_manifest, write_manifest
+
+    build_synthetic(tmp_path / "s", {"unlabeled": 4}, samples_per_shard=4, workers=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_status:
+        main(["eval", "--ckpt", str(ckpt), "--shards", str(tmp_path / "s" / "unlabeled"), "--out", str(tmp_path / "e"),
+              "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert exit_status.value.code == 2
+    assert err.splitlines()[-1].startswith("depthpi eval: error: --shards ")  # one line, no traceback of ours
+    assert err.splitlines()[-1].endswith("unlabeled: nothing was scored (0 labelled joints; 0 samples skipped: none); "
+                                         "expected a split of labelled pose samples")
+    assert not (tmp_path / "e" / "metrics.json").exists()
+
+    features = tmp_path / "s" / "train.teacher-x"  # what depthpi precompute's manifest says of its output
+    shutil.copytree(tmp_path / "s" / "unlabeled", features)
+    manifest = read_manifest(features)
+    manifest.params = {"kind": "teacher_features", "source": "shards/synth/train"}
+    write_manifest(features, manifest)
+    with pytest.raises(SystemExit) as exit_status:
+        main(["eval", "--ckpt", str(ckpt), "--shards", str(features), "--out", str(tmp_path / "e")])
+    assert exit_status.value.code == 2
+    assert "train.teacher-x: a split of stored teacher features (depthpi precompute's output, from " \
+           "shards/synth/train), not of pose samples" in capsys.readouterr().err
+
+
+def test_eval_report_names_run_and_split_and_states_the_root(ckpt, tmp_path):
+    from depthpi.data.build import build_synthetic
+    from depthpi.predict import evaluate_checkpoint, model_name, split_name
+
+    assert model_name(ckpt) == f"{ckpt.parents[1].name} (best.pt)"
+    assert model_name(ckpt.parents[1]) == f"{ckpt.parents[1].name} (last.pt)"
+    assert split_name("shards/synth/test/") == "synth/test"
+    build_synthetic(tmp_path / "shards", {"test": 4}, samples_per_shard=4, workers=1, seed=0)
+    result = evaluate_checkpoint(ckpt, tmp_path / "shards" / "test", tmp_path / "e", batch_size=4, num_workers=0)
+    per_joint = result["per_joint"]
+    others = [v for name, v in per_joint.items() if name != H36M_17.joint_names[H36M_17.root]]
+    assert per_joint[H36M_17.joint_names[H36M_17.root]]["mpjpe"] == 0.0
+    assert result["without_root"]["mpjpe"] == pytest.approx(np.mean([v["mpjpe"] for v in others]))
+    assert result["without_root"]["mpjpe"] == pytest.approx(result["mpjpe"] * 17 / 16)  # every joint valid here
+    assert result["without_root"]["pck"] == pytest.approx((result["pck"] * 17 - 1) / 16)
+    table = (tmp_path / "e" / "per_joint.md").read_text()
+    assert "| all but the root |" in table and "root (pelv) has error 0 by construction" in table

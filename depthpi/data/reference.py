@@ -55,7 +55,7 @@ def mean_pose(split_dir: str | Path) -> np.ndarray:
     urls = [location.url(s.name) for s in manifest.shards]
     stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue))
     for members in tqdm(stream, total=manifest.total_count, desc=f"mean pose of {split_dir}", unit="sample",
-                        leave=False, mininterval=5):
+                        leave=False, mininterval=5, disable=None):  # no bar where stderr is a log, not a terminal
         try:
             meta = SampleMeta.from_json(members.get("json", b""), members.get("__key__", "?"))
             if not meta.labeled:

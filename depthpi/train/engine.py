@@ -7,6 +7,7 @@ is built from lives in ``depthpi.train.setup``; what a stage computes in
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 from functools import partial
@@ -71,6 +72,8 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
         if new_config and is_main:  # only a run that passed every check records its config
             save_run_config(cfg)
         accelerator.wait_for_everyone()
+    if trainer.epoch >= cfg.optim.epochs:
+        return already_complete(cfg, trainer)
     logger = RunLogger(accelerator, asdict(cfg), run_dir, resumed=trainer.step > 0)
     ledger = RankLedger(rank, world)
     if adopted:
@@ -160,6 +163,15 @@ def resume(cfg: TrainConfig, accelerator) -> TrainerState:
     trainer, path = found
     log.info("resumed from %s (epoch %d, step %d)", path, trainer.epoch, trainer.step)
     return trainer
+
+
+def already_complete(cfg: TrainConfig, trainer: TrainerState) -> dict:
+    """A run re-run after its last epoch: says so and returns the metrics it recorded."""
+    log.info("run complete (%d epochs, step %d): nothing to do. To train it longer, re-run with "
+             "run.allow_config_change=true optim.epochs=<more> (the LR schedule stretches to the new length)",
+             trainer.epoch, trainer.step)
+    path = Path(cfg.run.out_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def training_mean_pose(cfg: TrainConfig, accelerator) -> np.ndarray:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 
 from depthpi.config import load_config
-from depthpi.log import configure_logging
+from depthpi.log import configure_logging, env_rank
 
 
 def main(stage: str, argv: list[str] | None = None) -> dict:
@@ -31,4 +34,15 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     try:
         return train(cfg)
     except StartupError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        message = f"{parser.prog}: error: {err}"
+        tell_launcher(message)
+        parser.exit(2, f"{message}\n" if env_rank()[0] == 0 else None)  # once, not once per rank
+
+
+def tell_launcher(message: str) -> None:
+    """Hand a one-line error to torchrun / ``accelerate launch``: the launcher's failure report
+    shows it as its root cause (instead of "To enable traceback see ...")."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"message": message, "timestamp": str(int(time.time()))}, f)
