@@ -164,10 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
+    from depthpi.data.remote import ServerUnreachable
+    from depthpi.io import DiskFullError
+
     try:
         args.func(args)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:  # user errors: one line, status 2
         parser.exit(2, f"depthpi {args.command}: error: {err}\n")
+    except (DiskFullError, ServerUnreachable) as err:  # a cause outside the command: one line, status 1
+        parser.exit(1, f"depthpi {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from depthpi.data.remote import RemoteConfig, ServerUnreachable
+from depthpi.data.remote import configure as configure_remote, settings as remote_settings
 from depthpi.data.shard_plan import ShardPlanner
 from depthpi.data.shard_stream import (DECODE_ERRORS, MapFn, ReadLog, ReadReport, ShardSource, TarSamples,
                                        decode_samples, map_samples, select_shards, shard_list, skip_summary,
@@ -60,10 +62,12 @@ log = logging.getLogger(__name__)
 
 
 class Delivery(NamedTuple):
-    """What a worker hands the main process: a batch (None at the end) and its read report."""
+    """What a worker hands the main process: a batch (None at the end) and its read report;
+    ``fatal``: the one line of a server outage that ends the stream (see :func:`deliver`)."""
 
     batch: dict | None
     report: dict | None
+    fatal: str | None = None
 
 
 def collate(samples: list[dict]) -> dict:
@@ -77,9 +81,17 @@ def collate(samples: list[dict]) -> dict:
 
 
 def deliver(batches: Iterator[dict], log: ReadLog) -> Iterator[Delivery]:
-    """Each batch with the report of what was read for it; a last report after the last batch."""
-    for batch in batches:
-        yield Delivery(batch, log.take())
+    """Each batch with the report of what was read for it; a last report after the last batch.
+
+    A server outage ends the stream with a last delivery carrying its one line (raised again
+    in the main process): a DataLoader would wrap it in a worker traceback.
+    """
+    try:
+        for batch in batches:
+            yield Delivery(batch, log.take())
+    except ServerUnreachable as err:
+        yield Delivery(None, log.take(), str(err))
+        return
     tail = log.take()
     if tail:
         yield Delivery(None, tail)
@@ -96,20 +108,22 @@ class ShardDataset(IterableDataset):
         sources: every shard of the split (manifest order), see :class:`ShardSource`.
         planner: the split's :class:`ShardPlanner` for this world, workers and batch size.
         map_fn: picklable ``(Sample, epoch) -> dict``.
-        rank, seed, shuffle, shuffle_buffer, drop_last, infinite, cache_dir: see :func:`make_loader`.
+        rank, seed, shuffle, shuffle_buffer, drop_last, infinite, cache_dir, remote: see :func:`make_loader`.
     """
 
     def __init__(self, sources: list[ShardSource], planner: ShardPlanner, map_fn: MapFn, *, rank: int, seed: int,
-                 shuffle: bool, shuffle_buffer: int, drop_last: bool, infinite: bool, cache_dir: str | None = None):
+                 shuffle: bool, shuffle_buffer: int, drop_last: bool, infinite: bool, cache_dir: str | None = None,
+                 remote: RemoteConfig | None = None):
         super().__init__()
         self.sources, self.planner, self.map_fn = sources, planner, map_fn
         self.by_url = {source.url: source for source in sources}
         self.batch_size = planner.batch_size
         self.rank, self.seed, self.shuffle, self.shuffle_buffer = rank, seed, shuffle, shuffle_buffer
-        self.drop_last, self.infinite, self.cache_dir = drop_last, infinite, cache_dir
+        self.drop_last, self.infinite, self.cache_dir, self.remote = drop_last, infinite, cache_dir, remote
         self.epoch = multiprocessing.Value("q", 0, lock=False)  # shared with (persistent) workers
 
     def __iter__(self) -> Iterator[Delivery]:
+        configure_remote(self.remote)  # a spawned worker starts with the defaults
         info = get_worker_info()
         worker, epoch = info.id if info else 0, int(self.epoch.value)
         reads = ReadLog(f"rank {self.rank} worker {worker} epoch {epoch}")
@@ -214,6 +228,8 @@ class ShardLoader:
             if delivery.report:
                 self._stats.merge(delivery.report)
                 self._pass.merge(delivery.report)
+            if delivery.fatal:
+                raise ServerUnreachable(delivery.fatal)
             if delivery.batch is None:
                 continue
             self._consumed += 1
@@ -294,7 +310,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                 shuffle_buffer: int = 500, drop_last: bool = True, infinite: bool = False,
                 persistent_workers: bool = True, pin_memory: bool = False, prefetch_factor: int = 2,
                 multiprocessing_context: str | None = None, check_sha256: bool = False,
-                companion_dir: str | Path | None = None, cache_dir: str | Path | None = None) -> ShardLoader:
+                companion_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                remote: RemoteConfig | None = None) -> ShardLoader:
     """A loader of one rank over a split.
 
     Args:
@@ -319,9 +336,13 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         companion_dir: a split of shards mirroring this one (same names, keys, order),
             e.g. precomputed teacher features; their members are merged into each sample
             and reach ``map_fn`` as ``Sample.extras``.
-        cache_dir: keep a local copy of each remote shard there (checked against the
-            manifest's sha256); None streams remote shards every pass. Local splits ignore it.
+        cache_dir: keep a local copy of each remote shard there (admitted with the manifest's
+            sha256 and count, hashed again before each use); None fetches remote shards
+            every pass (:mod:`depthpi.data.shard_cache`). Local splits ignore it.
+        remote: timeouts and retries of remote reads (default: this process's settings,
+            :mod:`depthpi.data.remote`).
     Raises:
+        ServerUnreachable: while iterating, when a split's server cannot be reached at all.
         ManifestError: the split or its manifest is missing or inconsistent.
         ValueError: bad arguments, or fewer shards than ``world_size * num_workers`` in
             training mode (workers without shards would make ranks unequal).
@@ -342,7 +363,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
     planner = ShardPlanner(manifest.counts, world_size, num_workers, batch_size)
     dataset = ShardDataset(split_sources(location, manifest, companions), planner, map_fn, rank=rank, seed=seed,
                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite,
-                           cache_dir=None if cache_dir is None else str(cache_dir))
+                           cache_dir=None if cache_dir is None else str(cache_dir),
+                           remote=remote or remote_settings())
     extra = {}
     if num_workers > 0:
         extra = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
