@@ -27,10 +27,20 @@ def _shards_build(args) -> None:
     print(summary.format())
 
 
+def _remote_reads(args) -> None:
+    """``--stall-timeout`` / ``--retries`` of a command that reads a split from a server."""
+    from dataclasses import replace
+
+    from depthpi.data import remote
+
+    remote.configure(replace(remote.settings(), stall_timeout_s=args.stall_timeout, retries=args.retries))
+
+
 def _shards_inspect(args) -> None:
     from depthpi.data.build import inspect_split
     from depthpi.data.shards import SplitLocation
 
+    _remote_reads(args)
     location = SplitLocation.parse(args.dir)
     default = Path("contact_sheet.png") if location.remote else Path(location.root) / "contact_sheet.png"
     print(inspect_split(args.dir, Path(args.out) if args.out else default, count=args.count, input_size=args.size))
@@ -39,6 +49,7 @@ def _shards_inspect(args) -> None:
 def _shards_verify(args) -> None:
     from depthpi.data.shard_verify import verify_split
 
+    _remote_reads(args)
     verdict = verify_split(args.dir, workers=args.workers, progress=True)
     print("\n".join(verdict.lines()))
     if not verdict.ok:
@@ -83,6 +94,12 @@ def _precompute(args) -> None:
     print(f"[depthpi] precompute part {rank + 1}/{world} -> {args.out}: {done}")
 
 
+def _remote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+                        help="a URL's read is abandoned after S seconds without a byte (default 120)")
+    parser.add_argument("--retries", type=int, default=2, help="further tries of a file a server failed to send")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depthpi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--count", type=int, default=16)
     inspect.add_argument("--size", type=int, default=257, help="crop size N of the pipeline")
     inspect.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
+    _remote_arguments(inspect)
     inspect.set_defaults(func=_shards_inspect)
     verify = shards.add_parser("verify", help="every shard's sha256, size and samples against the manifest; "
                                               "exit status 1 when any differs")
     verify.add_argument("dir", help="split directory or URL (http(s)://, pipe:, ...)")
     verify.add_argument("--workers", type=int, default=2, help="processes reading shards")
+    _remote_arguments(verify)
     verify.set_defaults(func=_shards_verify)
 
     pre = commands.add_parser("precompute", help="run a frozen teacher once, store its features per view")

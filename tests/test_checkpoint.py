@@ -1,5 +1,6 @@
 """Checkpoints: accelerate's format in an atomic directory; damaged ones skipped, crafted ones refused."""
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_the_earlier_one_stays
 
 @pytest.mark.timeout(300)
 def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes_once_there_is_room(synth_root, small_disk,
-                                                                                      capsys):
+                                                                                      capsys, caplog):
     from depthpi.train.entry import main as train_main
 
     run_dir = small_disk(30)  # one epoch's checkpoint (12 MiB) and exports (2 × 4 MiB); the next one does not fit
@@ -160,6 +161,7 @@ def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes_once_there_
     assert "the last checkpoint is" in line and "step-00000002 (epoch 1, step 2)" in line
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-00000002"]
     small_disk.resize(run_dir, 80)
-    train_main("baseline", argv)  # the same command, with room: resumes and finishes
-    assert "resumed from" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="depthpi"):
+        train_main("baseline", argv)  # the same command, with room: resumes and finishes
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-00000002'}" in caplog.text
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-00000002", "step-00000004"]

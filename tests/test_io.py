@@ -99,7 +99,10 @@ def test_an_export_on_a_full_disk_names_the_directory_and_size_and_keeps_the_old
     assert sorted(p.name for p in export.iterdir()) == ["last.pt"]  # no temporary left
 
 
-def test_a_shard_build_on_a_full_disk_stops_in_one_line_and_the_same_command_finishes_it(small_disk, capsys):
+def test_a_shard_build_on_a_full_disk_stops_in_one_line_and_the_same_command_finishes_it(small_disk, capsys,
+                                                                                          caplog):
+    import logging
+
     from depthpi.cli import main
     from depthpi.data.shard_verify import verify_split
 
@@ -114,6 +117,7 @@ def test_a_shard_build_on_a_full_disk_stops_in_one_line_and_the_same_command_fin
     finished = sorted(p.name for p in (disk / "synth" / "train").glob("shard-*.tar"))
     assert finished and not list((disk / "synth" / "train").glob(".*.tmp*"))
     small_disk.resize(disk, 8)
-    main(argv)
-    assert "finished earlier with the same parameters, kept" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="depthpi"):
+        main(argv)
+    assert f"{len(finished)} of 4 shards finished earlier with the same parameters, kept" in caplog.text
     assert verify_split(disk / "synth" / "train").ok

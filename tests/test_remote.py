@@ -3,6 +3,7 @@
 Real servers on 127.0.0.1: the HTTP server of ``conftest.http_root`` (with shards that stall
 halfway), one that accepts connections and never answers, and one that goes away.
 """
+import logging
 import shutil
 import threading
 import time
@@ -104,7 +105,8 @@ class _GoesAwayAfterACheckpoint(_ShardHandler):
 
 
 @pytest.mark.timeout(240)
-def test_a_server_outage_stops_training_in_one_line_and_the_same_command_resumes(synth_root, tmp_path, capsys):
+def test_a_server_outage_stops_training_in_one_line_and_the_same_command_resumes(synth_root, tmp_path, capsys,
+                                                                                   caplog):
     from depthpi.train.checkpoint import checkpoint_dirs
     from depthpi.train.entry import main as train_main
 
@@ -131,8 +133,23 @@ def test_a_server_outage_stops_training_in_one_line_and_the_same_command_resumes
 
     server = serve_directory(www, port=server.server_address[1])  # the server is back
     try:
-        metrics = train_main("baseline", argv)
+        with caplog.at_level(logging.INFO, logger="depthpi"):
+            metrics = train_main("baseline", argv)
     finally:
         stop_server(server)
-    assert "resumed from" in capsys.readouterr().err
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-00000002'}" in caplog.text
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-00000002", "step-00000004"] and metrics["count"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_shards_verify_gives_up_on_a_stalled_shard_in_its_worker_processes(make_split, http_root, capsys):
+    from depthpi.cli import main
+
+    base, server = http_root
+    split = make_split([3, 3])
+    url = f"{base}/{_published(split, server)}"
+    server.stall.add("shard-000001.tar")
+    with pytest.raises(SystemExit) as stopped:
+        main(["shards", "verify", url, "--workers", "2", "--stall-timeout", "1", "--retries", "0"])
+    out = capsys.readouterr().out
+    assert stopped.value.code == 1 and "shard-000001.tar: unreadable" in out and "no data for 1 s" in out

@@ -109,7 +109,8 @@ def command(root: str, name: str, cfg: RemoteConfig | None = None) -> list[str]:
     if scheme == "pipe":
         words = shlex.split(root[len("pipe:"):])
         if not words:
-            raise ValueError(f"{root!r}: empty pipe: command (expected pipe:CMD whose last word is the split's location)")
+            raise ValueError(f"{root!r}: empty pipe: command (expected pipe:CMD whose last word is the split's "
+                             f"location)")
         return words[:-1] + [f"{words[-1]}/{name}"]
     url = f"{root}/{quote(name)}"
     if scheme in CURL_SCHEMES:

@@ -2,8 +2,9 @@
 
 With ``data.cache_dir`` the copy is kept there as ``{sha256[:16]}-{name}``. It is admitted
 only when its sha256, size and sample count match the manifest entry, and it is hashed
-again before every use (sha256 of a cached shard costs about 1 % of decoding it:
-``bench/bench_cache_verify.py``), so a copy altered on disk is never trained on. A copy
+again before every use (about 4 % of a training pass over the shard,
+``bench/bench_cache_verify.py``; a cheaper stamp such as size and mtime would not see a copy
+altered in place), so a copy altered on disk is never trained on. A copy
 that fails is fetched again once; a second failure refuses the shard: it is reported as a
 shard whose samples are missing, like any short shard, in the log and ``metrics.json``.
 Without a cache the shard is fetched into an anonymous temporary file and checked the same

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from depthpi.dist import gather_objects
 
-INSTALL = {"tensorboard": "pip install tensorboard", "mlflow": "pip install mlflow-skinny", "wandb": "pip install wandb"}
+INSTALL = {"tensorboard": "pip install tensorboard", "mlflow": "pip install mlflow-skinny",
+           "wandb": "pip install wandb"}
 MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
 
 
