@@ -148,6 +148,8 @@ class _CommandReader(io.RawIOBase):
             self.stderr.close()
             raise TransportError(f"{where}: cannot run {self.program!r} ({err.strerror or err})") from None
         self.fd = self.proc.stdout.fileno()
+        self.poller = select.poll()  # not select(): a busy process may hold fds beyond 1024
+        self.poller.register(self.fd, select.POLLIN | select.POLLHUP | select.POLLERR)
 
     def readable(self) -> bool:
         return True
@@ -155,8 +157,7 @@ class _CommandReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         if self.done:
             return 0
-        ready, _, _ = select.select([self.fd], [], [], self.stall_s)
-        if not ready:
+        if not self.poller.poll(self.stall_s * 1000):
             self._kill()
             raise TransportError(f"{self.where}: no data for {self.stall_s:g} s (the server stalls; "
                                  f"data.remote.stall_timeout_s)")

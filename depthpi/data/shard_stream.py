@@ -11,8 +11,9 @@ The stages a sample passes, each a generator over the previous one (webdataset's
 Nothing is lost silently. A tar whose bytes end early, or whose damaged header reads as
 the end of the archive (``tarfile`` then stops without an error), holds fewer samples than
 its manifest entry: a *shortfall*, reported with the shard, the counts and the last key
-read. A stream error (a truncated file, a dropped HTTP connection: ``curl`` exits non-zero)
-ends the shard the same way, with the error as its reason. A key seen twice in a shard is
+read. A read error (a truncated file; a remote shard not fetched after its retries, or
+refused because its bytes are not the manifest's: :mod:`depthpi.data.shard_cache`) ends the
+shard the same way, with the error as its reason. A key seen twice in a shard is
 skipped the second time. Everything lands in a :class:`ReadLog`: counts by reason with one
 example each (key, shard, message), shortfalls, refill passes; warnings are logged for the
 1st, 10th, 100th... occurrence of a reason, never a flood and never silent.
@@ -233,7 +234,7 @@ def read_shard(source: ShardSource, log: ReadLog, cache_dir: str | Path | None =
             last_key, sample["__shard__"] = key, info.name
             yield sample
         read_to_end(stream)
-        stream.close()  # a pipe's exit status (curl: a dropped connection) shows here
+        stream.close()
     except ServerUnreachable:  # not this shard: the whole server (the run stops, see depthpi.data.loader)
         raise
     except ShardRefused as err:
