@@ -27,15 +27,26 @@ def _shards_build(args) -> None:
     print(summary.format())
 
 
+def _remote_reads(args) -> None:
+    """``--stall-timeout`` / ``--retries`` of a command that reads a split from a server."""
+    from dataclasses import replace
+
+    from depthpi.data import remote
+
+    remote.configure(replace(remote.settings(), stall_timeout_s=args.stall_timeout, retries=args.retries))
+
+
 def _shards_inspect(args) -> None:
     from depthpi.data.build import inspect_split
 
+    _remote_reads(args)
     print(inspect_split(args.dir, Path(args.out), count=args.count, input_size=args.size))
 
 
 def _shards_verify(args) -> None:
     from depthpi.data.shard_verify import verify_split
 
+    _remote_reads(args)
     verdict = verify_split(args.dir, workers=args.workers, progress=True)
     print("\n".join(verdict.lines()))
     if not verdict.ok:
@@ -105,6 +116,12 @@ def _taps_of(teacher: str, config: str | None) -> str:
             + "\n".join(names) + f"\nthe thesis' tap (the last layer3 block, after ReLU): {thesis}")
 
 
+def _remote_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+                        help="a URL's read is abandoned after S seconds without a byte (default 120)")
+    parser.add_argument("--retries", type=int, default=2, help="further tries of a file a server failed to send")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depthpi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--size", type=int, default=257, help="crop size N of the pipeline")
     inspect.add_argument("--out", default="contact_sheet.png",
                          help="PNG path (default %(default)s in the working directory; the split is only read)")
+    _remote_arguments(inspect)
     inspect.set_defaults(func=_shards_inspect)
     verify = shards.add_parser("verify", help="every shard's sha256, size and samples against the manifest; "
                                               "exit status 1 when any differs")
     verify.add_argument("dir", help="split directory or URL (http(s)://, pipe:, ...)")
     verify.add_argument("--workers", type=int, default=2, help="processes reading shards")
+    _remote_arguments(verify)
     verify.set_defaults(func=_shards_verify)
     subset = shards.add_parser("subset", help="a split of a range of another split's shards (hard links), e.g. "
                                               "a small labelled part and the rest as unlabelled pairs")
@@ -198,10 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
+    from depthpi.data.remote import ServerUnreachable
+    from depthpi.io import DiskFullError
+
     try:
         args.func(args)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:  # user errors: one line, status 2
         parser.exit(2, f"depthpi {args.command}: error: {err}\n")
+    except (DiskFullError, ServerUnreachable) as err:  # a cause outside the command: one line, status 1
+        parser.exit(1, f"depthpi {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

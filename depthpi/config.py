@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from depthpi.data.pipeline import PipelineConfig
+from depthpi.data.remote import RemoteConfig
 from depthpi.io import atomic_write_text
 from depthpi.losses import DistillationConfig, RegressionLossConfig
 from depthpi.metrics import DEFAULT_THRESHOLDS
@@ -25,6 +26,11 @@ from depthpi.models.posenet import ModelConfig
 from depthpi.models.taps import parse_tap
 
 STAGES = ("baseline", "teacher", "student")
+# A config is tens of lines; these bounds refuse a hostile one before YAML parses it.
+MAX_CONFIG_BYTES = 256 << 10
+MAX_OVERRIDE_BYTES = 16 << 10
+MAX_OVERRIDES = 1000
+MAX_BASE_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,11 @@ class DataConfig:
         shuffle_buffer: samples held for shuffling in each worker.
         verify_shards: check every shard of every split against its manifest (sha256,
             sample counts) before training starts (``depthpi shards verify`` does it alone).
-        cache_dir: where shards of splits given as URLs are kept once downloaded (each copy
-            checked against the manifest's sha256); None streams them on every pass.
+        cache_dir: where shards of splits given as URLs are kept once downloaded (admitted
+            with the manifest's sha256 and count, hashed again before each use); None
+            fetches them into temporary files on every pass, checked the same way.
+        remote: connect and stall timeouts and retries of reads from a server
+            (``data.remote.stall_timeout_s`` …, see :class:`depthpi.data.remote.RemoteConfig`).
         allow_split_roles: train on a split whose manifest names another role (e.g. a
             ``test`` split as ``data.train``), or on the test split itself; refused otherwise.
         dataset: training data set name; picks the PCK/AUC threshold (``ntu``/``pku``: 50 mm,
@@ -68,6 +77,7 @@ class DataConfig:
     verify_shards: bool = False
     allow_split_roles: bool = False
     cache_dir: str | None = None
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     def __post_init__(self):
         for key in ("train", "test"):
@@ -178,8 +188,9 @@ class RunConfig:
         compile: wrap the model in ``torch.compile``.
         cpu: force CPU even when a GPU is present.
         log_with: experiment trackers (accelerate's): any of ``tensorboard`` (writes
-            ``out_dir/tensorboard``), ``mlflow`` (``MLFLOW_TRACKING_URI``), ``wandb``; the
-            package must be installed.
+            ``out_dir/tensorboard``), ``mlflow`` (``MLFLOW_TRACKING_URI``), ``wandb``; each is
+            checked at start (installed, its store writable or answering).
+        tracker_timeout_s: how long the check at start waits for a tracker's server.
         collective_timeout_s: a collective that does not complete within this many seconds
             (a rank died or missed it) fails with a message instead of hanging.
         allow_config_change: resume a run directory whose config.yaml differs from this
@@ -201,6 +212,7 @@ class RunConfig:
     cpu: bool = False
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     log_with: tuple[str, ...] = ("tensorboard",)
+    tracker_timeout_s: float = 20.0
     collective_timeout_s: float = 1800.0
     allow_config_change: bool = False
 
@@ -215,6 +227,8 @@ class RunConfig:
         unknown = [t for t in self.log_with if t not in TRACKERS]
         _check(not unknown, "run.log_with", f"a list of {TRACKERS}", list(self.log_with))
         _check(self.collective_timeout_s > 0, "run.collective_timeout_s", "> 0", self.collective_timeout_s)
+        _check(0 < self.tracker_timeout_s <= 600, "run.tracker_timeout_s", "seconds in (0, 600]",
+               self.tracker_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -280,12 +294,17 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
     path = path.resolve()
     if path in seen:
         raise ValueError(f"{path}: 'base:' inheritance forms a cycle through {[str(p) for p in seen]}")
+    if len(seen) >= MAX_BASE_DEPTH:
+        raise ValueError(f"{path}: 'base:' inheritance deeper than {MAX_BASE_DEPTH} files")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes; a config file may hold at most {MAX_CONFIG_BYTES} "
+                         f"(it lists settings, not data)")
     try:
         node = OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid YAML ({_one_line(err)})") from None
     if not isinstance(node, DictConfig):
         raise ValueError(f"{path}: expected a mapping of config keys at the top level, got {type(node).__name__}")
     base = node.pop("base", None)
@@ -295,6 +314,26 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
     if not bases or not all(isinstance(b, str) for b in bases):
         raise ValueError(f"{path}: key 'base': expected a file name or a list of them, got {base!r}")
     return OmegaConf.merge(*(_load_yaml_chain(path.parent / b, seen + (path,)) for b in bases), node)
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    """``key=value`` overrides (each value YAML), size-limited before YAML reads them."""
+    if len(overrides) > MAX_OVERRIDES:
+        raise ValueError(f"{len(overrides)} overrides; at most {MAX_OVERRIDES}")
+    for override in overrides:
+        if len(override.encode(errors="replace")) > MAX_OVERRIDE_BYTES:
+            raise ValueError(f"override {override[:40]!r}...: {len(override.encode(errors='replace'))} bytes; an "
+                             f"override may hold at most {MAX_OVERRIDE_BYTES}")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except yaml.YAMLError as err:
+        raise ValueError(f"bad override: not valid YAML ({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException, limit: int = 600) -> str:
+    """The error's lines joined by '; ', whitespace collapsed, at most ``limit`` characters."""
+    text = "; ".join(" ".join(line.split()) for line in str(err).splitlines() if line.strip())
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
@@ -313,20 +352,24 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
             for key, value in overrides.items():
                 OmegaConf.update(layers[-1], key, value, force_add=True)
         else:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
+            layers.append(_parse_overrides(list(overrides)))
         merged = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:  # names the full key itself
-        raise ValueError(f"bad config{_where(path, overrides)}: {err}".replace("\n", "; ")) from None
+        raise ValueError(f"bad config{_where(path, overrides)}: {_one_line(err)}") from None
     try:
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, ValueError) as err:  # ValueError: a dataclass's __post_init__ check
         section = _failing_section(merged)
         at = f" at {section}" if section else ""
-        raise ValueError(f"bad config{_where(path, overrides)}{at}: {err}".replace("\n", "; ")) from None
+        raise ValueError(f"bad config{_where(path, overrides)}{at}: {_one_line(err)}") from None
 
 
 def _where(path, overrides) -> str:
-    shown = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+    if isinstance(overrides, Mapping):
+        shown = dict(overrides)
+    else:
+        shown = [o if len(o) <= 80 else f"{o[:77]}..." for o in list(overrides)[:20]]
+        shown = f"{shown} and {len(overrides) - 20} more" if len(overrides) > 20 else shown
     return (f" in {path}" if path else "") + (f" with overrides {shown}" if overrides else "")
 
 

@@ -8,16 +8,77 @@ collide) and keeps the suffix, for writers that pick the format by it (matplotli
 OpenCV, ``torch.export.save``): ``dir/.{stem}.{pid}-{thread}.tmp{suffix}``.
 
 Two forms: :func:`atomic_path` for writers that want a path, :class:`AtomicFile` for
-streams written piece by piece (tar shards).
+streams written piece by piece (tar shards). A write that fills the disk ends in one
+:class:`DiskFullError` line naming the directory and the space needed; the file it was
+replacing is untouched.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Iterator
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Writers that report a full disk only in words: safetensors (Rust), or not at all: torch's
+# zip writer says "unexpected pos" once a short write left it behind.
+_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+LOW_SPACE_BYTES = 4 << 20
+
+
+class DiskFullError(RuntimeError):
+    """A write that failed because its file system is full (or the quota spent): one line
+    naming the directory, how much was needed and how much is free."""
+
+
+def mebibytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def free_bytes(directory: str | Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def is_disk_full(err: BaseException, directory: str | Path) -> bool:
+    """Whether ``err``, raised while writing into ``directory``, means its disk is full:
+    ENOSPC or EDQUOT anywhere in the exception chain or its words, or, for writers that hide
+    the cause, less than 4 MiB left (checked while the failed temporary is still there)."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        if any(words in str(seen) for words in _FULL_WORDS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    free = free_bytes(directory)
+    return free is not None and free < LOW_SPACE_BYTES
+
+
+def disk_full(directory: str | Path, what: str, needed: int | None = None, written: int | None = None,
+              advice: str = "free some space there or write elsewhere, then run the same command again",
+              freed: int = 0) -> DiskFullError:
+    """The one-line error for ``what`` failing in ``directory`` for lack of space.
+
+    ``needed``: bytes the write needs (an estimate); else ``written``: bytes it had written.
+    ``freed``: bytes the failed write's partial files give back once removed.
+    """
+    free = free_bytes(directory)
+    free = None if free is None else free + freed
+    if needed is not None:
+        size = f"needs about {mebibytes(needed)}"
+    elif written is not None:
+        size = f"needs more than the {mebibytes(written)} it had written"
+    else:
+        size = "needs more space"
+    there = f", {mebibytes(free)} free there" if free is not None else ""
+    return DiskFullError(f"{directory}: disk full: {what} {size}{there}; {advice}")
 
 
 def temporary_path(path: Path) -> Path:
@@ -60,28 +121,49 @@ class AtomicFile:
     def __init__(self, path: str | Path, fsync: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp, self.fsync = temporary_path(self.path), fsync
+        self.tmp, self.fsync, self.written = temporary_path(self.path), fsync, 0
         self.file = open(self.tmp, "wb")
 
     def write(self, data) -> int:
-        return self.file.write(data)
+        try:
+            n = self.file.write(data)
+        except OSError as err:
+            raise self._full(err) from err
+        self.written += n
+        return n
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except OSError as err:
+            raise self._full(err) from err
 
     def commit(self) -> Path:
         """Close the temporary and rename it to ``path``; returns ``path``."""
-        self.file.flush()
-        if self.fsync:
-            os.fsync(self.file.fileno())
+        try:
+            self.file.flush()
+            if self.fsync:
+                os.fsync(self.file.fileno())
+        except OSError as err:
+            raise self._full(err) from err
         self.file.close()
         os.replace(self.tmp, self.path)
         return self.path
 
+    def _full(self, err: OSError) -> OSError:
+        """A :class:`DiskFullError` for ``err`` when it means a full disk (else ``err``)."""
+        if not is_disk_full(err, self.path.parent):
+            return err
+        return disk_full(self.path.parent, f"writing {self.path.name}", written=self.written, freed=self.written)
+
     def discard(self) -> None:
         """Close and delete the temporary; ``path`` keeps whatever it held before."""
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.file.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -94,10 +176,14 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | Path, fsync: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; it becomes ``path`` when the block ends without error.
 
-    ``fsync``: flush the file to disk before the rename.
+    ``fsync``: flush the file to disk before the rename. ``needed``: the bytes the file
+    will take (an estimate), for the message should the disk fill up.
+
+    Raises:
+        DiskFullError: the write failed for lack of space (whatever the writer raised).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +193,12 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             _fsync(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        if not is_disk_full(err, path.parent):  # judged before the temporary goes
+            raise
+        written = tmp.stat().st_size if tmp.exists() else None
+        raise disk_full(path.parent, f"writing {path.name}", needed=needed, written=written,
+                        freed=written or 0) from err
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -16,6 +16,22 @@ _HANDLER_NAME = "depthpi"
 QUIET = ("accelerate", "deepspeed", "torch.distributed", "urllib3", "matplotlib", "PIL", "h5py", "git")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when logging
+    was configured (a stream replaced since, e.g. by a capture, is followed)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(rank: int | None = None, world: int | None = None, level: int | None = None) -> None:
     """Send the ``depthpi`` loggers to stderr: INFO on rank 0, WARNING elsewhere.
 
@@ -35,7 +51,7 @@ def configure_logging(rank: int | None = None, world: int | None = None, level: 
     root = logging.getLogger("depthpi")
     handler = next((h for h in root.handlers if h.get_name() == _HANDLER_NAME), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.set_name(_HANDLER_NAME)
         root.addHandler(handler)
     handler.setFormatter(formatter)

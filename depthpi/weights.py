@@ -18,8 +18,13 @@ from depthpi.io import atomic_path
 
 
 def save_weights(model_state: dict, path: str | Path) -> None:
-    """Write a plain state dict for inference, atomically."""
-    with atomic_path(path) as tmp:
+    """Write a plain state dict for inference, atomically.
+
+    Raises:
+        DiskFullError: the disk filled up (the file it replaces is untouched).
+    """
+    needed = sum(t.numel() * t.element_size() for t in model_state.values() if isinstance(t, torch.Tensor))
+    with atomic_path(path, needed=needed) as tmp:
         torch.save(model_state, tmp)
 
 

@@ -5,6 +5,7 @@ import functools
 import http.server
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from depthpi.data import remote
 from depthpi.data.schema import Sample, SampleError, SampleMeta, encode_sample
 from depthpi.data.shards import Manifest, ShardWriter, write_manifest
 
@@ -130,38 +132,117 @@ def tb_scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.fixture(autouse=True)
+def quick_remote_retries():
+    """Remote reads retry after 10 ms in tests (real runs: 2 s, doubling); restored after the test."""
+    before = remote.settings()
+    remote.configure(remote.RemoteConfig(retry_delay_s=0.01))
+    yield
+    remote.configure(before)
+
+
 class _ShardHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; files named in ``server.drop`` lose their connection halfway."""
+    """Serves a directory; files named in ``server.drop`` lose their connection halfway, those
+    in ``server.stall`` send half their bytes and then nothing until the test ends."""
 
     def do_GET(self):
         name = self.path.rsplit("/", 1)[-1]
         self.server.requests[name] += 1
-        if name not in self.server.drop:
+        if name not in self.server.drop | self.server.stall:
             return super().do_GET()
         data = (self.server.root / self.path.lstrip("/")).read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data[: len(data) // 2])  # then the connection closes: curl exits 18
+        if name in self.server.stall:
+            self.wfile.flush()
+            self.server.released.wait(60)  # a stopped process: the connection stays open, silent
 
     def log_message(self, *args):
         pass
 
 
+def serve_directory(root: Path, port: int = 0, handler=None) -> http.server.ThreadingHTTPServer:
+    """A started HTTP server on 127.0.0.1:``port`` (0: any free one) over ``root``; stop it with
+    :func:`stop_server`. ``handler``: a :class:`_ShardHandler` subclass."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port),
+                                             functools.partial(handler or _ShardHandler, directory=str(root)))
+    server.root, server.drop, server.stall, server.requests = root, set(), set(), Counter()
+    server.released = threading.Event()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def stop_server(server: http.server.ThreadingHTTPServer) -> None:
+    """Stop serving and close the port: connections are refused from now on."""
+    server.released.set()
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
 def http_root(tmp_path):
     """``(url, server)``: an HTTP server on 127.0.0.1 over ``tmp_path/www``, stopped after the test."""
-    if shutil.which("curl") is None:  # webdataset's gopen reads http(s) URLs through curl
+    if shutil.which("curl") is None:  # http(s) shards are read through curl
         pytest.skip("curl is not installed")
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_ShardHandler, directory=str(root)))
-    server.root, server.drop, server.requests = root, set(), Counter()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_directory(root)
     yield f"http://127.0.0.1:{server.server_address[1]}", server
-    server.shutdown()
-    server.server_close()
+    stop_server(server)
+
+
+@pytest.fixture
+def silent_server():
+    """``url`` of a server on 127.0.0.1 that accepts every connection and never sends a byte."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(mib)`` → a directory on a fresh tmpfs of that many MiB (a file system that
+    fills up for real); ``resize(path, mib)`` grows it in place. Needs root to mount:
+    skipped where mounting is not allowed."""
+    mounts = []
+
+    def mount(mib: float) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(mib * 2**20)}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()[:120]})")
+        mounts.append(where)
+        return where
+
+    def resize(where: Path, mib: float) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={int(mib * 2**20)}", str(where)], check=True)
+
+    mount.resize = resize
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "--lazy", str(where)], capture_output=True)
 
 
 @pytest.fixture(scope="session")

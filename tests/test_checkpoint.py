@@ -1,5 +1,6 @@
 """Checkpoints: accelerate's format in an atomic directory; damaged ones skipped, crafted ones refused."""
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from depthpi.io import DiskFullError
 from depthpi.train.checkpoint import (MARKER, CheckpointError, TrainerState, checkpoint_dirs, latest_checkpoint,
                                       load_checkpoint, resume_latest, save_checkpoint)
 
@@ -116,3 +118,50 @@ def test_a_missing_marker_or_unreadable_state_is_an_error_naming_the_checkpoint(
     (path / MARKER).unlink()
     with pytest.raises(CheckpointError, match="incomplete checkpoint"):
         load_checkpoint(accelerator, path)
+
+
+# --- a full disk: one line naming the directory and the space, earlier checkpoints intact ---------
+def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_the_earlier_one_stays(small_disk):
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(512, 512)  # ~1 MiB of weights, 3 MiB with Adam's two moments
+    optimizer = torch.optim.Adam(model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(2, 512)).sum().backward()
+    optimizer.step()
+    run_dir = small_disk(5)  # room for one checkpoint, not two
+    save_checkpoint(accelerator, run_dir, TrainerState(epoch=1, step=2), keep_last=2)
+    first = sum(f.stat().st_size for f in (run_dir / "checkpoints" / "step-00000002").iterdir())
+    with pytest.raises(DiskFullError) as full:
+        save_checkpoint(accelerator, run_dir, TrainerState(epoch=2, step=4), keep_last=2)
+    message = str(full.value)
+    assert "\n" not in message and message.startswith(f"{run_dir / 'checkpoints'}: disk full: checkpoint step-00000004")
+    assert f"needs about {first / 2**20:.1f} MiB" in message and "the earlier checkpoints are intact" in message
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000002"]  # the partial one removed
+    trainer, path = resume_latest(accelerator, run_dir)
+    assert (path.name, trainer.step) == ("step-00000002", 2)
+
+
+@pytest.mark.timeout(300)
+def test_training_on_a_disk_that_fills_stops_in_one_line_and_resumes_once_there_is_room(synth_root, small_disk,
+                                                                                      capsys, caplog):
+    from depthpi.train.entry import main as train_main
+
+    run_dir = small_disk(30)  # one epoch's checkpoint (12 MiB) and exports (2 × 4 MiB); the next one does not fit
+    overrides = {"data.train": synth_root / "train", "data.test": synth_root / "test", "run.out_dir": run_dir,
+                 "data.num_workers": 0, "data.batch_size": 4, "data.eval_batch_size": 16, "optim.epochs": 2,
+                 "run.steps_per_epoch": 2, "run.log_every": 1}
+    argv = ["--config", str(Path(__file__).parents[1] / "configs/demo/baseline_rgb.yaml"),
+            *[f"{k}={v}" for k, v in overrides.items()]]
+    with pytest.raises(SystemExit) as stopped:
+        train_main("baseline", argv)
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert stopped.value.code == 1 and "Traceback" not in err and "unexpected pos" not in err
+    assert line.startswith(f"train_baseline.py: error: {run_dir}/") and ": disk full: " in line and "MiB" in line
+    assert "the last checkpoint is" in line and "step-00000002 (epoch 1, step 2)" in line
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-00000002"]
+    small_disk.resize(run_dir, 80)
+    with caplog.at_level(logging.INFO, logger="depthpi"):
+        train_main("baseline", argv)  # the same command, with room: resumes and finishes
+    assert f"resumed from {run_dir / 'checkpoints' / 'step-00000002'}" in caplog.text
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-00000002", "step-00000004"]

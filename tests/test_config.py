@@ -157,3 +157,38 @@ def test_lr_schedule_equals_eq_5_10_at_epoch_boundaries():
 def test_alpha_ramps_linearly_for_ten_epochs_then_holds():
     cfg = DistillationConfig(alpha_warmup=0.1, alpha_target=0.2, alpha_ramp_epochs=10)
     assert [alpha_at(e, cfg) for e in (0, 5, 10, 20)] == pytest.approx([0.1, 0.15, 0.2, 0.2])
+
+
+# --- hostile configs and overrides: bounded, one line, exit status 2 ----------------------------
+def _refused_by_the_entry(argv, capsys) -> str:
+    from depthpi.train.entry import main as train_main
+
+    with pytest.raises(SystemExit) as stopped:
+        train_main("baseline", argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 1200, err[:2000]
+    return lines[0]
+
+
+def test_a_config_file_of_millions_of_values_is_refused_by_its_size_at_once(tmp_path, capsys):
+    import time
+
+    path = tmp_path / "huge.yaml"
+    path.write_text("stage: baseline\ndata:\n  extra_tests: [" + ",".join(["0"] * 5_000_000) + "]\n")
+    start = time.monotonic()
+    line = _refused_by_the_entry(["--config", str(path)], capsys)
+    assert f"{path}: " in line and "a config file may hold at most" in line
+    assert time.monotonic() - start < 5  # refused before YAML reads it (it took 27 s and 2.2 GB)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.extra_tests=[" + ",".join(["0"] * 20_000) + "]", "an override may hold at most"),
+    ('run.log_with=[&a ["x","x","x","x","x","x","x","x","x"],&b [*a,*a,*a,*a,*a,*a,*a,*a,*a],'
+     '&c [*b,*b,*b,*b,*b,*b,*b,*b,*b],&d [*c,*c,*c,*c,*c,*c,*c,*c,*c]]', "bad override: not valid YAML"),
+    ("optim.lr=[unclosed", "not valid YAML"),
+], ids=["20000-element list", "anchor bomb", "unclosed list"])
+def test_a_hostile_override_is_one_line_and_exit_status_2(override, expected, capsys):
+    line = _refused_by_the_entry(["--config", str(CONFIGS / "demo" / "baseline_rgb.yaml"), override], capsys)
+    assert expected in line

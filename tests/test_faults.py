@@ -168,6 +168,34 @@ def test_stored_features_of_more_than_one_view_are_refused(synth):
         replay_map(sample, 0, cfg=PipelineConfig(input_size=65), seed=0)
 
 
+@pytest.mark.parametrize("value", [b"5", b"null", b"true", b'"text"', b"[1, 2]"])
+def test_metadata_that_is_json_but_not_an_object_is_a_sample_error_naming_json(value):
+    from depthpi.data.schema import SampleMeta
+
+    with pytest.raises(SampleError) as err:
+        SampleMeta.from_json(value, "k000001")
+    assert err.value.field == "json" and err.value.key == "k000001"
+
+
+def test_metadata_that_is_json_but_not_an_object_is_skipped_and_named_in_training(synth, tmp_path, caplog):
+    """``5`` as a training sample's JSON: the run trains on; the mean pose and the epoch skip the
+    sample, naming its key (as eval, inspect and precompute do)."""
+    import logging
+
+    from shard_faults import _edit_sample
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    key = _edit_sample(data / "train", 1, 0, lambda members: members.update({"json": b"5"}))
+    with caplog.at_level(logging.WARNING):
+        metrics = train(load_config(DEMO / "baseline_rgb.yaml", _overrides(
+            data, tmp_path / "run", **{"run.steps_per_epoch": 0, "data.batch_size": 16})))
+    skipped = metrics["skipped"]["train"]
+    assert skipped["by_reason"] == {"decode:json": 1} and skipped["examples"]["decode:json"]["key"] == key
+    assert "expected a JSON object" in skipped["examples"]["decode:json"]["message"]
+    assert f"mean pose of {data / 'train'}: skipped sample {key}" in caplog.text
+
+
 # --- files a config names: loaded or refused at start, recorded ------------------------------
 class _Payload:
     def __init__(self, marker: Path):
@@ -349,3 +377,96 @@ def test_a_collective_a_rank_misses_fails_by_name_instead_of_hanging(tmp_path):
     mp.start_processes(_gather_on_one_rank, args=(port, str(out)), nprocs=2, start_method="spawn", join=True)
     message = out.read_text()
     assert message.startswith("rank 1 of 2: collective 'skip reports' failed or timed out")
+
+
+# --- a shard name from a manifest is data: never a shell word, never a path out of its folder --------
+HOSTILE_NAMES = {
+    "shell": "shard-000000.tar;touch {marker};#",
+    "escape": "a/../../planted.tar",
+    "parent": "../planted.tar",
+    "control": "shard-000000.tar\n",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, synth_root):
+    """A randomly initialised tiny teacher 'run' (config.yaml + export/last.pt) reading the synthetic set."""
+    from depthpi.config import DataConfig, TrainConfig, save_config
+    from depthpi.data.pipeline import PipelineConfig
+    from depthpi.models.posenet import ModelConfig, build_model
+
+    run = tmp_path_factory.mktemp("teacher")
+    model_cfg = ModelConfig(kind="teacher", arch="resnet18", width=0.25, depth_bins=8, init="none")
+    save_config(TrainConfig(stage="teacher", model=model_cfg, data=DataConfig(
+        train=str(synth_root / "train"), test=str(synth_root / "test"), pipeline=PipelineConfig(input_size=65))),
+        run / "config.yaml")
+    (run / "export").mkdir()
+    torch.save(build_model(model_cfg).state_dict(), run / "export" / "last.pt")
+    return run / "export" / "last.pt"
+
+
+def _read_with(reader: str, split: str, tmp_path: Path, teacher: Path) -> None:
+    from depthpi.data.build import inspect_split
+    from depthpi.data.loader import make_loader
+    from depthpi.data.reference import mean_pose
+    from depthpi.data.shard_verify import verify_split
+    from depthpi.precompute import PrecomputeConfig, precompute
+    from conftest import map_identity
+
+    if reader in ("train", "cache"):
+        cache = tmp_path / "cache" if reader == "cache" else None
+        loader = make_loader(split, 2, map_identity, rank=0, world_size=1, cache_dir=cache)
+        list(loader)
+    elif reader == "eval":
+        evaluate_checkpoint(teacher, split, tmp_path / "eval", num_workers=0)
+    elif reader == "inspect":
+        inspect_split(split, tmp_path / "sheet.png")
+    elif reader == "verify":
+        verify_split(split)
+    elif reader == "precompute":
+        precompute(PrecomputeConfig(teacher=str(teacher), shards=split, out=str(tmp_path / "out" / "features"),
+                                    tap="layer3.1.post_relu", views=1, batch_size=8), device="cpu")
+    elif reader == "mean pose":
+        mean_pose(split)
+
+
+# each name where it would do harm: a shell word behind a pipe: command, a path on disk and in a cache
+PLACES = [("shell", "pipe"), ("shell", "http"), ("escape", "local"), ("escape", "http"), ("parent", "pipe"),
+          ("control", "local")]
+
+
+@pytest.mark.parametrize("name, where", PLACES, ids=[f"{name}-{where}" for name, where in PLACES])
+@pytest.mark.parametrize("reader", ["train", "eval", "inspect", "verify", "precompute", "cache", "mean pose"])
+def test_a_hostile_shard_name_is_refused_by_every_reader(synth, tmp_path, request, tiny_teacher, reader, name,
+                                                           where):
+    """A manifest (on disk, behind a pipe: command or on a server) listing a shard name that is
+    a shell command or a path out of the split: refused naming the field before anything is
+    run or written; no command runs, no file lands outside its folder."""
+    from depthpi.data.shards import ManifestError
+
+    if where == "local" and reader == "cache":
+        pytest.skip("a local split has no cache")
+    base = request.getfixturevalue("http_root")[0] if where == "http" else None  # serves tmp_path/www
+    marker = tmp_path / "pwned"
+    split = tmp_path / "www" / "data" / "split"
+    split.mkdir(parents=True)
+    for shard in read_manifest_of(synth / "train").shards[:2]:
+        shutil.copy(synth / "train" / shard.name, split / shard.name)
+    manifest = json.loads((synth / "train" / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:2]
+    manifest["total_count"] = sum(s["count"] for s in manifest["shards"])
+    hostile = HOSTILE_NAMES[name].format(marker=marker)
+    manifest["shards"][0]["name"] = hostile
+    (split / "manifest.json").write_text(json.dumps(manifest))
+    location = {"local": str(split), "pipe": f"pipe:cat {split}", "http": f"{base}/data/split"}[where]
+    with pytest.raises(ManifestError, match=r"field 'shards\[0\]\.name'.*not a plain file name"):
+        _read_with(reader, location, tmp_path, tiny_teacher)
+    assert not marker.exists(), "a manifest's shard name ran as a shell command"
+    assert not list(tmp_path.rglob("planted.tar")), "a manifest's shard name wrote outside its folder"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def read_manifest_of(split: Path):
+    from depthpi.data.shards import read_manifest
+
+    return read_manifest(split)

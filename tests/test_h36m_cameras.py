@@ -209,3 +209,49 @@ def test_h36m_conversion_gives_the_same_samples_from_every_layout(tmp_path):
                 np.testing.assert_allclose(getattr(ref[0], name), getattr(ref[1], name), atol=1e-6,
                                            err_msg=f"{layout} {key} {name}")
             assert np.abs(sample.rgb.astype(int) - reference[key].rgb).max() <= 1, (layout, key)
+
+
+# --- hostile camera files: every malformed value, depth and size is one line naming file and field ---
+_VIDEOPOSE_ONE = {"intrinsics": VIDEOPOSE_INTRINSICS[:1], "extrinsics": {"S9": VIDEOPOSE_EXTRINSICS["S9"][:1]}}
+_H5_ENTRY = {"R": np.eye(3).tolist(), "T": [2000.0, 0, 0], "f": [1145.0, 1143.8], "c": [512.5, 515.5],
+             "k": [0, 0, 0], "p": [0, 0]}
+
+
+def _with_intrinsic(**fields):
+    return {**_VIDEOPOSE_ONE, "intrinsics": [{**VIDEOPOSE_INTRINSICS[0], **fields}]}
+
+
+@pytest.mark.parametrize("text, patterns", [
+    ('{"S9": 5}', ["S9: expected {camera id:", "got int '5'"]),
+    ('{"S9": null}', ["S9: expected {camera id:", "got NoneType"]),
+    ('{"S9": "54138969"}', ["S9: expected {camera id:"]),
+    ("[" * 100_000 + "]" * 100_000, ["nested deeper than JSON can be read"]),
+    ('{"S9": ' + "[" * 40 + "]" * 40 + "}", ["S9/0/0/0/0/0/0", "nested 33 levels deep"]),
+    (json.dumps(_with_intrinsic(res_w=1e300)), ["extrinsics/S9[0]", "field 'res_w'", "whole numbers 1-100000"]),
+    (json.dumps(_with_intrinsic(res_h=-5)), ["field 'res_h'", "whole numbers 1-100000"]),
+    (json.dumps(_with_intrinsic(res_w=float("inf"))), ["field 'res_w'", "non-finite"]),
+    (json.dumps(_with_intrinsic(id=[1, 2])), ["field 'id'", "expected a camera id"]),
+    (json.dumps({"subject9": {"camera1": {**_H5_ENTRY, "Name": [-5]}}}), ["subject9/camera1", "field 'Name'",
+                                                                         "character codes"]),
+    (json.dumps({"subject9": {"camera1": {**_H5_ENTRY, "Name": [1e300]}}}), ["field 'Name'", "character codes"]),
+    ('{"subject9": {"camera1": {"Name": [Infinity]}}}', ["field 'Name'", "character codes"]),
+    (json.dumps({"S9": {"54138969": {"R": np.eye(3).tolist(), "t": [1, 2, 3], "K": np.eye(3).tolist(),
+                                     "size": [1e300, 1000]}}}), ["S9/54138969", "field 'size'", "whole numbers"]),
+], ids=["subject int", "subject null", "subject string", "nested 100000 deep", "nested 40 deep", "res_w 1e300",
+        "res_h -5", "res_w Infinity", "id a list", "Name -5", "Name 1e300", "Name Infinity", "size 1e300"])
+def test_a_hostile_value_depth_or_size_is_one_line_naming_the_file_and_field(tmp_path, text, patterns):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ConverterError) as err:
+        load_cameras(path)
+    message = str(err.value)
+    assert message.startswith(f"camera file {path}: ") and "\n" not in message and len(message) < 600
+    for pattern in patterns:
+        assert pattern in message, message
+
+
+def test_a_camera_file_larger_than_any_real_one_is_refused_before_it_is_parsed(tmp_path):
+    path = tmp_path / "huge.json"
+    path.write_text('{"S9": [' + ",".join(["1"] * 3_000_000) + "]}")
+    with pytest.raises(ConverterError, match=r"huge.json: \d+ bytes; a camera file holds a few KiB"):
+        load_cameras(path)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from depthpi.io import atomic_path, atomic_write_json, atomic_write_text
+from depthpi.io import DiskFullError, atomic_path, atomic_write_json, atomic_write_text
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -80,3 +80,44 @@ def test_remove_temporaries_deletes_only_what_writers_of_that_file_left(tmp_path
         path.write_bytes(b"x")
     assert sorted(remove_temporaries(target)) == sorted(left)
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [target, other, *kept])
+
+
+# --- a full disk: one line naming the directory and the space; the file it replaces is untouched ---
+def test_an_export_on_a_full_disk_names_the_directory_and_size_and_keeps_the_old_file(small_disk):
+    import torch
+
+    from depthpi.weights import load_weights, save_weights
+
+    export = small_disk(3) / "export"
+    save_weights({"w": torch.ones(1000)}, export / "last.pt")
+    state = {"w": torch.zeros(1 << 20)}  # 4 MiB: does not fit
+    with pytest.raises(DiskFullError) as full:
+        save_weights(state, export / "last.pt")
+    message = str(full.value)
+    assert "\n" not in message and message.startswith(f"{export}: disk full: writing last.pt needs about 4.0 MiB, ")
+    assert torch.equal(load_weights(export / "last.pt")["w"], torch.ones(1000))
+    assert sorted(p.name for p in export.iterdir()) == ["last.pt"]  # no temporary left
+
+
+def test_a_shard_build_on_a_full_disk_stops_in_one_line_and_the_same_command_finishes_it(small_disk, capsys,
+                                                                                          caplog):
+    import logging
+
+    from depthpi.cli import main
+    from depthpi.data.shard_verify import verify_split
+
+    disk = small_disk(0.6)
+    argv = ["shards", "build", "--out", str(disk / "synth"), "--train", "24", "--test", "0", "--unlabeled", "0",
+            "--per-shard", "6", "--workers", "1"]
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 1 and line.startswith(f"depthpi shards: error: {disk / 'synth' / 'train'}: disk full")
+    assert "shards left need about" in line and "the finished ones are kept" in line
+    finished = sorted(p.name for p in (disk / "synth" / "train").glob("shard-*.tar"))
+    assert finished and not list((disk / "synth" / "train").glob(".*.tmp*"))
+    small_disk.resize(disk, 8)
+    with caplog.at_level(logging.INFO, logger="depthpi"):
+        main(argv)
+    assert f"{len(finished)} of 4 shards finished earlier with the same parameters, kept" in caplog.text
+    assert verify_split(disk / "synth" / "train").ok

@@ -181,7 +181,7 @@ def build_train_loaders(data_cfg, pipeline: PipelineConfig, seed: int, rank: int
                                            data_cfg.unlabeled is not None)
     common = dict(rank=rank, world_size=world_size, num_workers=data_cfg.num_workers, shuffle=True,
                   shuffle_buffer=data_cfg.shuffle_buffer, pin_memory=torch.cuda.is_available(),
-                  cache_dir=data_cfg.cache_dir)
+                  cache_dir=data_cfg.cache_dir, remote=data_cfg.remote)
 
     def loader(split, batch_size, split_seed, companion, **extra):
         fn = map_fn(pipeline, split_seed, True) if companion is None else partial(
@@ -203,7 +203,7 @@ def build_eval_loader(data_cfg, pipeline: PipelineConfig, split_dir: str, rank: 
     workers = data_cfg.num_workers if num_workers is None else num_workers
     return make_loader(split_dir, data_cfg.eval_batch_size, map_fn(pipeline, 0, False), rank=rank,
                        world_size=world_size, num_workers=workers, seed=0, shuffle=False, drop_last=False,
-                       cache_dir=data_cfg.cache_dir)
+                       cache_dir=data_cfg.cache_dir, remote=data_cfg.remote)
 
 
 def with_depth(pipeline: PipelineConfig, needs_depth: bool) -> PipelineConfig:

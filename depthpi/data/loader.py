@@ -58,6 +58,8 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from depthpi.data.remote import RemoteConfig, ServerUnreachable
+from depthpi.data.remote import configure as configure_remote, settings as remote_settings
 from depthpi.data.shard_plan import ShardPlanner, companion_set
 from depthpi.data.shard_stream import (DECODE_ERRORS, MapFn, ReadLog, ReadReport, ShardSource, TarSamples,
                                        decode_samples, map_samples, select_shards, shard_list, skip_summary,
@@ -71,11 +73,13 @@ log = logging.getLogger(__name__)
 
 class Delivery(NamedTuple):
     """What a worker hands the main process: a batch (None at the end), its read report, and
-    at the end of a training pass the worker's loose samples (uncollated) for the rank's pool."""
+    at the end of a training pass the worker's loose samples (uncollated) for the rank's pool;
+    ``fatal``: the one line of a server outage that ends the stream (see :func:`deliver`)."""
 
     batch: dict | None
     report: dict | None
     loose: list[dict] | None = None
+    fatal: str | None = None
 
 
 def collate(samples: list[dict]) -> dict:
@@ -91,13 +95,21 @@ def collate(samples: list[dict]) -> dict:
 def deliver(samples: Iterator[dict], batch_size: int, log: ReadLog, rest: str) -> Iterator[Delivery]:
     """Full batches, each with the report of what was read for it; then the rest of the
     samples as ``rest`` says (``"batch"``: a partial batch, ``"loose"``: uncollated in the
-    last delivery, for the rank's pool) and a last report."""
+    last delivery, for the rank's pool) and a last report.
+
+    A server outage ends the stream with a last delivery carrying its one line (raised again
+    in the main process): a DataLoader would wrap it in a worker traceback.
+    """
     batch = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == batch_size:
-            yield Delivery(collate(batch), log.take())
-            batch = []
+    try:
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield Delivery(collate(batch), log.take())
+                batch = []
+    except ServerUnreachable as err:
+        yield Delivery(None, log.take(), fatal=str(err))
+        return
     if batch and rest == "batch":
         yield Delivery(collate(batch), log.take())
         batch = []
@@ -120,21 +132,22 @@ class ShardDataset(IterableDataset):
         companion_sets: ``companion_sets[j][i]``: shard i of companion set j (see
             :func:`make_loader`); each pass reads shard i with set
             :func:`~depthpi.data.shard_plan.companion_set` of (seed, epoch, cycle, i).
-        rank, seed, shuffle, shuffle_buffer, drop_last, infinite, cache_dir: see :func:`make_loader`.
+        rank, seed, shuffle, shuffle_buffer, drop_last, infinite, cache_dir, remote: see :func:`make_loader`.
     """
 
     def __init__(self, sources: list[ShardSource], planner: ShardPlanner, map_fn: MapFn, *, rank: int, seed: int,
                  shuffle: bool, shuffle_buffer: int, drop_last: bool, infinite: bool, cache_dir: str | None = None,
-                 companion_sets: list[list[ShardSource]] | None = None):
+                 companion_sets: list[list[ShardSource]] | None = None, remote: RemoteConfig | None = None):
         super().__init__()
         self.sources, self.planner, self.map_fn = sources, planner, map_fn
         self.companion_sets = companion_sets or []
         self.batch_size = planner.batch_size
         self.rank, self.seed, self.shuffle, self.shuffle_buffer = rank, seed, shuffle, shuffle_buffer
-        self.drop_last, self.infinite, self.cache_dir = drop_last, infinite, cache_dir
+        self.drop_last, self.infinite, self.cache_dir, self.remote = drop_last, infinite, cache_dir, remote
         self.epoch = multiprocessing.Value("q", 0, lock=False)  # shared with (persistent) workers
 
     def __iter__(self) -> Iterator[Delivery]:
+        configure_remote(self.remote)  # a spawned worker starts with the defaults
         info = get_worker_info()
         worker, epoch = info.id if info else 0, int(self.epoch.value)
         reads = ReadLog(f"rank {self.rank} worker {worker} epoch {epoch}")
@@ -247,6 +260,8 @@ class ShardLoader:
             if delivery.report:
                 self._stats.merge(delivery.report)
                 self._pass.merge(delivery.report)
+            if delivery.fatal:
+                raise ServerUnreachable(delivery.fatal)
             pool.extend(delivery.loose or ())
             batches = [delivery.batch] if delivery.batch is not None else []
             while len(pool) >= size:  # the workers' loose samples: this rank's last batches
@@ -331,7 +346,7 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                 persistent_workers: bool = True, pin_memory: bool = False, prefetch_factor: int = 2,
                 multiprocessing_context: str | None = None, check_sha256: bool = False,
                 companion_dir: str | Path | Sequence[str | Path] | None = None,
-                cache_dir: str | Path | None = None) -> ShardLoader:
+                cache_dir: str | Path | None = None, remote: RemoteConfig | None = None) -> ShardLoader:
     """A loader of one rank over a split.
 
     Args:
@@ -359,9 +374,13 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
             so every set is met over as many epochs); their members are merged into each
             sample and reach ``map_fn`` as ``Sample.extras``. Their bytes are counted as
             ``features``, the split's own as ``images``.
-        cache_dir: keep a local copy of each remote shard there (checked against the
-            manifest's sha256); None streams remote shards every pass. Local splits ignore it.
+        cache_dir: keep a local copy of each remote shard there (admitted with the manifest's
+            sha256 and count, hashed again before each use); None fetches remote shards
+            every pass (:mod:`depthpi.data.shard_cache`). Local splits ignore it.
+        remote: timeouts and retries of remote reads (default: this process's settings,
+            :mod:`depthpi.data.remote`).
     Raises:
+        ServerUnreachable: while iterating, when a split's server cannot be reached at all.
         ManifestError: the split or its manifest is missing or inconsistent.
         ValueError: bad arguments, or fewer shards than ``world_size * num_workers`` in
             training mode (workers without shards would make ranks unequal).
@@ -391,7 +410,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                  planner.batches_per_rank, batch_size, world_size, max(1, num_workers))
     dataset = ShardDataset(split_sources(location, manifest), planner, map_fn, rank=rank, seed=seed,
                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite,
-                           cache_dir=None if cache_dir is None else str(cache_dir), companion_sets=companion_sets)
+                           cache_dir=None if cache_dir is None else str(cache_dir), companion_sets=companion_sets,
+                           remote=remote or remote_settings())
     extra = {}
     if num_workers > 0:
         extra = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,

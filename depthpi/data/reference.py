@@ -16,13 +16,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
 from depthpi.camera import Camera
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import crop_camera
 from depthpi.data.schema import SampleError, SampleMeta
+from depthpi.data.shard_stream import ReadLog, TarSamples, split_sources
 from depthpi.data.shards import SplitLocation, manifest_sha256, read_manifest
 from depthpi.io import atomic_write_json
 from depthpi.skeleton import get_skeleton
@@ -50,25 +50,28 @@ def mean_pose(split_dir: str | Path) -> np.ndarray:
     manifest = read_manifest(split_dir)
     skeleton = get_skeleton(manifest.skeleton)
     sums, counts = np.zeros((skeleton.num_joints, 3)), np.zeros(skeleton.num_joints)
-    skipped = 0
-    location = SplitLocation.parse(split_dir)
-    urls = [location.url(s.name) for s in manifest.shards]
-    stream = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    reads = ReadLog(f"mean pose of {split_dir}")
+    sources = split_sources(SplitLocation.parse(split_dir), manifest)
+    stream = TarSamples({s.url: s for s in sources}, reads)([{"url": s.url} for s in sources])
     for members in tqdm(stream, total=manifest.total_count, desc=f"mean pose of {split_dir}", unit="sample",
                         leave=False, mininterval=5, disable=None):  # no bar where stderr is a log, not a terminal
+        key = members.get("__key__", "?")
         try:
-            meta = SampleMeta.from_json(members.get("json", b""), members.get("__key__", "?"))
+            meta = SampleMeta.from_json(members.get("json", b""), key)
             if not meta.labeled:
                 continue
             pose = root_relative_in_crop_frame(meta, skeleton.root)
-        except (SampleError, ValueError, np.linalg.LinAlgError):
-            skipped += 1
+        except (SampleError, ValueError, TypeError, np.linalg.LinAlgError) as err:
+            reason = f"decode:{err.field}" if isinstance(err, SampleError) else f"mean pose:{type(err).__name__}"
+            reads.skip(reason, key, members.get("__shard__"), str(err))  # logged with key and shard
             continue
         valid = meta.joint_valid & np.isfinite(pose).all(axis=1)
         sums[valid] += pose[valid]
         counts[valid] += 1
+    skipped = sum(reads.report.skipped.values())
     if skipped:
-        log.warning("%s: %d samples with unusable metadata left out of the mean pose", split_dir, skipped)
+        log.warning("%s: %d samples with unusable metadata left out of the mean pose (%s)", split_dir, skipped,
+                    dict(reads.report.skipped))
     if not counts.any():
         raise ValueError(f"{split_dir}: no labelled sample to take a mean pose from")
     return sums / np.maximum(counts, 1)[:, None]

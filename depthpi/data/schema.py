@@ -79,6 +79,8 @@ class SampleMeta:
             record = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise SampleError(key, "json", f"not valid JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise SampleError(key, "json", f"expected a JSON object of metadata, got {type(record).__name__}")
         missing = [f for f in _REQUIRED if f not in record]
         if missing:
             raise SampleError(key, missing[0], f"missing (required: {', '.join(_REQUIRED)})")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from depthpi.data.schema import Sample, SampleError
 from depthpi.data.shards import (MANIFEST_NAME, Manifest, ShardInfo, TarShard, encode_checked, json_bytes,
                                  write_manifest)
-from depthpi.io import atomic_write_bytes, remove_temporaries
+from depthpi.io import DiskFullError, atomic_write_bytes, mebibytes, remove_temporaries
 
 SIDECAR_FORMAT = 1
 MAX_SKIP_EXAMPLES = 20
@@ -155,10 +155,23 @@ def build(jobs: list[ShardJob], fill: Fill, *, workers: int = 1, desc: str = "sh
                  len(jobs) - len(todo), len(jobs))
     total, kept = sum(j.size for j in jobs), sum(jobs[i].size for i, r in enumerate(records) if r is not None)
     with tqdm(total=total, initial=kept, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
-        for index, record in _run(jobs, todo, fill, workers, keep_empty, initializer):
-            records[index] = record
-            bar.update(jobs[index].size)
+        try:
+            for index, record in _run(jobs, todo, fill, workers, keep_empty, initializer):
+                records[index] = record
+                bar.update(jobs[index].size)
+        except DiskFullError as err:
+            raise DiskFullError(f"{err}{_space_left_to_write(records)}") from None
     return records
+
+
+def _space_left_to_write(records: list[dict | None]) -> str:
+    """What the shards not yet written would take, judged by the finished ones ('' if none is)."""
+    sizes = [r["shard"]["bytes"] for r in records if r is not None and r["shard"] is not None]
+    left = sum(record is None for record in records)
+    if not sizes:
+        return ""
+    return (f" (the {left} shards left need about {mebibytes(left * sum(sizes) // len(sizes))} at the "
+            f"{mebibytes(sum(sizes) // len(sizes))} of a finished one; the finished ones are kept)")
 
 
 def _run(jobs: list[ShardJob], todo: list[int], fill: Fill, workers: int, keep_empty: bool,

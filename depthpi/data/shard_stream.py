@@ -11,15 +11,15 @@ The stages a sample passes, each a generator over the previous one (webdataset's
 Nothing is lost silently. A tar whose bytes end early, or whose damaged header reads as
 the end of the archive (``tarfile`` then stops without an error), holds fewer samples than
 its manifest entry: a *shortfall*, reported with the shard, the counts and the last key
-read. A stream error (a truncated file, a dropped HTTP connection: ``curl`` exits non-zero)
-ends the shard the same way, with the error as its reason. A key seen twice in a shard is
+read. A read error (a truncated file; a remote shard not fetched after its retries, or
+refused because its bytes are not the manifest's: :mod:`depthpi.data.shard_cache`) ends the
+shard the same way, with the error as its reason. A key seen twice in a shard is
 skipped the second time. Everything lands in a :class:`ReadLog`: counts by reason with one
 example each (key, shard, message), shortfalls, refill passes; warnings are logged for the
 1st, 10th, 100th... occurrence of a reason, never a flood and never silent.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -31,9 +31,10 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from depthpi.data.remote import ServerUnreachable
 from depthpi.data.schema import Sample, SampleError, decode_sample
+from depthpi.data.shard_cache import ShardRefused, local_copy
 from depthpi.data.shards import Manifest, ShardInfo, SplitLocation
-from depthpi.io import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -239,33 +240,11 @@ def _close_quietly(stream: IO[bytes] | None) -> None:
 
 
 def open_shard(source: ShardSource, cache_dir: str | Path | None = None) -> IO[bytes]:
-    """A binary stream of the shard; remote shards through ``cache_dir`` when given."""
+    """A binary stream of the shard: the file, or a checked local copy of a remote shard
+    (kept in ``cache_dir`` when given; :mod:`depthpi.data.shard_cache`)."""
     if not source.remote:
         return open(source.url, "rb")
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{source.info.sha256[:16]}-{source.info.name}"
-        if not (path.is_file() and path.stat().st_size == source.info.bytes):
-            _download(source, path)
-        if path.is_file():
-            return open(path, "rb")
-    return wds.gopen(source.url, "rb")
-
-
-def _download(source: ShardSource, path: Path) -> None:
-    """Copy a remote shard into the cache; kept only when its sha256 is the manifest's."""
-    target, digest = AtomicFile(path), hashlib.sha256()
-    try:
-        with wds.gopen(source.url, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-                target.write(chunk)
-        if digest.hexdigest() == source.info.sha256:
-            target.commit()
-            return
-        log.warning("%s: downloaded bytes differ from the manifest's sha256; not cached, streamed", source.url)
-    except (OSError, ValueError) as err:
-        log.warning("%s: download into the cache failed (%s); streaming it instead", source.url, describe(err))
-    target.discard()
+    return local_copy(source.url, source.info, cache_dir)
 
 
 def read_shard(source: ShardSource, log: ReadLog, cache_dir: str | Path | None = None) -> Iterator[dict]:
@@ -287,7 +266,11 @@ def read_shard(source: ShardSource, log: ReadLog, cache_dir: str | Path | None =
             last_key, sample["__shard__"] = key, info.name
             yield sample
         read_to_end(stream)
-        stream.close()  # a pipe's exit status (curl: a dropped connection) shows here
+        stream.close()
+    except ServerUnreachable:  # not this shard: the whole server (the run stops, see depthpi.data.loader)
+        raise
+    except ShardRefused as err:
+        errors.fatal = errors.fatal or str(err)
     except Exception as err:  # tar and stream errors end the shard: counted below, never raised
         errors.fatal = errors.fatal or describe(err)
     finally:

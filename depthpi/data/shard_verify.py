@@ -20,6 +20,7 @@ from typing import IO, Iterator
 
 from tqdm import tqdm
 
+from depthpi.data import remote
 from depthpi.data.shard_stream import TarErrors, describe, read_to_end, tar_samples
 from depthpi.data.shards import MANIFEST_NAME, ManifestError, ShardInfo, SplitLocation, read_manifest
 
@@ -121,8 +122,9 @@ def _verdicts(location: SplitLocation, shards: list[ShardInfo], workers: int) ->
         for info in shards:
             yield verify_shard(location, info)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(shards)), mp_context=context) as pool:
+    context = multiprocessing.get_context("spawn")  # the workers read servers with this process's settings
+    with ProcessPoolExecutor(min(workers, len(shards)), mp_context=context, initializer=remote.configure,
+                             initargs=(remote.settings(),)) as pool:
         for future in as_completed([pool.submit(verify_shard, location, info) for info in shards]):
             yield future.result()
 

@@ -6,11 +6,14 @@ Exact counts let every rank agree on the epoch length before reading a byte; rea
 compare what they read with them (:mod:`depthpi.data.shard_stream`,
 :mod:`depthpi.data.shard_verify`).
 
-Where: a local directory, or any URL webdataset's ``gopen`` opens (``https://``,
-``pipe:CMD`` whose last word is the location, ``gs://``, ...). The manifest is read from
-beside the shards: ``{split}/manifest.json``. A webdataset brace pattern
-(``https://host/train/shard-{000000..000099}.tar``) names the split beside it and
+Where: a local directory, or a URL (``https://``, ``pipe:CMD`` whose last word is the
+location, ``gs://``; read by :mod:`depthpi.data.remote`, never through a shell). The
+manifest is read from beside the shards: ``{split}/manifest.json``. A webdataset brace
+pattern (``https://host/train/shard-{000000..000099}.tar``) names the split beside it and
 selects those of its shards.
+
+A shard name is data, never a path or code: every name a manifest lists passes
+:func:`check_shard_name` (a plain file name) before anything uses it.
 
 Writing: every file appears atomically (:mod:`depthpi.io`); tars are byte-reproducible:
 members carry mtime 0, uid/gid 0 and fixed user/group names (webdataset's ``TarWriter``
@@ -32,13 +35,18 @@ import braceexpand
 import webdataset as wds
 from webdataset.gopen import gopen_schemes
 
+from depthpi.data import remote
 from depthpi.data.schema import Sample, encode_sample
-from depthpi.io import AtomicFile, atomic_write_bytes
+from depthpi.io import AtomicFile, DiskFullError, atomic_write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 256 << 20  # ~1 M shards; anything larger is not a manifest of ours
 _TAR_OWNER = "depthpi"
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")
+# A plain file name: letters, digits, '_', '+', '-', '.'; not starting with '.' or '-'
+# (no hidden file, nothing an argument parser reads as an option); no '..'.
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_+.-]{0,254}")
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +118,20 @@ def file_sha256(path: str | Path) -> str:
         return sha256_of_stream(f)[0]
 
 
+def check_shard_name(name, where: str = "shard name") -> str:
+    """``name`` if it is a plain file name: the one rule every shard name from a manifest
+    (local or remote) or a brace pattern passes before it becomes a path, a URL or an argument.
+
+    Raises:
+        ManifestError: naming ``where`` (the file and field) and the rule.
+    """
+    if isinstance(name, str) and _SHARD_NAME.fullmatch(name) and ".." not in name:
+        return name
+    raise ManifestError(f"{where}: {name!r} is not a plain file name (letters, digits, '_', '+', '-' and '.', "
+                        f"at most 255, not starting with '.' or '-', no '..'; no path separator, shell or control "
+                        f"character); refusing the manifest")
+
+
 # --- where a split is ------------------------------------------------------------------
 @dataclass(frozen=True)
 class SplitLocation:
@@ -117,7 +139,7 @@ class SplitLocation:
 
     Attributes:
         root: local directory, or the split's URL without a trailing slash.
-        remote: whether ``root`` is a URL (opened with webdataset's ``gopen``).
+        remote: whether ``root`` is a URL (read through :mod:`depthpi.data.remote`).
         selected: shard names of a brace pattern, in its order; None selects every shard.
     """
 
@@ -127,7 +149,8 @@ class SplitLocation:
 
     @classmethod
     def parse(cls, split: str | Path) -> SplitLocation:
-        """A local path, a ``file:`` URL, or a URL of a scheme ``gopen`` opens; a last part with
+        """A local path, a ``file:`` URL, or a URL (any scheme webdataset knows: those
+        :mod:`depthpi.data.remote` does not read are refused when read); a last part with
         ``.tar`` is a brace pattern of shard names."""
         text = str(split)
         match = _SCHEME.match(text)
@@ -140,15 +163,24 @@ class SplitLocation:
         return cls(text.rstrip("/") if remote else str(Path(text)), remote)
 
     def url(self, name: str) -> str:
-        """Where the file ``name`` of the split is (a path when local)."""
+        """Where the file ``name`` of the split is (a path when local); ``name`` must be plain."""
+        if name != MANIFEST_NAME:
+            check_shard_name(name, f"{self.root}: shard")
         return f"{self.root}/{name}" if self.remote else str(Path(self.root) / name)
 
-    def open(self, name: str) -> IO[bytes]:
-        """A binary stream of the split's file ``name`` (``gopen``: a subprocess for URLs)."""
-        return wds.gopen(self.url(name), "rb") if self.remote else open(self.url(name), "rb")
+    def open(self, name: str, limit: int | None = None) -> IO[bytes]:
+        """A binary stream of the split's file ``name``: the file, or for a URL a local copy
+        fetched with timeouts and retries (:func:`depthpi.data.remote.fetch`)."""
+        where = self.url(name)
+        if not self.remote:
+            return open(where, "rb")
+        return remote.fetch(self.root, name, limit)[0]
 
-    def read(self, name: str) -> bytes:
-        with self.open(name) as stream:
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """The file's bytes; more than ``limit`` is refused (ValueError)."""
+        if not self.remote and limit is not None and Path(self.url(name)).stat().st_size > limit:
+            raise ValueError(f"{self.url(name)}: larger than {limit} bytes")
+        with self.open(name, limit) as stream:
             return stream.read()
 
     def __str__(self) -> str:
@@ -201,11 +233,11 @@ def read_manifest(split: str | Path, *, check_sha256: bool = False, check_files:
 def _manifest_bytes(location: SplitLocation) -> bytes:
     where = location.url(MANIFEST_NAME)
     try:
-        return location.read(MANIFEST_NAME)
+        return location.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise ManifestError(f"{where}: manifest not found; build the split with `depthpi shards build` "
                             f"or point the config at a directory that holds {MANIFEST_NAME}") from None
-    except (OSError, ValueError) as err:  # gopen: exit status of curl & co., unknown scheme
+    except (OSError, ValueError) as err:  # a failed fetch (TransportError), an unknown scheme, too large
         raise ManifestError(f"{where}: manifest could not be read ({type(err).__name__}: {err})") from None
 
 
@@ -214,8 +246,10 @@ def _parse_manifest(data: bytes, where: str) -> Manifest:
         record = json.loads(data)
         shards = [ShardInfo(**shard) for shard in record.pop("shards")]
         manifest = Manifest(shards=shards, **record)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ManifestError(f"{where}: unreadable manifest ({type(err).__name__}: {err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise ManifestError(f"{where}: unreadable manifest ({type(err).__name__}: {str(err)[:200]})") from None
+    for index, shard in enumerate(manifest.shards):
+        check_shard_name(shard.name, f"{where}: field 'shards[{index}].name'")
     if manifest.version != FORMAT_VERSION:
         raise ManifestError(f"{where}: format version {manifest.version}, expected {FORMAT_VERSION}")
     if manifest.total_count != sum(manifest.counts):
@@ -304,8 +338,12 @@ class TarShard:
                          self.first_key, self.last_key)
 
     def abort(self) -> None:
-        self.tar.close()
-        self.file.target.discard()
+        try:
+            self.tar.close()  # writes the tar's end: fails again on a full disk
+        except (OSError, DiskFullError):
+            pass
+        finally:
+            self.file.target.discard()
 
 
 class ShardWriter:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from depthpi.io import atomic_write_text
+from depthpi.dist import gather_objects
+from depthpi.io import DiskFullError, atomic_write_text, disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
 MARKER = "trainer.json"
@@ -111,8 +112,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_hint(run_dir: str | Path) -> str:
+    """Where the same command would resume ``run_dir``: its latest complete checkpoint."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return "no checkpoint was written yet: the same command starts the run again"
+    try:
+        state = TrainerState.from_json((latest / MARKER).read_text(), latest)
+    except (OSError, CheckpointError):
+        return f"the same command resumes from the last checkpoint that loads ({latest})"
+    return f"the last checkpoint is {latest} (epoch {state.epoch}, step {state.step}): the same command resumes from it"
+
+
 def save_checkpoint(accelerator, run_dir: str | Path, trainer: TrainerState, keep_last: int) -> Path:
-    """Write a checkpoint atomically (a collective: every rank calls it) and keep the newest ``keep_last``."""
+    """Write a checkpoint atomically (a collective: every rank calls it) and keep the newest ``keep_last``.
+
+    Raises:
+        DiskFullError: on every rank when the disk filled up on any (one line: the directory,
+            the space needed, the space free); the partial checkpoint is removed, earlier
+            ones are untouched.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{trainer.step:08d}"
     tmp = root / f".tmp-step-{trainer.step:08d}"
@@ -120,15 +139,38 @@ def save_checkpoint(accelerator, run_dir: str | Path, trainer: TrainerState, kee
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()  # every rank's files (its RNG state, its ZeRO shard) are written
-    if accelerator.is_main_process:
-        atomic_write_text(tmp / MARKER, json.dumps(asdict(trainer), indent=1), fsync=True)
-        _swap_in(tmp, final)
-        for stale in checkpoint_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    saved = _unless_full(lambda: accelerator.save_state(str(tmp), safe_serialization=True), tmp)
+    # also the barrier: every rank's files (its RNG state, its ZeRO shard) are written
+    full = next(filter(None, gather_objects(saved, "checkpoint files written")), None)
+    if full is None and accelerator.is_main_process:
+        full = _unless_full(lambda: atomic_write_text(tmp / MARKER, json.dumps(asdict(trainer), indent=1),
+                                                      fsync=True), tmp)
+        if full is None:
+            _swap_in(tmp, final)
+            for stale in checkpoint_dirs(run_dir)[:-keep_last]:
+                shutil.rmtree(stale, ignore_errors=True)
+    full = next(filter(None, gather_objects(full, "checkpoint complete")), None)
+    if full:  # every rank stops with the same line; none is left waiting for the others
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFullError(full)
     return final
+
+
+def _unless_full(write, tmp: Path) -> str | None:
+    """``write()`` into the checkpoint being written at ``tmp``: None when done, the
+    disk-full line when the disk filled up (any other error is raised)."""
+    try:
+        write()
+        return None
+    except Exception as err:  # safetensors, torch and DeepSpeed each raise their own type
+        if not is_disk_full(err, tmp.parent):
+            raise
+    written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+    previous = latest_checkpoint(tmp.parent.parent)
+    needed = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else None
+    return str(disk_full(tmp.parent, f"checkpoint {tmp.name[len('.tmp-'):]}", needed=needed, written=written,
+                         advice="the earlier checkpoints are intact; free some space", freed=written))
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

@@ -7,6 +7,7 @@ is built from lives in ``depthpi.train.setup``; what a stage computes in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict
@@ -19,14 +20,18 @@ from torch import nn
 
 from depthpi.config import TrainConfig
 from depthpi.data.reference import cached_mean_pose
+from depthpi.data.remote import configure as configure_remote
 from depthpi.data.shard_stream import read_summary, skip_summary
 from depthpi.dist import gather_objects
 from depthpi.evaluate import evaluate, threshold_for_split
+from depthpi.io import DiskFullError
 from depthpi.log import configure_logging
 from depthpi.train.checkpoint import TrainerState, code_version, resume_latest, save_checkpoint
 from depthpi.train.ledger import RankLedger
 from depthpi.train.logging import RunLogger, StepMeter, skeleton_panel
 from depthpi.train.preemption import Preempted, StopRequest
+from depthpi.train.run_lock import hold_run_dir
+from depthpi.train.tracker_check import check_trackers
 from depthpi.train.schedules import StepSchedule
 from depthpi.train.setup import (Loaders, adopt_teacher_architecture, build_loaders, build_stage, check_config_unchanged,
                                   check_split_roles, make_accelerator, record_inputs, resolve_precision, save_run_config,
@@ -44,13 +49,21 @@ def train(cfg: TrainConfig, stop: StopRequest | None = None) -> dict:
     log point and :class:`Preempted` is raised (``depthpi.train.preemption``).
     Returns the final evaluation metrics (``mpjpe``, ``pck``, ``auc``, ``mean_pose_mpjpe``, ...).
     """
+    with contextlib.ExitStack() as held:  # what the run holds (its directory's lock) until it ends
+        return _train(cfg, stop, held)
+
+
+def _train(cfg: TrainConfig, stop: StopRequest | None, held: contextlib.ExitStack) -> dict:
     # --- setup: every check that can fail does so here, before the first step ----
     with startup_checks():
         cfg, adopted = adopt_teacher_architecture(cfg)
+        configure_remote(cfg.data.remote)
         accelerator = make_accelerator(cfg)
         run_dir, is_main = Path(cfg.run.out_dir), accelerator.is_main_process
         rank, world = accelerator.process_index, accelerator.num_processes
         configure_logging(rank, world)
+        held.enter_context(hold_run_dir(run_dir, is_main))  # one run per directory, before it writes there
+        check_trackers(cfg.run.log_with, run_dir, cfg.run.tracker_timeout_s, is_main)
         check_split_roles(cfg)
         if cfg.data.verify_shards:
             verify_splits(cfg, rank, world)
@@ -245,9 +258,20 @@ def log_images(logger: RunLogger, stage, model: nn.Module, batch, pred: torch.Te
 
 
 def export(accelerator, model: nn.Module, run_dir: Path, improved: bool) -> None:
-    """``export/last.pt`` (and ``best.pt`` when this epoch improved): plain state dicts."""
+    """``export/last.pt`` (and ``best.pt`` when this epoch improved): plain state dicts.
+
+    Raises:
+        DiskFullError: on every rank, when the main process's disk filled up.
+    """
     weights = accelerator.get_state_dict(model)  # a collective under DeepSpeed
+    full = None
     if accelerator.is_main_process:
-        save_weights(weights, run_dir / "export" / "last.pt")
-        if improved:
-            save_weights(weights, run_dir / "export" / "best.pt")
+        try:
+            save_weights(weights, run_dir / "export" / "last.pt")
+            if improved:
+                save_weights(weights, run_dir / "export" / "best.pt")
+        except DiskFullError as err:
+            full = str(err)
+    full = next(filter(None, gather_objects(full, "weights exported")), None)
+    if full:  # all ranks stop together: none waits in the next epoch's first collective
+        raise DiskFullError(full)

@@ -8,7 +8,8 @@ import sys
 import time
 
 from depthpi.config import load_config
-from depthpi.log import configure_logging, env_rank
+from depthpi.dist import world_info
+from depthpi.log import configure_logging
 
 
 def main(stage: str, argv: list[str] | None = None) -> dict:
@@ -17,16 +18,20 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
         prog=f"train_{stage}.py",
         description=f"Train a depthpi {stage}. Runs as one process, or under `accelerate launch` on many "
                     "GPUs/nodes: DDP, or DeepSpeed with run.deepspeed.zero_stage=1/2. A user error (a bad "
-                    "key, path or file) ends in one line and exit status 2.")
+                    "key, path or file) ends in one line and exit status 2; a full disk or an unreachable "
+                    "shard server in one line and exit status 1 (the same command then resumes).")
     parser.add_argument("--config", required=True, help=f"YAML, e.g. configs/{stage}/*.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 run.out_dir=runs/x")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
+    except (FileNotFoundError, ValueError) as err:  # one line, exit status 2
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     if cfg.stage != stage:
         parser.error(f"{args.config}: stage is {cfg.stage!r}; use launch/train_{cfg.stage}.py")
+    from depthpi.data.remote import ServerUnreachable
+    from depthpi.io import DiskFullError
+    from depthpi.train.checkpoint import resume_hint
     from depthpi.train.engine import train  # heavy imports after argument errors
     from depthpi.train.setup import StartupError
 
@@ -36,7 +41,9 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     except StartupError as err:
         message = f"{parser.prog}: error: {err}"
         tell_launcher(message)
-        parser.exit(2, f"{message}\n" if env_rank()[0] == 0 else None)  # once, not once per rank
+        parser.exit(2, f"{message}\n" if world_info().rank == 0 else None)  # once, not once per rank
+    except (ServerUnreachable, DiskFullError) as err:  # stopped by a cause outside the run: one line, status 1
+        parser.exit(1, f"{parser.prog}: error: {err}; {resume_hint(cfg.run.out_dir)}\n")
 
 
 def tell_launcher(message: str) -> None:

@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 # Keys a resumed run may change freely: they say how it reports, not what it computes.
 RESUME_FREE_KEYS = ("run.log_every", "run.image_every", "run.keep_last", "run.checkpoint_every",
-                    "run.collective_timeout_s", "run.log_with", "run.allow_config_change", "data.verify_shards")
+                    "run.collective_timeout_s", "run.log_with", "run.tracker_timeout_s", "run.allow_config_change",
+                    "data.verify_shards", "data.remote.connect_timeout_s", "data.remote.stall_timeout_s",
+                    "data.remote.retries", "data.remote.retry_delay_s")
 
 
 class StartupError(ValueError):

@@ -42,7 +42,9 @@ Every camera read is checked (:func:`check_camera`): R orthonormal with det +1, 
 direction within 22° of the world's −z (the published cameras: at most 8° and 16°; a
 transposed R fails the latter, a translation read as a centre the former), focal lengths
 0.5–3 image widths, the principal point inside the image. A refusal names the file, the
-subject/camera, the field and what was expected.
+subject/camera, the field and what was expected. The file itself is untrusted: at most
+4 MiB and 32 levels of nesting; a value of the wrong type, size or range anywhere is one
+such refusal, never a traceback.
 """
 from __future__ import annotations
 
@@ -70,6 +72,9 @@ FOCAL_RANGE_WIDTHS = (0.5, 3.0)
 INTRINSIC_KEYS = ("intrinsics", "intrinsic", "h36m_cameras_intrinsic_params")
 EXTRINSIC_KEYS = ("extrinsics", "extrinsic", "h36m_cameras_extrinsic_params")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_FILE_BYTES = 4 << 20   # the published files hold a few KiB
+MAX_NESTING = 32           # the layouts nest 6 levels at most
+MAX_FRAME_PX = 100_000
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,19 @@ class _Fields:
     def optional(self, name: str, shape: tuple[int, ...], expected: str) -> np.ndarray | None:
         return self.array(name, shape, expected) if name in self.entry else None
 
+    def pixels(self, name: str, shape: tuple[int, ...], expected: str) -> tuple[int, ...]:
+        """Whole numbers of pixels (a frame's width and height), 1 to 100000."""
+        values = self.array(name, shape, expected).ravel()
+        if not all(v == int(v) and 1 <= v <= MAX_FRAME_PX for v in values):
+            raise self.error(name, f"{values.tolist()}; expected {expected}: whole numbers 1-{MAX_FRAME_PX}")
+        return tuple(int(v) for v in values)
+
+    def camera_id(self, name: str = "id") -> str:
+        value = self.entry[name]
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not 0 < len(str(value)) <= 64:
+            raise self.error(name, f"{_describe(value)}; expected a camera id such as '54138969'")
+        return str(value)
+
 
 def _describe(value) -> str:
     if isinstance(value, dict):
@@ -173,12 +191,11 @@ def _read_own(path: Path, record: dict) -> Iterator[_Raw]:
             else:
                 (fx, fy), (cx, cy) = f.array("f", (2,), "[fx, fy] px (or K)"), f.array("c", (2,), "[cx, cy] px")
                 K = _intrinsics(fx, fy, cx, cy)
-            size = f.optional("size", (2,), "[width, height] px")
+            size = f.pixels("size", (2,), "[width, height] px") if "size" in entry else None
             dist = f.optional("dist", (5,), "[k1, k2, p1, p2, k3] (OpenCV order)")
             yield _Raw(subject, str(camera_id), K, f.array("R", (3, 3), "3x3 world->camera rotation"),
                        f.array("t", (3,), "camera centre [x, y, z] in world mm", "T"),
-                       np.zeros(5) if dist is None else dist,
-                       None if size is None else (int(size[0]), int(size[1])), "t", False)
+                       np.zeros(5) if dist is None else dist, size, "t", False)
 
 
 def _read_karfly(path: Path, intrinsics: dict, extrinsics: dict) -> Iterator[_Raw]:
@@ -219,8 +236,7 @@ def _read_h5_layout(path: Path, record: dict) -> Iterator[_Raw]:
 def _h5_camera_id(path: Path, subject_key: str, camera_key: str, entry: dict) -> str:
     name = entry.get("Name")
     if name is not None:
-        codes = np.asarray(name).ravel()
-        text = "".join(chr(int(c)) for c in codes) if codes.dtype.kind in "iuf" else "".join(map(str, codes))
+        text = _name_text(_Fields(path, f"{subject_key}/{camera_key}", entry), name)
         if text.strip("\x00").strip():
             return text.strip("\x00").strip()
     match = re.fullmatch(r"camera(\d)", camera_key)
@@ -228,6 +244,26 @@ def _h5_camera_id(path: Path, subject_key: str, camera_key: str, entry: dict) ->
         raise ConverterError(f"camera file {path}: {subject_key}/{camera_key}: expected camera1..camera4 "
                              f"or a Name field holding the camera id")
     return CAMERA_IDS[int(match[1]) - 1]
+
+
+def _name_text(f: _Fields, name) -> str:
+    """cameras.h5's ``Name``: character codes (or a string) spelling the camera id."""
+    if isinstance(name, str):
+        codes = [name]
+    else:
+        try:
+            codes = np.asarray(name, dtype=object).ravel().tolist()
+        except (ValueError, TypeError):
+            codes = None
+    if codes is None or not 0 < len(codes) <= 64:
+        raise f.error("Name", f"{_describe(name)}; expected up to 64 character codes spelling the camera id")
+    if all(isinstance(c, str) for c in codes):
+        return "".join(codes)
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and np.isfinite(c) and c == int(c)
+               and 0 <= c < 0x110000 for c in codes):
+        raise f.error("Name", f"{_describe(name)}; expected character codes: whole numbers 0-1114111 "
+                              f"(e.g. 53, 52, ... for '54...')")
+    return "".join(chr(int(c)) for c in codes)
 
 
 def _videopose_entry(path: Path, where: str, subject: str, entry: dict) -> _Raw | None:
@@ -248,8 +284,8 @@ def _videopose_entry(path: Path, where: str, subject: str, entry: dict) -> _Raw 
     p2, p1 = f.array("tangential_distortion", (2,), "[p2, p1] (VideoPose3D's order)")
     size = None
     if "res_w" in entry or "res_h" in entry:
-        size = (int(f.array("res_w", (1,), "width px")[0]), int(f.array("res_h", (1,), "height px")[0]))
-    return _Raw(subject, str(entry["id"]), _intrinsics(fx, fy, cx, cy), _quaternion_to_matrix(q).T,
+        size = (f.pixels("res_w", (1,), "width px")[0], f.pixels("res_h", (1,), "height px")[0])
+    return _Raw(subject, f.camera_id(), _intrinsics(fx, fy, cx, cy), _quaternion_to_matrix(q).T,
                 f.array("translation", (3,), "camera centre [x, y, z] in world mm"),
                 np.array([k[0], k[1], p1, p2, k[2]]), size, "translation", False, "orientation")
 
@@ -274,6 +310,9 @@ def _read_videopose_tables(path: Path, intrinsics: list, extrinsics: dict) -> It
 
 def _read_videopose_merged(path: Path, record: dict) -> Iterator[_Raw]:
     for subject, entries in record.items():
+        if not isinstance(entries, (dict, list)):
+            raise ConverterError(f"camera file {path}: {subject}: expected a list (or a camera-id mapping) of "
+                                 f"VideoPose3D entries, got {_describe(entries)}")
         items = entries.items() if isinstance(entries, dict) else enumerate(entries)
         for key, entry in items:
             if isinstance(entries, dict) and isinstance(entry, dict):
@@ -293,6 +332,8 @@ def _pick(record: dict, names: tuple[str, ...]):
 
 
 def _first_camera_entry(per_subject) -> dict | None:
+    if not isinstance(per_subject, (dict, list)):
+        return None  # the reader of the layout refuses it, naming the subject
     values = per_subject.values() if isinstance(per_subject, dict) else per_subject
     return next((v for v in values if isinstance(v, dict) and v), None)
 
@@ -331,16 +372,41 @@ def detect_layout(path: Path, record) -> tuple[str, Iterator[_Raw]]:
 def _read_file(path: Path):
     """The file's content: a dict from JSON, or nested dicts of arrays from HDF5."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConverterError(f"camera file {path}: {size} bytes; a camera file holds a few KiB (at most "
+                                 f"{MAX_FILE_BYTES} accepted)")
         data = Path(path).read_bytes()
     except OSError as err:
         raise ConverterError(f"camera file {path}: not readable ({err.strerror or err}); pass intrinsics_file=... "
                              f"(accepted files: {', '.join(LAYOUTS)}, see {__name__})") from None
     if data.startswith(HDF5_MAGIC):
-        return _read_hdf5(path)
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConverterError(f"camera file {path}: neither JSON nor HDF5 ({err})") from None
+        record = _read_hdf5(path)
+    else:
+        try:
+            record = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConverterError(f"camera file {path}: neither JSON nor HDF5 ({err})") from None
+        except RecursionError:
+            raise ConverterError(f"camera file {path}: nested deeper than JSON can be read; camera files nest "
+                                 f"at most {MAX_NESTING} levels") from None
+    _check_nesting(path, record)
+    return record
+
+
+def _check_nesting(path: Path, record) -> None:
+    """Refuse containers nested deeper than :data:`MAX_NESTING` (checked without recursion)."""
+    stack = [(record, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConverterError(f"camera file {path}: {where or 'top level'}: nested {depth} levels deep; camera "
+                                 f"files nest at most {MAX_NESTING}")
+        children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, child in children:
+            if isinstance(child, (dict, list)):
+                inner = f"{where}/{key}".lstrip("/") if depth < 8 else where  # the path, while it stays short
+                stack.append((child, depth + 1, inner))
 
 
 def _read_hdf5(path: Path) -> dict:
