@@ -1,9 +1,8 @@
 """The process group: where this process stands in it, and the few collectives depthpi runs itself.
 
 :func:`world_info` is the one place that says a process's rank, world size and device:
-accelerate's ``PartialState`` once an accelerator is set up, else the launcher's ``env://``
-variables (torchrun, ``accelerate launch``, or a sweep job's, exported from submitit's
-environment). Every collective here is called by every rank at the same point; the group
+the launcher's ``env://`` variables (torchrun, ``accelerate launch``, or a sweep job's,
+exported from submitit's environment), else accelerate's ``PartialState``. Every collective here is called by every rank at the same point; the group
 has a timeout (``run.collective_timeout_s``), so a rank that misses one, or never joins,
 fails after that long with a message naming the collective or the ranks instead of hanging.
 torch is imported inside the functions: logging asks :func:`world_info` at start-up.
@@ -35,16 +34,19 @@ class World:
 
 
 def world_info() -> World:
-    """Rank, world size and local rank: from accelerate's ``PartialState`` once an accelerator
-    is set up, else from a process group formed without one, else from ``env://`` variables."""
+    """Rank, world size and local rank: from the launcher's ``env://`` variables where it set
+    them (torchrun, ``accelerate launch``, a sweep job), else from accelerate's ``PartialState``
+    or a process group formed without a launcher, else a single process."""
     env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
     state, dist = sys.modules.get("accelerate.state"), sys.modules.get("torch.distributed")
     if state is not None and state.is_initialized():
         partial = state.PartialState()
         return World(partial.process_index, partial.num_processes, partial.local_process_index)
     if dist is not None and dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(env.get("LOCAL_RANK", 0)))
-    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    return World()
 
 
 def is_distributed() -> bool:

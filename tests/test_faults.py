@@ -228,6 +228,7 @@ def test_a_refusal_under_a_launcher_is_one_line_and_the_launchers_root_cause(syn
         error_file = tmp_path / f"error-{rank}.json"
         monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
         monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
         with pytest.raises(SystemExit) as exit_status:
             train_main("baseline", argv)
         err = capsys.readouterr().err
