@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -31,7 +32,8 @@ from depthpi.data.batches import map_fn  # noqa: E402
 from depthpi.data.loader import make_loader  # noqa: E402
 from depthpi.data.pipeline import PipelineConfig  # noqa: E402
 from depthpi.data.schema import Sample, SampleMeta  # noqa: E402
-from depthpi.data.shards import ShardWriter, file_sha256  # noqa: E402
+from depthpi.data.shard_build import build_shards  # noqa: E402
+from depthpi.io import file_sha256  # noqa: E402
 
 
 def textured_sample(index: int, side: int) -> Sample:
@@ -68,10 +70,9 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        with ShardWriter(tmp, max_count=args.samples) as writer:
-            for index in range(args.samples):
-                writer.write(textured_sample(index, args.rgb))
-        shard = Path(tmp) / writer.manifest.shards[0].name
+        manifest = build_shards(tmp, args.samples, args.samples, partial(textured_sample, side=args.rgb),
+                                progress=False)
+        shard = Path(tmp) / manifest.shards[0].name
         size = shard.stat().st_size
         hashing = median_seconds(lambda: file_sha256(shard), args.repeats)
         loader = make_loader(tmp, 1, map_fn(PipelineConfig(input_size=args.size, depth=True), 0, True), rank=0,

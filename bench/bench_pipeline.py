@@ -30,7 +30,7 @@ from depthpi.data.augment import AugmentConfig, draw_view, view_rng  # noqa: E40
 from depthpi.data.depth import depth_to_input  # noqa: E402
 from depthpi.data.pipeline import PipelineConfig, _pose_targets, crop_camera, process_sample  # noqa: E402
 from depthpi.data.schema import decode_sample, encode_sample  # noqa: E402
-from depthpi.data.shards import ShardWriter  # noqa: E402
+from depthpi.data.shards import TarShard  # noqa: E402
 from depthpi.data.synthetic import SyntheticConfig, render_sample  # noqa: E402
 from depthpi.train import targets  # noqa: E402
 
@@ -47,10 +47,11 @@ def _read_rate(members: list[dict]) -> float:
     import webdataset as wds
 
     with tempfile.TemporaryDirectory() as tmp:
-        with ShardWriter(tmp, max_count=len(members)) as writer:
-            for m in members:
-                writer.write(m)
-        urls = [str(p) for p in sorted(Path(tmp).glob("*.tar"))]
+        shard = TarShard(Path(tmp) / "shard-000000.tar")
+        for m in members:
+            shard.write(m)
+        shard.finish()
+        urls = [str(shard.path)]
         start = time.perf_counter()
         count = sum(1 for _ in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()))
         return count / (time.perf_counter() - start)

@@ -11,17 +11,21 @@ Two forms: :func:`atomic_path` for writers that want a path, :class:`AtomicFile`
 streams written piece by piece (tar shards). A write that fills the disk ends in one
 :class:`DiskFullError` line naming the directory and the space needed; the file it was
 replacing is untouched.
+
+Digests: :class:`HashingStream` hashes (sha256) and counts the bytes passing through a
+stream as they are read or written; :func:`file_sha256` is a file's digest.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # Writers that report a full disk only in words: safetensors (Rust), or not at all: torch's
@@ -215,3 +219,39 @@ def atomic_write_text(path: str | Path, text: str, fsync: bool = False) -> None:
 def atomic_write_json(path: str | Path, record, indent: int | None = 1) -> None:
     """``record`` as JSON (numbers that are numpy scalars or tensors become floats)."""
     atomic_write_text(path, json.dumps(record, indent=indent, default=float) + "\n")
+
+
+class HashingStream:
+    """A binary stream whose bytes are hashed (sha256) and counted as they pass through
+    :meth:`read` or :meth:`write`: a shard hashed while it is written, parsed or fetched."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self._add(data)
+        return data
+
+    def write(self, data) -> int:
+        self._add(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def _add(self, data) -> None:
+        self.sha256.update(data)
+        self.bytes += len(data)
+
+    def hexdigest(self) -> str:
+        return self.sha256.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of the file at ``path``."""
+    with open(path, "rb") as f:  # hashlib.file_digest needs Python 3.11; we support 3.10
+        stream = HashingStream(f)
+        while stream.read(1 << 20):
+            pass
+    return stream.hexdigest()

@@ -260,17 +260,6 @@ class PoseMetrics:
                     acc[i] += x
 
     # ------------------------------------------------------------------ combination
-    def merge(self, other: PoseMetrics) -> None:
-        """Add another accumulator's statistics into this one (same T and J)."""
-        if other.threshold_mm != self.threshold_mm or other.num_joints != self.num_joints:
-            raise ValueError(
-                f"PoseMetrics.merge needs equal threshold_mm and num_joints, got "
-                f"({self.threshold_mm}, {self.num_joints}) and ({other.threshold_mm}, {other.num_joints})"
-            )
-        for name in _JOINT_STATS:
-            getattr(self, name).add_(getattr(other, name))
-        self._merge_groups(other.groups)
-
     def _merge_groups(self, groups: Mapping[str, Mapping[Any, Sequence[float]]]) -> None:
         for key, table in groups.items():
             mine = self.groups.setdefault(key, {})
@@ -347,8 +336,7 @@ class PoseMetrics:
         totals = [getattr(self, name)[keep].sum().item() for name in _GROUP_FIELDS]
         return {**self._summary(*totals), "count": int(totals[_GROUP_FIELDS.index("count")])}
 
-    def pck_curve(self, thresholds: Sequence[float] | np.ndarray, joint: int | None = None,
-                  exclude: Sequence[int] = ()) -> np.ndarray:
+    def pck_curve(self, thresholds: Sequence[float] | np.ndarray, exclude: Sequence[int] = ()) -> np.ndarray:
         """PCK at each threshold, from the error histogram, for a PCK-vs-threshold plot.
 
         PCK(t) counts ``e <= t`` like :meth:`compute`, so PCK(0) is the share of errors of
@@ -359,8 +347,7 @@ class PoseMetrics:
 
         Args:
             thresholds: Thresholds in mm, >= 0.
-            joint: Joint index for one joint's curve; all joints when None.
-            exclude: Joints left out of the all-joint curve (e.g. the root).
+            exclude: Joints left out of the curve (e.g. the root); all but one: that joint's curve.
 
         Returns:
             ``(len(thresholds),)`` float64 fractions in [0, 1] (NaN if nothing seen).
@@ -370,37 +357,9 @@ class PoseMetrics:
             raise ValueError(f"PoseMetrics.pck_curve thresholds must be >= 0, got min {t.min()}")
         keep = torch.ones(self.num_joints, dtype=torch.bool)
         keep[list(exclude)] = False
-        hist = (self.hist[keep].sum(0) if joint is None else self.hist[joint]).double().numpy()
+        hist = self.hist[keep].sum(0).double().numpy()
         count = hist.sum()
         cdf = np.cumsum(hist[:_NUM_BINS + 1])  # cdf[k] = number of errors <= k·w, k = 0 .. _NUM_BINS
         pos = np.clip(t / HIST_BIN_MM, 0.0, _NUM_BINS)
         correct = np.interp(pos, np.arange(_NUM_BINS + 1), cdf)
         return correct / count if count > 0 else np.full_like(t, np.nan)
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """Statistics as tensors and plain containers (loadable with ``weights_only=True``)."""
-        state: dict[str, Any] = {name: getattr(self, name).clone() for name in _JOINT_STATS}
-        state["threshold_mm"] = self.threshold_mm
-        state["groups"] = {k: {v: list(row) for v, row in table.items()} for k, table in self.groups.items()}
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore statistics saved by :meth:`state_dict` (same T and J)."""
-        if float(state["threshold_mm"]) != self.threshold_mm or state["count"].shape != self.count.shape:
-            raise ValueError(
-                f"PoseMetrics.load_state_dict: state has threshold_mm={state['threshold_mm']} and "
-                f"{state['count'].shape[0]} joints, this accumulator {self.threshold_mm} and {self.num_joints}"
-            )
-        missing = [name for name in _JOINT_STATS if name not in state]
-        if missing or state["hist"].shape != self.hist.shape:
-            raise ValueError(
-                f"PoseMetrics.load_state_dict: state lacks {missing} or has hist of shape "
-                f"{tuple(state['hist'].shape) if 'hist' in state else None}, expected {tuple(self.hist.shape)}: "
-                "it was saved by an older version; evaluate again"
-            )
-        for name in _JOINT_STATS:
-            setattr(self, name, state[name].clone())
-        self.groups = {k: {} for k in self.group_keys}
-        self._merge_groups(state["groups"])
-        self._reduced = False

@@ -20,7 +20,7 @@ import pytest
 
 from depthpi.data import remote
 from depthpi.data.schema import Sample, SampleError, SampleMeta, encode_sample
-from depthpi.data.shards import Manifest, ShardWriter, write_manifest
+from depthpi.data.shards import Manifest, TarShard, write_manifest
 
 pytest_plugins = ("slurm_cluster",)  # the session SLURM fixture (tests/slurm_cluster.py)
 NUM_JOINTS = 17
@@ -70,18 +70,19 @@ def key_of(shard: int, index: int) -> str:
 
 def write_split(split_dir: Path, counts: list[int],
                 mutate: Callable[[str, dict], dict] | None = None, **sample_kw) -> Manifest:
-    """Write one shard per entry of ``counts`` (keys from :func:`key_of`) and a manifest.
+    """Write one shard per non-zero entry of ``counts`` (keys from :func:`key_of`) and a manifest.
 
     ``mutate(key, members)`` may return altered tar members to plant bad samples.
     """
     shards = []
     for shard, count in enumerate(counts):
-        with ShardWriter(split_dir, max_count=max(count, 1), start_index=shard,
-                         write_manifest_on_close=False) as writer:
-            for i in range(count):
-                members = encode_sample(fake_sample(key_of(shard, i), seed=1000 * shard + i, **sample_kw))
-                writer.write(mutate(members["__key__"], members) if mutate else members)
-        shards += writer.shards
+        if not count:
+            continue
+        tar = TarShard(split_dir / f"shard-{shard:06d}.tar")
+        for i in range(count):
+            members = encode_sample(fake_sample(key_of(shard, i), seed=1000 * shard + i, **sample_kw))
+            tar.write(mutate(members["__key__"], members) if mutate else members)
+        shards.append(tar.finish())
     manifest = Manifest(shards=shards, total_count=sum(counts), params={"fixture": True})
     write_manifest(split_dir, manifest)
     return manifest

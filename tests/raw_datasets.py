@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from depthpi.camera import Camera
-from depthpi.data.converters.kinect import h36m17_to_kinect
+from depthpi.data.converters.kinect import HEAD_MIX, HEAD_TOP_EXTRA, KINECT_TO_H36M, K
 from depthpi.skeleton import H36M_17
 
 # RGB colours of the markers drawn at these joints (stored crops are RGB).
@@ -31,6 +31,30 @@ TEMPLATE = {  # mm, our camera axes, pelvis at the origin, facing the camera (�
     "neck": (0, -480, 0), "head": (0, -600, -40), "htop": (0, -730, 0), "lsho": (170, -460, 0),
     "lelb": (200, -200, -20), "lwri": (210, 40, -80), "rsho": (-170, -460, 0), "relb": (-200, -200, -20),
     "rwri": (-210, 40, -80)}
+
+
+def h36m17_to_kinect(joints17: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`~depthpi.data.converters.kinect.kinect_to_h36m17` where it is one: (17, 3) → (25, 3).
+
+    Hands, feet, thumbs and hand tips are extrapolated along the last bone.
+    """
+    j = {name: np.asarray(joints17[i], np.float64) for i, name in enumerate(H36M_17.joint_names)}
+    out = np.zeros((25, 3))
+    for name, kname in KINECT_TO_H36M.items():
+        out[K[kname]] = j[name]
+    # head = N + a (H − N), htop = H + b (H − N)  ⇒  H − N = (htop − head) / (1 − a + b)
+    d = (j["htop"] - j["head"]) / (1.0 - HEAD_MIX + HEAD_TOP_EXTRA)
+    out[K["Neck"]] = j["head"] - HEAD_MIX * d
+    out[K["Head"]] = out[K["Neck"]] + d
+    for side in ("l", "r"):
+        s = "Left" if side == "l" else "Right"
+        wri, elb = j[side + "wri"], j[side + "elb"]
+        out[K["Hand" + s]] = wri + 0.3 * (wri - elb)
+        out[K["HandTip" + s]] = wri + 0.5 * (wri - elb)
+        out[K["Thumb" + s]] = wri + 0.25 * (wri - elb) + np.array([0.0, 0.0, 0.02]) * np.linalg.norm(wri - elb)
+        ank, kne = j[side + "ank"], j[side + "kne"]
+        out[K["Foot" + s]] = ank + 0.25 * (ank - kne)
+    return out
 
 
 def _rot_y(angle: float) -> np.ndarray:

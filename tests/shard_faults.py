@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from depthpi.data.shards import file_sha256, read_manifest, write_manifest
+from depthpi.data.shards import read_manifest, write_manifest
+from depthpi.io import file_sha256
 
 
 def shard_path(split: Path, shard: int) -> Path:

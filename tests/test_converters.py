@@ -11,6 +11,7 @@ import pytest
 from depthpi.camera import Camera
 from depthpi.data.converters import SOURCES, SPLITS, ConverterError, convert
 from depthpi.data.schema import decode_sample
+from depthpi.data.shard_verify import require_intact
 from depthpi.data.shards import read_manifest
 from depthpi.skeleton import H36M_17
 
@@ -21,7 +22,8 @@ J = {name: i for i, name in enumerate(H36M_17.joint_names)}
 
 
 def read_split(split_dir: Path):
-    manifest = read_manifest(split_dir, check_sha256=True)
+    require_intact(split_dir)
+    manifest = read_manifest(split_dir)
     samples = []
     for shard in manifest.shards:
         groups = defaultdict(dict)

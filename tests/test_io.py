@@ -1,10 +1,26 @@
-"""Atomic writes: readers see the old file or the new one, and nothing is left behind."""
+"""Atomic writes: readers see the old file or the new one, and nothing is left behind; sha256 digests."""
+import hashlib
+import io
 import os
 import threading
 
 import pytest
 
-from depthpi.io import DiskFullError, atomic_path, atomic_write_json, atomic_write_text
+from depthpi.io import DiskFullError, HashingStream, atomic_path, atomic_write_json, atomic_write_text, file_sha256
+
+
+def test_digests_are_sha256_of_the_bytes_read_or_written(tmp_path):
+    data = os.urandom(3 << 20 | 5)  # several 1 MiB reads and a ragged end
+    expected = hashlib.sha256(data).hexdigest()
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == expected
+    reader = HashingStream(io.BytesIO(data))
+    assert reader.read(7) + reader.read() == data and (reader.hexdigest(), reader.bytes) == (expected, len(data))
+    sink = io.BytesIO()
+    writer = HashingStream(sink)
+    for start in range(0, len(data), 1 << 16):
+        writer.write(data[start:start + (1 << 16)])
+    assert sink.getvalue() == data and (writer.hexdigest(), writer.bytes) == (expected, len(data))
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

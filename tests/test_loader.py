@@ -100,7 +100,7 @@ def test_too_few_shards_for_readers_is_a_clear_error(make_split):
 
 def test_batches_hold_only_the_map_fields_and_reach_persistent_workers_epochs(make_split):
     split = make_split([4, 4, 4, 4])
-    loader = make_loader(split, 2, map_identity, rank=0, world_size=1, num_workers=2, persistent_workers=True)
+    loader = make_loader(split, 2, map_identity, rank=0, world_size=1, num_workers=2)
     for epoch in (0, 1, 7):
         loader.set_epoch(epoch)
         for batch in loader:
@@ -271,14 +271,6 @@ def test_a_manifest_listing_a_missing_shard_fails_at_start(make_split):
     name = shard_faults.remove_shard(split, 1)
     with pytest.raises(ManifestError, match=f"{name}.*missing"):
         make_loader(split, 2, map_identity, rank=0, world_size=1)
-
-
-def test_check_sha256_verifies_the_split_before_starting(make_split):
-    split = make_split([3, 3])
-    make_loader(split, 2, map_identity, rank=0, world_size=1, check_sha256=True)
-    shard_faults.garbage_over_header(split, 1, member=3)
-    with pytest.raises(ManifestError, match="shard-000001.tar: .*sha256"):
-        make_loader(split, 2, map_identity, rank=0, world_size=1, check_sha256=True)
 
 
 # --- resume ------------------------------------------------------------------------------------

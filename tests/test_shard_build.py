@@ -15,8 +15,9 @@ import pytest
 from conftest import make_indexed_sample
 
 from depthpi.data.shard_build import ShardJob, build, build_shards, params_digest, sidecar_path
-from depthpi.data.shards import file_sha256, read_manifest
-from depthpi.io import temporary_path
+from depthpi.data.shard_verify import require_intact
+from depthpi.data.shards import read_manifest
+from depthpi.io import file_sha256, temporary_path
 
 TESTS = Path(__file__).resolve().parent
 
@@ -142,7 +143,8 @@ def test_a_killed_build_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
     assert resumed == clean and _tree(out) == _tree(tmp_path / "clean")
     assert {name: (out / f".{name}.done.json").stat().st_mtime_ns for name in finished} == finished
     assert not [p for p in os.listdir(out) if ".tmp" in p]
-    assert read_manifest(out, check_sha256=True).total_count == 40 - 10  # indices 5, 6, 12, 13, ... skipped
+    assert read_manifest(out).total_count == 40 - 10  # indices 5, 6, 12, 13, ... skipped
+    require_intact(out)
 
 
 def test_build_shards_refuses_nonsense_sizes(tmp_path):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-IDENTITY = (0.0, 1.0, 0.0, 1.0)  # brightness, contrast, hue (degrees), saturation
-
 
 def colour_augment(rgb: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Brightness, contrast, hue, saturation, in that order.

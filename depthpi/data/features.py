@@ -25,7 +25,8 @@ import torch
 from depthpi.data.augment import ViewParams
 from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError
-from depthpi.data.shards import ManifestError, SplitLocation, file_sha256, manifest_sha256, read_manifest
+from depthpi.data.shards import ManifestError, SplitLocation, manifest_sha256, read_manifest
+from depthpi.io import file_sha256
 
 LAYOUT = "one_view_per_set"  # params.layout of a feature split written as described above
 MAX_VIEWS = 64

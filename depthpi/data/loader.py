@@ -234,7 +234,7 @@ class ShardLoader:
     def __init__(self, dataset: ShardDataset, loader: DataLoader, split: str):
         self.dataset, self.loader, self.split = dataset, loader, split
         self.epoch, self._consumed, self._skip = 0, 0, 0
-        self._stats, self._pass = ReadReport(), ReadReport()
+        self._pass = ReadReport()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch of the next ``iter()`` (shard plan, shuffles, map_fn's epoch)."""
@@ -258,7 +258,6 @@ class ShardLoader:
         self._pass, pool, size = ReadReport(), [], self.dataset.batch_size
         for delivery in self.loader:
             if delivery.report:
-                self._stats.merge(delivery.report)
                 self._pass.merge(delivery.report)
             if delivery.fatal:
                 raise ServerUnreachable(delivery.fatal)
@@ -276,12 +275,9 @@ class ShardLoader:
             raise RuntimeError(f"{self.split}: {len(pool)} loose samples left over at the end of epoch {self.epoch}, "
                                f"less than a batch; the shard plan must make them whole batches")
 
-    def stats(self) -> dict:
-        """Since creation: see :meth:`depthpi.data.shard_stream.ReadReport.as_dict`."""
-        return self._stats.as_dict()
-
     def pass_stats(self) -> dict:
-        """``stats()`` of the current (or last) pass over the data only: one epoch, one evaluation."""
+        """What the current (or last) pass over the data read: one epoch, one evaluation (see
+        :meth:`depthpi.data.shard_stream.ReadReport.as_dict`)."""
         return self._pass.as_dict()
 
     def state_dict(self) -> dict:
@@ -343,9 +339,7 @@ def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: int | None = None,
                 world_size: int | None = None, num_workers: int = 0, seed: int = 0, shuffle: bool = True,
                 shuffle_buffer: int = 500, drop_last: bool = True, infinite: bool = False,
-                persistent_workers: bool = True, pin_memory: bool = False, prefetch_factor: int = 2,
-                multiprocessing_context: str | None = None, check_sha256: bool = False,
-                companion_dir: str | Path | Sequence[str | Path] | None = None,
+                pin_memory: bool = False, companion_dir: str | Path | Sequence[str | Path] | None = None,
                 cache_dir: str | Path | None = None, remote: RemoteConfig | None = None) -> ShardLoader:
     """A loader of one rank over a split.
 
@@ -364,10 +358,7 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
         drop_last: training semantics — equal full batches on every rank. False
             (evaluation): every sample once, partial last batches, uneven ranks allowed.
         infinite: never stop (the unlabelled stream); ``len`` is then nominal.
-        persistent_workers, pin_memory, prefetch_factor, multiprocessing_context: as in
-            :class:`torch.utils.data.DataLoader`.
-        check_sha256: verify every shard (sha256, counts, keys) against the manifest before
-            starting (:func:`depthpi.data.shard_verify.require_intact`).
+        pin_memory: as in :class:`torch.utils.data.DataLoader` (workers persist across epochs).
         companion_dir: a split of shards mirroring this one (same names, keys, order),
             e.g. precomputed teacher features, or a list of such splits (sets: each pass
             reads a shard with one of them, see :func:`~depthpi.data.shard_plan.companion_set`,
@@ -392,10 +383,6 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                          f"{num_workers}, {seed}, {shuffle_buffer}")
     location = SplitLocation.parse(split_dir)
     manifest = read_manifest(split_dir)
-    if check_sha256:
-        from depthpi.data.shard_verify import require_intact
-
-        require_intact(split_dir, workers=max(1, num_workers))
     _check_readers(location, len(manifest.shards), world_size, num_workers, training=drop_last or infinite)
     if companion_dir is None:
         companion_dirs = []
@@ -412,12 +399,8 @@ def make_loader(split_dir: str | Path, batch_size: int, map_fn: MapFn, *, rank: 
                            shuffle=shuffle, shuffle_buffer=shuffle_buffer, drop_last=drop_last, infinite=infinite,
                            cache_dir=None if cache_dir is None else str(cache_dir), companion_sets=companion_sets,
                            remote=remote or remote_settings())
-    extra = {}
-    if num_workers > 0:
-        extra = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor,
-                     multiprocessing_context=multiprocessing_context)
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_delivered, num_workers=num_workers,
-                        pin_memory=pin_memory, **extra)
+                        pin_memory=pin_memory, persistent_workers=num_workers > 0)
     return ShardLoader(dataset, loader, str(location))
 
 

@@ -17,13 +17,13 @@ makes them this process's default (a run sets them at start, each loader worker 
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import IO
 from urllib.parse import quote, urlsplit
+
+from depthpi.io import HashingStream
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +225,11 @@ def fetch(root: str, name: str, limit: int | None = None, retries: int | None = 
     for attempt in range(tries):
         target = tempfile.TemporaryFile()
         try:
-            digest = hashlib.sha256()
             with open_stream(root, name, limit) as stream:
-                for chunk in iter(lambda: stream.read(_BLOCK), b""):
-                    digest.update(chunk)
-                    target.write(chunk)
+                reader = HashingStream(stream)
+                shutil.copyfileobj(reader, target, _BLOCK)
             target.seek(0)
-            return target, digest.hexdigest()
+            return target, reader.hexdigest()
         except TransportError as err:
             target.close()
             if attempt + 1 == tries:

@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from depthpi.data.schema import Sample, SampleError
-from depthpi.data.shards import (MANIFEST_NAME, Manifest, ShardInfo, TarShard, encode_checked, json_bytes,
+from depthpi.data.schema import Sample, SampleError, encode_sample
+from depthpi.data.shards import (MANIFEST_NAME, Manifest, ShardInfo, TarShard, json_bytes,
                                  write_manifest)
 from depthpi.io import DiskFullError, atomic_write_bytes, mebibytes, remove_temporaries
 
@@ -211,7 +211,7 @@ def _fill_indexed(job: ShardJob, shard: TarShard, make_sample: Callable[[int], S
                 continue
             if sample.meta.skeleton != skeleton:
                 raise SampleError(sample.key, "skeleton", f"{sample.meta.skeleton!r}, expected {skeleton!r}")
-            shard.write(encode_checked(sample, skeleton))
+            shard.write(encode_sample(sample))
         except SampleError as err:
             skipped.append({"index": index, "key": err.key, "reason": f"{err.field}: {err.reason}"})
     return {"skipped": skipped}

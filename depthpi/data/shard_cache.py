@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import IO
 
 from depthpi.data import remote
-from depthpi.data.shards import ShardInfo, check_shard_name, file_sha256
-from depthpi.io import temporary_path
+from depthpi.data.shards import ShardInfo, check_shard_name
+from depthpi.io import file_sha256, temporary_path
 
 log = logging.getLogger(__name__)
 

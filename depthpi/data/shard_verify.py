@@ -9,20 +9,20 @@ Works on local splits and on URLs alike (:mod:`depthpi.data.shards`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 from tqdm import tqdm
 
 from depthpi.data import remote
 from depthpi.data.shard_stream import TarErrors, describe, read_to_end, tar_samples
 from depthpi.data.shards import MANIFEST_NAME, ManifestError, ShardInfo, SplitLocation, read_manifest
+from depthpi.io import HashingStream
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +69,13 @@ class SplitVerdict:
         return [v.line() for v in self.bad] + list(self.problems) + [f"note: {n}" for n in self.notes] + [verdict]
 
 
-class _HashingReader:
-    """Read-through wrapper that hashes and counts the bytes a reader takes."""
-
-    def __init__(self, raw: IO[bytes]):
-        self.raw, self.sha256, self.bytes = raw, hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return data
-
-
 def verify_shard(location: SplitLocation, info: ShardInfo) -> ShardVerdict:
     """Hash and parse one shard; compare size, sha256, count, first/last key; find repeated keys."""
     keys, problems = [], []
     errors = TarErrors(None, info.name)
     try:
         with location.open(info.name) as raw:
-            reader = _HashingReader(raw)
+            reader = HashingStream(raw)
             keys = [sample["__key__"] for sample in tar_samples(reader, location.url(info.name), errors)]
             read_to_end(reader)
     except FileNotFoundError:
@@ -100,7 +87,7 @@ def verify_shard(location: SplitLocation, info: ShardInfo) -> ShardVerdict:
     else:
         if reader.bytes != info.bytes:
             problems.append(f"{reader.bytes} bytes, the manifest says {info.bytes}")
-        if reader.sha256.hexdigest() != info.sha256:
+        if reader.hexdigest() != info.sha256:
             problems.append("sha256 differs from the manifest")
     distinct = len(set(keys))  # what a loader reads: a repeated key is skipped
     if distinct != info.count:

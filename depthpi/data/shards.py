@@ -36,8 +36,8 @@ import webdataset as wds
 from webdataset.gopen import gopen_schemes
 
 from depthpi.data import remote
-from depthpi.data.schema import Sample, encode_sample
-from depthpi.io import AtomicFile, DiskFullError, atomic_write_bytes
+from depthpi.io import AtomicFile, DiskFullError, HashingStream, atomic_write_bytes
+from depthpi.io import file_sha256  # noqa: F401  (precompute and train.setup import it from here)
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -102,20 +102,6 @@ class Manifest:
 
 def json_bytes(record: dict) -> bytes:
     return (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode()
-
-
-def sha256_of_stream(stream: IO[bytes], block: int = 1 << 20) -> tuple[str, int]:
-    """(hex sha256, bytes) of everything left in ``stream``."""
-    digest, size = hashlib.sha256(), 0
-    for chunk in iter(lambda: stream.read(block), b""):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return sha256_of_stream(f)[0]
 
 
 def check_shard_name(name, where: str = "shard name") -> str:
@@ -200,33 +186,29 @@ def manifest_sha256(split: str | Path) -> str:
     return hashlib.sha256(_manifest_bytes(SplitLocation.parse(split))).hexdigest()
 
 
-def read_manifest(split: str | Path, *, check_sha256: bool = False, check_files: bool = True) -> Manifest:
+def read_manifest(split: str | Path, *, check_files: bool = True) -> Manifest:
     """Read a split's manifest and check it against its shards.
 
-    Local splits: every listed shard must exist with the listed size (and sha256 with
-    ``check_sha256``). Remote splits: sizes are not checked here (that would be a request
-    per shard); readers check counts as they stream, ``depthpi shards verify`` checks all.
+    Local splits: every listed shard must exist with the listed size. Remote splits: sizes
+    are not checked here (that would be a request per shard); readers check counts as they
+    stream. ``depthpi shards verify`` (:mod:`depthpi.data.shard_verify`) checks every byte.
 
     Args:
         split: directory or URL of the split (see the module docstring).
-        check_sha256: also hash every shard (a full read of the split).
         check_files: compare the listed shards with the files (False: the manifest only).
     Returns:
         The manifest; with a brace pattern, only the selected shards, in its order.
     Raises:
         ManifestError: naming the file, when the manifest is missing or unparsable, lists
-            a shard twice, a listed shard is missing, or a shard's size (or sha256) differs.
+            a shard twice, a listed shard is missing, or a shard's size differs.
     """
     location = SplitLocation.parse(split)
     where = location.url(MANIFEST_NAME)
     manifest = _parse_manifest(_manifest_bytes(location), where)
     if location.selected is not None:
         manifest = _select(manifest, location.selected, where)
-    for shard in manifest.shards if check_files else ():
-        if not location.remote:
-            _check_size(Path(location.url(shard.name)), shard, where)
-        if check_sha256:
-            _check_sha256(location, shard, where)
+    for shard in manifest.shards if check_files and not location.remote else ():
+        _check_size(Path(location.url(shard.name)), shard, where)
     return manifest
 
 
@@ -280,29 +262,7 @@ def _check_size(path: Path, shard: ShardInfo, where: str) -> None:
                             f"(truncated or rewritten shard; rebuild the split)")
 
 
-def _check_sha256(location: SplitLocation, shard: ShardInfo, where: str) -> None:
-    with location.open(shard.name) as stream:
-        digest, _ = sha256_of_stream(stream)
-    if digest != shard.sha256:
-        raise ManifestError(f"{location.url(shard.name)}: sha256 differs from {where}")
-
-
 # --- writing ---------------------------------------------------------------------
-class _HashingFile:
-    """Write-through wrapper that hashes and counts what passes to an :class:`AtomicFile`."""
-
-    def __init__(self, target: AtomicFile):
-        self.target, self.sha256, self.bytes = target, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return self.target.write(data)
-
-    def flush(self) -> None:
-        self.target.flush()
-
-
 def check_key(key: str) -> None:
     # webdataset splits member names at the first dot: "a.b.rgb.jpg" would become key "a".
     if not isinstance(key, str) or not key or "." in key or "/" in key:
@@ -314,7 +274,7 @@ class TarShard:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.file = _HashingFile(AtomicFile(self.path, fsync=True))
+        self.file = HashingStream(AtomicFile(self.path, fsync=True))
         # mtime/owner fixed: the same samples give the same bytes on any machine and day.
         self.tar = wds.TarWriter(self.file, encoder=False, mtime=0, user=_TAR_OWNER, group=_TAR_OWNER)
         self.count, self.first_key, self.last_key = 0, None, None
@@ -327,14 +287,10 @@ class TarShard:
         self.first_key = self.first_key or members["__key__"]
         self.last_key = members["__key__"]
 
-    @property
-    def bytes(self) -> int:
-        return self.file.bytes
-
     def finish(self) -> ShardInfo:
         self.tar.close()
-        self.file.target.commit()
-        return ShardInfo(self.path.name, self.count, self.file.bytes, self.file.sha256.hexdigest(),
+        self.file.raw.commit()
+        return ShardInfo(self.path.name, self.count, self.file.bytes, self.file.hexdigest(),
                          self.first_key, self.last_key)
 
     def abort(self) -> None:
@@ -343,87 +299,4 @@ class TarShard:
         except (OSError, DiskFullError):
             pass
         finally:
-            self.file.target.discard()
-
-
-class ShardWriter:
-    """Write samples into ``{prefix}-{i:06d}.tar`` shards and a manifest at close.
-
-    Usage::
-
-        with ShardWriter(out_dir, max_count=1000, params={"source": "ntu"}) as writer:
-            for sample in samples:
-                writer.write(sample)
-        manifest = writer.manifest
-
-    Args:
-        out_dir: split directory (created).
-        max_count: samples per shard at most.
-        max_bytes: bytes per shard at most (a shard closes once it reaches it).
-        prefix: shard file name prefix.
-        params: creation parameters recorded in the manifest.
-        skeleton: joint-set name; every written :class:`Sample` must use it.
-        start_index: number of the first shard.
-        write_manifest_on_close: False when the caller assembles the manifest itself.
-    """
-
-    def __init__(self, out_dir: str | Path, max_count: int = 1000, max_bytes: int = 3 << 30,
-                 prefix: str = "shard", params: dict | None = None, skeleton: str = "h36m_17",
-                 start_index: int = 0, write_manifest_on_close: bool = True):
-        if max_count < 1 or max_bytes < 1:
-            raise ValueError(f"ShardWriter: max_count and max_bytes must be >= 1, got {max_count}, {max_bytes}")
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.max_count, self.max_bytes, self.prefix = max_count, max_bytes, prefix
-        self.params, self.skeleton = dict(params or {}), skeleton
-        self.index, self.write_manifest_on_close = start_index, write_manifest_on_close
-        self.shards: list[ShardInfo] = []
-        self.manifest: Manifest | None = None
-        self._current: TarShard | None = None
-        self._keys: set[str] = set()
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        elif self._current is not None:
-            self._current.abort()  # a failed write must not leave a plausible-looking shard
-
-    def write(self, sample: Sample | dict[str, Any]) -> None:
-        """Append one sample (a :class:`Sample`, or members from :func:`encode_sample`)."""
-        sample = encode_checked(sample, self.skeleton)
-        key = sample["__key__"]
-        if key in self._keys:
-            raise ValueError(f"sample key {key!r} written twice to {self.out_dir}")
-        self._keys.add(key)
-        if self._current is None:
-            self._current = TarShard(self.out_dir / f"{self.prefix}-{self.index:06d}.tar")
-        self._current.write(sample)
-        if self._current.count >= self.max_count or self._current.bytes >= self.max_bytes:
-            self._next_shard()
-
-    def _next_shard(self) -> None:
-        self.shards.append(self._current.finish())
-        self._current, self.index = None, self.index + 1
-
-    def close(self) -> Manifest:
-        """Finish the open shard and (unless disabled) write the manifest."""
-        if self._current is not None:
-            self._next_shard()
-        self.manifest = Manifest(shards=list(self.shards), total_count=sum(s.count for s in self.shards),
-                                 skeleton=self.skeleton, params=self.params)
-        if self.write_manifest_on_close:
-            write_manifest(self.out_dir, self.manifest)
-        return self.manifest
-
-
-def encode_checked(sample: Sample | dict[str, Any], skeleton: str) -> dict[str, Any]:
-    """Tar members of ``sample`` (a :class:`Sample` must use ``skeleton``); members pass through."""
-    if isinstance(sample, Sample):
-        if sample.meta.skeleton != skeleton:
-            raise ValueError(f"sample {sample.key!r}: skeleton {sample.meta.skeleton!r}, the writer expects "
-                             f"{skeleton!r}")
-        return encode_sample(sample)
-    return sample
+            self.file.raw.discard()

@@ -73,30 +73,6 @@ def kinect_to_h36m17(points: np.ndarray, tracked: np.ndarray | None = None) -> t
     return out, valid
 
 
-def h36m17_to_kinect(joints17: np.ndarray) -> np.ndarray:
-    """Inverse of the mapping where it is one (fixtures): (17, 3) → (25, 3).
-
-    Hands, feet, thumbs and hand tips are extrapolated along the last bone.
-    """
-    j = {name: np.asarray(joints17[i], np.float64) for i, name in enumerate(H36M_17.joint_names)}
-    out = np.zeros((25, 3))
-    for name, kname in KINECT_TO_H36M.items():
-        out[K[kname]] = j[name]
-    # head = N + a (H − N), htop = H + b (H − N)  ⇒  H − N = (htop − head) / (1 − a + b)
-    d = (j["htop"] - j["head"]) / (1.0 - HEAD_MIX + HEAD_TOP_EXTRA)
-    out[K["Neck"]] = j["head"] - HEAD_MIX * d
-    out[K["Head"]] = out[K["Neck"]] + d
-    for side in ("l", "r"):
-        s = "Left" if side == "l" else "Right"
-        wri, elb = j[side + "wri"], j[side + "elb"]
-        out[K["Hand" + s]] = wri + 0.3 * (wri - elb)
-        out[K["HandTip" + s]] = wri + 0.5 * (wri - elb)
-        out[K["Thumb" + s]] = wri + 0.25 * (wri - elb) + np.array([0.0, 0.0, 0.02]) * np.linalg.norm(wri - elb)
-        ank, kne = j[side + "ank"], j[side + "kne"]
-        out[K["Foot" + s]] = ank + 0.25 * (ank - kne)
-    return out
-
-
 # --- NTU RGB+D .skeleton text files -------------------------------------------------
 @dataclass
 class Body:
@@ -114,14 +90,6 @@ class Body:
     @property
     def xyz(self) -> np.ndarray:
         return self.joints[:, 0:3]
-
-    @property
-    def depth_xy(self) -> np.ndarray:
-        return self.joints[:, 3:5]
-
-    @property
-    def color_xy(self) -> np.ndarray:
-        return self.joints[:, 5:7]
 
     @property
     def tracked(self) -> np.ndarray:
