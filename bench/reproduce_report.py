@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from depthpi.data.batches import Batch, build_eval_loader  # noqa: E402
 from depthpi.models.posenet import tap_features  # noqa: E402
 from depthpi.predict import Predictor  # noqa: E402
-from depthpi.sweep.report import mean_std  # noqa: E402
 
 # (id, what it is) in the order of the table; the first three start from scratch.
 MODELS = [
@@ -83,8 +83,9 @@ def eval_curve(run_dir: Path) -> list[float]:
 
 
 def cell(values: list[float], digits: int) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """Mean ± sample std (0 for one value)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def table(metrics: dict[str, dict[int, dict]], rows: list[tuple[str, str]] = MODELS) -> str:
@@ -171,8 +172,8 @@ def paired(metrics: dict[str, dict[int, dict]], model: str, control: str) -> tup
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    mean, std = mean_std([a[s]["mpjpe"] - b[s]["mpjpe"] for s in seeds])
-    return mean, std, len(seeds)
+    diffs = [a[s]["mpjpe"] - b[s]["mpjpe"] for s in seeds]
+    return statistics.mean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else 0.0, len(diffs)
 
 
 def verdict(result: tuple[float, float, int] | None) -> str:

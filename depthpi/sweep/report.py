@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from depthpi.dotted import flatten
 from depthpi.io import atomic_path, atomic_write_text
 from depthpi.sweep.submit import ELEMENT_FILE, PLAN_FILE, read_json
 
@@ -119,24 +120,10 @@ def format_status(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else
-                    {f"{prefix}{key}": value})
-    return flat
-
-
 def _element_config(element: dict) -> dict:
     """The run's config, flattened: its ``config.yaml``, else (not started) the plan's overrides."""
     path = Path(element["run_dir"]) / "config.yaml"
-    return _flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else dict(element.get("overrides") or {})
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n − 1; 0 for a single value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else dict(element.get("overrides") or {})
 
 
 def _number(value) -> bool:
@@ -144,9 +131,10 @@ def _number(value) -> bool:
 
 
 def _metric_stats(runs: list[dict]) -> dict:
-    """{metric: (mean, std) over the runs that report it, or None}."""
+    """{metric: (mean, sample std; 0 for one run) over the runs that report it, or None}."""
     values = {key: [float(r[key]) for r in runs if _number(r.get(key))] for key, _, _ in METRICS}
-    return {key: mean_std(v) if v else None for key, v in values.items()}
+    return {key: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else None
+            for key, v in values.items()}
 
 
 def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
