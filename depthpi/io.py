@@ -221,6 +221,12 @@ def atomic_write_json(path: str | Path, record, indent: int | None = 1) -> None:
     atomic_write_text(path, json.dumps(record, indent=indent, default=float) + "\n")
 
 
+def read_json(path: str | Path):
+    """The JSON record in the file at ``path``, or None where there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class HashingStream:
     """A binary stream whose bytes are hashed (sha256) and counted as they pass through
     :meth:`read` or :meth:`write`: a shard hashed while it is written, parsed or fetched."""

@@ -7,9 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 
-from depthpi.sweep.spec import Kind, Sweep, load_spec
+from depthpi.sweep.spec import Kind, load_spec
 
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,40 +28,11 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def validate(sweep: Sweep) -> None:
-    """Load every training element's config, so that a typo fails here and not in a queued job."""
-    from depthpi.config import load_config
-
-    for element in (e for e in sweep.elements if e.kind is Kind.train):
-        try:
-            load_config(element.config, element.overrides)
-        except ValueError as err:
-            raise ValueError(f"sweep spec {sweep.spec_path}: element {element.name!r}: {err}") from None
-
-
-def describe(sweep: Sweep, executor: str) -> str:
-    """The plan: arrays, their resources and dependencies, each element's overrides (and sbatch files)."""
-    from depthpi.sweep.submit import sbatch_script
-
-    lines = [f"sweep {sweep.name} ({sweep.spec_path}) -> {sweep.out_dir}", f"executor: {executor}"]
-    for array in sweep.arrays:
-        res = array.resources
-        lines += ["", f"== array {array.name}: {array.kind.value} × {len(array.elements)}"
-                      f"{' after ' + ', '.join(array.after) if array.after else ''}",
-                  f"   {res.nodes} node(s) × {res.tasks} task(s), {res.gpus_per_node} GPU(s)/node, "
-                  f"{res.cpus_per_task} CPU(s)/task, time {res.time}, at most {res.array_parallelism} at once"]
-        for i, e in enumerate(array.elements):
-            what = shlex.join(e.command) if e.kind is Kind.command else \
-                " ".join([e.config, *(f"{k}={v!r}" for k, v in e.overrides.items())])
-            lines.append(f"   [{i}] {e.name}: {what}")
-        if executor == "slurm":
-            dependency = "afterok:" + ":".join(f"JOBID_OF_{a}" for a in array.after) if array.after else None
-            lines += ["", f"--- sbatch file of array {array.name}", sbatch_script(array, sweep, dependency)]
-    return "\n".join(lines)
-
-
 def run(args) -> None:
     """Dispatch: status, collect, or plan (+ submit unless --dry-run)."""
+    from submitit.core.utils import FailedJobError
+
+    from depthpi.config import load_config
     from depthpi.sweep import report, submit
 
     if args.target in ("status", "collect"):
@@ -77,13 +47,15 @@ def run(args) -> None:
     if any("=" not in v for v in args.var):
         raise ValueError(f"--var {next(v for v in args.var if '=' not in v)!r}: expected KEY=VALUE")
     sweep = load_spec(args.target, args.out, dict(v.split("=", 1) for v in args.var))
-    validate(sweep)
-    print(describe(sweep, args.executor))
+    for element in (e for e in sweep.elements if e.kind is Kind.train):  # a typo fails here, not in a queued job
+        try:
+            load_config(element.config, element.overrides)
+        except ValueError as err:
+            raise ValueError(f"sweep spec {sweep.spec_path}: element {element.name!r}: {err}") from None
+    print(submit.describe(sweep, args.executor))
     if args.dry_run:
         print("\n(dry run: nothing submitted)")
     elif args.executor == "slurm":
-        from submitit.core.utils import FailedJobError
-
         try:
             job_ids = submit.submit_slurm(sweep)
         except FailedJobError as err:

@@ -1,10 +1,5 @@
-"""``depthpi sweep status`` and ``collect``: where a sweep stands, and the tables of what it found.
-
-Status joins each element's record (``sweep_element.json``, kept by rank 0, so a job of many
-tasks is one element) with its job's state from submitit. Collect writes one row per element,
-or per group of seeds (mean ± sample std over ``run.seed``), with the config keys that differ
-and the final metrics, as Markdown, CSV and a bar plot.
-"""
+"""``depthpi sweep status`` and ``collect``: where a sweep stands (each element's record joined
+with its job's state from submitit), and the tables of what it found (``docs/sweeps.md``)."""
 from __future__ import annotations
 
 import csv
@@ -16,11 +11,12 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+import submitit
 import yaml
 
 from depthpi.dotted import flatten
-from depthpi.io import atomic_path, atomic_write_text
-from depthpi.sweep.submit import ELEMENT_FILE, PLAN_FILE, read_json
+from depthpi.io import atomic_path, atomic_write_text, read_json
+from depthpi.sweep.submit import ELEMENT_FILE, PLAN_FILE
 
 METRICS = (("mpjpe", "MPJPE (mm)", 1), ("pa_mpjpe", "PA-MPJPE (mm)", 1), ("n_mpjpe", "N-MPJPE (mm)", 1),
            ("pck", "PCK", 3), ("auc", "AUC", 3), ("mean_pose_mpjpe", "mean-pose MPJPE (mm)", 1))
@@ -47,13 +43,10 @@ def load_elements(sweep_dir: str | Path) -> tuple[dict, list[dict]]:
 
 
 def job_states(plan: dict, elements: list[dict]) -> dict[str, str]:
-    """submitit's word on each job: SLURM's state (``UNKNOWN`` where the cluster keeps no
-    accounting), or for a local job, whose id is a process id, ``RUNNING`` or ``EXITED``."""
+    """submitit's word on each job: SLURM's state (``UNKNOWN`` without accounting); a local job's id is a pid."""
     ids = [e["job_id"] for e in elements if e.get("job_id")]
     if plan.get("executor") == "local":
         return {j: "RUNNING" if Path(f"/proc/{j}").exists() else "EXITED" for j in ids}
-    import submitit
-
     logging.getLogger("submitit").setLevel(logging.ERROR)  # without accounting it warns on every call
     return {j: (submitit.SlurmJob(folder=".", job_id=j).state.split() or ["UNKNOWN"])[0] for j in ids}
 
@@ -63,12 +56,17 @@ def _tail(path: str | None, lines: int = 8) -> str:
         if path and Path(path).is_file() else ""
 
 
+def _saved_config(run_dir: Path) -> dict | None:
+    """The run's ``config.yaml``, flattened (None before the run starts)."""
+    path = run_dir / "config.yaml"
+    return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else None
+
+
 def _progress(run_dir: Path) -> str:
     """``epoch k/E (step s)`` from the newest checkpoint and the saved config."""
     from depthpi.train.checkpoint import latest_checkpoint  # light: no model imports
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
-    epochs = ((config or {}).get("optim") or {}).get("epochs")
+    epochs = (_saved_config(run_dir) or {}).get("optim.epochs")
     latest = latest_checkpoint(run_dir)
     if latest is None:
         return f"epoch 1/{epochs or '?'}"
@@ -76,35 +74,32 @@ def _progress(run_dir: Path) -> str:
     return f"epoch {min(trainer['epoch'] + 1, epochs or 10**9)}/{epochs or '?'} (step {trainer['step']})"
 
 
-def element_status(element: dict, queue: dict[str, str]) -> dict:
-    """One element's row: state ``not started`` / ``pending`` / ``requeued`` / ``running`` / ``done`` / ``failed``."""
-    run_dir = Path(element["run_dir"])
-    record = read_json(run_dir / ELEMENT_FILE) or {}
-    job_id = element.get("job_id") or (record.get("job_ids") or [None])[-1]
-    said = queue.get(job_id or "", "")
-    row = {"name": element["name"], "job_id": job_id or "-", "slurm": said or "-",
-           "attempts": record.get("attempts", 0), "detail": "", "state": "not started"}
-    state, training = record.get("state"), element.get("kind", "train") == "train"
-    if state == "done":
-        metrics = record.get("metrics") or read_json(run_dir / "metrics.json") or {}
-        row.update(state="done", detail=" ".join(f"{k}={metrics[k]:.{d}f}" for k, _, d in METRICS
-                                                   if _number(metrics.get(k))))
-    elif state == "failed" or said in ENDED:
-        row.update(state="failed", detail=record.get("error", f"job ended without finishing ({said})"),
-                   log_tail=_tail(record.get("error_log")) or _tail(record.get("log")))
-    elif state == "running" and said not in WAITING:
-        row.update(state="running", detail=_progress(run_dir) if training else "")
-    elif state == "running" or said in WAITING:
-        row.update(state="requeued" if record else "pending",
-                   detail=_progress(run_dir) + " saved" if record and training else "")
-    return row
-
-
 def status(sweep_dir: str | Path) -> list[dict]:
-    """Status rows of every element of a sweep."""
+    """One row per element: ``not started``, ``pending``, ``requeued``, ``running``, ``done`` or ``failed``."""
     plan, elements = load_elements(sweep_dir)
-    queue = job_states(plan, elements)
-    return [element_status(e, queue) for e in elements]
+    queue, rows = job_states(plan, elements), []
+    for element in elements:
+        run_dir = Path(element["run_dir"])
+        record = read_json(run_dir / ELEMENT_FILE) or {}
+        job_id = element.get("job_id") or (record.get("job_ids") or [None])[-1]
+        said = queue.get(job_id or "", "")
+        row = {"name": element["name"], "job_id": job_id or "-", "slurm": said or "-",
+               "attempts": record.get("attempts", 0), "detail": "", "state": "not started"}
+        state, training = record.get("state"), element.get("kind", "train") == "train"
+        if state == "done":
+            metrics = record.get("metrics") or read_json(run_dir / "metrics.json") or {}
+            row.update(state="done", detail=" ".join(f"{k}={metrics[k]:.{d}f}" for k, _, d in METRICS
+                                                       if type(metrics.get(k)) in (int, float)))
+        elif state == "failed" or said in ENDED:
+            row.update(state="failed", detail=record.get("error", f"job ended without finishing ({said})"),
+                       log_tail=_tail(record.get("error_log")) or _tail(record.get("log")))
+        elif state == "running" and said not in WAITING:
+            row.update(state="running", detail=_progress(run_dir) if training else "")
+        elif said in WAITING:  # or running by its record while the queue has it waiting
+            row.update(state="requeued" if record else "pending",
+                       detail=_progress(run_dir) + " saved" if record and training else "")
+        rows.append(row)
+    return rows
 
 
 def format_status(rows: list[dict]) -> str:
@@ -120,29 +115,18 @@ def format_status(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _element_config(element: dict) -> dict:
-    """The run's config, flattened: its ``config.yaml``, else (not started) the plan's overrides."""
-    path = Path(element["run_dir"]) / "config.yaml"
-    return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else dict(element.get("overrides") or {})
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _metric_stats(runs: list[dict]) -> dict:
     """{metric: (mean, sample std; 0 for one run) over the runs that report it, or None}."""
-    values = {key: [float(r[key]) for r in runs if _number(r.get(key))] for key, _, _ in METRICS}
+    values = {key: [float(r[key]) for r in runs if type(r.get(key)) in (int, float)] for key, _, _ in METRICS}
     return {key: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else None
             for key, v in values.items()}
 
 
 def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
-    """(the differing config keys, the rows) of a sweep's training elements. Elements that differ
-    only in ``run.seed`` form one row (``n``: runs with metrics; a mean is over the runs with that
-    metric); extra test sets (metrics.json ``tests``) get their own columns."""
+    """(the differing config keys, the rows) of a sweep's training elements; elements that differ only in
+    ``run.seed`` form one row (``n`` runs with metrics, each mean over the runs with that metric)."""
     elements = [e for e in load_elements(sweep_dir)[1] if e.get("kind", "train") == "train"]
-    configs = [_element_config(e) for e in elements]
+    configs = [_saved_config(Path(e["run_dir"])) or dict(e.get("overrides") or {}) for e in elements]  # not started
     keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k != "run.out_dir"
             and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
     shown, seeded = [k for k in keys if k != SEED_KEY], SEED_KEY in keys
@@ -165,8 +149,9 @@ def collect_rows(sweep_dir: str | Path) -> tuple[list[str], list[dict]]:
     return shown, rows
 
 
-def _columns(rows: list[dict]) -> list[tuple[str | None, str, str, int]]:
-    """(test set, or None for the main split; metric key; header; digits) of every metric column."""
+def _table(keys: list[str], rows: list[dict]) -> tuple[list[tuple], list[tuple[list[str], list]]]:
+    """The metric columns (test set or None, metric key, header, digits); per row its element and config
+    cells as text and its (mean, std) or None per metric column."""
     columns = []
     for name in [None, *dict.fromkeys(n for r in rows for n in r["tests"])]:
         stats = rows if name is None else [r["tests"][name] for r in rows if name in r["tests"]]
@@ -174,24 +159,19 @@ def _columns(rows: list[dict]) -> list[tuple[str | None, str, str, int]]:
         pck = f"PCK@{thresholds.pop():g}mm" if len(thresholds) == 1 else "PCK"
         columns += [(name, k, f"{name + ' ' if name else ''}{pck if k == 'pck' else h}", d) for k, h, d in METRICS
                     if k in CORE_METRICS or any(s.get(k) is not None for s in stats)]
-    return columns
-
-
-def _cells(row: dict, keys: list[str], columns: list) -> tuple[list[str], list]:
-    """A row's element and config cells as text, and its (mean, std) or None per metric column."""
-    plain = [("" if v is None else json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v))
-             for v in (row["config"][k] for k in keys)]
-    return [row["element"], *plain], [row.get(k) if name is None else row["tests"].get(name, {}).get(k)
-                                      for name, k, _, _ in columns]
+    text = [[r["element"], *("" if v is None else json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v)
+                             for v in (r["config"][k] for k in keys))] for r in rows]
+    values = [[r.get(k) if name is None else r["tests"].get(name, {}).get(k) for name, k, _, _ in columns]
+              for r in rows]
+    return columns, list(zip(text, values))
 
 
 def to_markdown(keys: list[str], rows: list[dict]) -> str:
     """The Markdown table; metric cells read ``mean ± std`` when seeds were grouped."""
-    grouped, columns = any("seeds" in r for r in rows), _columns(rows)
+    grouped, (columns, cells) = any("seeds" in r for r in rows), _table(keys, rows)
     header = ["element", *keys, *(["seeds"] if grouped else []), *(h for _, _, h, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        text, values = _cells(row, keys, columns)
+    for row, (text, values) in zip(rows, cells):
         text += [str(row["n"])] if grouped else []
         text += ["—" if v is None else f"{v[0]:.{d}f} ± {v[1]:.{d}f}" if grouped else f"{v[0]:.{d}f}"
                  for v, (*_, d) in zip(values, columns)]
@@ -201,42 +181,35 @@ def to_markdown(keys: list[str], rows: list[dict]) -> str:
 
 def to_csv(keys: list[str], rows: list[dict]) -> str:
     """CSV with full-precision ``<metric>_mean`` and ``_std`` columns (``<set>.<metric>_…`` for extra sets)."""
-    buffer, columns = io.StringIO(), _columns(rows)
+    buffer, (columns, cells) = io.StringIO(), _table(keys, rows)
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["element", *keys, "n", *(f"{name + '.' if name else ''}{k}_{s}" for name, k, _, _ in columns
                                               for s in ("mean", "std"))])
-    for row in rows:
-        text, values = _cells(row, keys, columns)
+    for row, (text, values) in zip(rows, cells):
         writer.writerow([*text, row["n"], *("" if v is None else repr(v[j]) for v in values for j in (0, 1))])
     return buffer.getvalue()
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """Bar plot of MPJPE, PCK and AUC per row (error bars: std over seeds), saved atomically."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no backend, no global figure to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(max(8, 3.6 * len(rows)), 3.6))
-    for ax, (key, label, _) in zip(axes, [m for m in METRICS if m[0] in CORE_METRICS]):
+    fig = Figure(figsize=(max(8, 3.6 * len(rows)), 3.6), layout="tight")
+    for ax, (key, label, _) in zip(fig.subplots(1, 3), [m for m in METRICS if m[0] in CORE_METRICS]):
         ax.bar(range(len(rows)), [r[key][0] if r[key] else float("nan") for r in rows],
                yerr=[r[key][1] if r[key] else 0.0 for r in rows], capsize=3, color="#4c72b0")
         ax.set_xticks(range(len(rows)), [r["element"] for r in rows], rotation=45, ha="right", fontsize=8)
         ax.set_title(label)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
-    plt.close(fig)
 
 
 def collect(sweep_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write ``results.md``, ``results.csv`` and ``results.png`` of a sweep; returns their paths."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
     keys, rows = collect_rows(sweep_dir)
     if not rows:
         raise ValueError(f"{sweep_dir}: no training elements to collect")

@@ -1,10 +1,7 @@
 """Sweep specs (``docs/sweeps.md``): an OmegaConf structured config of SLURM job arrays, expanded.
 
-OmegaConf checks keys and types; the checks here are what it cannot know: names become
-directories and job names, no string may start a line of its own in an sbatch file, run
-directories stay in the sweep directory. Overrides travel as values, merged into the run
-config by OmegaConf; a ``{var}`` fills one value or one command argument, never split again.
-"""
+OmegaConf checks keys and types; the checks here are what it cannot know: names become directories
+and job names, no string may start a line in an sbatch file, run directories stay in the sweep's."""
 from __future__ import annotations
 
 import itertools
@@ -49,9 +46,7 @@ class Kind(str, Enum):
 
 @dataclass
 class Resources:
-    """What every job of an array asks SLURM for. ``tasks_per_node``: ranks per node, default
-    ``gpus_per_node`` (a task per GPU) or 1; ``time``: as sbatch's ``--time``, quoted ("90" minutes,
-    "4:00:00", "1-12:00:00"); ``setup``: shell lines before ``srun``."""
+    """What every job of an array asks SLURM for (each key: ``docs/sweeps.md``, "Resources")."""
 
     nodes: int = 1
     tasks_per_node: int | None = None
@@ -109,8 +104,7 @@ class ArraySpec:
 
 @dataclass
 class SweepSpec(ArraySpec):
-    """The file: ``name``, ``out``, ``vars``, and ``config``, ``overrides``, ``resources`` for
-    every array; the ``arrays``, or without them the top level is the one array."""
+    """The file: ``name``, ``out``, ``vars``, keys for every array, and the ``arrays`` (else it is the one array)."""
 
     out: str | None = None
     vars: dict[str, Any] = field(default_factory=dict)
@@ -118,8 +112,7 @@ class SweepSpec(ArraySpec):
 
 
 class Element(NamedTuple):
-    """One job: a training run (``config`` and ``overrides``, dotted key → value, merged in
-    this order) or a depthpi CLI ``command``."""
+    """One job: a training run (``config``, then ``overrides``: dotted key → value) or a depthpi CLI ``command``."""
 
     name: str
     array: str
@@ -128,9 +121,6 @@ class Element(NamedTuple):
     config: str | None = None
     overrides: dict = {}
     command: tuple = ()
-
-    def to_dict(self) -> dict:
-        return {**self._asdict(), "kind": self.kind.value, "command": list(self.command)}
 
 
 class JobArray(NamedTuple):
@@ -160,21 +150,16 @@ def _typed(schema, raw, where: str) -> dict:
     """``raw`` checked against a dataclass by OmegaConf, as a plain dict with the defaults filled in."""
     if not isinstance(raw, dict):
         raise fail(where, f"a mapping of {schema.__name__} keys", raw)
-    try:
-        return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), raw), resolve=False)
-    except TypeError:  # a list where a mapping belongs or the reverse: OmegaConf names no key, so find it
-        for key, value in raw.items():
-            try:
-                OmegaConf.merge(OmegaConf.structured(schema), {key: value})
-            except TypeError:
-                raise fail(_at(where, key), f"a {'list' if isinstance(value, dict) else 'mapping'}", value) from None
-            except OmegaConfBaseException:
-                pass
-        raise
-    except OmegaConfBaseException as err:
-        hint = HINTS.get(str(err.full_key), "") if isinstance(err, ConfigKeyError) else ""
-        key = _at(where, err.full_key) or "<top level>"
-        raise SpecError(f"key {key!r}: {str(err.msg).splitlines()[0]}{hint}") from None
+    node = OmegaConf.structured(schema)
+    for key, value in raw.items():  # one key at a time: a TypeError of OmegaConf names no key
+        try:
+            node = OmegaConf.merge(node, {key: value})
+        except TypeError:  # a list where a mapping belongs or the reverse
+            raise fail(_at(where, key), f"a {'list' if isinstance(value, dict) else 'mapping'}", value) from None
+        except OmegaConfBaseException as err:
+            hint = HINTS.get(str(err.full_key), "") if isinstance(err, ConfigKeyError) else ""
+            raise SpecError(f"key {_at(where, err.full_key)!r}: {str(err.msg).splitlines()[0]}{hint}") from None
+    return OmegaConf.to_container(node, resolve=False)
 
 
 def _control(text: str) -> str | None:
@@ -203,17 +188,17 @@ def _name(value, key: str, origin: str, reserved: frozenset = frozenset()) -> st
 
 
 def _fill(value, values: dict[str, str], key: str):
-    """``value`` with ``{var}`` placeholders filled into every string in it."""
-    def replace(match: re.Match) -> str:
-        if match.group(1) not in values:
-            raise fail(key, f"placeholders among {{{', '.join(sorted(values))}}}", match.group(0))
-        return values[match.group(1)]
-
-    if isinstance(value, (list, dict)):
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        filled = {k: _fill(v, values, key) for k, v in items}
-        return filled if isinstance(value, dict) else list(filled.values())
-    return PLACEHOLDER.sub(replace, value) if isinstance(value, str) else value
+    """``value`` with ``{var}`` placeholders filled into every string in it (one value: never split again)."""
+    if isinstance(value, dict):
+        return {k: _fill(v, values, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, values, key) for v in value]
+    if not isinstance(value, str):
+        return value
+    unknown = [m.group(0) for m in PLACEHOLDER.finditer(value) if m.group(1) not in values]
+    if unknown:
+        raise fail(key, f"placeholders among {{{', '.join(sorted(values))}}}", unknown[0])
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], value)
 
 
 def _overrides(raw: dict, where: str, values: dict[str, str]) -> dict:
@@ -277,8 +262,7 @@ def _command_elements(row: dict, array: str, where: str, ctx: dict) -> list[Elem
     key, command, count = _at(where, "command"), row["command"], row["count"]
     if count < 1:
         raise fail(_at(where, "count"), "a positive integer (array size)", count)
-    listed = isinstance(command, list) and all(isinstance(c, (str, int, float)) and not isinstance(c, bool)
-                                               for c in command)
+    listed = isinstance(command, list) and all(type(c) in (str, int, float) for c in command)  # no bool, no null
     try:
         template = shlex.split(command) if isinstance(command, str) else [str(c) for c in command] if listed else []
     except ValueError as err:  # "No closing quotation", in the spec's own text
@@ -341,9 +325,9 @@ def _sweep_dir(out, data: dict, name: str) -> Path:
     """``--out``, else the spec's ``out:``, else ``runs/sweeps/<name>``. SLURM and submitit expand
     ``%j``, ``%A``… in log paths under it, and a backslash stops SLURM's expansion."""
     key, value = ("--out", str(out)) if out is not None else ("out", data["out"] or f"runs/sweeps/{name}")
-    if not value.strip() or _control(value) or "%" in value or "\\" in value:
-        raise fail(key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths) or "
-                        f"control characters{f' (found {_control(value)})' if _control(value) else ''}", value)
+    _refuse_control_characters(value, key)
+    if not value.strip() or "%" in value or "\\" in value:
+        raise fail(key, "a directory path without '%' or '\\' (SLURM and submitit read them in log paths)", value)
     path = Path(value).expanduser().resolve()
     long_part = next((part for part in path.parts if len(part.encode()) > NAME_MAX), None)
     if long_part:
@@ -367,9 +351,8 @@ def _variables(given: dict, cli: dict, sweep_dir: Path) -> dict[str, str]:
 
 
 def load_spec(path: str | Path, out: str | Path | None = None, variables: dict | None = None) -> Sweep:
-    """Read, check and expand a spec (``out``, ``variables``: ``--out``, ``--var``, over ``out:``, ``vars:``).
-
-    Raises SpecError naming the file and key at fault and what was expected."""
+    """Read, check and expand a spec (``out``, ``variables``: ``--out``, ``--var``, over ``out:``, ``vars:``);
+    a SpecError names the file, the key at fault and what was expected."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"sweep spec not found: {path}")
     try:

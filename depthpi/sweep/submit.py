@@ -1,14 +1,8 @@
-"""A sweep handed to submitit: one SLURM job array per array of the spec, or the same plan locally.
-
-Every task of a training job exports its process group's ``env://`` variables from submitit's
-environment and calls ``train(cfg)``, whose accelerator forms the group; rank 0 keeps the
-element's record. SLURM signals every task ``signal_delay_s`` before a preemption or time-out:
-each rank saves at its next log point, and submitit's ``checkpoint()`` on rank 0 requeues the job.
-"""
+"""A sweep handed to submitit: one SLURM job array per array of the spec, or the same plan locally;
+what runs in a job, its record, its requeue after a preemption (``docs/sweeps.md``)."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import shlex
@@ -19,17 +13,12 @@ from pathlib import Path
 
 import submitit
 
-from depthpi.io import atomic_write_json
+from depthpi.io import atomic_write_json, read_json
 from depthpi.log import configure_logging
 from depthpi.sweep.spec import Element, JobArray, Kind, Sweep
 
 log = logging.getLogger(__name__)
 ELEMENT_FILE, PLAN_FILE = "sweep_element.json", "sweep.json"
-
-
-def read_json(path: str | Path) -> dict | None:
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _now() -> str:
@@ -39,7 +28,7 @@ def _now() -> str:
 def record_start(element: Element, job_env) -> dict:
     """Count this attempt in ``<run_dir>/sweep_element.json`` (atomically); returns the record."""
     path = Path(element.run_dir) / ELEMENT_FILE
-    record = read_json(path) or {**element.to_dict(), "attempts": 0, "job_ids": []}
+    record = read_json(path) or {**element._asdict(), "attempts": 0, "job_ids": []}
     record["attempts"] += 1
     record["job_ids"] += [job_env.job_id] if job_env.job_id not in record["job_ids"] else []
     record.update(state="running", started=_now(), host=socket.gethostname(), tasks=job_env.num_tasks,
@@ -52,7 +41,7 @@ def record_start(element: Element, job_env) -> dict:
 def record_end(element: Element, state: str, **extra) -> None:
     """Mark the element ``done`` or ``failed`` (with its metrics or error)."""
     path = Path(element.run_dir) / ELEMENT_FILE
-    atomic_write_json(path, {**(read_json(path) or element.to_dict()), "state": state, "finished": _now(), **extra})
+    atomic_write_json(path, {**(read_json(path) or element._asdict()), "state": state, "finished": _now(), **extra})
 
 
 def export_rendezvous(job_env) -> dict[str, str]:
@@ -69,17 +58,15 @@ def export_rendezvous(job_env) -> dict[str, str]:
 
 
 class ElementJob:
-    """The submitit callable of an element, run by every task of its job: a training run, or
-    ``python -m depthpi.cli ARGS`` (no shell between). ``stop_grace_s``: how long the engine has,
-    after the preemption signal, to save at a step boundary before the job is requeued anyway."""
+    """What every task of an element's job runs: a training run, or ``python -m depthpi.cli ARGS`` (no shell).
+    ``stop_grace_s``: how long a run has, after the preemption signal, to save before it is requeued anyway."""
 
     def __init__(self, element: Element, stop_grace_s: float = 60.0):
         self.element, self.stop_grace_s = element, stop_grace_s
 
     def __call__(self):
-        job_env = submitit.JobEnvironment()
+        job_env, training = submitit.JobEnvironment(), self.element.kind is Kind.train
         is_main = job_env.global_rank == 0
-        training = self.element.kind is Kind.train
         if training:
             rendezvous = export_rendezvous(job_env)
             configure_logging(job_env.global_rank, job_env.num_tasks)
@@ -145,8 +132,7 @@ def submitit_folder(sweep: Sweep, array: JobArray) -> Path:
 
 
 def sbatch_script(array: JobArray, sweep: Sweep, dependency: str | None = None) -> str:
-    """The sbatch file submitit writes for this array (for ``--dry-run``), by submitit's own
-    builder, so that the preview cannot drift from what is submitted (a SLURM test compares them)."""
+    """The sbatch file submitit writes for this array (``--dry-run``), by its own builder: the preview cannot drift."""
     from submitit.slurm.slurm import _make_sbatch_string  # no public call gives the file
 
     params = {**slurm_parameters(array, sweep, dependency),
@@ -156,10 +142,29 @@ def sbatch_script(array: JobArray, sweep: Sweep, dependency: str | None = None) 
     return _make_sbatch_string(command=command, folder=folder, **params)
 
 
+def describe(sweep: Sweep, executor: str) -> str:
+    """The plan: arrays, their resources and dependencies, each element's overrides (and sbatch files)."""
+    lines = [f"sweep {sweep.name} ({sweep.spec_path}) -> {sweep.out_dir}", f"executor: {executor}"]
+    for array in sweep.arrays:
+        res = array.resources
+        lines += ["", f"== array {array.name}: {array.kind.value} × {len(array.elements)}"
+                      f"{' after ' + ', '.join(array.after) if array.after else ''}",
+                  f"   {res.nodes} node(s) × {res.tasks} task(s), {res.gpus_per_node} GPU(s)/node, "
+                  f"{res.cpus_per_task} CPU(s)/task, time {res.time}, at most {res.array_parallelism} at once"]
+        for i, e in enumerate(array.elements):
+            what = shlex.join(e.command) if e.kind is Kind.command else \
+                " ".join([e.config, *(f"{k}={v!r}" for k, v in e.overrides.items())])
+            lines.append(f"   [{i}] {e.name}: {what}")
+        if executor == "slurm":
+            dependency = "afterok:" + ":".join(f"JOBID_OF_{a}" for a in array.after) if array.after else None
+            lines += ["", f"--- sbatch file of array {array.name}", sbatch_script(array, sweep, dependency)]
+    return "\n".join(lines)
+
+
 def _write_plan(sweep: Sweep, executor: str, element_jobs: dict[str, str], job_ids: dict | None = None) -> None:
     """``<sweep_dir>/sweep.json``: the expanded plan and its job ids (what status and collect read)."""
     arrays = [{"name": a.name, "kind": a.kind.value, "after": list(a.after), "job_id": (job_ids or {}).get(a.name),
-               "elements": [{**e.to_dict(), "job_id": element_jobs.get(e.name)} for e in a.elements]}
+               "elements": [{**e._asdict(), "job_id": element_jobs.get(e.name)} for e in a.elements]}
               for a in sweep.arrays]
     atomic_write_json(Path(sweep.out_dir) / PLAN_FILE, {"name": sweep.name, "spec": sweep.spec_path,
                                                         "executor": executor, "submitted": _now(), "arrays": arrays})
@@ -182,9 +187,8 @@ def submit_slurm(sweep: Sweep) -> dict[str, str]:
 
 
 def run_local(sweep: Sweep) -> dict[str, str]:
-    """The plan run here by submitit's LocalExecutor: arrays in order, ``array_parallelism``
-    elements at a time, skipped where an array they follow failed (as ``afterok``); on one node,
-    on as many GPUs as are here. Returns element name → ``done``, ``failed`` or ``skipped``."""
+    """The plan run here by submitit's LocalExecutor, ``array_parallelism`` elements at a time on the GPUs
+    here, an array skipped where one it follows failed (``afterok``); element name → done/failed/skipped."""
     import torch
 
     states, element_jobs = {}, {}
