@@ -172,12 +172,9 @@ class ShardSource:
     role: str = "images"
 
 
-def split_sources(location: SplitLocation, manifest: Manifest, companions: list[ShardSource] | None = None,
-                  role: str = "images") -> list[ShardSource]:
+def split_sources(location: SplitLocation, manifest: Manifest, role: str = "images") -> list[ShardSource]:
     """The :class:`ShardSource` of every shard of ``manifest`` (manifest order)."""
-    companions = companions or [None] * len(manifest.shards)
-    return [ShardSource(location.url(shard.name), shard, location.remote, companion, role)
-            for shard, companion in zip(manifest.shards, companions, strict=True)]
+    return [ShardSource(location.url(shard.name), shard, location.remote, role=role) for shard in manifest.shards]
 
 
 class CountedStream:

@@ -238,10 +238,10 @@ def crop_person(rgb: np.ndarray, rgb_K: np.ndarray, box: np.ndarray, depth: np.n
 
 def make_sample(key: str, crops: Crops, *, dataset: str, subject: str, camera: str, action: str,
                 frame: int, joints_cam: np.ndarray | None, joint_valid: np.ndarray | None,
-                rgb_is_bgr: bool = True, extra: dict | None = None) -> Sample:
-    """A schema sample with world = the RGB camera frame (R = I, t = 0)."""
+                extra: dict | None = None) -> Sample:
+    """A schema sample with world = the RGB camera frame (R = I, t = 0); ``crops.rgb`` is BGR (OpenCV's)."""
     labeled = joints_cam is not None
-    rgb = cv2.cvtColor(crops.rgb, cv2.COLOR_BGR2RGB) if rgb_is_bgr else crops.rgb
+    rgb = cv2.cvtColor(crops.rgb, cv2.COLOR_BGR2RGB)
     meta = SampleMeta(
         dataset=dataset, subject=subject, camera=camera, action=action, frame=int(frame), labeled=labeled,
         rgb_K=np.asarray(crops.rgb_K, np.float64),
