@@ -49,7 +49,7 @@ from depthpi.data.batches import Batch, map_fn, with_depth  # noqa: E402
 from depthpi.data.loader import collate  # noqa: E402
 from depthpi.data.synthetic import SyntheticConfig, render_sample  # noqa: E402
 from depthpi.models.posenet import build_model, tap_features  # noqa: E402
-from depthpi.train.setup import build_stage  # noqa: E402
+from depthpi.train.run import build_stage  # noqa: E402
 from depthpi.weights import save_weights  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -127,9 +127,10 @@ class Step:
     def recompile(self) -> None:
         """(Re)wrap the trained model as ``run.compile`` does; after an OOM, compile afresh
         for the next batch size instead of recompiling with dynamic shapes."""
+        self.forward = self.model
         if self.cfg.run.compile:
             torch._dynamo.reset()
-            self.stage.model = torch.compile(self.model, backend=self.compile_backend)
+            self.forward = torch.compile(self.model, backend=self.compile_backend)
 
     def autocast(self):
         if self.cfg.run.precision == "fp32":
@@ -140,7 +141,7 @@ class Step:
     def __call__(self, batch: Batch) -> None:
         batch = batch.to(self.device)
         with self.autocast():
-            terms = self.stage.losses(batch, 1.0)
+            terms = self.stage.losses(self.forward, batch, 1.0)
         terms["loss"].backward()
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -263,7 +264,7 @@ def main() -> None:
     # A fresh process per workload (its own peak memory), forked from a server that has
     # imported torch and depthpi once; the server never touches CUDA.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "depthpi.train.setup", "depthpi.data.synthetic"])
+    ctx.set_forkserver_preload(["torch", "depthpi.train.run", "depthpi.data.synthetic"])
     rows = []
     for workload in args.workloads:
         with ctx.Pool(1) as pool:

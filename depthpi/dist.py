@@ -1,11 +1,13 @@
-"""The process group: where this process stands in it, and the few collectives depthpi runs itself.
+"""The process group: where this process stands in it, and the collectives depthpi names.
 
 :func:`world_info` is the one place that says a process's rank, world size and device:
 the launcher's ``env://`` variables (torchrun, ``accelerate launch``, or a sweep job's,
-exported from submitit's environment), else accelerate's ``PartialState``. Every collective here is called by every rank at the same point; the group
-has a timeout (``run.collective_timeout_s``), so a rank that misses one, or never joins,
-fails after that long with a message naming the collective or the ranks instead of hanging.
-torch is imported inside the functions: logging asks :func:`world_info` at start-up.
+exported from submitit's environment), else accelerate's ``PartialState``. The group is
+accelerate's (formed by the run's ``Accelerator``), with a timeout
+(``run.collective_timeout_s``); every collective here is called by every rank at the same
+point, so a rank that misses one, or never joins, fails after that long with a message
+naming the collective or the ranks instead of hanging. torch is imported inside the
+functions: logging asks :func:`world_info` at start-up.
 """
 from __future__ import annotations
 
@@ -85,14 +87,19 @@ def collective(what: str) -> Iterator[None]:
                            f"did not reach it or died ({' '.join(str(err).split())[:300]})") from err
 
 
-def gather_objects(value: Any, what: str) -> list[Any]:
-    """``value`` of every rank, in rank order (``[value]`` without a process group)."""
+def gather_objects(values: list, what: str) -> list:
+    """``values`` of every rank, concatenated in rank order: accelerate's ``gather_object``,
+    with a failed or timed-out collective named (``what``) and without a process group
+    ``values`` itself (accelerate's would set up its state to find that out)."""
     if not is_distributed():
-        return [value]
-    import torch.distributed as dist
+        return list(values)
+    from accelerate.utils import gather_object
 
-    gathered = [None] * dist.get_world_size()
     with collective(what):
-        dist.all_gather_object(gathered, value)
-    return gathered
+        return gather_object(values)
 
+
+def first_on_any_rank(value: Any, what: str) -> Any:
+    """The first non-empty ``value`` in rank order (a refusal, an error line), the same on
+    every rank; None when no rank has one (a collective: every rank calls it)."""
+    return next(filter(None, gather_objects([value], what)), None)

@@ -79,7 +79,7 @@ def evaluate(predict: Callable[[Batch], torch.Tensor], loader, device: torch.dev
         metrics.all_reduce()
         if reference is not None:
             reference.all_reduce()
-    skipped = skip_summary([r for rank in gather_objects([loader.pass_stats()], "skip reports") for r in rank])
+    skipped = skip_summary(gather_objects([loader.pass_stats()], "skip reports"))
     return Evaluation(metrics, skipped, reference)
 
 

@@ -19,7 +19,8 @@ from depthpi.config import load_config
 from depthpi.data.batches import Batch, build_eval_loader, model_inputs, with_depth
 from depthpi.losses import distillation_loss, regression_loss
 from depthpi.models.posenet import ModelConfig, build_model, run_model
-from depthpi.train.setup import build_loaders, build_stage
+from depthpi.train.loaders import build_loaders
+from depthpi.train.run import build_stage
 from depthpi.weights import save_weights
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
@@ -60,14 +61,14 @@ def train_student(cfg, break_teacher: bool = False):
     if break_teacher:
         real = stage.teacher.outputs
         stage.teacher.outputs = lambda batch, inputs, pose: (torch.full_like(real(batch, inputs, pose)[0], 0.5), None)
-    loaders = build_loaders(cfg, stage, rank=0, world=1)
+    loaders = build_loaders(cfg, stage.needs_depth, rank=0, world=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
     step, epoch = 0, 0
     while step < STEPS:
         loaders.start_epoch(epoch, {}, 0)
         for _, batch in loaders.train_batches(start=0):
-            stage.losses(batch, epoch=float(epoch))["loss"].backward()
+            stage.losses(model, batch, epoch=float(epoch))["loss"].backward()
             optimizer.step()
             optimizer.zero_grad()
             step += 1
@@ -119,7 +120,7 @@ def test_one_step_is_the_objective_computed_by_hand_from_the_named_tap_of_the_sa
     cfg = student_config(toy, tmp_path)
     torch.manual_seed(0)
     stage, model = build_stage(cfg, torch.device("cpu"))
-    loaders = build_loaders(cfg, stage, rank=0, world=1)
+    loaders = build_loaders(cfg, stage.needs_depth, rank=0, world=1)
     loaders.start_epoch(0, {}, 0)
     _, batch = next(loaders.train_batches(start=0))
     assert batch.labeled.tolist() == [True] * 8 + [False] * 4  # the unlabelled share, labels withheld
@@ -128,7 +129,7 @@ def test_one_step_is_the_objective_computed_by_hand_from_the_named_tap_of_the_sa
     caught = {}
     spy_on(model.backbone.layer3[1], "student", caught)
     spy_on(stage.teacher.model.module.trunk.layer3[1], "teacher", caught)
-    terms = stage.losses(batch, epoch=0.0)
+    terms = stage.losses(model, batch, epoch=0.0)
 
     inputs = stage.inputs(batch)
     depth = model_inputs(batch, rgb=False, depth=True).depth

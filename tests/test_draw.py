@@ -8,7 +8,7 @@ from depthpi.draw import (BOX_COLOUR, CENTRE, GT_COLOUR, LEFT, PRED_COLOUR, RIGH
                           render_overlay, side_colours)
 from depthpi.skeleton import H36M_17
 from depthpi.data.batches import Batch
-from depthpi.train.logging import skeleton_panel
+from depthpi.train.reporting import skeleton_panel
 
 CHAIN = [(1, 0), (2, 1)]  # three joints: 0 — 1 — 2
 

@@ -294,6 +294,8 @@ def test_deepspeed_zero2_from_the_run_config_trains_two_ranks_and_resumes(shards
     result = _launch_two("baseline", DEMO / "baseline_rgb.yaml", overrides)
     assert "precision bf16, DeepSpeed ZeRO-2" in result.stderr
     _assert_two_ranks_disjoint_and_in_sync(run_dir)
+    norms = tb_scalars(run_dir)["train/grad_norm"]  # DeepSpeed's own, from the step that clipped by it
+    assert norms and all(math.isfinite(n) and n > 0 for n in norms)
     assert (run_dir / "export" / "last.pt").is_file()
     # one checkpoint format: the same directory layout as DDP, DeepSpeed's files inside
     latest = checkpoint_dirs(run_dir)[-1]
@@ -329,7 +331,7 @@ def test_student_with_online_teacher_trains_and_teacher_stays_frozen(shards, tmp
 
 def test_teacher_weights_without_a_run_that_do_not_fit_name_the_architecture(shards, tmp_path):
     from depthpi.models.posenet import build_model
-    from depthpi.train.setup import build_stage
+    from depthpi.train.run import build_stage
     from depthpi.weights import save_weights
 
     teacher_cfg = load_config(DEMO / "teacher.yaml", ["model.depth_branch_checkpoint=null", "model.init=none"])

@@ -349,15 +349,17 @@ def test_verify_at_start_refuses_a_shard_that_differs_from_its_manifest(synth, t
 def _gather_on_one_rank(rank: int, port: int, out: str) -> None:
     from datetime import timedelta
 
-    import torch.distributed as dist
+    from accelerate import PartialState
 
     from depthpi.dist import gather_objects
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=2))
+    # the group as a run forms it: accelerate's, from the launcher's variables
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    PartialState(cpu=True, backend="gloo", timeout=timedelta(seconds=2))
     if rank == 1:
         try:
-            gather_objects({"skips": 0}, "skip reports")
+            gather_objects([{"skips": 0}], "skip reports")
         except RuntimeError as err:
             Path(out).write_text(str(err))
     else:  # busy elsewhere for longer than the timeout: it never joins the collective

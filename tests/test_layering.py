@@ -62,7 +62,7 @@ def reachable(start: str) -> set[str]:
 
 def test_the_graph_sees_every_module_and_a_known_edge():
     assert {"depthpi.train.engine", "depthpi.data.loader", "depthpi.camera"} <= set(graph())
-    assert "depthpi.train.setup" in graph()["depthpi.train.engine"][1]
+    assert "depthpi.train.run" in graph()["depthpi.train.engine"][1]
 
 
 @pytest.mark.parametrize("module", ["depthpi.predict", "depthpi.evaluate", "depthpi.export", "depthpi.precompute",
@@ -72,7 +72,7 @@ def test_using_a_trained_model_does_not_import_the_training_engine(module):
     assert not leaked, f"{module} imports {sorted(leaked)}"
 
 
-@pytest.mark.parametrize("module", ["depthpi.train.engine", "depthpi.train.setup", "depthpi.evaluate"])
+@pytest.mark.parametrize("module", ["depthpi.train.engine", "depthpi.train.run", "depthpi.evaluate"])
 def test_training_and_evaluation_do_not_import_precompute_or_prediction(module):
     assert "depthpi.precompute" not in reachable(module)
     if module != "depthpi.evaluate":

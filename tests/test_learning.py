@@ -17,7 +17,7 @@ from depthpi.config import load_config
 from depthpi.data.batches import Batch, Inputs, build_eval_loader, build_train_loaders, with_depth
 from depthpi.data.reference import mean_pose
 from depthpi.evaluate import evaluate
-from depthpi.train.setup import build_stage
+from depthpi.train.run import build_stage
 from depthpi.weights import save_weights
 
 from conftest import subset_split
@@ -60,12 +60,12 @@ def overfit(config: str, split: Path, tmp_path: Path, epochs: int = EPOCHS, lr: 
             group["lr"] = lr if epoch < 0.75 * epochs else 0.1 * lr
         loader.set_epoch(epoch)
         for raw in loader:
-            terms = stage.losses(Batch.from_collated(raw), epoch=float(epoch))
+            terms = stage.losses(model, Batch.from_collated(raw), epoch=float(epoch))
             terms["loss"].backward()
             optimizer.step()
             optimizer.zero_grad()
     model.eval()
-    result = evaluate(lambda batch: stage.predict(batch), build_eval_loader(cfg.data, pipeline, str(split), 0, 1),
+    result = evaluate(lambda batch: stage.predict(model, batch), build_eval_loader(cfg.data, pipeline, str(split), 0, 1),
                       torch.device("cpu"), 50.0, mean_pose=mean_pose(split)).summary()
     return result["mpjpe"], result["mean_pose_mpjpe"], model
 

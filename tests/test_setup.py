@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from depthpi.config import load_config
-from depthpi.train.setup import check_launcher_settings, deepspeed_plugin, make_accelerator, resolve_precision
+from depthpi.train.accelerator import check_launcher_settings, deepspeed_plugin, make_accelerator, resolve_precision
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo"
 

@@ -1,23 +1,15 @@
 """Resumable checkpoints: accelerate's own format inside an atomic, rotated directory.
 
-Layout of a run directory::
-
-    run_dir/config.yaml                  the resolved config of the run
-    run_dir/checkpoints/step-00001200/   one checkpoint (a directory)
-        model.safetensors, optimizer.bin, random_states_<rank>.pkl, ...
-                       ``accelerator.save_state``: model, optimiser, scaler and every
-                       rank's RNG (DDP); DeepSpeed writes its sharded files here instead
-        trainer.json   epoch, step, data positions, best metric: written last, it marks
-                       the checkpoint complete
-    run_dir/export/last.pt, best.pt      plain model state dicts for inference
-
-One format for DDP and DeepSpeed. A checkpoint is written under a temporary name and
-renamed into place once complete; re-saving a step swaps the new directory in before the
-old one is removed, so a kill at any moment leaves a complete latest checkpoint. Before
-accelerate (or DeepSpeed, which unpickles freely) reads a checkpoint, every pickle-based
-file in it is opened with ``torch.load(weights_only=True)``: a crafted file is refused.
-DeepSpeed's optimiser files hold three DeepSpeed types (its loss scaler, ZeRO stage enum and
-fragment addresses); exactly those are allowed besides tensors and plain data.
+``run_dir/checkpoints/step-<8 digits>/`` holds what ``accelerator.save_state`` writes
+(model, optimiser, scaler and every rank's RNG; DeepSpeed's sharded files under DeepSpeed)
+and ``trainer.json`` (epoch, step, data positions, best metric), written last: it marks the
+checkpoint complete. A checkpoint is written under a temporary name and renamed into place;
+re-saving a step swaps the new directory in before the old one goes, so a kill at any
+moment leaves a complete latest checkpoint. The newest ``run.keep_last`` are kept, older
+ones removed only once a newer one is complete (accelerate's ``total_limit`` rotation
+deletes before it writes). Before accelerate (or DeepSpeed, which unpickles freely) reads a
+checkpoint, every pickle-based file must load with ``torch.load(weights_only=True)``;
+DeepSpeed's optimiser files may hold three DeepSpeed types besides tensors and plain data.
 Nothing is registered with ``register_for_checkpointing`` (accelerate loads those with
 ``weights_only=False``); the trainer's own state is JSON.
 """
@@ -34,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from depthpi.dist import gather_objects
+from depthpi.dist import first_on_any_rank
 from depthpi.io import DiskFullError, atomic_write_text, disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -141,7 +133,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, trainer: TrainerState, kee
     accelerator.wait_for_everyone()
     saved = _unless_full(lambda: accelerator.save_state(str(tmp), safe_serialization=True), tmp)
     # also the barrier: every rank's files (its RNG state, its ZeRO shard) are written
-    full = next(filter(None, gather_objects(saved, "checkpoint files written")), None)
+    full = first_on_any_rank(saved, "checkpoint files written")
     if full is None and accelerator.is_main_process:
         full = _unless_full(lambda: atomic_write_text(tmp / MARKER, json.dumps(asdict(trainer), indent=1),
                                                       fsync=True), tmp)
@@ -149,7 +141,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, trainer: TrainerState, kee
             _swap_in(tmp, final)
             for stale in checkpoint_dirs(run_dir)[:-keep_last]:
                 shutil.rmtree(stale, ignore_errors=True)
-    full = next(filter(None, gather_objects(full, "checkpoint complete")), None)
+    full = first_on_any_rank(full, "checkpoint complete")
     if full:  # every rank stops with the same line; none is left waiting for the others
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -33,7 +33,7 @@ def main(stage: str, argv: list[str] | None = None) -> dict:
     from depthpi.io import DiskFullError
     from depthpi.train.checkpoint import resume_hint
     from depthpi.train.engine import train  # heavy imports after argument errors
-    from depthpi.train.setup import StartupError
+    from depthpi.train.startup_checks import StartupError
 
     configure_logging()
     try:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from depthpi.dist import gather_objects
+from depthpi.dist import first_on_any_rank
 
 LOCK_NAME = "run.lock"
 
@@ -82,7 +82,7 @@ def hold_run_dir(run_dir: str | Path, is_main: bool) -> Iterator[None]:
             lock.acquire()
         except RunDirBusy as err:
             refusal = str(err)
-    refusal = next(filter(None, gather_objects(refusal, "run directory lock")), None)
+    refusal = first_on_any_rank(refusal, "run directory lock")
     if refusal:
         lock.release()
         raise RunDirBusy(refusal)

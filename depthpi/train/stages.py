@@ -1,9 +1,9 @@
 """What each training stage computes from a batch on the training device.
 
 The engine knows stages only through this interface (``losses``, ``predict``, ``panels``),
-so one loop serves the baselines (Tables 6.1–6.2), the teacher (6.3) and the students
-(6.4–6.9). What differs between stages is the stage's type and its teacher object, never
-which fields a batch happens to hold.
+each given the model to run, so one loop serves the baselines (Tables 6.1–6.2), the teacher
+(6.3) and the students (6.4–6.9). What differs between stages is the stage's type and its
+teacher object, never which fields a batch happens to hold.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from depthpi.data.batches import Batch, Inputs, model_inputs
 from depthpi.losses import alpha_at, regression_loss, student_objective
-from depthpi.models.posenet import needs_depth, needs_rgb, run_model, tap_features
+from depthpi.models.posenet import needs_depth, needs_rgb, run_model
 from depthpi.train.targets import keypoint_attention
 
 
@@ -21,12 +21,11 @@ class SupervisedStage:
     """Baseline RGB, baseline depth or RGB-D teacher: regression only (eq. 4.12).
 
     Args:
-        model: the trained model (possibly wrapped by DDP / DeepSpeed / compile).
         cfg: the run's TrainConfig.
     """
 
-    def __init__(self, model: nn.Module, cfg):
-        self.model, self.cfg = model, cfg
+    def __init__(self, cfg):
+        self.cfg = cfg
         self.channels_last = cfg.run.channels_last
 
     @property
@@ -40,23 +39,24 @@ class SupervisedStage:
         return model_inputs(batch, rgb=needs_rgb(self.cfg.model), depth=needs_depth(self.cfg.model),
                             channels_last=self.channels_last and on_gpu)
 
-    def losses(self, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
-        """Loss terms of one batch (joints (B, J, 3) root-relative mm, valid (B, J)).
+    def losses(self, model: nn.Module, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
+        """Loss terms of ``model`` (possibly wrapped by DDP / DeepSpeed / compile) on one batch
+        (joints (B, J, 3) root-relative mm, valid (B, J)) at ``epoch`` (fractional).
 
         Returns ``loss`` (scalar, with graph), ``regression`` (detached) and ``pred``
         (B, J, 3) mm, detached; the engine logs every term but ``pred``.
         """
         inputs = self.inputs(batch)
-        pred = run_model(self.model, self.cfg.model, inputs.rgb, inputs.depth).joints
+        pred = run_model(model, self.cfg.model, inputs.rgb, inputs.depth).joints
         loss = regression_loss(pred, batch.joints, batch.valid, self.cfg.loss).mean()
         return {"loss": loss, "regression": loss.detach(), "pred": pred.detach()}
 
-    def predict(self, batch: Batch, model: nn.Module | None = None) -> torch.Tensor:
-        """(B, J, 3) mm root-relative predictions of ``model`` (default: the trained one)."""
+    def predict(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """(B, J, 3) mm root-relative predictions of ``model``."""
         inputs = self.inputs(batch)
-        return run_model(model or self.model, self.cfg.model, inputs.rgb, inputs.depth).joints
+        return run_model(model, self.cfg.model, inputs.rgb, inputs.depth).joints
 
-    def panels(self, batch: Batch, model: nn.Module) -> dict[str, np.ndarray]:
+    def panels(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
         """Extra image summaries of this stage (name → HWC uint8); none for supervised stages."""
         return {}
 
@@ -108,8 +108,8 @@ class StudentStage(SupervisedStage):
         teacher: :class:`OnlineTeacher` or :class:`StoredTeacher`.
     """
 
-    def __init__(self, model: nn.Module, cfg, teacher: OnlineTeacher | StoredTeacher):
-        super().__init__(model, cfg)
+    def __init__(self, cfg, teacher: OnlineTeacher | StoredTeacher):
+        super().__init__(cfg)
         self.teacher = teacher
         self.tap = cfg.distill.tap
 
@@ -117,7 +117,7 @@ class StudentStage(SupervisedStage):
     def needs_depth(self) -> bool:
         return isinstance(self.teacher, OnlineTeacher) and needs_depth(self.teacher.model_cfg)
 
-    def losses(self, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
+    def losses(self, model: nn.Module, batch: Batch, epoch: float) -> dict[str, torch.Tensor]:
         """Eq. 4.23: regression on the labelled samples + α(epoch) · distillation of the tap.
 
         Unlabelled samples (``labeled`` False) add only distillation (and, with
@@ -125,7 +125,7 @@ class StudentStage(SupervisedStage):
         ``distillation`` (``pose_distillation``), ``alpha`` and ``pred`` (B, J, 3) mm, detached but ``loss``.
         """
         inputs = self.inputs(batch)
-        out = run_model(self.model, self.cfg.model, inputs.rgb, inputs.depth, (self.tap,))
+        out = run_model(model, self.cfg.model, inputs.rgb, inputs.depth, (self.tap,))
         student_feat = out.features[self.tap]
         teacher_feat, teacher_pose = self.teacher.outputs(batch, inputs, pose=self.cfg.distill.pose_weight > 0)
         alpha = alpha_at(epoch, self.cfg.distill)
@@ -136,9 +136,9 @@ class StudentStage(SupervisedStage):
                                   alpha, self.cfg.loss, self.cfg.distill, attention, teacher_pose)
         return {**terms, "alpha": torch.tensor(alpha), "pred": out.joints.detach()}
 
-    def panels(self, batch: Batch, model: nn.Module) -> dict[str, np.ndarray]:
+    def panels(self, model: nn.Module, batch: Batch) -> dict[str, np.ndarray]:
         """Fig. 6.3: Σ_c |F_teacher − F_student| per location for the first samples."""
-        from depthpi.train.logging import feature_difference_panel
+        from depthpi.train.reporting import feature_difference_panel
 
         small = batch.head(4)
         inputs = self.inputs(small)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from depthpi.dist import gather_objects
+from depthpi.dist import first_on_any_rank
 
 INSTALL = {"tensorboard": "pip install tensorboard", "mlflow": "pip install mlflow-skinny",
            "wandb": "pip install wandb"}
@@ -35,7 +35,7 @@ def check_trackers(log_with: tuple[str, ...], run_dir: Path, timeout_s: float, i
     problem = None
     if is_main:
         problem = next(filter(None, (tracker_problem(kind, run_dir, timeout_s) for kind in log_with)), None)
-    problem = next(filter(None, gather_objects(problem, "tracker check")), None)
+    problem = first_on_any_rank(problem, "tracker check")
     if problem:
         others = [k for k in log_with if not problem.startswith(k)]
         raise ValueError(f"config key 'run.log_with': {problem}; or log without it: run.log_with=[{','.join(others)}]")
