@@ -131,7 +131,7 @@ def flat_config(tree: dict, prefix: str = "") -> dict[str, str | int | float | b
         if isinstance(value, dict):
             flat.update(flat_config(value, f"{prefix}{key}."))
         else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (str, int, float, bool)) else str(value)
+            flat[f"{prefix}{key}"] = value if type(value) in (str, int, float, bool) else str(value)  # Choice → str
     return flat
 
 

@@ -28,9 +28,9 @@ from depthpi.io import atomic_write_json
 from depthpi.train.checkpoint import CheckpointError
 from depthpi.train.logging import make_trackers
 from depthpi.evaluate import threshold_for_split
-from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze
+from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze, load_model
 from depthpi.train.stages import OnlineTeacher, StoredTeacher, StudentStage, SupervisedStage
-from depthpi.weights import find_run_config, load_model
+from depthpi.weights import find_run_config
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -211,7 +211,7 @@ def check_precomputed(cfg: TrainConfig) -> tuple[str, str | None]:
         pairs.append((cfg.teacher.unlabeled_features, cfg.data.unlabeled))
     for features, source in pairs:
         check_feature_shards(features, source, tap=cfg.distill.tap, input_size=cfg.data.pipeline.input_size,
-                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights)
+                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights, teacher_model=cfg.teacher.model)
     return cfg.teacher.features, cfg.teacher.unlabeled_features
 
 
