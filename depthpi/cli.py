@@ -106,13 +106,15 @@ def _precompute(args) -> None:
 def _taps_of(teacher: str, config: str | None) -> str:
     """The tap names ``--teacher``'s architecture accepts, and the thesis' choice among them."""
     from depthpi.config import load_config
-    from depthpi.models.taps import LAYER_DEPTHS, valid_taps
+    from depthpi.models.taps import LAYER_DEPTHS, block_alias, valid_taps
     from depthpi.weights import find_run_config
 
     model = load_config(config or find_run_config(teacher)).model
-    names = valid_taps(model.arch, teacher=model.kind == "teacher")
+    is_teacher = model.kind == "teacher"
+    names = [f"{name}  ({block_alias(name, model.arch, is_teacher) or 'no block alias'})"
+             for name in valid_taps(model.arch, is_teacher)]
     thesis = f"layer3.{LAYER_DEPTHS[model.arch][2] - 1}.post_relu"
-    return (f"taps of {teacher} ({model.kind}, {model.arch}); blockK and layerI.J name the same block:\n"
+    return (f"taps of {teacher} ({model.kind}, {model.arch}), each with its thesis-style block name:\n"
             + "\n".join(names) + f"\nthe thesis' tap (the last layer3 block, after ReLU): {thesis}")
 
 
@@ -178,11 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--teacher", required=True, help="teacher weights (run/export/last.pt)")
     pre.add_argument("--config", help="teacher run config (default: config.yaml of the teacher's run)")
     pre.add_argument("--shards", help="source split directory (required)")
-    pre.add_argument("--tap", default="block13.post_relu", help="teacher feature map to store, as the student's "
-                     "distill.tap names it (default %(default)s: ResNet-50's 13th block; --list-taps for others)")
+    pre.add_argument("--tap", default="layer3.5.post_relu", help="teacher feature map to store, by either of its "
+                     "names (layer3.5.post_relu or block13.post_relu; default %(default)s: ResNet-50's 13th block; "
+                     "--list-taps for others)")
     pre.add_argument("--list-taps", action="store_true", help="print the taps the teacher's architecture accepts")
     pre.add_argument("--views", type=int, default=4, help="K views per sample; view 0 is un-augmented")
-    pre.add_argument("--dtype", default="fp16", choices=["fp16", "uint8"], help="uint8 stores sigmoid(F)")
+    pre.add_argument("--dtype", default="fp16", help="fp16, or uint8 (stores sigmoid(F))")
     pre.add_argument("--out", help="feature split directory (mirrors --shards; required)")
     pre.add_argument("--seed", type=int, default=0, help="seed of the augmented views")
     pre.add_argument("--batch", type=int, default=64)

@@ -21,16 +21,24 @@ from depthpi.data.pipeline import PipelineConfig
 from depthpi.data.remote import RemoteConfig
 from depthpi.io import atomic_write_text
 from depthpi.losses import DistillationConfig, RegressionLossConfig
-from depthpi.metrics import DEFAULT_THRESHOLDS
-from depthpi.models.posenet import ModelConfig
+from depthpi.models.posenet import Init, ModelConfig, ModelKind
 from depthpi.models.taps import parse_tap
+from depthpi.validation import Choice, ConfigError, check
 
-STAGES = ("baseline", "teacher", "student")
 # A config is tens of lines; these bounds refuse a hostile one before YAML parses it.
 MAX_CONFIG_BYTES = 256 << 10
 MAX_OVERRIDE_BYTES = 16 << 10
 MAX_OVERRIDES = 1000
 MAX_BASE_DEPTH = 16
+
+
+Stage = Choice("Stage", "baseline teacher student")
+# each training data set picks a PCK/AUC threshold (depthpi.metrics.DEFAULT_THRESHOLDS)
+Dataset = Choice("Dataset", "synthetic ntu pku h36m")
+TeacherMode = Choice("TeacherMode", "online precomputed")
+Precision = Choice("Precision", "auto bf16 fp16 fp32")
+Offload = Choice("Offload", "none cpu")
+Tracker = Choice("Tracker", "tensorboard mlflow wandb")
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = 4
     shuffle_buffer: int = 500
-    dataset: str = "synthetic"
+    dataset: Dataset = Dataset.synthetic
     extra_tests: dict[str, str | None] | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     verify_shards: bool = False
@@ -81,12 +89,13 @@ class DataConfig:
 
     def __post_init__(self):
         for key in ("train", "test"):
-            _check(bool(getattr(self, key)), f"data.{key}", "a split directory or URL", getattr(self, key))
-        _check(self.batch_size >= 1, "data.batch_size", "an integer >= 1", self.batch_size)
-        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
-        _check(self.num_workers >= 0, "data.num_workers", "an integer >= 0 (0: load in the training process)",
-               self.num_workers)
-        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", "an integer >= 1", self.shuffle_buffer)
+            check(bool(getattr(self, key)), key, "a split directory or URL", getattr(self, key))
+        check(0 <= self.unlabeled_fraction < 1, "unlabeled_fraction", "a share in [0, 1)", self.unlabeled_fraction)
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        check(self.num_workers >= 0, "num_workers", "an integer >= 0 (0: load in the training process)",
+              self.num_workers)
+        check(self.shuffle_buffer >= 1, "shuffle_buffer", "an integer >= 1", self.shuffle_buffer)
 
 
 @dataclass(frozen=True)
@@ -107,19 +116,19 @@ class OptimConfig:
     freeze_bn_after_epoch: int | None = None
 
     def __post_init__(self):
-        _check(self.lr > 0, "optim.lr", "> 0", self.lr)
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
-               "two numbers in [0, 1)", list(self.betas))
-        _check(self.weight_decay >= 0, "optim.weight_decay", ">= 0", self.weight_decay)
-        _check(self.epochs >= 1, "optim.epochs", "an integer >= 1", self.epochs)
-        _check(len(self.lr_factors) == len(self.lr_milestones) + 1, "optim.lr_factors",
-               f"len(optim.lr_milestones) + 1 = {len(self.lr_milestones) + 1} values", list(self.lr_factors))
-        _check(list(self.lr_milestones) == sorted(self.lr_milestones) and all(m >= 0 for m in self.lr_milestones),
-               "optim.lr_milestones", "non-negative and increasing", list(self.lr_milestones))
-        _check(all(f >= 0 for f in self.lr_factors), "optim.lr_factors", "values >= 0", list(self.lr_factors))
-        _check(self.grad_clip >= 0, "optim.grad_clip", ">= 0 (0: no clipping)", self.grad_clip)
-        _check(self.freeze_bn_after_epoch is None or self.freeze_bn_after_epoch >= 0, "optim.freeze_bn_after_epoch",
-               "null or an integer >= 0", self.freeze_bn_after_epoch)
+        check(self.lr > 0, "lr", "> 0", self.lr)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)",
+              list(self.betas))
+        check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        check(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        check(len(self.lr_factors) == len(self.lr_milestones) + 1, "lr_factors",
+              f"len(optim.lr_milestones) + 1 = {len(self.lr_milestones) + 1} values", list(self.lr_factors))
+        check(list(self.lr_milestones) == sorted(self.lr_milestones) and all(m >= 0 for m in self.lr_milestones),
+              "lr_milestones", "non-negative and increasing", list(self.lr_milestones))
+        check(all(f >= 0 for f in self.lr_factors), "lr_factors", "values >= 0", list(self.lr_factors))
+        check(self.grad_clip >= 0, "grad_clip", ">= 0 (0: no clipping)", self.grad_clip)
+        check(self.freeze_bn_after_epoch is None or self.freeze_bn_after_epoch >= 0, "freeze_bn_after_epoch",
+              "null or an integer >= 0", self.freeze_bn_after_epoch)
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,8 @@ class TeacherConfig:
     """
 
     weights: str | None = None
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="teacher", init="none"))
-    mode: str = "online"
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind=ModelKind.teacher, init=Init.none))
+    mode: TeacherMode = TeacherMode.online
     features: str | None = None
     unlabeled_features: str | None = None
 
@@ -156,15 +165,10 @@ class DeepSpeedConfig:
     """
 
     zero_stage: int = 0
-    offload_optimizer: str = "none"
+    offload_optimizer: Offload = Offload.none
 
     def __post_init__(self):
-        _check(self.zero_stage in (0, 1, 2), "run.deepspeed.zero_stage", "0 (off), 1 or 2", self.zero_stage)
-        _check(self.offload_optimizer in ("none", "cpu"), "run.deepspeed.offload_optimizer", "none or cpu",
-               self.offload_optimizer)
-
-
-TRACKERS = ("tensorboard", "mlflow", "wandb")
+        check(self.zero_stage in (0, 1, 2), "zero_stage", "0 (off), 1 or 2", self.zero_stage)
 
 
 @dataclass(frozen=True)
@@ -174,68 +178,72 @@ class RunConfig:
     Attributes:
         out_dir: run directory (checkpoints, TensorBoard logs, exports, config.yaml).
         seed: seeds model init and every augmentation draw.
+        steps_per_epoch: cap on steps per epoch (0 = the whole split); for demos.
         precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``bf16``, ``fp16`` (loss
             scaling), ``fp32``. The only precision setting: ``accelerate launch
             --mixed_precision`` and accelerate config files do not change it.
+        cpu: force CPU even when a GPU is present.
+        compile: wrap the model in ``torch.compile``.
+        channels_last: NHWC activations on GPU (ignored on CPU).
+        sync_bn: convert BatchNorm to SyncBatchNorm across ranks.
         deepspeed: DeepSpeed ZeRO (off by default); the only DeepSpeed setting.
-        steps_per_epoch: cap on steps per epoch (0 = the whole split); for demos.
+        collective_timeout_s: a collective that does not complete within this many seconds
+            (a rank died or missed it) fails with a message instead of hanging.
         checkpoint_every: steps between checkpoints (an epoch's end always saves).
         keep_last: checkpoints kept besides the exported best weights.
+        allow_config_change: resume a run directory whose config.yaml differs from this
+            config (refused otherwise, naming the keys that differ); the new config is then
+            saved and the old one kept beside it.
         log_every: steps between scalar logs.
         image_every: steps between TensorBoard image summaries (0 = epoch ends only).
-        sync_bn: convert BatchNorm to SyncBatchNorm across ranks.
-        channels_last: NHWC activations on GPU (ignored on CPU).
-        compile: wrap the model in ``torch.compile``.
-        cpu: force CPU even when a GPU is present.
         log_with: experiment trackers (accelerate's): any of ``tensorboard`` (writes
             ``out_dir/tensorboard``), ``mlflow`` (``MLFLOW_TRACKING_URI``), ``wandb``; each is
             checked at start (installed, its store writable or answering).
         tracker_timeout_s: how long the check at start waits for a tracker's server.
-        collective_timeout_s: a collective that does not complete within this many seconds
-            (a rank died or missed it) fails with a message instead of hanging.
-        allow_config_change: resume a run directory whose config.yaml differs from this
-            config (refused otherwise, naming the keys that differ); the new config is then
-            saved and the old one kept beside it.
     """
 
+    # what runs
     out_dir: str = "runs/default"
     seed: int = 0
-    precision: str = "auto"
     steps_per_epoch: int = 0
+    # on what
+    precision: Precision = Precision.auto
+    cpu: bool = False
+    compile: bool = False
+    channels_last: bool = True
+    sync_bn: bool = False
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    collective_timeout_s: float = 1800.0
+    # checkpoints
     checkpoint_every: int = 1000
     keep_last: int = 2
+    allow_config_change: bool = False
+    # reports
     log_every: int = 20
     image_every: int = 0
-    sync_bn: bool = False
-    channels_last: bool = True
-    compile: bool = False
-    cpu: bool = False
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    log_with: tuple[str, ...] = ("tensorboard",)
+    log_with: list[Tracker] = field(default_factory=lambda: [Tracker.tensorboard])
     tracker_timeout_s: float = 20.0
-    collective_timeout_s: float = 1800.0
-    allow_config_change: bool = False
 
     def __post_init__(self):
-        _check(bool(self.out_dir), "run.out_dir", "a directory", self.out_dir)
-        _check(self.seed >= 0, "run.seed", "an integer >= 0", self.seed)
-        _check(self.steps_per_epoch >= 0, "run.steps_per_epoch", "an integer >= 0 (0: the whole split)",
-               self.steps_per_epoch)
+        check(bool(self.out_dir), "out_dir", "a directory", self.out_dir)
+        check(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check(self.steps_per_epoch >= 0, "steps_per_epoch", "an integer >= 0 (0: the whole split)",
+              self.steps_per_epoch)
+        check(self.collective_timeout_s > 0, "collective_timeout_s", "> 0", self.collective_timeout_s)
         for key in ("checkpoint_every", "keep_last", "log_every"):
-            _check(getattr(self, key) >= 1, f"run.{key}", "an integer >= 1", getattr(self, key))
-        _check(self.image_every >= 0, "run.image_every", "an integer >= 0 (0: epoch ends only)", self.image_every)
-        unknown = [t for t in self.log_with if t not in TRACKERS]
-        _check(not unknown, "run.log_with", f"a list of {TRACKERS}", list(self.log_with))
-        _check(self.collective_timeout_s > 0, "run.collective_timeout_s", "> 0", self.collective_timeout_s)
-        _check(0 < self.tracker_timeout_s <= 600, "run.tracker_timeout_s", "seconds in (0, 600]",
-               self.tracker_timeout_s)
+            check(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+        check(self.image_every >= 0, "image_every", "an integer >= 0 (0: epoch ends only)", self.image_every)
+        check(0 < self.tracker_timeout_s <= 600, "tracker_timeout_s", "seconds in (0, 600]", self.tracker_timeout_s)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole training run. ``experiment`` names the thesis table row (e.g. ``"8.1"``)."""
+    """A whole training run. ``experiment`` names the thesis table row (e.g. ``"8.1"``).
 
-    stage: str = "baseline"
+    Each section checks its own keys; the checks here are the rules between sections.
+    """
+
+    stage: Stage = Stage.baseline
     experiment: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -246,48 +254,37 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
-        _check(self.stage in STAGES, "stage", f"one of {STAGES}", self.stage)
-        _check(self.teacher.mode in ("online", "precomputed"), "teacher.mode",
-               "'online' or 'precomputed'", self.teacher.mode)
-        _check(self.run.precision in ("auto", "bf16", "fp16", "fp32"), "run.precision",
-               "auto, bf16, fp16 or fp32", self.run.precision)
-        _check(0 <= self.data.unlabeled_fraction < 1, "data.unlabeled_fraction", "in [0, 1)",
-               self.data.unlabeled_fraction)
-        _check(self.data.dataset in DEFAULT_THRESHOLDS, "data.dataset", f"one of {sorted(DEFAULT_THRESHOLDS)} "
-               "(it picks the PCK/AUC threshold)", self.data.dataset)
-        if self.stage == "student":
-            for model in (self.model, self.teacher.model):
-                try:
-                    parse_tap(self.distill.tap, model.arch, teacher=model.kind == "teacher")
-                except ValueError as err:
-                    raise ValueError(f"config key 'distill.tap': {err}") from None
-            _check(self.teacher.weights is not None or self.teacher.mode == "precomputed", "teacher.weights",
-                   "a path (exported teacher weights) for an online-teacher student run", None)
-            precomputed = self.teacher.mode == "precomputed"
-            _check(not precomputed or self.teacher.features is not None,
-                   "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
-            _check(not precomputed or self.data.unlabeled is None or self.teacher.unlabeled_features is not None,
-                   "teacher.unlabeled_features", "feature shards of data.unlabeled in precomputed mode", None)
-            _check(self.distill.pose_weight == 0 or not precomputed, "distill.pose_weight",
-                   "0 when teacher.mode=precomputed (output distillation needs the online teacher's pose)",
-                   self.distill.pose_weight)
-            _check(self.distill.pose_weight == 0 or self.data.unlabeled is not None, "distill.pose_weight",
-                   "0 without data.unlabeled (output distillation acts on unlabelled pairs only)",
-                   self.distill.pose_weight)
-            for key in ("features", "unlabeled_features"):
-                _check(precomputed or getattr(self.teacher, key) is None, f"teacher.{key}",
-                       "unset unless teacher.mode=precomputed (an online teacher reads no stored features)",
-                       getattr(self.teacher, key))
-        _check(self.model.init == "checkpoint" or self.model.init_checkpoint is None, "model.init_checkpoint",
-               f"unset unless model.init=checkpoint (it is {self.model.init!r}, so the file would never be read)",
-               self.model.init_checkpoint)
-        if self.stage == "teacher":
-            _check(self.model.kind == "teacher", "model.kind", "'teacher' for stage teacher", self.model.kind)
+        if self.stage == Stage.student:
+            self._check_student()
+        check(self.model.init == Init.checkpoint or self.model.init_checkpoint is None, "model.init_checkpoint",
+              f"unset unless model.init=checkpoint (it is {self.model.init}, so the file would never be read)",
+              self.model.init_checkpoint)
+        if self.stage == Stage.teacher:
+            check(self.model.kind == ModelKind.teacher, "model.kind", "teacher for stage teacher", self.model.kind)
 
-
-def _check(ok: bool, key: str, expected: str, got) -> None:
-    if not ok:
-        raise ValueError(f"config key {key!r}: expected {expected}, got {got!r}")
+    def _check_student(self) -> None:
+        for model in (self.model, self.teacher.model):
+            try:
+                parse_tap(self.distill.tap, model.arch, teacher=model.kind == ModelKind.teacher)
+            except ValueError as err:
+                raise ValueError(f"config key 'distill.tap': {err}") from None
+        teacher, distill, unlabeled = self.teacher, self.distill, self.data.unlabeled
+        precomputed = teacher.mode == TeacherMode.precomputed
+        check(teacher.weights is not None or precomputed, "teacher.weights",
+              "a path (exported teacher weights) for an online-teacher student run", None)
+        check(not precomputed or teacher.features is not None,
+              "teacher.features", "a feature-shard directory when teacher.mode=precomputed", None)
+        check(not precomputed or unlabeled is None or teacher.unlabeled_features is not None,
+              "teacher.unlabeled_features", "feature shards of data.unlabeled in precomputed mode", None)
+        check(distill.pose_weight == 0 or not precomputed, "distill.pose_weight",
+              "0 when teacher.mode=precomputed (output distillation needs the online teacher's pose)",
+              distill.pose_weight)
+        check(distill.pose_weight == 0 or unlabeled is not None, "distill.pose_weight",
+              "0 without data.unlabeled (output distillation acts on unlabelled pairs only)", distill.pose_weight)
+        for key in ("features", "unlabeled_features"):
+            check(precomputed or getattr(teacher, key) is None, f"teacher.{key}",
+                  "unset unless teacher.mode=precomputed (an online teacher reads no stored features)",
+                  getattr(teacher, key))
 
 
 def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> OmegaConf:
@@ -330,7 +327,7 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise ValueError(f"bad override: not valid YAML ({_one_line(err)})") from None
 
 
-def _one_line(err: BaseException, limit: int = 600) -> str:
+def _one_line(err: BaseException | str, limit: int = 600) -> str:
     """The error's lines joined by '; ', whitespace collapsed, at most ``limit`` characters."""
     text = "; ".join(" ".join(line.split()) for line in str(err).splitlines() if line.strip())
     return text if len(text) <= limit else f"{text[:limit - 3]}..."
@@ -354,14 +351,21 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
         else:
             layers.append(_parse_overrides(list(overrides)))
         merged = OmegaConf.merge(*layers)
-    except OmegaConfBaseException as err:  # names the full key itself
-        raise ValueError(f"bad config{_where(path, overrides)}: {_one_line(err)}") from None
+    except OmegaConfBaseException as err:  # an unknown key, a value of the wrong type, not a Choice's name
+        raise ValueError(f"bad config{_where(path, overrides)}: {_named(err)}") from None
     try:
         return OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, ValueError) as err:  # ValueError: a dataclass's __post_init__ check
-        section = _failing_section(merged)
-        at = f" at {section}" if section else ""
-        raise ValueError(f"bad config{_where(path, overrides)}{at}: {_one_line(err)}") from None
+    except ConfigError as err:  # a section's own check names the key inside the section
+        raise ValueError(f"bad config{_where(path, overrides)}: {err.under(_failing_section(merged))}") from None
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ValueError(f"bad config{_where(path, overrides)}: {_one_line(err)}") from None
+
+
+def _named(err: OmegaConfBaseException) -> str:
+    """OmegaConf's message on one line, led by the full key it names."""
+    if not err.full_key:
+        return _one_line(err)
+    return f"config key {err.full_key!r}: {_one_line(err.msg.splitlines()[0] if err.msg else err)}"
 
 
 def _where(path, overrides) -> str:
@@ -384,7 +388,7 @@ def _failing_section(node: DictConfig, prefix: str = "") -> str:
         if isinstance(child, DictConfig):
             try:
                 OmegaConf.to_object(child)
-            except (OmegaConfBaseException, ValueError):
+            except ConfigError:
                 return _failing_section(child, f"{prefix}{key}.") or f"{prefix}{key}"
     return ""
 

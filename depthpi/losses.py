@@ -19,16 +19,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from depthpi.validation import Choice, check
+
 __all__ = [
     "RegressionLossConfig",
     "DistillationConfig",
+    "DistillTerm",
     "regression_loss",
     "distillation_loss",
     "alpha_at",
     "student_objective",
 ]
 
-DISTILLATION_TERMS = ("huber", "l2", "bce")
+
+DistillTerm = Choice("DistillTerm", "huber l2 bce")
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,8 @@ class RegressionLossConfig:
     unit_mm: float = 100.0
 
     def __post_init__(self) -> None:
-        if not self.delta > 0:
-            raise ValueError(f"RegressionLossConfig.delta must be > 0, got {self.delta!r}")
-        if not self.unit_mm > 0:
-            raise ValueError(
-                f"RegressionLossConfig.unit_mm must be > 0 (millimetres per loss unit), "
-                f"got {self.unit_mm!r}"
-            )
+        check(self.delta > 0, "delta", "> 0", self.delta)
+        check(self.unit_mm > 0, "unit_mm", "> 0 (millimetres per loss unit)", self.unit_mm)
 
 
 @dataclass(frozen=True)
@@ -64,9 +63,10 @@ class DistillationConfig:
     """Settings of the feature distillation loss (eq. 4.22-4.27) and its weight α.
 
     Attributes:
-        tap: Feature map to match, ``"block<N>.pre_relu"`` or ``"block<N>.post_relu"``
-            (see :mod:`depthpi.models.taps`; validated against the architectures by
-            the run config); the default is the thesis' best (13th block, after ReLU).
+        tap: Feature map to match by its module path, ``"layer<i>.<j>.{pre,post}_relu"``,
+            or by the thesis' block count, ``"block<N>.{pre,post}_relu"`` (see
+            :mod:`depthpi.models.taps`; validated against the architectures by the run
+            config); the default is the thesis' best (13th block, after ReLU).
         sigmoid: Apply the logistic sigmoid to both maps before the huber/l2 term
             (eq. 4.22). Ignored by ``bce``, which always uses logits for the student
             and sigmoid(teacher) as target (eq. 4.24-4.25).
@@ -83,9 +83,9 @@ class DistillationConfig:
             needs an online teacher.
     """
 
-    tap: str = "block13.post_relu"
+    tap: str = "layer3.5.post_relu"
     sigmoid: bool = True
-    term: str = "huber"
+    term: DistillTerm = DistillTerm.huber
     attention: bool = False
     alpha_warmup: float = 0.1
     alpha_target: float = 0.2
@@ -93,17 +93,9 @@ class DistillationConfig:
     pose_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.term not in DISTILLATION_TERMS:
-            raise ValueError(
-                f"DistillationConfig.term must be one of {DISTILLATION_TERMS}, got {self.term!r}"
-            )
         for name in ("alpha_warmup", "alpha_target", "pose_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"DistillationConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.alpha_ramp_epochs < 0:
-            raise ValueError(
-                f"DistillationConfig.alpha_ramp_epochs must be >= 0, got {self.alpha_ramp_epochs!r}"
-            )
+            check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        check(self.alpha_ramp_epochs >= 0, "alpha_ramp_epochs", "an integer >= 0", self.alpha_ramp_epochs)
 
 
 def _float32_region(device: torch.device):
@@ -144,9 +136,9 @@ def regression_loss(
         return total / denom.clamp(min=1.0)
 
 
-def _pixel_term(diff: torch.Tensor, term: str) -> torch.Tensor:
+def _pixel_term(diff: torch.Tensor, term: DistillTerm) -> torch.Tensor:
     """Elementwise huber (δ = 1) or squared difference."""
-    if term == "huber":
+    if term == DistillTerm.huber:
         return F.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=1.0)
     return diff.square()
 
@@ -195,7 +187,7 @@ def distillation_loss(
     with _float32_region(student.device):
         s, t = student.float(), teacher.detach().float()
         weight = None if attention is None else attention.detach().float().unsqueeze(1)
-        if cfg.term == "bce":
+        if cfg.term == DistillTerm.bce:
             if weight is not None:
                 weight = weight.expand_as(s)
             elementwise = F.binary_cross_entropy_with_logits(

@@ -29,40 +29,41 @@ import torch
 
 from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
 from depthpi.data.batches import Batch, model_inputs
-from depthpi.data.features import LAYOUT, encode_features, set_name, view_in_set
+from depthpi.data.features import LAYOUT, FeatureDtype, encode_features, set_name, view_in_set
 from depthpi.data.loader import collate
 from depthpi.data.pipeline import process_sample
 from depthpi.data.schema import SampleError, decode_sample
 from depthpi.data.shard_build import ShardJob, build, finished_record
 from depthpi.data.shard_stream import (DECODE_ERRORS, MAX_RECORDS, ReadLog, ShardSource, TarSamples,
                                        shortfall_message)
-from depthpi.data.shards import (Manifest, ShardInfo, SplitLocation, TarShard, file_sha256, json_bytes,
+from depthpi.data.shards import (Manifest, ShardInfo, SplitLocation, TarShard, json_bytes,
                                  manifest_sha256, read_manifest, write_manifest)
-from depthpi.models.posenet import needs_depth, needs_rgb, tap_features
+from depthpi.io import file_sha256
+from depthpi.models.posenet import ModelKind, needs_depth, needs_rgb, tap_features
+from depthpi.models.taps import canonical_tap
 from depthpi.predict import Predictor
+from depthpi.validation import check
 
 log = logging.getLogger(__name__)
-DTYPES = ("fp16", "uint8")
 
 
 @dataclass(frozen=True)
 class PrecomputeConfig:
-    """What to compute. ``tap`` e.g. ``block13.post_relu``; ``views`` K ≥ 1; ``seed`` of views."""
+    """What to compute. ``tap`` by either of its names (recorded by its canonical one,
+    ``layer3.5.post_relu``); ``views`` K ≥ 1; ``seed`` of views."""
 
     teacher: str
     shards: str
     out: str
-    tap: str = "block13.post_relu"
+    tap: str = "layer3.5.post_relu"
     views: int = 4
-    dtype: str = "fp16"
+    dtype: FeatureDtype = FeatureDtype.fp16
     seed: int = 0
     batch_size: int = 32
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"precompute --dtype: expected one of {DTYPES}, got {self.dtype!r}")
-        if self.views < 1:
-            raise ValueError(f"precompute --views: expected >= 1, got {self.views}")
+        check(self.dtype in list(FeatureDtype), "dtype", f"one of {', '.join(FeatureDtype)}", self.dtype)
+        check(self.views >= 1, "views", "an integer >= 1", self.views)
 
 
 def view_params(key: str, views: int, seed: int, augment: AugmentConfig) -> list[ViewParams]:
@@ -78,11 +79,13 @@ class FeatureWriter:
         self.teacher_cfg = predictor.cfg
         base = self.teacher_cfg.data.pipeline
         self.pipeline = replace(base, depth=needs_depth(self.teacher_cfg.model))
+        model = self.teacher_cfg.model
+        self.tap = canonical_tap(cfg.tap, model.arch, teacher=model.kind == ModelKind.teacher)
         self.location, self.source = SplitLocation.parse(cfg.shards), read_manifest(cfg.shards)
         self.params = {
             "kind": "teacher_features", "layout": LAYOUT,
             "teacher": str(cfg.teacher), "teacher_sha256": file_sha256(cfg.teacher),
-            "tap": cfg.tap, "relu": "pre" if cfg.tap.endswith("pre_relu") else "post", "dtype": cfg.dtype,
+            "tap": self.tap, "relu": "pre" if self.tap.endswith("pre_relu") else "post", "dtype": cfg.dtype,
             "views": cfg.views, "seed": cfg.seed, "input_size": base.input_size,
             "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(base.augment).items()},
             "source": str(cfg.shards), "source_manifest_sha256": manifest_sha256(cfg.shards),
@@ -93,13 +96,13 @@ class FeatureWriter:
         n, device = self.pipeline.input_size, self.predictor.device
         with torch.no_grad():
             feat = tap_features(self.predictor.model, self.teacher_cfg.model, torch.zeros(1, 3, n, n, device=device),
-                                torch.zeros(1, 1, n, n, device=device), self.cfg.tap)
+                                torch.zeros(1, 1, n, n, device=device), self.tap)
         return tuple(feat.shape[1:])
 
     def view_bytes(self) -> int:
         """Stored bytes of one view: its map, the .npy header and ~128 B of view parameters."""
         c, h, w = self.feature_shape()
-        return c * h * w * (2 if self.cfg.dtype == "fp16" else 1) + 256
+        return c * h * w * (2 if self.cfg.dtype == FeatureDtype.fp16 else 1) + 256
 
     def _job(self, shard: ShardInfo) -> ShardJob:
         """The K feature shards of one source shard, one per set: their bytes depend on the
@@ -111,7 +114,7 @@ class FeatureWriter:
     def run(self, shard_ids: list[int]) -> list[ShardInfo]:
         """Write the given source shards (finished ones are kept); returns their infos."""
         jobs = [self._job(self.source.shards[index]) for index in shard_ids]
-        records = build(jobs, self._fill, desc=f"precompute {self.cfg.tap}", keep_empty=True)
+        records = build(jobs, self._fill, desc=f"precompute {self.tap}", keep_empty=True)
         return [ShardInfo(**record["shard"]) for record in records]
 
     def _fill(self, job: ShardJob, *targets: TarShard) -> dict:
@@ -165,7 +168,7 @@ class FeatureWriter:
             batch = Batch.from_collated(collate(views)).to(self.predictor.device)
             inputs = model_inputs(batch, rgb=needs_rgb(self.teacher_cfg.model), depth=needs_depth(self.teacher_cfg.model))
             with torch.no_grad():
-                feats = tap_features(self.predictor.model, self.teacher_cfg.model, inputs.rgb, inputs.depth, self.cfg.tap)
+                feats = tap_features(self.predictor.model, self.teacher_cfg.model, inputs.rgb, inputs.depth, self.tap)
         done, k = 0, self.cfg.views
         for key, params, why in entries:
             for j, target in enumerate(targets):
@@ -227,6 +230,6 @@ def estimate(cfg: PrecomputeConfig, config: str | None = None) -> str:
     c, h, w = writer.feature_shape()
     view = writer.view_bytes()
     total = view * cfg.views * writer.source.total_count
-    return (f"tap {cfg.tap}: {c}×{h}×{w} per view, {cfg.views} view(s), {cfg.dtype} → "
+    return (f"tap {writer.tap}: {c}×{h}×{w} per view, {cfg.views} view(s), {cfg.dtype} → "
             f"{view * cfg.views / 1024:.1f} KiB stored per sample, {view / 1024:.1f} KiB read per sample and epoch; "
             f"{writer.source.total_count} samples → {total / 2**30:.2f} GiB in {cfg.out}")

@@ -37,9 +37,9 @@ from depthpi.data.schema import Sample, SampleMeta
 from depthpi.data.shards import read_manifest
 from depthpi.detect import Detection
 from depthpi.evaluate import evaluate, threshold_for_split, write_report
-from depthpi.models.posenet import needs_depth, needs_rgb, run_model
+from depthpi.models.posenet import load_model, needs_depth, needs_rgb, run_model
 from depthpi.skeleton import SKELETONS, Skeleton
-from depthpi.weights import find_run_config, load_model
+from depthpi.weights import find_run_config
 
 log = logging.getLogger(__name__)
 

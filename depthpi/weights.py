@@ -1,18 +1,15 @@
-"""Model weights as plain state dicts: what training exports and inference loads.
+"""Model weights as plain state dicts on disk: what training exports and inference loads.
 
-``run_dir/export/last.pt`` and ``best.pt`` are written here and read by :func:`load_model`,
-the one place a trained model is rebuilt from its weights (the online teacher of a student,
-``Predictor`` for eval/predict/export, and precompute). Inference also takes a run
-directory or a checkpoint directory (accelerate's ``model.safetensors``). Weights load with
-``torch.load(weights_only=True)`` or safetensors: no code is unpickled.
+``run_dir/export/last.pt`` and ``best.pt`` are written and read here; inference also takes a
+run directory or a checkpoint directory (accelerate's ``model.safetensors``). Weights load
+with ``torch.load(weights_only=True)`` or safetensors: no code is unpickled. This module
+knows files, not models (``depthpi.models.posenet.load_model`` rebuilds a model from them).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from depthpi.io import atomic_path
 
@@ -87,30 +84,6 @@ def _directory_weights(path: Path) -> dict:
         raise ValueError(f"{path}: a DeepSpeed checkpoint (its model is sharded); use the run's export/last.pt")
     raise FileNotFoundError(f"{path}: neither a run directory (no export/last.pt) nor a checkpoint directory "
                             "(no model.safetensors)")
-
-
-def load_model(model_cfg, path: str | Path, directories: bool = False) -> nn.Module:
-    """A model of ``model_cfg`` (built without init files) holding the weights of ``path``: a
-    weights file, or with ``directories`` also a run or checkpoint directory
-    (:func:`load_any_weights`; inference only: training records its inputs as files).
-
-    Raises:
-        ValueError: the weights do not fit the architecture, naming kind, arch, width and bins.
-    """
-    from depthpi.models.posenet import build_model
-
-    model = build_model(replace(model_cfg, init="none", init_checkpoint=None, depth_branch_checkpoint=None))
-    state = load_any_weights(path) if directories else load_weights(path)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else None
-    except RuntimeError as err:  # tensor shapes differ
-        problem = " ".join(str(err).split())[:400]
-    if problem:
-        m = model_cfg
-        raise ValueError(f"{path}: does not fit the model (kind {m.kind}, input {m.input}, arch {m.arch}, width "
-                         f"{m.width}, depth_bins {m.depth_bins}): {problem}")
-    return model
 
 
 def find_run_config(weights: str | Path) -> Path:

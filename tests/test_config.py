@@ -1,12 +1,18 @@
 """Configs: one YAML per thesis experiment, inheritance, overrides, schedules."""
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
-from depthpi.config import load_config
+from depthpi.config import (Dataset, Offload, Precision, Stage, TeacherMode, Tracker, load_config, save_config,
+                            to_yaml)
 from depthpi.data.converters import SPLITS
-from depthpi.losses import DistillationConfig, alpha_at
+from depthpi.losses import DistillationConfig, DistillTerm, alpha_at
+from depthpi.metrics import DEFAULT_THRESHOLDS
+from depthpi.models import Arch, Init, ModelInput, ModelKind
 from depthpi.train.schedules import StepSchedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -73,12 +79,76 @@ def test_overrides_win_and_bad_keys_are_named():
         load_config(_path("8.1"), ["data.pipeline.input_size=256"])
 
 
-@pytest.mark.parametrize("key, section", [("model.width", "model"), ("teacher.model.width", "teacher.model"),
-                                          ("data.pipeline.input_size", "data.pipeline")])
-def test_a_failed_check_names_where_the_section_sits(key, section):
-    # ModelConfig is both model and teacher.model: its own check cannot tell which one is wrong.
-    with pytest.raises(ValueError, match=rf"8\.1\.yaml with overrides \['{re.escape(key)}=0'\] at {re.escape(section)}:"):
-        load_config(_path("8.1"), [f"{key}=0"])
+@pytest.mark.parametrize("override, key, expected", [
+    ("model.width=0", "model.width", "> 0"), ("teacher.model.width=0", "teacher.model.width", "> 0"),
+    ("data.pipeline.input_size=256", "data.pipeline.input_size", "N >= 17 with N - 1 divisible by 16 (e.g. 257, 129, 65)"),
+    ("data.pipeline.augment.roll=-1", "data.pipeline.augment.roll", ">= 0"),
+    ("data.remote.retries=-1", "data.remote.retries", "an integer in [0, 100]"),
+    ("run.deepspeed.zero_stage=3", "run.deepspeed.zero_stage", "0 (off), 1 or 2"),
+    ("distill.alpha_target=-1", "distill.alpha_target", ">= 0"), ("loss.delta=0", "loss.delta", "> 0"),
+    ("data.unlabeled_fraction=1", "data.unlabeled_fraction", "a share in [0, 1)"),
+    ("stage=teacher", "model.kind", "teacher for stage teacher"),
+])
+def test_a_failed_check_is_one_line_naming_the_full_key_what_it_expects_and_got(override, key, expected):
+    # ModelConfig is both model and teacher.model: its own check names `width`, the loader says which.
+    with pytest.raises(ValueError) as err:
+        load_config(_path("8.1"), [override])
+    message = str(err.value)
+    assert "\n" not in message and f"with overrides ['{override}']: config key '{key}': expected {expected}, got " \
+        in message, message
+
+
+CHOICES = [("stage", Stage), ("teacher.mode", TeacherMode), ("run.precision", Precision),
+           ("run.deepspeed.offload_optimizer", Offload), ("data.dataset", Dataset), ("model.kind", ModelKind),
+           ("model.input", ModelInput), ("model.arch", Arch), ("model.init", Init), ("teacher.model.kind", ModelKind),
+           ("distill.term", DistillTerm), ("run.log_with", Tracker)]
+
+
+@pytest.mark.parametrize("key, choice", CHOICES, ids=[key for key, _ in CHOICES])
+def test_a_bad_choice_is_one_line_naming_the_key_and_every_allowed_value(key, choice):
+    value = "[tensorboard,sometimes]" if key == "run.log_with" else "sometimes"
+    with pytest.raises(ValueError) as err:
+        load_config(_path("8.1"), [f"{key}={value}"])
+    named = f"{key}[1]" if key == "run.log_with" else key
+    assert str(err.value).endswith(f"config key '{named}': Invalid value 'sometimes', expected one of "
+                                   f"[{', '.join(choice)}]"), str(err.value)
+
+
+@pytest.mark.parametrize("key, choice", CHOICES, ids=[key for key, _ in CHOICES])
+def test_a_choice_is_its_member_and_shows_and_saves_as_its_text(key, choice):
+    cfg = load_config(_path("8.1"))
+    value = OmegaConf.select(OmegaConf.structured(cfg), key)
+    value = value[0] if choice is Tracker else value
+    assert type(value) is choice and value == value.name and repr(value) == repr(value.name) and f"{value}" == value.name
+    assert f"{key.split('.')[-1]}:" + ("\n  - " if choice is Tracker else " ") + f"{value.name}\n" in to_yaml(cfg)
+
+
+def test_trackers_get_plain_values_that_any_yaml_dumper_writes_as_text():
+    from depthpi.train.reporting import tracker_params
+
+    flat = tracker_params(asdict(load_config(_path("8.1"), ["run.log_with=[tensorboard,mlflow]"])))
+    assert {type(v) for v in flat.values()} <= {str, int, float, bool}
+    assert flat["run.precision"] == "auto" and flat["run.log_with"] == "['tensorboard', 'mlflow']"
+    assert "!!python" not in yaml.dump(flat)  # accelerate's TensorBoard tracker writes hparams.yml so
+
+
+def test_the_dataset_choices_are_the_data_sets_with_a_threshold():
+    assert set(Dataset) == set(DEFAULT_THRESHOLDS)
+
+
+RUN_CONFIGS = sorted(p for d in ("baseline", "teacher", "student", "repro", "demo") for p in (CONFIGS / d).glob("*.yaml")
+                     if p.name != "common.yaml")
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_saved_config_loads_back_equal(path, tmp_path):
+    cfg = load_config(path, ["run.precision=bf16", "run.log_with=[tensorboard,mlflow]"])
+    assert cfg.run.precision == "bf16" and cfg.run.log_with == ["tensorboard", "mlflow"]
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    # what a resumed run compares with its saved config.yaml
+    assert again == cfg and asdict(again) == asdict(cfg)
+    assert asdict(load_config(tmp_path / "config.yaml", ["run.precision=fp32"])) != asdict(cfg)
 
 
 def test_base_cycle_and_missing_file_are_reported(tmp_path):

@@ -69,7 +69,8 @@ def _corrupt_one_jpeg(split: Path, shard: int = 0) -> str:
 
     import webdataset as wds
 
-    from depthpi.data.shards import file_sha256, read_manifest, write_manifest
+    from depthpi.data.shards import read_manifest, write_manifest
+    from depthpi.io import file_sha256
 
     manifest = read_manifest(split)
     path = split / manifest.shards[shard].name

@@ -239,7 +239,8 @@ def test_a_refusal_under_a_launcher_is_one_line_and_the_launchers_root_cause(syn
 
 
 def test_what_a_run_loaded_is_recorded_with_its_sha256(synth, tmp_path):
-    from depthpi.data.shards import file_sha256, manifest_sha256
+    from depthpi.data.shards import manifest_sha256
+    from depthpi.io import file_sha256
 
     depth_run = tmp_path / "depth"
     train(load_config(DEMO / "baseline_depth.yaml", _overrides(synth, depth_run)))

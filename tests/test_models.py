@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthpi.models import (ModelConfig, PoseNet, RGBDTeacher, ResNet, build_model, freeze, load_backbone_checkpoint,
-                            load_imagenet, soft_argmax_3d, valid_taps)
+from depthpi.models import (ModelConfig, PoseNet, RGBDTeacher, ResNet, build_model, freeze, load_backbone_state,
+                            soft_argmax_3d, valid_taps)
 from depthpi.models.head import VolumetricHead
 from depthpi.models.partial_conv import PartialConv2d, masked_max_pool
-from depthpi.models.taps import block_to_path, parse_tap, path_to_block
+from depthpi.models.taps import block_alias, block_to_path, canonical_tap, parse_tap, path_to_block, same_tap
+from depthpi.validation import ConfigError
+from depthpi.weights import load_weights
 
 W = 1 / 16  # ResNet-50 at 1/16 width: stem 4 channels, layer4 128
 FIXTURE = Path(__file__).parent / "fixtures" / "torchvision_resnet50_keys.txt"
@@ -72,6 +74,11 @@ def test_resnet50_state_dict_keys_match_torchvision():
     assert list(ResNet("resnet50", W, 1, partial_conv=True).state_dict()) == keys[:-2]
 
 
+def _load_file(model: ResNet, path: Path, prefix: str = ""):
+    """A weights file's backbone into ``model``, as ``build_model`` loads every backbone part."""
+    return load_backbone_state(model, load_weights(path), str(path), prefix)
+
+
 def _fake_torchvision_file(tmp_path: Path, in_chans: int = 3) -> tuple[Path, dict]:
     state = ResNet("resnet50", W, in_chans).state_dict()
     for v in state.values():
@@ -83,10 +90,10 @@ def _fake_torchvision_file(tmp_path: Path, in_chans: int = 3) -> tuple[Path, dic
     return path, state
 
 
-def test_load_imagenet_averages_conv1_and_reports_fc(tmp_path):
+def test_an_imagenet_file_loads_with_conv1_averaged_and_fc_reported(tmp_path):
     path, state = _fake_torchvision_file(tmp_path)
     model = ResNet("resnet50", W, in_chans=1)
-    report = load_imagenet(model, path)
+    report = _load_file(model, path)
     assert report.missing == [] and report.unexpected == ["fc.weight", "fc.bias"]
     torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].mean(dim=1, keepdim=True), rtol=0, atol=0)
     assert torch.equal(model.layer3[5].bn3.running_var, state["layer3.5.bn3.running_var"])
@@ -97,7 +104,7 @@ def test_depth_to_rgb_conv1_is_copied_over_three(tmp_path):
     path = tmp_path / "depth.pt"
     torch.save(depth_net.state_dict(), path)
     rgb = ResNet("resnet50", W, in_chans=3)
-    report = load_backbone_checkpoint(rgb, path)
+    report = _load_file(rgb, path, "backbone.")
     assert report.missing == [] and set(report.unexpected) == {"head.conv.weight", "head.conv.bias"}
     w1 = depth_net.backbone.conv1.weight
     torch.testing.assert_close(rgb.conv1.weight, w1.repeat(1, 3, 1, 1) / 3)
@@ -108,7 +115,7 @@ def test_depth_to_rgb_conv1_is_copied_over_three(tmp_path):
 def test_rgb_to_rgbd_conv1_is_tiled_and_rescaled(tmp_path):
     path, state = _fake_torchvision_file(tmp_path)
     rgbd = ResNet("resnet50", W, in_chans=4)
-    assert load_imagenet(rgbd, path).missing == []
+    assert _load_file(rgbd, path).missing == []
     w = state["conv1.weight"]
     torch.testing.assert_close(rgbd.conv1.weight, torch.cat((w, w[:, :1]), dim=1) * 3 / 4, rtol=0, atol=0)
 
@@ -118,12 +125,12 @@ def test_missing_unexpected_and_shape_mismatch_are_reported(tmp_path):
     del state["layer2.0.conv1.weight"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, path)
-    report = load_imagenet(ResNet("resnet50", W), path)
+    report = _load_file(ResNet("resnet50", W), path)
     assert report.missing == ["layer2.0.conv1.weight"]
     assert set(report.unexpected) == {"fc.weight", "fc.bias", "extra.weight"}
     with pytest.raises(ValueError, match=r"resnet50-imagenet\.pth: key 'conv1\.weight' has shape \(4, 3, 7, 7\)"
                                          r".*expects \(8, 3, 7, 7\)"):
-        load_imagenet(ResNet("resnet50", 2 * W), path)
+        _load_file(ResNet("resnet50", 2 * W), path)
 
 
 def test_build_model_inits_teacher_and_student(tmp_path):
@@ -150,20 +157,19 @@ def test_build_model_inits_teacher_and_student(tmp_path):
 
 
 @pytest.mark.parametrize("kw, field", [
-    (dict(kind="student"), "kind"), (dict(input="rgbd"), "input"), (dict(arch="vgg16"), "arch"),
-    (dict(init="imagenet"), "init"),
+    (dict(width=0), "width"), (dict(root_index=17), "root_index"), (dict(output_stride=8), "output_stride"),
     (dict(partial_conv=True), "partial_conv"), (dict(init="checkpoint"), "init_checkpoint"),
     (dict(depth_branch_checkpoint="x.pt"), "depth_branch_checkpoint"),
 ])
 def test_config_errors_name_the_field(kw, field):
-    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+    with pytest.raises(ConfigError, match=f"config key '{field}': expected "):
         ModelConfig(**{"init": "none", **kw})
 
 
 def test_standard_init_needs_an_imagenet_file(tmp_path):
-    with pytest.raises(ValueError, match="ModelConfig.imagenet_path"):
+    with pytest.raises(ConfigError, match="'model.imagenet_path'"):
         build_model(ModelConfig(width=W))
-    with pytest.raises(ValueError, match=r"imagenet_path: expected .*init='none'.*no such file, got '.*missing.pth'"):
+    with pytest.raises(ValueError, match=r"imagenet_path': expected .*init=none.*no such file, got '.*missing.pth'"):
         build_model(ModelConfig(width=W, imagenet_path=str(tmp_path / "missing.pth")))
 
 
@@ -231,7 +237,26 @@ def test_tap_name_mapping():
     assert path_to_block("layer4.2", (3, 4, 23, 3)) == 33
     assert parse_tap("depth.layer2.3.post_relu", "resnet50", teacher=True) == ("depth", "layer2.3.post_relu")
     assert parse_tap("block13.pre_relu", "resnet50", teacher=True) == ("", "layer3.5.pre_relu")
-    assert len(valid_taps("resnet50")) == 16 * 4
+    assert len(valid_taps("resnet50")) == 16 * 2 and "layer3.5.post_relu" in valid_taps("resnet50")
+
+
+@pytest.mark.parametrize("alias, canonical, arch, teacher", [
+    ("block13.post_relu", "layer3.5.post_relu", "resnet50", False), ("block13.pre_relu", "layer3.5.pre_relu", "resnet50", True),
+    ("block33.post_relu", "layer4.2.post_relu", "resnet101", False), ("block6.post_relu", "layer3.1.post_relu", "resnet18", False),
+    ("rgb.block5.pre_relu", "rgb.layer2.1.pre_relu", "resnet50", True),
+    ("depth.block7.post_relu", "depth.layer2.3.post_relu", "resnet34", True),
+])
+def test_each_tap_has_one_canonical_name_and_one_block_alias(alias, canonical, arch, teacher):
+    assert canonical_tap(alias, arch, teacher) == canonical_tap(canonical, arch, teacher) == canonical
+    assert block_alias(canonical, arch, teacher) == block_alias(alias, arch, teacher) == alias
+    assert same_tap(alias, canonical, arch, teacher) and canonical in valid_taps(arch, teacher)
+    assert canonical_tap("fusion", arch, teacher=True) == "fusion" and block_alias("fusion", arch, True) is None
+
+
+def test_two_names_of_other_taps_or_of_none_are_not_the_same_tap():
+    assert not same_tap("block13.post_relu", "layer3.5.pre_relu", "resnet50")
+    assert not same_tap("block13.post_relu", "block13.post_relu", "resnet18")  # no 13th block
+    assert not same_tap("rgb.layer2.1.pre_relu", "depth.layer2.1.pre_relu", "resnet50", teacher=True)
 
 
 @pytest.mark.parametrize("name, teacher", [
@@ -242,7 +267,7 @@ def test_unknown_taps_raise_listing_valid_names(name, teacher):
     model = build_model(_cfg(kind="teacher" if teacher else "baseline")).eval()
     x = torch.randn(1, 3, 65, 65)
     args = (x, torch.rand(1, 1, 65, 65)) if teacher else (x,)
-    with pytest.raises(ValueError, match="valid taps: .*block13.post_relu"):
+    with pytest.raises(ValueError, match=r"valid taps: .*layer3.5.post_relu.* \(or a block by its count, blockK"):
         model(*args, taps=(name,))
 
 

@@ -14,12 +14,13 @@ from conftest import tb_scalars
 from depthpi.config import DataConfig, TrainConfig, load_config, save_config
 from depthpi.data.batches import Batch, model_inputs
 from depthpi.data.build import iter_split
-from depthpi.data.features import decode_features, feature_sets, replay_map, view_in_set
+from depthpi.data.features import check_feature_shards, decode_features, feature_sets, replay_map, view_in_set
 from depthpi.data.loader import collate, make_loader
 from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError
 from depthpi.data.shard_plan import companion_set
-from depthpi.data.shards import file_sha256, read_manifest
+from depthpi.data.shards import read_manifest
+from depthpi.io import file_sha256
 from depthpi.models.posenet import ModelConfig, build_model, run_model
 from depthpi.precompute import PrecomputeConfig, estimate, precompute, view_params
 from depthpi.predict import Predictor
@@ -215,6 +216,26 @@ def test_mismatched_feature_shards_fail_at_start(setup, tmp_path):
     assert shard.stat().st_size == size  # same size: only the order betrays it
     with pytest.raises(ValueError, match="out of step"):
         run()
+
+
+def test_a_tap_is_recorded_by_its_canonical_name_and_either_name_matches_it(setup, tmp_path):
+    root, teacher = setup
+    _, manifest = _precompute(setup, tmp_path / "feat", views=1, tap="block6.post_relu")  # ResNet-18's layer3.1
+    assert manifest.params["tap"] == TAP
+    teacher_model = load_config(teacher.parent.parent / "config.yaml").model
+
+    def check(tap: str):
+        return check_feature_shards(tmp_path / "feat", root / "synth/train", tap=tap, input_size=65,
+                                    sigmoid_needed=True, teacher_weights=str(teacher), teacher_model=teacher_model)
+
+    check("block6.post_relu")
+    check(TAP)
+    with pytest.raises(ValueError, match="tap 'layer3.1.post_relu' but distill.tap is 'block5.post_relu'"):
+        check("block5.post_relu")
+    top = json.loads((tmp_path / "feat" / "manifest.json").read_text())
+    top["params"]["tap"] = "block6.post_relu"  # a split recorded by the alias
+    (tmp_path / "feat" / "manifest.json").write_text(json.dumps(top))
+    check(TAP)
 
 
 def test_estimate_reports_bytes_before_writing(setup, tmp_path):

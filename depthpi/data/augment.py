@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from depthpi.validation import check
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -34,16 +36,11 @@ class AugmentConfig:
 
     def __post_init__(self):
         for name in ("roll", "brightness", "hue_degrees"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"config key 'augment.{name}': expected >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.flip_probability <= 1:
-            raise ValueError(f"config key 'augment.flip_probability': expected a value in [0, 1], "
-                             f"got {self.flip_probability!r}")
+            check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        check(0 <= self.flip_probability <= 1, "flip_probability", "a value in [0, 1]", self.flip_probability)
         for name in ("zoom", "contrast", "saturation"):
             low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ValueError(f"config key 'augment.{name}': expected [low, high] with 0 < low <= high, "
-                                 f"got {[low, high]}")
+            check(0 < low <= high, name, "[low, high] with 0 < low <= high", [low, high])
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from depthpi.data.pipeline import PipelineConfig, process_sample
 from depthpi.data.schema import SampleError
 from depthpi.data.shards import ManifestError, SplitLocation, manifest_sha256, read_manifest
 from depthpi.io import file_sha256
+from depthpi.models.taps import same_tap
+from depthpi.validation import Choice
 
 LAYOUT = "one_view_per_set"  # params.layout of a feature split written as described above
 MAX_VIEWS = 64
@@ -34,6 +36,10 @@ MAX_VIEWS = 64
 # uint8 stores p = sigmoid(F); logits come from p clipped inside (0, 1), by less than half a
 # code so that re-encoding gives the stored byte back.
 _UINT8_EPS = 0.25 / 255
+
+
+# fp16: the map in float16; uint8: round(255 · sigmoid(map))
+FeatureDtype = Choice("FeatureDtype", "fp16 uint8")
 
 
 def set_name(index: int) -> str:
@@ -54,10 +60,10 @@ def feature_sets(features_dir: str | Path) -> list[str]:
     return [location.url(set_name(j)) for j in range(views)]
 
 
-def encode_features(features: torch.Tensor, dtype: str) -> bytes:
+def encode_features(features: torch.Tensor, dtype: FeatureDtype) -> bytes:
     """(C, h, w) float → ``.npy`` bytes (no pickle) in the stored dtype."""
     array = features.float().cpu()
-    if dtype == "uint8":
+    if dtype == FeatureDtype.uint8:
         array = torch.round(torch.sigmoid(array) * 255).to(torch.uint8)
     else:
         array = array.to(torch.float16)
@@ -161,8 +167,11 @@ def _check_sets(features_dir: str | Path, params: dict) -> list[str]:
 
 
 def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, tap: str, input_size: int,
-                         sigmoid_needed: bool, teacher_weights: str | None) -> dict:
+                         sigmoid_needed: bool, teacher_weights: str | None, teacher_model) -> dict:
     """Fail at start when stored features do not match the run; returns their manifest params.
+
+    ``tap`` and the recorded tap match when they name one tap of ``teacher_model`` (its
+    ``ModelConfig``): ``block13.post_relu`` is ``layer3.5.post_relu`` of a ResNet-50.
 
     Raises:
         ValueError: naming the feature manifest and every mismatch (layout, sets, tap, input
@@ -173,7 +182,7 @@ def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, ta
     where = SplitLocation.parse(features_dir).url("manifest.json")
     _stored_view_count(params, where)
     problems = _check_sets(features_dir, params)
-    if params["tap"] != tap:
+    if not same_tap(params["tap"], tap, teacher_model.arch, teacher_model.kind == "teacher"):
         problems.append(f"tap {params['tap']!r} but distill.tap is {tap!r}")
     if params["input_size"] != input_size:
         problems.append(f"input size {params['input_size']} but data.pipeline.input_size is {input_size}")
@@ -187,7 +196,7 @@ def check_feature_shards(features_dir: str | Path, source_dir: str | Path, *, ta
         # no file to hash (students may train where the teacher is not): the recorded path must match
         problems.append(f"computed by teacher {params['teacher']!r}, but teacher.weights is {teacher_weights!r} "
                         f"(not on this machine, so its hash cannot be compared)")
-    if params["dtype"] == "uint8" and not sigmoid_needed:
+    if params["dtype"] == FeatureDtype.uint8 and not sigmoid_needed:
         problems.append("stored as uint8 sigmoid, but the distillation uses no sigmoid (store fp16)")
     if problems:
         raise ValueError(f"{where}: feature shards do not match the config: " + "; ".join(problems))

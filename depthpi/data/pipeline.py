@@ -17,6 +17,7 @@ from depthpi.data.augment import AugmentConfig, ViewParams, draw_view, view_rng
 from depthpi.data.depth import depth_to_input
 from depthpi.data.schema import Sample, SampleError
 from depthpi.skeleton import get_skeleton
+from depthpi.validation import check
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,8 @@ class PipelineConfig:
     rectify_depth: bool = False
 
     def __post_init__(self):
-        if self.input_size < 17 or (self.input_size - 1) % 16:
-            raise ValueError(f"pipeline.input_size: (N - 1) must be divisible by 16 "
-                             f"(e.g. 257, 129, 65), got {self.input_size}")
+        check(self.input_size >= 17 and (self.input_size - 1) % 16 == 0, "input_size",
+              "N >= 17 with N - 1 divisible by 16 (e.g. 257, 129, 65)", self.input_size)
 
 
 def crop_camera(rgb_cam: Camera, bbox: np.ndarray, view: ViewParams, size: int) -> Camera:

@@ -33,6 +33,7 @@ from typing import IO
 from urllib.parse import quote, urlsplit
 
 from depthpi.io import HashingStream
+from depthpi.validation import check
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,9 @@ class RemoteConfig:
 
     def __post_init__(self):
         for key in ("connect_timeout_s", "stall_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"config key 'data.remote.{key}': expected seconds > 0, got {getattr(self, key)!r}")
-        if not 0 <= self.retries <= 100:
-            raise ValueError(f"config key 'data.remote.retries': expected an integer in [0, 100], got {self.retries!r}")
-        if not 0 <= self.retry_delay_s <= 3600:
-            raise ValueError(f"config key 'data.remote.retry_delay_s': expected seconds in [0, 3600], got "
-                             f"{self.retry_delay_s!r}")
+            check(getattr(self, key) > 0, key, "seconds > 0", getattr(self, key))
+        check(0 <= self.retries <= 100, "retries", "an integer in [0, 100]", self.retries)
+        check(0 <= self.retry_delay_s <= 3600, "retry_delay_s", "seconds in [0, 3600]", self.retry_delay_s)
 
 
 _settings = RemoteConfig()

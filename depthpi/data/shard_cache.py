@@ -24,6 +24,7 @@ from typing import IO
 
 from depthpi.data import remote
 from depthpi.data.shards import ShardInfo, check_shard_name
+from depthpi.data.tar_members import TarErrors, tar_samples
 from depthpi.io import file_sha256, temporary_path
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,6 @@ def _admit(url: str, info: ShardInfo, path: Path) -> IO[bytes]:
 
 def _count_samples(copy: IO[bytes], url: str) -> int:
     """Distinct keys of the tar in ``copy`` (parsed as every reader parses it); rewinds it."""
-    from depthpi.data.shard_stream import TarErrors, tar_samples
-
     keys = {sample["__key__"] for sample in tar_samples(copy, url, TarErrors(None, url))}
     copy.seek(0)
     return len(keys)

@@ -126,9 +126,9 @@ class ShardPlanner:
     """
 
     def __init__(self, counts: list[int], world_size: int, num_workers: int, batch_size: int):
-        if world_size < 1 or num_workers < 0 or batch_size < 1 or min(counts, default=0) < 0:
-            raise ValueError(f"ShardPlanner: need world_size >= 1, num_workers >= 0, batch_size >= 1 and counts "
-                             f">= 0; got {world_size}, {num_workers}, {batch_size}, min count {min(counts, default=0)}")
+        # make_loader and the manifest reader refuse a user's values; these are the planner's invariants
+        assert world_size >= 1 and num_workers >= 0 and batch_size >= 1 and min(counts, default=0) >= 0, \
+            (world_size, num_workers, batch_size, min(counts, default=0))
         self.counts, self.batch_size = [int(c) for c in counts], batch_size
         self.world_size, self.num_workers = world_size, max(1, num_workers)
         canonical = sorted(range(len(counts)), key=lambda s: (-self.counts[s], s))

@@ -29,12 +29,12 @@ from typing import IO, Callable, Iterable, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from depthpi.data.remote import ServerUnreachable
 from depthpi.data.schema import Sample, SampleError, decode_sample
 from depthpi.data.shard_cache import ShardRefused, local_copy
 from depthpi.data.shards import Manifest, ShardInfo, SplitLocation
+from depthpi.data.tar_members import TarErrors, describe, tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -190,36 +190,6 @@ class CountedStream:
 
     def close(self) -> None:
         self.stream.close()
-
-
-def describe(err: BaseException) -> str:
-    """``Type: first line of the message`` without webdataset's appended stream reprs."""
-    text = str(err.args[0]) if err.args else ""
-    return f"{type(err).__name__}: {text.split(' @ <')[0].splitlines()[0] if text else ''}"[:240]
-
-
-class TarErrors:
-    """webdataset error handler of one shard: a member name repeated within a sample is
-    counted (and skipped, the first one kept); any other error ends the shard and is kept
-    as its reason."""
-
-    def __init__(self, log: ReadLog | None, shard: str):
-        self.log, self.shard, self.fatal, self.duplicate_members = log, shard, None, 0
-
-    def __call__(self, exn: Exception) -> bool:
-        if isinstance(exn, ValueError) and "duplicate file name" in str(exn):
-            self.duplicate_members += 1
-            if self.log is not None:
-                self.log.skip("tar:duplicate member", None, self.shard, describe(exn))
-            return True
-        self.fatal = self.fatal or describe(exn)
-        return False
-
-
-def tar_samples(stream: IO[bytes], url: str, handler: TarErrors) -> Iterator[dict]:
-    """Tar members grouped by key, as every reader and verifier of depthpi groups them."""
-    files = tar_file_iterator(stream, handler=handler)
-    return group_by_keys(({**f, "__url__": url} for f in files), handler=handler)
 
 
 def read_to_end(stream: IO[bytes]) -> None:

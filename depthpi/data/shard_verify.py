@@ -20,8 +20,9 @@ from typing import Iterator
 from tqdm import tqdm
 
 from depthpi.data import remote
-from depthpi.data.shard_stream import TarErrors, describe, read_to_end, tar_samples
+from depthpi.data.shard_stream import read_to_end
 from depthpi.data.shards import MANIFEST_NAME, ManifestError, ShardInfo, SplitLocation, read_manifest
+from depthpi.data.tar_members import TarErrors, describe, tar_samples
 from depthpi.io import HashingStream
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,6 @@ from webdataset.gopen import gopen_schemes
 
 from depthpi.data import remote
 from depthpi.io import AtomicFile, DiskFullError, HashingStream, atomic_write_bytes
-from depthpi.io import file_sha256  # noqa: F401  (precompute and train.setup import it from here)
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

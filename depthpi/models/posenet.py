@@ -19,7 +19,7 @@ whatever the scale of the He-initialised conv, and the BN makes a conv bias redu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,17 +27,20 @@ import torch
 from torch import nn
 
 from depthpi.models.head import VolumetricHead
-from depthpi.models.resnet import ARCHS, ResNet, load_backbone_state
+from depthpi.models.resnet import Arch, ResNet, load_backbone_state
 from depthpi.models.taps import FUSION, group_taps
-from depthpi.weights import load_weights
+from depthpi.validation import Choice, check
+from depthpi.weights import load_any_weights, load_weights
 
 log = logging.getLogger(__name__)
 
-KINDS = ("baseline", "teacher")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUTS = ("rgb", "depth")
-INITS = ("standard", "none", "checkpoint")
+
+
+ModelKind = Choice("ModelKind", "baseline teacher")
+ModelInput = Choice("ModelInput", "rgb depth")
+Init = Choice("Init", "standard none checkpoint")
 
 
 # ModelConfig fields that shape the weights (the others say how they are initialised).
@@ -72,9 +75,9 @@ class ModelConfig:
             initialises the depth branch after ``init`` (Table 6.3, model 3.2).
     """
 
-    kind: str = "baseline"
-    input: str = "rgb"
-    arch: str = "resnet50"
+    kind: ModelKind = ModelKind.baseline
+    input: ModelInput = ModelInput.rgb
+    arch: Arch = Arch.resnet50
     width: float = 1.0
     depth_bins: int = 32
     cube_mm: float = 2000.0
@@ -82,41 +85,28 @@ class ModelConfig:
     root_index: int = 0
     output_stride: int = 16
     partial_conv: bool = False
-    init: str = "standard"
+    init: Init = Init.standard
     imagenet_path: str | None = None
     init_checkpoint: str | None = None
     depth_branch_checkpoint: str | None = None
 
     def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first field with a bad value and what it allows.
-
-        ``imagenet_path`` is checked by ``build_model``: the defaults (init='standard'
-        without a file) must construct, as config loading builds them before merging YAML.
-        """
-        _expect(self.kind in KINDS, "kind", f"one of {KINDS}", self.kind)
-        _expect(self.input in INPUTS, "input", f"one of {INPUTS}", self.input)
-        _expect(self.arch in ARCHS, "arch", f"one of {tuple(ARCHS)}", self.arch)
-        _expect(self.width > 0, "width", "> 0", self.width)
-        _expect(self.depth_bins >= 1, "depth_bins", ">= 1", self.depth_bins)
-        _expect(self.cube_mm > 0, "cube_mm", "> 0", self.cube_mm)
-        _expect(self.num_joints >= 1, "num_joints", ">= 1", self.num_joints)
-        _expect(0 <= self.root_index < self.num_joints, "root_index", f"in 0..{self.num_joints - 1}", self.root_index)
-        _expect(self.output_stride in (16, 32), "output_stride", "16 or 32", self.output_stride)
-        _expect(self.init in INITS, "init", f"one of {INITS}", self.init)
-        _expect(not self.partial_conv or self.kind == "teacher" or self.input == "depth", "partial_conv",
-                "false unless the model has a depth network (input='depth' or kind='teacher')", self.partial_conv)
-        _expect(self.init != "checkpoint" or bool(self.init_checkpoint), "init_checkpoint",
-                "a weights file when init='checkpoint'", self.init_checkpoint)
-        _expect(self.depth_branch_checkpoint is None or self.kind == "teacher", "depth_branch_checkpoint",
-                "unset unless kind='teacher'", self.depth_branch_checkpoint)
-
-
-def _expect(ok: bool, field: str, expected: str, got) -> None:
-    if not ok:
-        raise ValueError(f"ModelConfig.{field}: expected {expected}, got {got!r}")
+        """ConfigError naming the first field with a bad value (kind, input, arch and init are
+        Choices that OmegaConf checks). ``imagenet_path`` is checked by ``build_model``: the
+        defaults (init='standard' without a file) must construct, as config loading builds
+        them before merging YAML."""
+        check(self.width > 0, "width", "> 0", self.width)
+        check(self.depth_bins >= 1, "depth_bins", ">= 1", self.depth_bins)
+        check(self.cube_mm > 0, "cube_mm", "> 0", self.cube_mm)
+        check(self.num_joints >= 1, "num_joints", ">= 1", self.num_joints)
+        check(0 <= self.root_index < self.num_joints, "root_index", f"in 0..{self.num_joints - 1}", self.root_index)
+        check(self.output_stride in (16, 32), "output_stride", "16 or 32", self.output_stride)
+        check(not self.partial_conv or needs_depth(self), "partial_conv",
+              "false unless the model has a depth network (input=depth or kind=teacher)", self.partial_conv)
+        check(self.init != Init.checkpoint or bool(self.init_checkpoint), "init_checkpoint",
+              "a weights file when init=checkpoint", self.init_checkpoint)
+        check(self.depth_branch_checkpoint is None or self.kind == ModelKind.teacher, "depth_branch_checkpoint",
+              "unset unless kind=teacher", self.depth_branch_checkpoint)
 
 
 class PoseOutput(NamedTuple):
@@ -172,8 +162,8 @@ class PoseNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.arch = cfg.arch
-        in_chans = 1 if cfg.input == "depth" else 3
-        self.normalize = nn.Identity() if cfg.input == "depth" else Normalize()
+        in_chans = 1 if cfg.input == ModelInput.depth else 3
+        self.normalize = nn.Identity() if cfg.input == ModelInput.depth else Normalize()
         self.backbone = ResNet(cfg.arch, cfg.width, in_chans, cfg.output_stride, cfg.partial_conv)
         self.head = VolumetricHead(self.backbone.out_channels, cfg.num_joints, cfg.depth_bins, cfg.cube_mm,
                                    cfg.root_index)
@@ -293,23 +283,46 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """Build and initialise the model ``cfg`` describes.
 
     Raises:
-        ValueError: a config field has a bad value, or a weights file does not fit.
+        ConfigError: init=standard without an ImageNet file (``model.imagenet_path``).
+        ValueError: a weights file does not fit.
     """
-    cfg.validate()
-    _expect(cfg.init != "standard" or bool(cfg.imagenet_path) and Path(cfg.imagenet_path).is_file(),
-            "imagenet_path", f"a local file holding torchvision's ImageNet {cfg.arch} state dict when "
-            f"init='standard' (README, Training), or init='none' to train from scratch; no such file",
-            cfg.imagenet_path)
-    model = RGBDTeacher(cfg) if cfg.kind == "teacher" else PoseNet(cfg)
-    if cfg.init == "standard":
+    check(cfg.init != Init.standard or bool(cfg.imagenet_path) and Path(cfg.imagenet_path).is_file(),
+          "model.imagenet_path", f"a local file holding torchvision's ImageNet {cfg.arch} state dict when "
+          f"model.init=standard (README, Training), or model.init=none to train from scratch; no such file",
+          cfg.imagenet_path)
+    model = RGBDTeacher(cfg) if cfg.kind == ModelKind.teacher else PoseNet(cfg)
+    if cfg.init == Init.standard:
         state = load_weights(cfg.imagenet_path)
         for part in _backbone_parts(model):
             _load_strict(part, state, cfg.imagenet_path, "")
-    elif cfg.init == "checkpoint":
+    elif cfg.init == Init.checkpoint:
         _init_from_checkpoint(model, cfg.init_checkpoint)
     if cfg.depth_branch_checkpoint:  # whatever init says: a configured file is loaded or refused
         _load_strict(model.depth, load_weights(cfg.depth_branch_checkpoint), cfg.depth_branch_checkpoint,
                      "backbone.")
+    return model
+
+
+def load_model(cfg: ModelConfig, path: str | Path, directories: bool = False) -> nn.Module:
+    """A model of ``cfg`` (built without init files) holding the weights of ``path``: a
+    weights file, or with ``directories`` also a run or checkpoint directory
+    (:func:`depthpi.weights.load_any_weights`; inference only: training records its inputs as
+    files). The one place a trained model is rebuilt from its weights (the online teacher of a
+    student, ``Predictor`` for eval/predict/export, and precompute).
+
+    Raises:
+        ValueError: the weights do not fit the architecture, naming kind, arch, width and bins.
+    """
+    model = build_model(replace(cfg, init=Init.none, init_checkpoint=None, depth_branch_checkpoint=None))
+    state = load_any_weights(path) if directories else load_weights(path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        problem = f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else None
+    except RuntimeError as err:  # tensor shapes differ
+        problem = " ".join(str(err).split())[:400]
+    if problem:
+        raise ValueError(f"{path}: does not fit the model (kind {cfg.kind}, input {cfg.input}, arch {cfg.arch}, "
+                         f"width {cfg.width}, depth_bins {cfg.depth_bins}): {problem}")
     return model
 
 
@@ -323,9 +336,9 @@ def run_model(model: nn.Module, model_cfg, rgb: torch.Tensor | None = None, dept
             always runs its head still fits the plain call.
     """
     kwargs = {"taps": taps} if head else {"taps": taps, "head": False}
-    if model_cfg.kind == "teacher":
+    if model_cfg.kind == ModelKind.teacher:
         return model(rgb, depth, **kwargs)
-    return model(depth if model_cfg.input == "depth" else rgb, **kwargs)
+    return model(depth if model_cfg.input == ModelInput.depth else rgb, **kwargs)
 
 
 def tap_features(model: nn.Module, model_cfg, rgb: torch.Tensor | None, depth: torch.Tensor | None,
@@ -336,12 +349,12 @@ def tap_features(model: nn.Module, model_cfg, rgb: torch.Tensor | None, depth: t
 
 def needs_depth(model_cfg) -> bool:
     """Whether a model of this config reads depth (teacher or depth baseline)."""
-    return model_cfg.kind == "teacher" or model_cfg.input == "depth"
+    return model_cfg.kind == ModelKind.teacher or model_cfg.input == ModelInput.depth
 
 
 def needs_rgb(model_cfg) -> bool:
     """Whether a model of this config reads RGB (teacher or RGB baseline)."""
-    return model_cfg.kind == "teacher" or model_cfg.input == "rgb"
+    return model_cfg.kind == ModelKind.teacher or model_cfg.input == ModelInput.rgb
 
 
 def _backbone_parts(model: nn.Module) -> list[ResNet]:

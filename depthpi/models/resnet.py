@@ -1,10 +1,10 @@
 """ResNet-18/34/50/101 backbones whose state dicts match torchvision's (§4.1.2).
 
 Parameter and buffer names follow torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``,
-``layer1.0.downsample.0`` …; no ``fc``), so a local torchvision ImageNet file loads
-with ``load_imagenet``; ``load_backbone_checkpoint`` reads one of our own
-checkpoints (Tables 6.1, 6.3, 6.8: init from model 1.2 / 2.1). Both adapt conv1 to the
-model's input channels (3→1 mean, 1→3 ×3/3, 3→4 tile-and-rescale). Options:
+``layer1.0.downsample.0`` …; no ``fc``), so ``load_backbone_state`` loads a local
+torchvision ImageNet file or the backbone of one of our own checkpoints (Tables 6.1, 6.3,
+6.8: init from model 1.2 / 2.1), adapting conv1 to the model's input channels (3→1 mean,
+1→3 ×3/3, 3→4 tile-and-rescale). Options:
 
 - ``width`` scales every channel count (0.125 for tests), ``in_chans`` 1/3/4;
 - ``output_stride=16`` replaces layer4's stride by dilation 2 (257×257 → 17×17), in the
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from abc import ABCMeta, abstractmethod
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -34,7 +33,7 @@ from torch import nn
 
 from depthpi.models.partial_conv import PartialConv2d, apply_conv, masked_max_pool, mask_from_depth
 from depthpi.models.taps import LAYER_DEPTHS
-from depthpi.weights import load_weights
+from depthpi.validation import Choice
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,11 @@ def _downsample(cin: int, cout: int, stride: int, partial: bool) -> nn.Sequentia
     return nn.Sequential(_conv(cin, cout, 1, stride, partial=partial), nn.BatchNorm2d(cout))
 
 
-ARCHS: dict[str, type[_Block]] = {
-    "resnet18": BasicBlock, "resnet34": BasicBlock, "resnet50": Bottleneck, "resnet101": Bottleneck,
+Arch = Choice("Arch", "resnet18 resnet34 resnet50 resnet101")
+
+
+ARCHS: dict[Arch, type[_Block]] = {
+    Arch.resnet18: BasicBlock, Arch.resnet34: BasicBlock, Arch.resnet50: Bottleneck, Arch.resnet101: Bottleneck,
 }
 
 
@@ -243,20 +245,13 @@ class ResNet(nn.Module):
 
 
 def _validate(arch, width, in_chans, output_stride, stages, partial_conv) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"arch {arch!r}: expected one of {sorted(ARCHS)}")
-    if not width > 0:
-        raise ValueError(f"width {width}: expected > 0")
-    if in_chans not in (1, 3, 4):
-        raise ValueError(f"in_chans {in_chans}: expected 1, 3 or 4")
-    if output_stride not in (16, 32):
-        raise ValueError(f"output_stride {output_stride}: expected 16 or 32")
+    """The constructor's invariants (a user's values are checked by ``ModelConfig``)."""
+    assert arch in ARCHS and width > 0 and in_chans in (1, 3, 4) and output_stride in (16, 32), \
+        (arch, width, in_chans, output_stride)
     stages = tuple(stages)
-    if not stages or stages != tuple(range(stages[0], stages[-1] + 1)) or not set(stages) <= {0, 1, 2, 3, 4}:
-        raise ValueError(f"stages {stages}: expected a contiguous range within 0..4")
-    if partial_conv and (STEM not in stages or in_chans != 1):
-        raise ValueError(f"partial_conv: needs a depth input (in_chans=1, got {in_chans}) and the stem "
-                         f"(stage 0, got stages {stages}), where the validity mask is derived")
+    assert stages and stages == tuple(range(stages[0], stages[-1] + 1)) and set(stages) <= {0, 1, 2, 3, 4}, stages
+    # partial convolutions derive their validity mask from a depth input, in the stem
+    assert not partial_conv or (STEM in stages and in_chans == 1), (in_chans, stages)
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -323,16 +318,3 @@ def load_backbone_state(model: ResNet, state: dict[str, torch.Tensor], source: s
     log.info("%s: loaded %d tensors, %d missing, %d unused (%s)", source, len(used), len(missing),
              len(unexpected), ", ".join(unexpected[:4]) + (" …" if len(unexpected) > 4 else ""))
     return LoadReport(list(missing), unexpected)
-
-
-def load_imagenet(model: ResNet, path: str | Path) -> LoadReport:
-    """Load a local torchvision ImageNet state dict (nothing is downloaded).
-
-    ``fc.weight``/``fc.bias`` come back in ``unexpected``: the backbone has no classifier.
-    """
-    return load_backbone_state(model, load_weights(path), str(path))
-
-
-def load_backbone_checkpoint(model: ResNet, path: str | Path, prefix: str = "backbone.") -> LoadReport:
-    """Load the backbone of one of our checkpoints (keys ``prefix + torchvision name``)."""
-    return load_backbone_state(model, load_weights(path), str(path), prefix)

@@ -1,17 +1,14 @@
 """Feature-tap names: parsing, validation and block index ↔ layer path mapping.
 
-A tap names one residual block's output inside a pose model:
-
-- ``block{k}.{kind}``: the k-th residual block counted over layer1..layer4 from 1
-  (ResNet-50: layers of 3/4/6/3 blocks, so block 13 = ``layer3.5``, block 16 = ``layer4.2``);
-- ``layer{i}.{j}.{kind}``: the same block by its state-dict path;
-- ``kind`` is ``pre_relu`` (after the residual addition, before the block's final ReLU)
-  or ``post_relu`` (the block output).
-
-In the RGB-D teacher the blocks of the two branches (stem, layer1, layer2) carry a
-``rgb.`` or ``depth.`` prefix (``rgb.block5.pre_relu``, ``depth.layer2.3.post_relu``);
-the trunk blocks (layer3, layer4) keep the plain names, so ``block13.post_relu`` means
-the same position in a baseline and a teacher. ``fusion`` is the fused layer2 feature.
+A tap names one residual block's output inside a pose model by its module path,
+``layer{i}.{j}.{kind}`` (the canonical name, the one recorded in manifests and logs), or
+by the thesis' block count, ``block{k}.{kind}`` (an alias: the k-th block counted over
+layer1..layer4 from 1; ResNet-50's block 13 is ``layer3.5``). ``kind`` is ``pre_relu``
+(after the residual addition, before the block's final ReLU) or ``post_relu`` (the block
+output). In the RGB-D teacher the branch blocks (layer1, layer2) carry a ``rgb.`` or
+``depth.`` prefix (``depth.layer2.3.post_relu``); the trunk blocks keep the plain names,
+so ``layer3.5.post_relu`` is the same position in a baseline and a teacher. ``fusion`` is
+the fused layer2 feature.
 """
 from __future__ import annotations
 
@@ -46,6 +43,11 @@ class Tap(NamedTuple):
     scope: str
     path: str
 
+    @property
+    def name(self) -> str:
+        """The canonical name: ``layer3.5.post_relu``, ``depth.layer2.3.pre_relu``, ``fusion``."""
+        return ".".join(part for part in (self.scope, self.path) if part)
+
 
 def block_to_path(k: int, depths: tuple[int, ...]) -> str:
     """``block_to_path(13, (3, 4, 6, 3)) == "layer3.5"`` (k counts from 1)."""
@@ -68,18 +70,11 @@ def path_to_block(path: str, depths: tuple[int, ...]) -> int:
 
 
 def _block_names(depths: tuple[int, ...], layers: tuple[int, ...], prefix: str) -> list[str]:
-    first = sum(depths[: layers[0] - 1]) + 1
-    last = sum(depths[: layers[-1]])
-    names = []
-    for k in range(first, last + 1):
-        for kind in KINDS:
-            names.append(f"{prefix}block{k}.{kind}")
-            names.append(f"{prefix}{block_to_path(k, depths)}.{kind}")
-    return names
+    return [f"{prefix}layer{i}.{j}.{kind}" for i in layers for j in range(depths[i - 1]) for kind in KINDS]
 
 
 def valid_taps(arch: str, teacher: bool = False) -> list[str]:
-    """Every tap name a model of ``arch`` (baseline, or RGB-D teacher) accepts."""
+    """The canonical name of every tap a model of ``arch`` (baseline, or RGB-D teacher) has."""
     depths = LAYER_DEPTHS[arch]
     if not teacher:
         return _block_names(depths, (1, 2, 3, 4), "")
@@ -87,6 +82,30 @@ def valid_taps(arch: str, teacher: bool = False) -> list[str]:
     for branch in BRANCHES:
         names += _block_names(depths, BRANCH_LAYERS, f"{branch}.")
     return names + [FUSION] + _block_names(depths, (3, 4), "")
+
+
+def canonical_tap(name: str, arch: str, teacher: bool = False) -> str:
+    """The canonical name of tap ``name`` (``block13.post_relu`` → ``layer3.5.post_relu`` for a
+    ResNet-50); raises ValueError as :func:`parse_tap`."""
+    return parse_tap(name, arch, teacher).name
+
+
+def same_tap(a: str, b: str, arch: str, teacher: bool = False) -> bool:
+    """Whether ``a`` and ``b`` name one tap of a model of ``arch`` (False if either names none)."""
+    try:
+        return parse_tap(a, arch, teacher) == parse_tap(b, arch, teacher)
+    except ValueError:
+        return False
+
+
+def block_alias(name: str, arch: str, teacher: bool = False) -> str | None:
+    """The thesis' name of tap ``name`` (``layer3.5.post_relu`` → ``block13.post_relu``), None for fusion."""
+    tap = parse_tap(name, arch, teacher)
+    if tap.scope == FUSION:
+        return None
+    head, kind = tap.path.rsplit(".", 1)
+    block = f"block{path_to_block(head, LAYER_DEPTHS[arch])}.{kind}"
+    return f"{tap.scope}.{block}" if tap.scope else block
 
 
 def _resolve_block(body: str, depths: tuple[int, ...]) -> tuple[int, str] | None:
@@ -112,8 +131,10 @@ def parse_tap(name: str, arch: str, teacher: bool = False) -> Tap:
     depths = LAYER_DEPTHS[arch]
     tap = _parse(name, depths, teacher)
     if tap is None:
+        last3 = sum(depths[:3])
         raise ValueError(f"tap {name!r} is not valid for a {arch} {'teacher' if teacher else 'baseline'}; "
-                         f"valid taps: {', '.join(valid_taps(arch, teacher))}")
+                         f"valid taps: {', '.join(valid_taps(arch, teacher))} (or a block by its count, blockK "
+                         f"for K in 1..{sum(depths)}: block{last3} is {block_to_path(last3, depths)})")
     return tap
 
 
@@ -135,8 +156,8 @@ def _parse(name: str, depths: tuple[int, ...], teacher: bool) -> Tap | None:
 def group_taps(names: tuple[str, ...] | list[str], arch: str, teacher: bool = False) -> dict[str, dict[str, list[str]]]:
     """Group requested tap names by scope: ``{scope: {canonical path: [requested names]}}``.
 
-    Several names may address the same feature (``block13`` and ``layer3.5``); each
-    requested name gets its own entry in the model's ``features`` dict.
+    Both names of a tap may be asked for (``block13.post_relu`` and ``layer3.5.post_relu``);
+    each requested name gets its own entry in the model's ``features`` dict.
     """
     groups: dict[str, dict[str, list[str]]] = {}
     for name in names:

@@ -61,8 +61,10 @@ def deepspeed_plugin(cfg: TrainConfig, precision: str = "fp32"):
         raise ValueError("run.precision=fp16 with run.deepspeed.zero_stage > 0: use bf16 (or fp32) under DeepSpeed")
     from accelerate.utils import DeepSpeedPlugin
 
+    # str(): DeepSpeed pickles its config into every checkpoint, which must load with
+    # weights_only=True; a config Choice would be a depthpi type there
     plugin = DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=1,
-                             gradient_clipping=cfg.optim.grad_clip, offload_optimizer_device=ds.offload_optimizer,
+                             gradient_clipping=cfg.optim.grad_clip, offload_optimizer_device=str(ds.offload_optimizer),
                              zero3_init_flag=False)
     # no DataLoader goes through accelerate.prepare, so DeepSpeed cannot infer the batch size
     plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size

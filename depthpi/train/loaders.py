@@ -61,7 +61,7 @@ def check_precomputed(cfg: TrainConfig) -> tuple[str, str | None]:
         pairs.append((cfg.teacher.unlabeled_features, cfg.data.unlabeled))
     for features, source in pairs:
         check_feature_shards(features, source, tap=cfg.distill.tap, input_size=cfg.data.pipeline.input_size,
-                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights)
+                             sigmoid_needed=sigmoid, teacher_weights=cfg.teacher.weights, teacher_model=cfg.teacher.model)
     return cfg.teacher.features, cfg.teacher.unlabeled_features
 
 

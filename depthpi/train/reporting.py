@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from depthpi.camera import Camera
+from depthpi.dotted import flatten
 from depthpi.draw import GT_COLOUR, PRED_COLOUR, draw_skeleton
 from depthpi.io import atomic_write_json
 
@@ -124,15 +125,11 @@ class StepMeter:
         return time.perf_counter() - self.start
 
 
-def flat_config(tree: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
-    """A nested config dict as ``a.b.c`` → value, lists as strings (trackers take flat params)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (str, int, float, bool)) else str(value)
-    return flat
+def tracker_params(config: dict) -> dict[str, str | int | float | bool]:
+    """A nested config dict as ``a.b.c`` → value, lists and Choices as strings (trackers take
+    flat scalar params)."""
+    return {key: value if type(value) in (str, int, float, bool) else str(value)
+            for key, value in flatten(config).items()}
 
 
 class RunLogger:
@@ -152,7 +149,7 @@ class RunLogger:
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
         if accelerator.log_with:
-            accelerator.init_trackers(PROJECT, config=None if resumed else flat_config(config))
+            accelerator.init_trackers(PROJECT, config=None if resumed else tracker_params(config))
         if self.is_main and self.run_ids():
             atomic_write_json(run_dir / TRACKER_IDS, self.run_ids())
 

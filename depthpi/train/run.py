@@ -22,7 +22,7 @@ from depthpi.config import TrainConfig, load_config
 from depthpi.data.reference import cached_mean_pose
 from depthpi.data.remote import configure as configure_remote
 from depthpi.log import configure_logging
-from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze
+from depthpi.models.posenet import ARCHITECTURE_FIELDS, build_model, freeze, load_model
 from depthpi.train.accelerator import make_accelerator
 from depthpi.train.checkpoint import TrainerState, code_version, resume_latest
 from depthpi.train.loaders import Loaders, build_loaders
@@ -32,7 +32,7 @@ from depthpi.train.stages import OnlineTeacher, StoredTeacher, StudentStage, Sup
 from depthpi.train.startup_checks import (check_config_unchanged, check_split_roles, record_inputs, save_run_config,
                                           startup_checks, verify_splits)
 from depthpi.train.tracker_check import check_trackers
-from depthpi.weights import find_run_config, load_model
+from depthpi.weights import find_run_config
 
 log = logging.getLogger("depthpi.train")
 

@@ -17,12 +17,9 @@ class StepSchedule:
     milestones: tuple[float, ...] = (1, 15, 20, 25)
     factors: tuple[float, ...] = (0.5, 1.0, 0.2, 0.04, 0.008)
 
-    def __post_init__(self):
-        if len(self.factors) != len(self.milestones) + 1:
-            raise ValueError(f"optim.lr_factors needs len(lr_milestones) + 1 = {len(self.milestones) + 1} "
-                             f"values, got {len(self.factors)}")
-        if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"optim.lr_milestones must be increasing, got {list(self.milestones)}")
+    def __post_init__(self):  # OptimConfig refuses a user's values; these are the schedule's invariants
+        assert len(self.factors) == len(self.milestones) + 1 and list(self.milestones) == sorted(self.milestones), \
+            (self.milestones, self.factors)
 
     def factor(self, epochs_past: float) -> float:
         return self.factors[bisect.bisect_right(self.milestones, epochs_past)]

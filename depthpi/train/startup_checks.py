@@ -16,9 +16,9 @@ from typing import Iterator
 
 from depthpi.config import TrainConfig, load_config, save_config
 from depthpi.data.shard_verify import require_intact
-from depthpi.data.shards import ManifestError, file_sha256, manifest_sha256, read_manifest
+from depthpi.data.shards import ManifestError, manifest_sha256, read_manifest
 from depthpi.dist import gather_objects
-from depthpi.io import atomic_write_json
+from depthpi.io import atomic_write_json, file_sha256
 from depthpi.train.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)

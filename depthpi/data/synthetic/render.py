@@ -13,8 +13,8 @@ projected primitives first, the RGB crop camera is ``Camera.crop`` of the sensor
 is the same region in the depth sensor at native resolution (integer window, scale 1).
 RGB: the room warped from the sensor's cached full frame, a soft contact shadow on the
 floor, the z-buffered, shaded body, exposure, slight optical blur, sensor noise. Depth
-is stored as z along the optical axis (``depth_kind="z"``, as Kinect v2 reports; set
-``"distance"`` for radial distance), in mm. Depth carries the metric scale RGB lacks
+is stored as z along the optical axis (``depth_kind=z``, as Kinect v2 reports; set
+``distance`` for radial distance), in mm. Depth carries the metric scale RGB lacks
 (RGB has the height/distance ambiguity: subjects of 1.45–2.0 m at 2–5 m).
 
 A crop pixel that lies outside the sensor's full frame is black (RGB) and 0 (depth),
@@ -28,7 +28,7 @@ import numpy as np
 from depthpi.camera import Camera
 from depthpi.data.schema import Sample, SampleMeta
 from depthpi.data.synthetic.body import Prims, posed_body, rz, subject_identity
-from depthpi.data.synthetic.config import SyntheticConfig, cameras_of, split_id, subjects_of
+from depthpi.data.synthetic.config import DepthKind, SyntheticConfig, cameras_of, split_id, subjects_of
 from depthpi.data.synthetic.poses import FAMILIES, pose_angles
 from depthpi.data.synthetic.raster import EMPTY_Z, projected_box, rasterise, shade
 from depthpi.data.synthetic.scene import Sensor, sensor_of
@@ -142,7 +142,7 @@ def render_sample_debug(split: str, index: int, cfg: SyntheticConfig | None = No
     if sx0 < sx1 and sy0 < sy1:
         zd[sy0 - yd0:sy1 - yd0, sx0 - xd0:sx1 - xd0] = sensor.bg_depth[sy0:sy1, sx0:sx1]
     ids_d, Xd, Yd = rasterise(prims.seen_by(dcrop), dcrop.K, wd, hd, zd)
-    if cfg.depth_kind == "distance":
+    if cfg.depth_kind == DepthKind.distance:
         zd = zd * np.sqrt(Xd * Xd + Yd * Yd + 1)
     inside_d = np.zeros((hd, wd), bool)
     inside_d[sy0 - yd0:sy1 - yd0, sx0 - xd0:sx1 - xd0] = True
