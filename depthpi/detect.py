@@ -2,18 +2,12 @@
 
 Both return :class:`Detection` boxes (x, y, w, h in frame pixels, pixel centres at
 integers) with a score, best first, after non-maximum suppression. Nothing is downloaded:
-HOG's linear SVM ships inside OpenCV (``HOGDescriptor_getDefaultPeopleDetector``), and an
-ONNX detector is the user's own file, run by OpenCV's DNN module.
+HOG's SVM ships inside OpenCV, and an ONNX detector is the user's own file, run by OpenCV's
+DNN module on a letterboxed S×S input; its first output is read as rows (N, 6) or YOLOv8's
+(4 + C, N), and a box counts when its class is ``person_class`` and its score reaches
+``min_score``.
 
-ONNX detectors (``--detector model.onnx``): the frame is letterboxed into S×S (scaled by
-S / max(H, W), centred, padded with grey 114), RGB, float32 in [0, 1], NCHW (1, 3, S, S).
-The first output, leading axes of size 1 dropped, is read as either
-    rows      (N, 6): x1, y1, x2, y2, score, class per box (a detector with NMS inside);
-    YOLOv8    (4 + C, N): cx, cy, w, h, then one score per class, per candidate (Ultralytics'
-              ``yolov8n.onnx`` export, C = 80 COCO classes);
-a last axis of 6 means rows. Coordinates are in the S×S input's pixels. A box counts when
-its class is ``person_class`` (COCO's person: 0) and its score reaches ``min_score``.
-docs/predict.md has the details and how to export such a model.
+docs/predict.md ("An ONNX detector") has the input and output layouts in full.
 """
 from __future__ import annotations
 

@@ -1,20 +1,13 @@
 """``depthpi export``: an inference-only model that runs without depthpi installed.
 
-The exported model maps an RGB crop (B, 3, N, N) float32 in [0, 1] — the
-crop ``depthpi predict`` builds: camera turned to the box centre, N×N, see
-``depthpi.predict.make_crop`` — to (B, J, 3) float32 root-relative joints in mm in
-the crop camera's frame (x right, y down, z forward); ImageNet normalisation is part of
-the model, as in training. The batch axis is dynamic, N is
-fixed at export time. A JSON file beside the export records what the input and output
-are (normalisation, skeleton, joint names, units).
+The exported model maps an RGB crop (B, 3, N, N) float32 in [0, 1] (the crop
+``depthpi.predict.make_crop`` builds) to (B, J, 3) float32 root-relative joints in mm in
+the crop camera's frame; ImageNet normalisation is part of the model. The batch axis is
+dynamic, N fixed. A JSON file beside the export records input, output and skeleton.
+Formats: ``pt2`` (``torch.export``), ``torchscript`` and ``onnx``; every export is checked
+against ``Predictor.predict`` on random inputs.
 
-Formats: ``pt2`` (``torch.export`` ExportedProgram with a dynamic batch axis; loads with
-``torch.export.load``; the format PyTorch now recommends), ``torchscript``
-(``torch.jit.trace`` of a small wrapper; loads with ``torch.jit.load``, which torch ≥ 2.10
-marks deprecated but still runs, and which older C++/mobile runtimes need) and ``onnx``
-(``torch.onnx.export``; needs the ``onnx`` and ``onnxscript`` packages, and
-``onnxruntime`` for the check).
-Every export is checked against ``Predictor.predict`` on random inputs.
+docs/predict.md ("depthpi export") has the formats and what each needs.
 """
 from __future__ import annotations
 

@@ -1,19 +1,13 @@
 """Atomic file writes: a reader, or a run resumed after a kill, sees the old file or the
 new one, never half of one.
 
-Every output of depthpi (shards, manifests, checkpoints, exports, metrics, reports, plots)
-is written through here: to a temporary name in the same directory, then ``os.replace``.
-The temporary name is unique per process and thread (two ranks writing one manifest do not
-collide) and keeps the suffix, for writers that pick the format by it (matplotlib,
-OpenCV, ``torch.export.save``): ``dir/.{stem}.{pid}-{thread}.tmp{suffix}``.
+Every output of depthpi is written to a temporary name in the same directory (unique per
+process and thread, keeping the suffix), then ``os.replace``d: :func:`atomic_path` for
+writers that want a path, :class:`AtomicFile` for streams. A full disk is one
+:class:`DiskFullError` line naming the directory and the space needed. Digests:
+:class:`HashingStream` (sha256 and byte count of a stream), :func:`file_sha256`.
 
-Two forms: :func:`atomic_path` for writers that want a path, :class:`AtomicFile` for
-streams written piece by piece (tar shards). A write that fills the disk ends in one
-:class:`DiskFullError` line naming the directory and the space needed; the file it was
-replacing is untouched.
-
-Digests: :class:`HashingStream` hashes (sha256) and counts the bytes passing through a
-stream as they are read or written; :func:`file_sha256` is a file's digest.
+docs/shards.md ("Atomic writes") has the details.
 """
 from __future__ import annotations
 

@@ -1,41 +1,14 @@
 """Pose metrics: MPJPE, PA-MPJPE, N-MPJPE, PCK and AUC, accumulable over batches and ranks.
 
-:class:`PoseMetrics` keeps only sufficient statistics (sums and counts per joint, per
-group value, and a fine error histogram), so the result does not depend on how the test
-set was split into batches or ranks, up to float64 summation order (~1e-12 relative).
+:class:`PoseMetrics` keeps only sufficient statistics (sums and counts per joint, per group
+value, and a fine error histogram), so the result does not depend on how the test set was
+split into batches or ranks. Errors are Euclidean distances between root-relative joints
+in mm; invalid joints take no part in any statistic or alignment. ``mpjpe`` is thesis
+eq. 5.7 (no alignment), ``pa_mpjpe`` a proper similarity (Procrustes) alignment,
+``n_mpjpe`` a least-squares scale, ``pck`` eq. 5.8 (e ≤ T), ``auc`` eq. 5.9 normalised to
+[0, 1] and computed as the exact integral mean(clip(1 − e/T, 0, 1)).
 
-Conventions:
-    * errors are Euclidean distances between root-relative joints, in mm;
-    * ``mpjpe`` has no alignment (thesis eq. 5.7; Human3.6M protocol 1);
-    * ``pa_mpjpe`` aligns each predicted pose to its ground truth by the similarity
-      transform (rotation, uniform scale, translation) that minimises the summed squared
-      joint distances (Human3.6M protocol 2), from the SVD of K = Σ_j x_j y_jᵀ of the
-      centred prediction x and ground truth y. The rotation is proper: when the best
-      orthogonal matrix would be a reflection, the singular vector of the smallest
-      singular value changes sign, and the scale is ``trace(R K) / Σ_j |x_j|²``. This is
-      MMPose's ``keypoint_mpjpe(..., alignment='procrustes')`` (its
-      ``compute_similarity_transform``, after HMR);
-    * ``n_mpjpe`` rescales each predicted pose by the least-squares factor
-      ``s = <pred, gt> / <pred, pred>`` about the root, no rotation or translation
-      (Rhodin et al.'s N-MPJPE; MMPose's ``alignment='scale'``);
-    * joints whose ``valid`` flag is False are excluded from every statistic: the
-      denominators count valid joints, not N·J (the thesis has no masks in eq. 5.7-5.8).
-      They are also left out of the alignments: MMPose fits its transforms to all joints
-      of a pose and masks only the mean, which needs finite ground truth where ours may
-      be NaN. The two agree whenever every joint of a pose is valid (Human3.6M);
-    * PCK@T counts ``e <= T`` (eq. 5.8) and is a fraction in [0, 1];
-    * AUC is eq. 5.9 normalised by T to [0, 1] and computed as the exact, grid-free
-      integral (1/T)∫₀ᵀ PCK(t) dt = mean(clip(1 - e/T, 0, 1)).
-
-AUC next to MMPose's: MMPose's ``keypoint_3d_auc`` (the MPI-INF-3DHP protocol) averages
-PCK at the 31 thresholds 0, 5, ..., 150 mm with a strict ``e < t`` and reports it ×100.
-An average of 31 equally spaced samples weighs the two end points like inner ones:
-it is ``(30·trapezoid + (PCK(0) + PCK(T)) / 2) / 31``, not the integral, so with PCK(0) = 0
-it differs from ours by about ``(PCK(T)/2 - AUC) / 31`` (grid minus ours). Measured on
-synthetic errors (``bench/auc_vs_grid.py``: Gaussian, outlier and log-normal errors,
-MPJPE 15-200 mm, T = 50 and 150 mm) the grid value is lower by up to 0.011 for accurate
-models (AUC ≈ 0.8) and within ±0.001 once AUC falls to about PCK(T)/2; median |gap|
-0.002. Quote which one a table holds: ours beside the thesis, the grid one beside MMPose.
+docs/metrics.md defines each figure exactly and compares our AUC with MMPose's grid one.
 """
 
 from __future__ import annotations

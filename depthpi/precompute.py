@@ -1,22 +1,13 @@
 """Teacher features computed once into K sets of shards that each mirror the source split.
 
-For every key of every source shard, K views: view 0 is the un-augmented sample, views
-1..K−1 are augmentations drawn from (seed, key, view). Each view's parameters are stored
-with the teacher's tap for that view, so a student can replay the exact view the teacher
-saw (Beyer et al. 2022: a good teacher is patient and consistent).
+For every key of every source shard, K views: view 0 un-augmented, views 1..K−1 drawn
+from (seed, key, view). Each view's parameters are stored with the teacher's tap, so a
+student replays the exact view the teacher saw (colour through ``depthpi.data.colour``, as
+in the student's training step). Set j holds view (j + crc32(key)) mod K of every sample
+(:mod:`depthpi.data.features`). One job per source shard writes its K shards; the part that
+finishes last writes the manifests.
 
-Layout (:mod:`depthpi.data.features`): set j (``OUT/set-j/``) holds view
-``(j + crc32(key)) mod K`` of every sample: ``feat.npy`` (C, h, w) float16, or uint8 of
-round(255 · sigmoid(F)), and ``view.json`` {"seed", "index", "view": ViewParams dict}. Shard
-names, keys and order equal the source's in every set; a source sample that cannot be decoded
-gets ``view.json`` {"index": null, "skipped": reason} only, which the student skips and
-counts. One job per source shard computes its K views at once and writes its K shards; its
-sidecar (beside the set-0 shard) certifies all K. Each set's ``manifest.json`` and the
-split's own (no shards; the teacher weights' path and sha256, tap, dtype, input size, K,
-seed, the augmentation ranges, the source manifest's sha256, the sets' manifests' sha256 and
-the skipped samples) are written once every shard is there, by whichever part finishes last.
-Colour augmentation runs through ``depthpi.data.colour`` here as in the student's training
-step, so a replayed view gives the student the pixels the teacher saw.
+docs/shards.md ("Stored teacher features") gives the layout and what the manifests hold.
 """
 from __future__ import annotations
 

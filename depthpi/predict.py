@@ -1,20 +1,13 @@
 """Using a trained model: load it with its run config, predict, evaluate.
 
-The prediction path is written once: ``Predictor.predict`` is the only place a model is
-called for inference. ``depthpi eval`` runs it over shards (``evaluate_checkpoint``),
-``depthpi predict`` over crops of the user's own frames (``predict_frames``), and
-``depthpi export`` checks an exported model against it.
+``Predictor.predict`` is the only place a model is called for inference: ``depthpi eval``
+runs it over shards (``evaluate_checkpoint``), ``depthpi predict`` over crops of the
+user's own frames (``predict_frames``), and ``depthpi export`` checks an exported model
+against it. A user's frame goes through the training pipeline unchanged (each box an
+unlabelled :class:`Sample` of that camera, ``process_sample(..., train=False)``), and
+``flip_tta`` averages with the prediction on the mirrored crop, un-flipped.
 
-Frames of the user's own camera go through the training pipeline unchanged: each person
-box becomes an unlabelled :class:`Sample` of that camera (R = I, t = 0) and
-``process_sample(..., train=False)`` turns the camera to the box centre and crops N×N,
-exactly as evaluation does for a stored sample.
-
-Test-time flip augmentation (``flip_tta``): the pipeline's mirrored view
-(``ViewParams(flip=True)``) mirrors the crop camera about u = cx = (N − 1)/2, i.e. it is the
-crop with its columns reversed, so the mirrored input is ``x.flip(-1)``. Its prediction is
-in the mirrored camera's frame with mirrored labels; un-flipping swaps left and right
-back (the skeleton's flip permutation) and negates x. The two predictions are averaged.
+docs/predict.md ("How a crop and a prediction are made") has the details.
 """
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
 """Inputs of ``depthpi predict``: frames (an image, a folder or a video), intrinsics and boxes.
 
-Boxes file (``--boxes``): JSON Lines, one object per frame that has people::
+A boxes file (``--boxes``) is JSON Lines, ``{"frame": name or index, "boxes": [[x, y, w, h],
+...]}`` in frame pixels; a frame it does not mention has no people, and a file that names no
+frame of the input is refused (:func:`match_boxes`). Image headers are checked before
+decoding: more than ``max_pixels`` is refused for a single image (or a video) and skipped,
+with a warning, in a folder.
 
-    {"frame": "img_0001.jpg", "boxes": [[x, y, w, h], ...]}
-    {"frame": 17, "boxes": [[412.0, 80.5, 190.0, 520.0]]}
-
-``frame`` is the file name (relative to the folder; for a single image its file name) or the
-0-based frame index (videos: always the index; folders: index in sorted name order).
-Boxes are in frame pixels, x, y of the top-left corner, pixel centres at integers. A
-frame the file does not mention has no people (an empty ``people`` list); a file that names
-no frame of the input is refused (:func:`match_boxes`).
-
-Image files are checked before they are decoded: a header declaring more than
-``max_pixels`` (a decompression bomb, or no camera's frame) is refused for a single image
-and skipped, with a warning, in a folder; so is a video whose frames declare that much.
+docs/predict.md ("Inputs", "A boxes file") has the details.
 """
 from __future__ import annotations
 

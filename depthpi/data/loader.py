@@ -1,47 +1,16 @@
 """Batches from a split's shards: equal batches per rank, no sample twice, nothing lost silently.
 
-Per DataLoader worker, one pass over its shards is one flat WebDataset stage list
-(:meth:`ShardDataset._pass`, top to bottom)::
+Per DataLoader worker, :class:`ShardDataset` runs the planner's shards
+(:mod:`depthpi.data.shard_plan`) through one WebDataset stage list
+(:mod:`depthpi.data.shard_stream`) and yields exactly n samples: full batches, then its
+loose last samples; it rereads its shards only when bad samples exceed its reserve.
+:class:`ShardLoader` (the main process) pools the loose samples of all workers, in the
+DataLoader's fixed delivery order, into the rank's last batches, so a replayed epoch gives
+the same batches. Each :class:`Delivery` carries the report of what its worker read beside
+the batch; evaluation mode reads every sample once, ``infinite=True`` cycles forever, and
+``set_epoch`` reaches persistent workers through a shared value.
 
-    SimpleShardList(split)  → select_shards (the planner's share: split by node & worker)
-    → tar → samples         (per shard: samples read vs the manifest's count)
-    → shuffle buffer        (seeded by seed, epoch, cycle, pass, rank, worker)
-    → decode → map_fn(sample, epoch)   (bad samples skipped, counted, reported)
-
-and the worker's stream (:meth:`ShardDataset.__iter__`) is passes → exactly n samples →
-full batches (``collate``) and the loose rest → deliveries.
-
-Which worker reads which shards and how many samples n it yields is
-:mod:`depthpi.data.shard_plan`. A worker stops decoding once it has n good samples and
-reads the rest of its shards without decoding, so every shard is checked against the
-manifest in every pass. Only if bad or missing samples exceed its reserve does it rewind
-over its own shards (another pass, reshuffled) to fill what is missing: repeats within the
-epoch, recorded in ``refills`` and logged. The batch count never changes. A pass that
-yields no usable sample at all raises (it would loop forever).
-
-A training worker delivers ⌊n / B⌋ full batches and then its last n mod B samples loose;
-the main process (:meth:`ShardLoader.__iter__`) pools the loose samples of all its workers
-in the order the DataLoader hands deliveries over (fixed: worker by worker, round robin)
-and collates a batch whenever B are pooled. The plan makes the loose samples of a rank add
-up to whole batches, so the number of workers costs no samples (a rank leaves unused only
-the spare samples the plan gives its workers as their reserve), and a replay of the epoch
-gives the same batches.
-
-Statistics travel beside the batches, not inside them: each worker yields
-``Delivery(batch, report)``, the report covering what the worker read since its previous
-delivery (samples, skips, bytes per source), and a last ``Delivery(None, report, loose)``
-for what it read after its last batch and its loose samples.
-The main process merges the reports of the deliveries it receives, so its totals are
-exactly what the batches handed out so far cost, on any number of workers, in order, with
-no second channel that could race the DataLoader's own queue.
-
-Evaluation (``shuffle=False, drop_last=False``): shards in stored order, every sample
-exactly once across ranks, last batches partial; ranks may then get different numbers
-of batches (evaluation runs no collective per batch). ``infinite=True`` (the unlabelled
-stream) cycles through freshly planned passes forever.
-
-The epoch reaches workers (persistent ones included) through a shared
-``multiprocessing.Value``; ``set_epoch`` writes it before ``iter``.
+docs/shards.md ("The loader") is the full account.
 """
 from __future__ import annotations
 

@@ -1,19 +1,14 @@
 """Reading a split's files from a server: one argument list per file, never a shell.
 
-``http(s)://`` (and ftp/sftp/scp) files are read with ``curl`` under a connect timeout;
-``pipe:CMD`` runs CMD, the user's own command, split into words as a shell would split it
-but run without one, with the file's name joined to its last word (the location). A name
-comes from a manifest and is untrusted: it has passed
-:func:`depthpi.data.shards.check_shard_name` and only ever lands inside one argument.
+``http(s)://`` (and ftp/sftp/scp) files are read with ``curl``; ``pipe:CMD`` runs the
+user's command split into words, without a shell, the file's name joined to its last word.
+A name from a manifest has passed :func:`depthpi.data.shards.check_shard_name` and lands
+inside one argument only. Every read has a connect and a stall timeout and a size bound
+(:class:`TransportError`); :func:`fetch` retries, :func:`check_reachable` tells a server
+outage (:class:`ServerUnreachable`) from one bad file. Settings: :class:`RemoteConfig`
+(``data.remote``), made this process's default by :func:`configure`.
 
-Every read is watched: a command that sends no byte for ``stall_timeout_s`` is killed,
-and so is one that exits non-zero or sends more than the file may hold; each is a
-:class:`TransportError`. :func:`fetch` copies a file into a temporary local file and
-retries a failed copy ``retries`` times; :func:`check_reachable` tells a whole server
-outage (:class:`ServerUnreachable`) from one bad file.
-
-The settings are :class:`RemoteConfig` (config key ``data.remote``); :func:`configure`
-makes them this process's default (a run sets them at start, each loader worker again).
+docs/shards.md ("Remote splits") has the details.
 """
 from __future__ import annotations
 

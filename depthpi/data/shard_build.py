@@ -1,20 +1,14 @@
 """The one resumable shard builder: the synthetic set, the raw-data converters and
 precomputed teacher features all write their shards through :func:`build`.
 
-A build is a list of :class:`ShardJob`: the shard's path (and the paths of sibling shards
-the same fill writes at once), the parameters their bytes depend on, and what the fill
-function needs besides. A finished shard has a sidecar ``.{name}.done.json`` beside it::
+A build is a list of :class:`ShardJob` (the shard's path and siblings, the parameters its
+bytes depend on, what the fill needs). A finished shard has a sidecar
+``.{name}.done.json``, written after the shard is renamed into place, certifying it; a
+rerun keeps every shard whose sidecar has the job's digest and whose tars have the recorded
+sizes, and redoes the rest (byte-identical with a deterministic fill). The fill writes
+members into the open :class:`TarShard` and returns the shard's report for the manifest.
 
-    {"format": 1, "digest": sha256 of the parameters' canonical JSON, "params": {...},
-     "shard": ShardInfo fields, or None for a shard with no sample, "report": {...},
-     "siblings": [ShardInfo fields of each sibling]  (jobs with siblings only)}
-
-written after the shard is renamed into place, so its presence certifies a complete
-shard. A rerun deletes the temporaries killed writers left, keeps every shard whose
-sidecar has the job's digest and whose tars have the recorded sizes, and redoes the rest;
-with a deterministic fill a redone shard is byte-identical. The fill function
-writes members into the open :class:`TarShard` (one per path) and returns the shard's
-report (its skipped samples, a conversion summary), kept in the sidecar for the manifest.
+docs/shards.md ("Building shards") gives the sidecar's format.
 """
 from __future__ import annotations
 

@@ -1,18 +1,13 @@
 """A remote shard is read only from a local copy whose bytes are the manifest's.
 
-With ``data.cache_dir`` the copy is kept there as ``{sha256[:16]}-{name}``. It is admitted
-only when its sha256, size and sample count match the manifest entry, and it is hashed
-again before every use (about 4 % of a training pass over the shard,
-``bench/bench_cache_verify.py``; a cheaper stamp such as size and mtime would not see a copy
-altered in place), so a copy altered on disk is never trained on. A copy
-that fails is fetched again once; a second failure refuses the shard: it is reported as a
-shard whose samples are missing, like any short shard, in the log and ``metrics.json``.
-Without a cache the shard is fetched into an anonymous temporary file and checked the same
-way (sha256 and size) before it is read.
+With ``data.cache_dir`` the copy is kept there as ``{sha256[:16]}-{name}``, admitted only
+when its sha256, size and sample count match the manifest entry and hashed again before
+every use (``bench/bench_cache_verify.py``: about 4 % of a training pass). A copy that fails
+is fetched once more, then the shard is refused and reported missing like any short shard.
+Without a cache the shard goes to an anonymous temporary file, checked the same way.
+Fetching is :mod:`depthpi.data.remote`.
 
-Fetching has timeouts and bounded retries (:mod:`depthpi.data.remote`); a shard that
-cannot be fetched is missing, unless the server itself is gone
-(:class:`~depthpi.data.remote.ServerUnreachable` stops the run).
+docs/shards.md ("Remote splits") has the details.
 """
 from __future__ import annotations
 

@@ -1,22 +1,14 @@
 """Which (rank, worker) reads which shards, how many samples each yields, and which
-companion set each shard is read with: a pure function of the manifest's per-shard sample
-counts and (seed, epoch, world size, workers, batch size). No torch, no I/O: every worker
-of every rank computes the same plan.
+companion set each shard is read with.
 
-Equal batches per rank, all but less than a batch of the poorest rank's samples used.
-Shards are dealt to ranks largest first to the least-loaded (LPT, on a canonical order),
-then swapped between the poorest rank and richer ones while a swap raises the poorest;
-each rank's shards are dealt to its workers by LPT. This template does not depend on the
-epoch. Each epoch then (a) permutes shards of equal count among their template positions,
-(b) permutes which rank takes which rank bin and which worker which worker bin, (c)
-shuffles each worker's read order.
+A pure function of the manifest's per-shard sample counts and (seed, epoch, world size,
+workers, batch size): no torch, no I/O, so every worker of every rank computes the same
+plan. Shards are dealt to ranks by LPT and swaps that raise the poorest rank, then to
+workers by LPT; each epoch permutes that template. Every rank yields L = ⌊min_r T_r / B⌋
+batches, each worker keeps a reserve for bad samples, and a worker's loose last samples are
+pooled by :mod:`depthpi.data.loader`.
 
-Rank r holds ``T_r`` samples; every rank yields ``L = ⌊min_r T_r / B⌋`` batches. Worker w
-of a rank yields ``n_w`` samples, ``Σ_w n_w = L·B``, leaving each worker an even share of
-the rank's spare samples ``T_r − L·B``: its reserve for bad samples (used before it
-rereads its shards). A worker delivers ``⌊n_w / B⌋`` full batches and its last
-``n_w mod B`` samples loose; the rank's main process pools the loose samples of all its
-workers into its last batches (``depthpi.data.loader``).
+docs/shards.md ("The plan") has the details; docs/design.md ("Full epochs") the why.
 """
 from __future__ import annotations
 

@@ -1,22 +1,14 @@
 """Reading shards as a stream of samples, with every loss accounted for. No torch.
 
-The stages a sample passes, each a generator over the previous one (webdataset's shape):
+The stages, each a generator over the previous one (webdataset's shape):
+``select_shards`` → :class:`TarSamples` (tar → samples; each shard's count is compared with
+its manifest entry) → ``decode_samples`` → ``map_samples``. A bad sample is skipped and
+counted; a shard that ends early or fails to read is a *shortfall*, reported with its
+counts and last key; a key seen twice is skipped. Everything lands in a :class:`ReadLog`
+(counts by reason with one example each, shortfalls, refills), warned about at the 1st,
+10th, 100th... occurrence.
 
-    select_shards   the planner's shards of this reader, in its read order
-    TarSamples      tar → samples (webdataset's tar iterator and key grouping); at the end
-                    of each shard, the samples read are compared with the manifest's count
-    decode_samples  members → :class:`Sample`; a bad sample is skipped, counted, remembered
-    map_samples     ``map_fn(sample, epoch)``; a :class:`SampleError` skips the sample
-
-Nothing is lost silently. A tar whose bytes end early, or whose damaged header reads as
-the end of the archive (``tarfile`` then stops without an error), holds fewer samples than
-its manifest entry: a *shortfall*, reported with the shard, the counts and the last key
-read. A read error (a truncated file; a remote shard not fetched after its retries, or
-refused because its bytes are not the manifest's: :mod:`depthpi.data.shard_cache`) ends the
-shard the same way, with the error as its reason. A key seen twice in a shard is
-skipped the second time. Everything lands in a :class:`ReadLog`: counts by reason with one
-example each (key, shard, message), shortfalls, refill passes; warnings are logged for the
-1st, 10th, 100th... occurrence of a reason, never a flood and never silent.
+docs/shards.md ("The stream") has the details.
 """
 from __future__ import annotations
 

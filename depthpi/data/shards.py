@@ -1,24 +1,13 @@
 """A split's WebDataset shards and its ``manifest.json``: where they are, writing, reading the manifest.
 
-A split is a directory, or a URL of one, holding ``{prefix}-{i:06d}.tar`` shards and one
-``manifest.json`` that lists every shard with its sample count, byte size and sha256.
-Exact counts let every rank agree on the epoch length before reading a byte; readers
-compare what they read with them (:mod:`depthpi.data.shard_stream`,
-:mod:`depthpi.data.shard_verify`).
+A split is a directory, or a URL of one (``https://``, ``pipe:CMD``, ``gs://``, or a brace
+pattern of its shards), holding ``{prefix}-{i:06d}.tar`` shards and one ``manifest.json``
+that lists every shard with its sample count, byte size and sha256. Every name a manifest
+lists passes :func:`check_shard_name` (a plain file name) before anything uses it. Files
+appear atomically (:mod:`depthpi.io`) and tars are byte-reproducible; resumable parallel
+building is :mod:`depthpi.data.shard_build`.
 
-Where: a local directory, or a URL (``https://``, ``pipe:CMD`` whose last word is the
-location, ``gs://``; read by :mod:`depthpi.data.remote`, never through a shell). The
-manifest is read from beside the shards: ``{split}/manifest.json``. A webdataset brace
-pattern (``https://host/train/shard-{000000..000099}.tar``) names the split beside it and
-selects those of its shards.
-
-A shard name is data, never a path or code: every name a manifest lists passes
-:func:`check_shard_name` (a plain file name) before anything uses it.
-
-Writing: every file appears atomically (:mod:`depthpi.io`); tars are byte-reproducible:
-members carry mtime 0, uid/gid 0 and fixed user/group names (webdataset's ``TarWriter``
-stamps the wall clock unless ``mtime`` is given). Resumable parallel building is
-:mod:`depthpi.data.shard_build`.
+docs/shards.md ("A split on disk") has the details.
 """
 from __future__ import annotations
 

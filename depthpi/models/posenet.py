@@ -1,20 +1,12 @@
 """Pose models: the baseline (§4.1.2), the RGB-D teacher (§4.2.1), their config and factory.
 
-Both return a ``PoseOutput``: root-relative joints in mm and the feature taps asked
-for by name (``depthpi.models.taps``), collected in the forward pass without hooks.
-
-Parameter names (so a baseline's weights load into either teacher branch and the trunk):
-
-- ``PoseNet``: ``backbone.<torchvision name>`` (``backbone.layer3.5.conv3.weight``),
-  ``head.conv.{weight,bias}``.
-- ``RGBDTeacher``: ``rgb.{conv1,bn1,layer1,layer2}.*``, ``depth.{conv1,bn1,layer1,layer2}.*``
-  (conv1 has one input channel), ``fusion.conv.weight``, ``fusion.bn.*``,
-  ``trunk.{layer3,layer4}.*``, ``head.conv.*``.
+Both return a ``PoseOutput``: root-relative joints in mm and the feature taps asked for by
+name (``depthpi.models.taps``), collected in the forward pass without hooks. Parameter
+names let a baseline's weights load into either teacher branch and the trunk.
 
 Fusion (§4.2.1): concat of both layer2 outputs (2C) → 1×1 conv without bias → C →
-BatchNorm → ReLU. The thesis names only the 1×1 conv; the BN + ReLU make the fused map
-look like what layer3 was pretrained on (a block output: normalised, non-negative)
-whatever the scale of the He-initialised conv, and the BN makes a conv bias redundant.
+BatchNorm → ReLU (the thesis names only the conv). docs/design.md ("Models: parameter
+names and options", "Teacher (§4.2.1)") has the names and the reasons.
 """
 from __future__ import annotations
 

@@ -1,25 +1,15 @@
 """ResNet-18/34/50/101 backbones whose state dicts match torchvision's (§4.1.2).
 
-Parameter and buffer names follow torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``,
-``layer1.0.downsample.0`` …; no ``fc``), so ``load_backbone_state`` loads a local
-torchvision ImageNet file or the backbone of one of our own checkpoints (Tables 6.1, 6.3,
-6.8: init from model 1.2 / 2.1), adapting conv1 to the model's input channels (3→1 mean,
-1→3 ×3/3, 3→4 tile-and-rescale). Options:
+Parameter and buffer names follow torchvision (no ``fc``), so ``load_backbone_state`` loads
+a torchvision ImageNet file or the backbone of one of our own checkpoints, adapting conv1 to
+the model's input channels. Options: ``width``, ``in_chans``, ``output_stride=16`` (layer4
+dilated, DeepLab/torchvision's way), ``partial_conv`` (up to layer2, §4.2.3) and ``layers``
+(some stages only, for the teacher's branches and trunk).
 
-- ``width`` scales every channel count (0.125 for tests), ``in_chans`` 1/3/4;
-- ``output_stride=16`` replaces layer4's stride by dilation 2 (257×257 → 17×17), in the
-  DeepLab/torchvision way: layer4.0's formerly strided 3×3 keeps dilation 1 and every later
-  3×3 of layer4 gets dilation 2. That is the reading of §4.1.2 under which, as the thesis
-  says, receptive fields "remain unchanged"; dilating layer4.0's own 3×3 as well (the
-  literal reading of its sentence) would widen them and shift ImageNet features;
-- ``partial_conv=True`` makes every convolution up to the end of layer2 a partial
-  convolution driven by the mask of invalid depth (§4.2.3);
-- ``layers`` builds only some stages (the teacher's branches: stem, layer1, layer2;
-  its trunk: layer3, layer4) while keeping the full network's channel counts and names.
-
-Blocks return their pre-activation (after the residual addition, before the final
-ReLU); the stage loop applies the ReLU and collects requested taps, so features are
-read without forward hooks.
+Blocks return their pre-activation (after the residual addition, before the final ReLU);
+the stage loop applies the ReLU and collects requested taps, so features are read without
+forward hooks. docs/design.md ("Models: parameter names and options") has the details and
+the reading of §4.1.2's dilation.
 """
 from __future__ import annotations
 

@@ -1,50 +1,16 @@
 """Human3.6M camera files as users have them → :class:`H36MCamera` in depthpi's convention.
 
 depthpi's convention (:class:`depthpi.camera.Camera`): ``p_cam = R (p_world − t)``, R the
-world→camera rotation, **t the camera centre** in world millimetres; camera axes x right, y
-down, z forward. Human3.6M's world is in millimetres with z up and the origin on the floor
-near the middle of the capture space; its four cameras stand 4.4–5.8 m from that origin.
+world→camera rotation, **t the camera centre** in world mm; camera axes x right, y down,
+z forward. Four layouts are read, recognised from the file's structure, not its name:
+depthpi's own JSON, karfly's ``camera-parameters.json`` (there ``t`` is not the centre),
+3d-pose-baseline's ``cameras.h5`` (or its JSON dump) and VideoPose3D's tables as JSON.
+Distortion is stored in OpenCV's order (k1, k2, p1, p2, k3).
 
-Accepted files (the layout is recognised from the file's structure, not its name):
-
-1. **depthpi's own JSON** (:mod:`.h36m` documents it): ``{"S9": {"54138969": {"R", "t", ...}}}``
-   with ``t`` the camera centre.
-2. **camera-parameters.json** of the public GitHub repository
-   ``karfly/human36m-camera-parameters`` (generated from the dataset's ``metadata.xml``)::
-
-       {"intrinsics": {"54138969": {"calibration_matrix": [[3×3]] px,
-                                    "distortion": [k1, k2, p1, p2, k3]}},
-        "extrinsics": {"S9": {"54138969": {"R": [[3×3]] world→camera, "t": [[x], [y], [z]] mm}}}}
-
-   Here ``p_cam = R p_world + t``: ``t`` is *not* the camera centre, which is ``−Rᵀ t``.
-3. **cameras.h5** of ``una-dinosauria/3d-pose-baseline`` (inside the ``h36m.zip`` its README
-   links), or a JSON dump of it with the same nesting ``subject9/camera1/{R, T, f, c, k, p,
-   Name}``: ``R`` is stored camera→world (3d-pose-baseline transposes it when loading), ``T``
-   is the camera centre (3×1 mm), ``f`` and ``c`` are 2×1 px, ``k`` = (k1, k2, k3),
-   ``p`` = (p1, p2) and ``Name`` the camera id as character codes. The .h5 itself needs h5py.
-4. **VideoPose3D's tables** (``facebookresearch/VideoPose3D``, ``common/h36m_dataset.py``:
-   ``h36m_cameras_intrinsic_params`` and ``h36m_cameras_extrinsic_params``) written to JSON,
-   either as ``{"intrinsics": [...], "extrinsics": {"S9": [...]}}`` — the i-th extrinsic entry
-   of a subject belongs to the i-th intrinsic entry, as in VideoPose3D — or per subject as a
-   list (or a camera-id mapping) of merged entries. Values as in that source: ``orientation``
-   a unit quaternion (w, x, y, z) rotating camera→world, ``translation`` the camera centre in
-   **mm** (VideoPose3D divides by 1000 when loading; the file must hold the source values),
-   ``center`` and ``focal_length`` in pixels, ``radial_distortion`` (k1, k2, k3),
-   ``tangential_distortion`` (p2, p1) — the reverse of the order above — and ``res_w``/``res_h``.
-
-Distortion is stored in OpenCV's order (k1, k2, p1, p2, k3). Human3.6M's own distortion
-formula weights the tangential terms slightly differently from OpenCV's; with the published
-coefficients the two differ by under 1 px anywhere in the frame (0.8 px at most for S9's
-camera 54138969), and the converter undistorts with OpenCV's.
-
-Every camera read is checked (:func:`check_camera`): R orthonormal with det +1, the centre
-2–10 m from the origin, the origin within 20° of the optical axis, the image's down
-direction within 22° of the world's −z (the published cameras: at most 8° and 16°; a
-transposed R fails the latter, a translation read as a centre the former), focal lengths
-0.5–3 image widths, the principal point inside the image. A refusal names the file, the
-subject/camera, the field and what was expected. The file itself is untrusted: at most
-4 MiB and 32 levels of nesting; a value of the wrong type, size or range anywhere is one
-such refusal, never a traceback.
+Every camera is checked (:func:`check_camera`: a rotation, a plausible centre, aimed at the
+capture space, upright, plausible K); the file is untrusted (bounded in size and nesting),
+and a refusal names the file, subject/camera and field. docs/datasets.md ("Camera files")
+gives each layout field by field, the distortion formulas and the check thresholds.
 """
 from __future__ import annotations
 

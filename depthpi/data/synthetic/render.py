@@ -1,24 +1,13 @@
 """Rendering one sample: placing the person, the crop cameras, RGB and depth crops, and the labels.
 
-Every sample is a pure function of ``(cfg.seed, split, index)``
-(``np.random.default_rng([seed, split_id, index])``): it picks a subject, a camera and
-a pose family of the split, poses the subject (uniformly random yaw, the lowest body
-point on the floor) and places the person 2–5 m from the camera (horizontal distance,
-mm), within the field of view; a pose that would leave the frame is moved back (up to
-8 tries).
+Every sample is a pure function of ``(cfg.seed, split, index)``: a subject, camera and pose
+family of the split, the person 2–5 m from the camera within the field of view. Rendering
+goes directly into the crop cameras (RGB: ``Camera.crop`` of the sensor; depth: the same
+region at the depth sensor's native resolution). Depth is stored in mm as z along the
+optical axis (``depth_kind=z``) or radial ``distance``; pixels outside the sensor's frame
+are black (RGB) and 0 (depth).
 
-Rendering goes directly into the crop cameras. The person's box is computed from the
-projected primitives first, the RGB crop camera is ``Camera.crop`` of the sensor
-(square, ``crop_margin`` × the box, resized to ``crop_size`` px), the depth crop camera
-is the same region in the depth sensor at native resolution (integer window, scale 1).
-RGB: the room warped from the sensor's cached full frame, a soft contact shadow on the
-floor, the z-buffered, shaded body, exposure, slight optical blur, sensor noise. Depth
-is stored as z along the optical axis (``depth_kind=z``, as Kinect v2 reports; set
-``distance`` for radial distance), in mm. Depth carries the metric scale RGB lacks
-(RGB has the height/distance ambiguity: subjects of 1.45–2.0 m at 2–5 m).
-
-A crop pixel that lies outside the sensor's full frame is black (RGB) and 0 (depth),
-as a real crop padded at the border would be.
+docs/datasets.md ("The synthetic set") describes each step.
 """
 from __future__ import annotations
 
