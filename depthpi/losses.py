@@ -76,7 +76,7 @@ class DistillationConfig:
             (eq. 4.26-4.27); the map is built in the training step (``depthpi.train.targets``).
         alpha_warmup: α at epoch 0. Default 0.1, the thesis' models 4.3 and 8.1.
         alpha_target: α from ``alpha_ramp_epochs`` on. Default 0.2 (same models).
-        alpha_ramp_epochs: Epochs of the linear ramp from warm-up to target (§6.1.2).
+        alpha_ramp_epochs: Epochs of the linear ramp from warm-up to target (§6.1.4; α rises linearly, §4.2.2).
         pose_weight: β, weight of output distillation (not a thesis term; 0 = off): on
             unlabelled samples, the regression loss of eq. 4.12-4.13 between the student's
             pose and the frozen teacher's predicted pose of the same view. Constant (no ramp);

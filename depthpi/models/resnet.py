@@ -265,7 +265,7 @@ class LoadReport(NamedTuple):
 def adapt_conv1(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Adapt a (C, c_src, k, k) stem kernel to ``in_chans`` input channels.
 
-    To 1 channel: mean over the source channels (an RGB kernel for depth, §4.2.1).
+    To 1 channel: mean over the source channels (an RGB kernel for depth, §5.3; §4.2.1 gives the 1-channel shape).
     Otherwise: tile the source channels and rescale by c_src / in_chans (1→3 is ×3/3,
     3→4 repeats R), so an input equal on every channel gives the same response.
     """
