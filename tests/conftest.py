@@ -41,7 +41,8 @@ def pytest_collection_modifyitems(config, items):
     ``SPREAD_OVER_WORKERS = True``; the ``slow`` tests are handed out first, so that neither
     worker is left alone with a long one at the end."""
     for item in items:
-        if not getattr(getattr(item, "module", None), "SPREAD_OVER_WORKERS", False) and not item.get_closest_marker("xdist_group"):
+        spread = getattr(getattr(item, "module", None), "SPREAD_OVER_WORKERS", False)
+        if not spread and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
