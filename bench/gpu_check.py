@@ -13,7 +13,8 @@ gets more than the time left. Output, in ``--out``:
 
 ``--tiny`` runs the same steps on a CPU at toy scale (ResNet-50 at 1/16 width, 33×33 crops,
 a few steps; DeepSpeed and the distributed runs through gloo; torch.compile with the eager
-backend, which traces but does not generate code): what the test suite runs.
+backend, which traces but does not generate code). ``--steps`` runs only the steps named
+and those they need (the test suite: the model step, compile and precompute).
 
     bash bench/gpu_check.sh --out runs/gpu_check
     python bench/gpu_check.py --tiny --out /tmp/gpu_check
@@ -439,11 +440,21 @@ def _stop_group(process: subprocess.Popen) -> None:
             continue
 
 
-def run_all(ctx: Context) -> None:
+def selected_steps(names: list[str] | None) -> list[Step]:
+    """The steps named (all where None) and the steps they need, in list order."""
+    wanted = set(names or [s.name for s in STEPS])
+    for step in reversed(STEPS):  # a step's needs come before it in the list
+        if step.name in wanted:
+            wanted.update(step.needs)
+    return [s for s in STEPS if s.name in wanted]
+
+
+def run_all(ctx: Context, names: list[str] | None = None) -> None:
+    """Run the steps ``names`` (all where None) and those they need; the others are "not run"."""
     lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(max_workers=ctx.scale.jobs) as pool:
         waits: dict[str, concurrent.futures.Future] = {}
-        for step in STEPS:  # in list order: a step's needs are submitted (and started) before it
+        for step in selected_steps(names):  # in list order: a step's needs are submitted (and started) before it
             def task(step=step):
                 try:
                     record = run_step(step, ctx, waits)
@@ -648,6 +659,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="toy scale on a CPU (the test suite's run)")
     parser.add_argument("--budget-s", type=int, help="the whole run's seconds (default: 480 full, 900 tiny)")
     parser.add_argument("--keep-work", action="store_true", help="keep shards and runs in OUT/work")
+    parser.add_argument("--steps", nargs="+", choices=[s.name for s in STEPS], metavar="STEP",
+                        help="run only these steps and those they need (default: all): "
+                             + ", ".join(s.name for s in STEPS))
     args = parser.parse_args()
     started = float(os.environ.get("GPU_CHECK_STARTED", time.time()))  # gpu_check.sh's start: setup counts
     cores = available_cores()
@@ -666,7 +680,7 @@ def main() -> None:
         env.setdefault("OMP_NUM_THREADS", "1")
     ctx = Context(scale, out, work, logs, started + scale.budget_s, env, args.tiny)
     try:
-        run_all(ctx)
+        run_all(ctx, args.steps)
     finally:
         doc = write_outputs(ctx, started, " ".join(["bench/gpu_check.sh", *sys.argv[1:]]))
         if not args.keep_work:

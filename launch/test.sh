@@ -13,11 +13,13 @@ if python -c "import deepspeed, transformers" >/dev/null 2>&1; then
 fi
 # A local SLURM (slurmctld, slurmd, munge; iproute2 for two test hosts) for the sweep tests; skipped where apt is unavailable.
 source "$(dirname "${BASH_SOURCE[0]}")/setup_slurm.sh"
-# Two test workers (pytest-xdist, a file per worker at a time): most tests keep one core busy
-# and many wait on subprocesses, SLURM or a socket; DEPTHPI_TEST_WORKERS=0 runs them in one process.
+# Two test workers (pytest-xdist) of one torch thread each: most tests keep one core busy and
+# many wait on subprocesses, SLURM or a socket. A file's tests stay on one worker unless the
+# file spreads them, slow ones first, in the suite's order (tests/conftest.py);
+# DEPTHPI_TEST_WORKERS=0 runs them in one process.
 WORKERS="${DEPTHPI_TEST_WORKERS:-2}"
 if [ "$WORKERS" -gt 0 ]; then
-  python -m pytest -n "$WORKERS" --dist loadfile --durations=15 tests "$@"
+  python -m pytest -n "$WORKERS" --dist loadgroup --no-loadscope-reorder --durations=15 tests "$@"
 else
   python -m pytest --durations=15 tests "$@"
 fi

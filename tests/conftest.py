@@ -25,6 +25,27 @@ from depthpi.data.shards import Manifest, TarShard, write_manifest
 pytest_plugins = ("slurm_cluster",)  # the session SLURM fixture (tests/slurm_cluster.py)
 NUM_JOINTS = 17
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one thread each (and in the processes they start). Two
+    # workers of two OpenMP threads each ran the tiny models' steps 4× slower than one
+    # thread each (measured on a loaded 2-core machine).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items):
+    """How the two workers share the suite (``--dist loadgroup``, launch/test.sh): a file's
+    tests stay together on one worker (they share its module fixtures) unless the file sets
+    ``SPREAD_OVER_WORKERS = True``; the ``slow`` tests are handed out first, so that neither
+    worker is left alone with a long one at the end."""
+    for item in items:
+        spread = getattr(getattr(item, "module", None), "SPREAD_OVER_WORKERS", False)
+        if not spread and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 def fake_sample(key: str, seed: int = 0, labeled: bool = True, rgb_shape=(48, 40), depth_shape=None,
                 extra: dict | None = None) -> Sample:

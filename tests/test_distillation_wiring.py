@@ -32,6 +32,7 @@ TINY = {"model.init": "none", "model.init_checkpoint": "null", "model.arch": "re
         "data.shuffle_buffer": 16, "data.eval_batch_size": 16, "data.pipeline.augment.geometry": False,
         "distill.alpha_warmup": 20.0, "distill.alpha_target": 20.0, "distill.pose_weight": 0.0}
 STEPS, LR = 48, 3e-3
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

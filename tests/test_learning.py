@@ -28,6 +28,7 @@ TINY = {"model.arch": "resnet18", "model.width": 0.125, "model.depth_bins": 8, "
         "data.pipeline.augment.geometry": False, "teacher.model.arch": "resnet18", "teacher.model.width": 0.125,
         "teacher.model.depth_bins": 8, "distill.tap": "layer3.1.post_relu"}
 EPOCHS, LR = 60, 2e-3  # 180 steps of 8
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
