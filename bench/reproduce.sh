@@ -2,7 +2,8 @@
 # The thesis' core study (Tables 6.1-6.3, 6.8, 6.9) end to end on the synthetic benchmark,
 # at CPU scale (configs/repro/cpu.yaml), through the real system: shards -> engine ->
 # precompute -> eval -> report.
-#   bash bench/reproduce.sh          (fresh machine: sets up .venv itself; ~45 min a seed, ~4 h on 2 cores)
+#   bash bench/reproduce.sh          (fresh machine: sets up .venv itself; ~1.4 h of training a seed on 2 cores,
+#                                    ~5 h for 5 seeds with LANES=2)
 # Phase 1, per seed (each step waits for the ones it starts from):
 #   1.2 RGB baseline, 2.1 depth baseline            from scratch, E1 epochs
 #   3.2 teacher (depth branch from 2.1)             E1 epochs
