@@ -63,12 +63,17 @@ def test_a_shard_that_stalls_is_retried_then_missing_and_the_epoch_goes_on(make_
     assert record["read"] == 0 and "no data for 1 s" in record["error"]
 
 
+def _stalled_split(make_split, http_root, stalled: str) -> str:
+    """URL of a published two-shard split whose server sends half of ``stalled`` and then nothing."""
+    base, server = http_root
+    url = f"{base}/{_published(make_split([3, 3]), server)}"
+    server.stall.add(stalled)
+    return url
+
+
 @pytest.mark.timeout(60)
 def test_verify_reports_a_stalled_shard_instead_of_hanging(make_split, http_root, quick):
-    base, server = http_root
-    split = make_split([3, 3])
-    url = f"{base}/{_published(split, server)}"
-    server.stall.add("shard-000000.tar")
+    url = _stalled_split(make_split, http_root, "shard-000000.tar")
     verdict = verify_split(url)
     assert not verdict.ok and [v.name for v in verdict.bad] == ["shard-000000.tar"]
     assert "no data for 1 s" in verdict.bad[0].line()
@@ -145,10 +150,7 @@ def test_a_server_outage_stops_training_in_one_line_and_the_same_command_resumes
 def test_shards_verify_gives_up_on_a_stalled_shard_in_its_worker_processes(make_split, http_root, capsys):
     from depthpi.cli import main
 
-    base, server = http_root
-    split = make_split([3, 3])
-    url = f"{base}/{_published(split, server)}"
-    server.stall.add("shard-000001.tar")
+    url = _stalled_split(make_split, http_root, "shard-000001.tar")
     with pytest.raises(SystemExit) as stopped:
         main(["shards", "verify", url, "--workers", "2", "--stall-timeout", "1", "--retries", "0"])
     out = capsys.readouterr().out

@@ -28,12 +28,18 @@ def shards_used(plan) -> list[int]:
     return sorted(s for rank in plan.shards for worker in rank for s in worker)
 
 
+def training_plan(layout, seed: int, epoch: int):
+    """(planner, its shuffled, capped plan of one training epoch) for a drawn layout."""
+    counts, world, workers, batch = layout
+    planner = ShardPlanner(counts, world, workers, batch)
+    return planner, planner.plan(seed, epoch, shuffle=True, capped=True)
+
+
 @CASES
 @given(layouts(), st.integers(0, 2**31), st.integers(0, 50))
 def test_every_rank_gets_the_same_batches_all_but_less_than_one_of_its_poorest(layout, seed, epoch):
-    counts, world, workers, batch = layout
-    planner = ShardPlanner(counts, world, workers, batch)
-    plan = planner.plan(seed, epoch, shuffle=True, capped=True)
+    _, world, workers, batch = layout
+    planner, plan = training_plan(layout, seed, epoch)
     assert len(plan.shards) == len(plan.takes) == world
     totals = [planner.samples(plan, rank) for rank in range(world)]
     for rank in range(world):
@@ -47,9 +53,8 @@ def test_every_rank_gets_the_same_batches_all_but_less_than_one_of_its_poorest(l
 @CASES
 @given(layouts(), st.integers(0, 2**31), st.integers(0, 50))
 def test_each_worker_keeps_an_even_share_of_its_ranks_spare_samples(layout, seed, epoch):
-    counts, world, workers, batch = layout
-    planner = ShardPlanner(counts, world, workers, batch)
-    plan = planner.plan(seed, epoch, shuffle=True, capped=True)
+    world = layout[1]
+    planner, plan = training_plan(layout, seed, epoch)
     for rank in range(world):
         held = planner.samples(plan, rank)
         spare = [h - t for h, t in zip(held, plan.takes[rank], strict=True)]
@@ -62,9 +67,8 @@ def test_each_worker_keeps_an_even_share_of_its_ranks_spare_samples(layout, seed
 def test_an_epoch_reads_no_sample_twice_and_uses_the_planned_samples(layout, seed, epoch):
     # Replays the plan as the workers do: each reads its shards in order and takes its first
     # ``takes`` samples; a sample is (shard, position).
-    counts, world, workers, batch = layout
-    planner = ShardPlanner(counts, world, workers, batch)
-    plan = planner.plan(seed, epoch, shuffle=True, capped=True)
+    counts, world, _, batch = layout
+    planner, plan = training_plan(layout, seed, epoch)
     used = []
     for rank in range(world):
         for shards, take in zip(plan.shards[rank], plan.takes[rank], strict=True):
