@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from depthpi.data.batches import Batch
-from depthpi.train.accelerator import describe
 from depthpi.io import atomic_write_json
+from depthpi.train.accelerator import describe
 from depthpi.train.checkpoint import save_checkpoint
 from depthpi.train.preemption import Preempted, StopRequest
 from depthpi.train.reporting import RunLogger, StepMeter, skeleton_panel
